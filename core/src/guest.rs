@@ -1,0 +1,125 @@
+//! What the state machine hands to an engine, and what comes back.
+//!
+//! These types are shared by `core` and the engines so that a response never depends on
+//! which engine ran the guest.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use thiserror::Error;
+
+use crate::http::Request;
+use crate::response::Response;
+use crate::route::ServiceName;
+
+/// One compiled version of a service's module. A replaced service gets a new key, so
+/// in-flight requests finish on the module they started on.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ModuleKey {
+    /// The service.
+    pub service: ServiceName,
+    /// Version, unique across the life of one [`crate::Server`].
+    pub version: u64,
+}
+
+/// A request as the guest sees it, with the routing facts WAGI exposes.
+#[derive(Debug, Clone)]
+pub struct GuestRequest {
+    /// The HTTP request, body included.
+    pub request: Request,
+    /// The matched prefix, `/NAME` (CGI `SCRIPT_NAME`).
+    pub script_name: String,
+    /// The path below the prefix, raw (WAGI `X_RAW_PATH_INFO`).
+    pub path_info: String,
+    /// The client's address.
+    pub remote: SocketAddr,
+    /// The local address the connection was accepted on.
+    pub local: SocketAddr,
+}
+
+/// Limits on one guest run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RunLimits {
+    /// Largest linear memory, in bytes.
+    pub memory_bytes: usize,
+    /// Most bytes the guest may write to stdout.
+    pub stdout_bytes: usize,
+    /// When the engine must stop the guest.
+    pub deadline: Instant,
+}
+
+/// Why a guest run produced no response. Each engine maps its own errors onto these.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum GuestFailure {
+    /// The guest trapped (unreachable, out-of-bounds access, stack overflow, ...).
+    #[error("guest trapped: {0}")]
+    Trap(String),
+    /// The guest ran past its deadline and was stopped.
+    #[error("guest ran past its deadline")]
+    Timeout,
+    /// The guest asked for more memory than its limit and then failed.
+    #[error("guest exceeded its memory limit")]
+    OutOfMemory,
+    /// The guest wrote more to stdout than its limit allows.
+    #[error("guest output exceeded its limit")]
+    OutputTooLarge,
+    /// The guest called `proc_exit` with a non-zero status.
+    #[error("guest exited with status {0}")]
+    Exit(i32),
+    /// The guest's stdout is not a valid CGI response.
+    #[error("guest output is not a valid CGI response: {0}")]
+    BadOutput(String),
+    /// The module could not be instantiated.
+    #[error("guest could not be instantiated: {0}")]
+    Instantiate(String),
+}
+
+impl GuestFailure {
+    /// The status a client gets for this failure.
+    pub fn status(&self) -> u16 {
+        match self {
+            GuestFailure::Timeout => 504,
+            GuestFailure::OutputTooLarge | GuestFailure::BadOutput(_) => 502,
+            GuestFailure::Trap(_)
+            | GuestFailure::OutOfMemory
+            | GuestFailure::Exit(_)
+            | GuestFailure::Instantiate(_) => 500,
+        }
+    }
+
+    /// A short message for the client: says what happened without engine internals or
+    /// host paths (those go to the log).
+    pub fn public_message(&self) -> String {
+        match self {
+            GuestFailure::Trap(_) => "service failed: guest trapped".to_owned(),
+            GuestFailure::Instantiate(_) => "service failed: could not start guest".to_owned(),
+            GuestFailure::BadOutput(why) => format!("service failed: invalid CGI output: {why}"),
+            other => format!("service failed: {other}"),
+        }
+    }
+
+    /// The response a client gets for this failure.
+    pub fn to_response(&self) -> Response {
+        Response::text(self.status(), &self.public_message())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_and_messages() {
+        assert_eq!(GuestFailure::Timeout.status(), 504);
+        assert_eq!(GuestFailure::OutputTooLarge.status(), 502);
+        assert_eq!(GuestFailure::BadOutput("x".into()).status(), 502);
+        assert_eq!(GuestFailure::Exit(3).status(), 500);
+        let trap = GuestFailure::Trap("wasm backtrace: /home/secret/x.rs".into());
+        assert!(!trap.public_message().contains("secret"));
+        assert_eq!(
+            GuestFailure::Exit(3).public_message(),
+            "service failed: guest exited with status 3"
+        );
+    }
+}

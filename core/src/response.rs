@@ -1,0 +1,216 @@
+//! Responses and their serialisation to HTTP/1.1 bytes.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+/// A response to send: what a guest produced, or what the server says itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// Status code, 200..=599.
+    pub status: u16,
+    /// Header fields in order; repeated names are kept. Framing headers are ignored.
+    pub headers: Vec<(String, Bytes)>,
+    /// The body.
+    pub body: Bytes,
+}
+
+impl Response {
+    /// A plain-text response whose body is `message` and a newline.
+    pub fn text(status: u16, message: &str) -> Self {
+        let mut body = String::with_capacity(message.len() + 1);
+        body.push_str(message);
+        body.push('\n');
+        Self {
+            status,
+            headers: vec![(
+                "Content-Type".to_owned(),
+                Bytes::from_static(b"text/plain; charset=utf-8"),
+            )],
+            body: Bytes::from(body),
+        }
+    }
+
+    /// Adds a header field.
+    pub fn with_header(mut self, name: &str, value: impl Into<Bytes>) -> Self {
+        self.headers.push((name.to_owned(), value.into()));
+        self
+    }
+}
+
+/// Headers the server owns: a guest's value for them is dropped, because they describe
+/// this connection's framing, which only the server knows.
+fn is_framing_header(name: &str) -> bool {
+    const OWNED: [&str; 8] = [
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "trailer",
+        "te",
+        "proxy-connection",
+    ];
+    OWNED.iter().any(|o| name.eq_ignore_ascii_case(o))
+}
+
+/// Bodies up to this size are copied into the head buffer so the response goes out in one write.
+const INLINE_BODY: usize = 8 * 1024;
+
+/// Serialises `response` as an HTTP/1.1 response.
+///
+/// Returns the head and, separately, a body that was too large to copy into it (empty
+/// otherwise). `head_only` is for HEAD requests: `Content-Length` still says what a GET
+/// would carry. `date` is a preformatted IMF-fixdate; an empty one leaves `Date` out.
+pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8]) -> (Bytes, Bytes) {
+    let mut head = BytesMut::with_capacity(
+        128 + response
+            .headers
+            .iter()
+            .map(|(n, v)| n.len() + v.len() + 4)
+            .sum::<usize>()
+            + if head_only || response.body.len() > INLINE_BODY {
+                0
+            } else {
+                response.body.len()
+            },
+    );
+    head.put_slice(b"HTTP/1.1 ");
+    put_u64(&mut head, u64::from(response.status));
+    head.put_u8(b' ');
+    head.put_slice(reason_phrase(response.status).as_bytes());
+    head.put_slice(b"\r\n");
+    for (name, value) in &response.headers {
+        if is_framing_header(name) {
+            continue;
+        }
+        head.put_slice(name.as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value);
+        head.put_slice(b"\r\n");
+    }
+    head.put_slice(b"Content-Length: ");
+    put_u64(&mut head, response.body.len() as u64);
+    head.put_slice(b"\r\n");
+    if !date.is_empty() {
+        head.put_slice(b"Date: ");
+        head.put_slice(date);
+        head.put_slice(b"\r\n");
+    }
+    head.put_slice(b"Server: frenezulo\r\n");
+    if close {
+        head.put_slice(b"Connection: close\r\n");
+    }
+    head.put_slice(b"\r\n");
+    if head_only {
+        return (head.freeze(), Bytes::new());
+    }
+    if response.body.len() <= INLINE_BODY {
+        head.put_slice(&response.body);
+        return (head.freeze(), Bytes::new());
+    }
+    (head.freeze(), response.body.clone())
+}
+
+fn put_u64(buf: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&digits[i..]);
+}
+
+/// The reason phrase for a status code; "Unknown" for codes without a registered one.
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        409 => "Conflict",
+        410 => "Gone",
+        413 => "Content Too Large",
+        415 => "Unsupported Media Type",
+        417 => "Expectation Failed",
+        418 => "I'm a teapot",
+        422 => "Unprocessable Content",
+        429 => "Too Many Requests",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "Unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn whole(r: &Response, head_only: bool, close: bool) -> String {
+        let (head, body) = serialize(r, head_only, close, b"Sat, 28 Nov 2026 12:00:00 GMT");
+        String::from_utf8([head, body].concat()).unwrap()
+    }
+
+    #[test]
+    fn serialises_status_headers_and_body() {
+        let r = Response::text(404, "no such service").with_header("X-A", "1");
+        assert_eq!(
+            whole(&r, false, false),
+            "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain; charset=utf-8\r\nX-A: 1\r\n\
+             Content-Length: 16\r\nDate: Sat, 28 Nov 2026 12:00:00 GMT\r\nServer: frenezulo\r\n\r\nno such service\n"
+        );
+    }
+
+    #[test]
+    fn head_keeps_length_and_drops_body() {
+        let s = whole(&Response::text(200, "hello"), true, true);
+        assert!(s.contains("Content-Length: 6\r\n"));
+        assert!(s.contains("Connection: close\r\n"));
+        assert!(s.ends_with("\r\n\r\n"));
+    }
+
+    #[test]
+    fn guest_framing_headers_are_dropped() {
+        let r = Response::text(200, "x")
+            .with_header("Content-Length", "999")
+            .with_header("Transfer-Encoding", "chunked");
+        let s = whole(&r, false, false);
+        assert!(!s.contains("999"));
+        assert!(!s.contains("chunked"));
+        assert!(s.contains("Content-Length: 2\r\n"));
+    }
+
+    #[test]
+    fn large_bodies_are_not_copied() {
+        let body = Bytes::from(vec![b'a'; INLINE_BODY + 1]);
+        let r = Response {
+            status: 200,
+            headers: vec![],
+            body: body.clone(),
+        };
+        let (_, out) = serialize(&r, false, false, b"");
+        assert_eq!(out.as_ptr(), body.as_ptr());
+    }
+}

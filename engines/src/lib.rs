@@ -1,0 +1,194 @@
+//! frenezulo-engines: WebAssembly engines behind one object-safe trait, and the WAGI
+//! guest ABI they all speak.
+//!
+//! An [`Engine`] compiles module bytes into a [`CompiledModule`]; a compiled module runs one
+//! request at a time in a fresh instance with limits (memory, stdout, deadline) and returns
+//! a [`wagi::RunOutput`]. Which engine runs is chosen at run time with [`EngineKind`]; each
+//! is a cargo feature (`wasmtime`, `wasmi`), both on by default. A build with only `wasmi`
+//! holds no JIT.
+//!
+//! The host side is shared: [`wasi`] is the small WASI preview-1 subset a WAGI guest needs
+//! (stdin, stdout, stderr, argv, environment, clocks, random; no files, no sockets), and
+//! [`wagi`] builds the CGI environment and parses the guest's output. Engines only adapt
+//! calling conventions and map their errors onto [`frenezulo_core::GuestFailure`], so a
+//! response never depends on which engine ran it.
+//!
+//! Not here: scheduling, admission and deadlines as the client sees them (`frenezulo-core`),
+//! threads and sockets (the `frenezulo` binary).
+
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use frenezulo_core::{GuestRequest, RunLimits};
+use thiserror::Error;
+
+pub mod wagi;
+pub mod wasi;
+
+#[cfg(feature = "wasmi")]
+mod wasmi_engine;
+#[cfg(feature = "wasmtime")]
+mod wasmtime_engine;
+
+#[cfg(feature = "wasmi")]
+pub use wasmi_engine::WasmiEngine;
+#[cfg(feature = "wasmtime")]
+pub use wasmtime_engine::WasmtimeEngine;
+
+pub use wagi::RunOutput;
+
+/// A WebAssembly engine: compiles modules for [`CompiledModule::run`].
+pub trait Engine: Send + Sync {
+    /// Which engine this is.
+    fn kind(&self) -> EngineKind;
+
+    /// Validates and compiles a module. The module must be a WASI preview-1 command:
+    /// it exports `_start` and `memory` and imports only WASI functions.
+    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn CompiledModule>, CompileError>;
+}
+
+/// A compiled module, shareable across threads; each `run` gets a fresh instance.
+pub trait CompiledModule: Send + Sync {
+    /// Runs one request to completion on this thread, within `limits`.
+    fn run(&self, request: &GuestRequest, limits: &RunLimits) -> RunOutput;
+}
+
+/// The engines frenezulo knows, whether or not this build carries them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EngineKind {
+    /// wasmtime: Cranelift JIT, pooling allocator.
+    Wasmtime,
+    /// wasmi: an interpreter, for platforms that forbid JIT compilation.
+    Wasmi,
+}
+
+impl EngineKind {
+    /// Every engine kind.
+    pub const ALL: [EngineKind; 2] = [EngineKind::Wasmtime, EngineKind::Wasmi];
+
+    /// The name used on the command line and in config files.
+    pub fn name(self) -> &'static str {
+        match self {
+            EngineKind::Wasmtime => "wasmtime",
+            EngineKind::Wasmi => "wasmi",
+        }
+    }
+
+    /// Whether this build carries the engine.
+    pub fn is_compiled_in(self) -> bool {
+        match self {
+            EngineKind::Wasmtime => cfg!(feature = "wasmtime"),
+            EngineKind::Wasmi => cfg!(feature = "wasmi"),
+        }
+    }
+
+    /// The engines this build carries.
+    pub fn compiled_in() -> impl Iterator<Item = EngineKind> {
+        Self::ALL.into_iter().filter(|k| k.is_compiled_in())
+    }
+}
+
+impl fmt::Display for EngineKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for EngineKind {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .ok_or_else(|| format!("unknown engine `{s}` (known: wasmtime, wasmi)"))
+    }
+}
+
+/// Settings an engine is created with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineConfig {
+    /// Instances alive at once (the worker count, plus slack); sizes wasmtime's pool.
+    pub max_instances: u32,
+    /// Upper bound on any service's memory limit, in bytes; sizes wasmtime's pool slots.
+    pub max_memory_bytes: usize,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        Self {
+            max_instances: 64,
+            max_memory_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Why an engine could not be created.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The build does not carry this engine.
+    #[error("engine `{0}` is not compiled into this build (built with: {list})", list = compiled_in_list())]
+    NotCompiledIn(EngineKind),
+    /// The engine rejected its configuration.
+    #[error("engine `{kind}` could not start: {reason}")]
+    Setup {
+        /// The engine.
+        kind: EngineKind,
+        /// What it said.
+        reason: String,
+    },
+}
+
+fn compiled_in_list() -> String {
+    EngineKind::compiled_in()
+        .map(|k| k.name())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Why a module was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum CompileError {
+    /// The bytes are not a valid WebAssembly module.
+    #[error("not a valid WebAssembly module: {0}")]
+    Invalid(String),
+    /// The module imports something other than a WASI preview-1 function.
+    #[error("unsupported import `{module}::{name}`: only {wasi} functions are provided", wasi = wasi::MODULE)]
+    UnsupportedImport {
+        /// Import module name.
+        module: String,
+        /// Import field name.
+        name: String,
+    },
+    /// A WASI import has the wrong signature.
+    #[error("{0}")]
+    ImportSignature(String),
+    /// The module does not export `_start` as a function with no parameters or results.
+    #[error(
+        "module does not export a `_start` function taking and returning nothing (is it a WASI command?)"
+    )]
+    MissingStart,
+    /// The module does not export its linear memory as `memory`.
+    #[error("module does not export its linear memory as `memory`")]
+    MissingMemory,
+    /// The engine failed for another reason.
+    #[error("engine error: {0}")]
+    Engine(String),
+}
+
+/// Creates an engine of `kind`.
+pub fn create(kind: EngineKind, config: &EngineConfig) -> Result<Arc<dyn Engine>, EngineError> {
+    let _ = config;
+    match kind {
+        #[cfg(feature = "wasmtime")]
+        EngineKind::Wasmtime => Ok(Arc::new(WasmtimeEngine::new(config)?)),
+        #[cfg(feature = "wasmi")]
+        EngineKind::Wasmi => Ok(Arc::new(WasmiEngine::new(config))),
+        #[allow(unreachable_patterns)]
+        other => Err(EngineError::NotCompiledIn(other)),
+    }
+}

@@ -1,0 +1,617 @@
+//! The small WASI preview-1 implementation both engines share: exactly what a WAGI guest
+//! needs, and a clean error for everything else.
+//!
+//! Each function works on the guest's linear memory as a byte slice and on [`GuestIo`];
+//! the engines only adapt calling conventions. A guest gets stdin (the request body),
+//! stdout (captured, capped), stderr (captured for the log, truncated), its argv and
+//! environment, clocks and random bytes. There are no preopened directories, so no file
+//! can be named; sockets and every other call answer `EBADF`, `ENOTCAPABLE` or `ENOSYS`.
+
+use std::sync::OnceLock;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+/// The import module name of WASI preview 1.
+pub const MODULE: &str = "wasi_snapshot_preview1";
+
+/// WASI errno values used here.
+pub mod errno {
+    /// No error.
+    pub const SUCCESS: i32 = 0;
+    /// Bad file descriptor.
+    pub const BADF: i32 = 8;
+    /// Bad address: a pointer outside linear memory.
+    pub const FAULT: i32 = 21;
+    /// Invalid argument.
+    pub const INVAL: i32 = 28;
+    /// I/O error.
+    pub const IO: i32 = 29;
+    /// Function not implemented.
+    pub const NOSYS: i32 = 52;
+    /// Not supported.
+    pub const NOTSUP: i32 = 58;
+    /// Invalid seek (stdio is a stream).
+    pub const SPIPE: i32 = 70;
+    /// Capability insufficient: what file and socket calls get.
+    pub const NOTCAPABLE: i32 = 76;
+}
+
+/// Most iovecs one read or write may pass, as POSIX `IOV_MAX`.
+const MAX_IOVS: u32 = 1024;
+
+/// Why a host call stops the guest rather than returning an errno.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostStop {
+    /// The guest called `proc_exit`.
+    Exit(i32),
+    /// The guest wrote past its stdout cap.
+    StdoutFull,
+    /// A WASI call came before the instance's memory was known (from a start function).
+    NoMemory,
+}
+
+impl std::fmt::Display for HostStop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            HostStop::Exit(code) => write!(f, "guest exited with status {code}"),
+            HostStop::StdoutFull => f.write_str("guest output exceeded its limit"),
+            HostStop::NoMemory => f.write_str("WASI call before memory was available"),
+        }
+    }
+}
+
+impl std::error::Error for HostStop {}
+
+/// How a WASI import is provided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provided {
+    /// By a real implementation in [`GuestIo`].
+    Implemented,
+    /// By a stub that returns this errno (the import must return one `i32`).
+    Stub(i32),
+}
+
+/// Value types that appear in WASI preview-1 signatures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ValKind {
+    /// `i32`
+    I32,
+    /// `i64`
+    I64,
+}
+
+/// Calls `$m!(name(arg: type, ...))` for each implemented WASI function that returns an
+/// errno; `proc_exit` is the one implemented function outside this list. Each engine
+/// registers these with one macro, so the list of host functions exists once.
+macro_rules! for_each_function {
+    ($m:ident) => {
+        $m!(args_get(argv: i32, buf: i32));
+        $m!(args_sizes_get(argc: i32, size: i32));
+        $m!(environ_get(environ: i32, buf: i32));
+        $m!(environ_sizes_get(count: i32, size: i32));
+        $m!(clock_res_get(id: i32, out: i32));
+        $m!(clock_time_get(id: i32, precision: i64, out: i32));
+        $m!(fd_close(fd: i32));
+        $m!(fd_fdstat_get(fd: i32, out: i32));
+        $m!(fd_prestat_get(fd: i32, out: i32));
+        $m!(fd_prestat_dir_name(fd: i32, path: i32, len: i32));
+        $m!(fd_read(fd: i32, iovs: i32, iovs_len: i32, out: i32));
+        $m!(fd_seek(fd: i32, offset: i64, whence: i32, out: i32));
+        $m!(fd_write(fd: i32, iovs: i32, iovs_len: i32, out: i32));
+        $m!(random_get(buf: i32, len: i32));
+        $m!(sched_yield());
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use for_each_function;
+
+macro_rules! kind {
+    (i32) => {
+        ValKind::I32
+    };
+    (i64) => {
+        ValKind::I64
+    };
+}
+
+/// The `(params, results)` of an implemented WASI function.
+pub fn signature(name: &str) -> Option<(&'static [ValKind], &'static [ValKind])> {
+    if name == "proc_exit" {
+        return Some((&[ValKind::I32], &[]));
+    }
+    macro_rules! check {
+        ($f:ident($($a:ident: $t:ident),*)) => {
+            if name == stringify!($f) {
+                return Some((&[$(kind!($t)),*], &[ValKind::I32]));
+            }
+        };
+    }
+    for_each_function!(check);
+    None
+}
+
+/// How the WASI import `name` is provided: for real, or by a stub with a fitting errno.
+pub fn provided(name: &str) -> Provided {
+    if signature(name).is_some() {
+        Provided::Implemented
+    } else if name.starts_with("fd_") {
+        Provided::Stub(errno::BADF)
+    } else if name.starts_with("path_") || name.starts_with("sock_") {
+        Provided::Stub(errno::NOTCAPABLE)
+    } else if name == "poll_oneoff" {
+        Provided::Stub(errno::NOTSUP)
+    } else {
+        Provided::Stub(errno::NOSYS)
+    }
+}
+
+/// Checks a function import from [`MODULE`] against what is provided. `None` in a type
+/// list stands for a value type WASI never uses.
+pub fn check_import(
+    name: &str,
+    params: &[Option<ValKind>],
+    results: &[Option<ValKind>],
+) -> Result<Provided, String> {
+    let provided = provided(name);
+    let fits = match (provided, signature(name)) {
+        (Provided::Implemented, Some((p, r))) => {
+            params.iter().copied().eq(p.iter().copied().map(Some))
+                && results.iter().copied().eq(r.iter().copied().map(Some))
+        }
+        // A stub answers any arguments with an errno, so it only needs the errno result.
+        _ => results == [Some(ValKind::I32)],
+    };
+    if fits {
+        Ok(provided)
+    } else {
+        Err(format!(
+            "{MODULE}::{name} has a signature WASI preview 1 does not define"
+        ))
+    }
+}
+
+/// Most stderr bytes kept per run; the rest is dropped (the guest is not told).
+pub const STDERR_CAP: usize = 16 * 1024;
+
+/// The guest's view of the world for one run: its inputs and captured outputs.
+#[derive(Debug, Default)]
+pub struct GuestIo {
+    /// argv strings, each NUL-terminated, back to back.
+    args: Vec<u8>,
+    argc: u32,
+    /// `KEY=VALUE` strings, each NUL-terminated, back to back.
+    env: Vec<u8>,
+    envc: u32,
+    stdin: Bytes,
+    stdin_pos: usize,
+    stdout: Vec<u8>,
+    stdout_cap: usize,
+    stderr: Vec<u8>,
+}
+
+impl GuestIo {
+    /// A guest with these inputs and a stdout cap.
+    pub fn new<'a>(
+        args: impl IntoIterator<Item = &'a [u8]>,
+        env: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+        stdin: Bytes,
+        stdout_cap: usize,
+    ) -> Self {
+        let mut io = GuestIo {
+            stdin,
+            stdout_cap,
+            ..GuestIo::default()
+        };
+        for arg in args {
+            io.args.extend(arg.iter().filter(|&&b| b != 0));
+            io.args.push(0);
+            io.argc += 1;
+        }
+        for (k, v) in env {
+            io.env.extend(k.iter().filter(|&&b| b != 0));
+            io.env.push(b'=');
+            io.env.extend(v.iter().filter(|&&b| b != 0));
+            io.env.push(0);
+            io.envc += 1;
+        }
+        io
+    }
+
+    /// What the guest wrote to stdout.
+    pub fn stdout(&self) -> &[u8] {
+        &self.stdout
+    }
+
+    /// Takes what the guest wrote to stdout.
+    pub fn take_stdout(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.stdout)
+    }
+
+    /// What the guest wrote to stderr, up to [`STDERR_CAP`].
+    pub fn stderr(&self) -> &[u8] {
+        &self.stderr
+    }
+
+    /// `args_sizes_get(argc_out, buf_size_out)`.
+    pub fn args_sizes_get(
+        &mut self,
+        mem: &mut [u8],
+        argc: i32,
+        size: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(sizes(mem, argc, size, self.argc, self.args.len()))
+    }
+
+    /// `args_get(argv_out, buf_out)`.
+    pub fn args_get(&mut self, mem: &mut [u8], argv: i32, buf: i32) -> Result<i32, HostStop> {
+        Ok(strings(mem, argv, buf, &self.args))
+    }
+
+    /// `environ_sizes_get(count_out, buf_size_out)`.
+    pub fn environ_sizes_get(
+        &mut self,
+        mem: &mut [u8],
+        count: i32,
+        size: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(sizes(mem, count, size, self.envc, self.env.len()))
+    }
+
+    /// `environ_get(environ_out, buf_out)`.
+    pub fn environ_get(&mut self, mem: &mut [u8], environ: i32, buf: i32) -> Result<i32, HostStop> {
+        Ok(strings(mem, environ, buf, &self.env))
+    }
+
+    /// `clock_res_get(id, resolution_out)`: nanosecond resolution for every clock.
+    pub fn clock_res_get(&mut self, mem: &mut [u8], id: i32, out: i32) -> Result<i32, HostStop> {
+        if !(0..=3).contains(&id) {
+            return Ok(errno::INVAL);
+        }
+        Ok(errno_of(write_u64(mem, out, 1)))
+    }
+
+    /// `clock_time_get(id, precision, time_out)`. The CPU-time clocks read the monotonic
+    /// clock: the guest is the only thing its instance runs.
+    pub fn clock_time_get(
+        &mut self,
+        mem: &mut [u8],
+        id: i32,
+        _precision: i64,
+        out: i32,
+    ) -> Result<i32, HostStop> {
+        let nanos = match id {
+            0 => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64),
+            1..=3 => monotonic_base().elapsed().as_nanos() as u64,
+            _ => return Ok(errno::INVAL),
+        };
+        Ok(errno_of(write_u64(mem, out, nanos)))
+    }
+
+    /// `fd_close(fd)`: stdio may be closed (a no-op); nothing else exists.
+    pub fn fd_close(&mut self, _mem: &mut [u8], fd: i32) -> Result<i32, HostStop> {
+        Ok(if is_stdio(fd) {
+            errno::SUCCESS
+        } else {
+            errno::BADF
+        })
+    }
+
+    /// `fd_fdstat_get(fd, stat_out)`: stdio are character devices.
+    pub fn fd_fdstat_get(&mut self, mem: &mut [u8], fd: i32, out: i32) -> Result<i32, HostStop> {
+        if !is_stdio(fd) {
+            return Ok(errno::BADF);
+        }
+        // struct fdstat { u8 filetype; u16 flags; u64 rights_base; u64 rights_inheriting }
+        const CHARACTER_DEVICE: u8 = 2;
+        const RIGHT_FD_READ: u64 = 1 << 1;
+        const RIGHT_FD_WRITE: u64 = 1 << 6;
+        let rights = if fd == 0 {
+            RIGHT_FD_READ
+        } else {
+            RIGHT_FD_WRITE
+        };
+        let mut stat = [0u8; 24];
+        stat[0] = CHARACTER_DEVICE;
+        stat[8..16].copy_from_slice(&rights.to_le_bytes());
+        Ok(match slice_mut(mem, out, 24) {
+            Some(dst) => {
+                dst.copy_from_slice(&stat);
+                errno::SUCCESS
+            }
+            None => errno::FAULT,
+        })
+    }
+
+    /// `fd_prestat_get(fd, out)`: there are no preopened directories.
+    pub fn fd_prestat_get(
+        &mut self,
+        _mem: &mut [u8],
+        _fd: i32,
+        _out: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(errno::BADF)
+    }
+
+    /// `fd_prestat_dir_name(fd, path, len)`: there are no preopened directories.
+    pub fn fd_prestat_dir_name(
+        &mut self,
+        _mem: &mut [u8],
+        _fd: i32,
+        _path: i32,
+        _len: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(errno::BADF)
+    }
+
+    /// `fd_seek(fd, offset, whence, new_offset_out)`: stdio is not seekable.
+    pub fn fd_seek(
+        &mut self,
+        _mem: &mut [u8],
+        fd: i32,
+        _offset: i64,
+        _whence: i32,
+        _out: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(if is_stdio(fd) {
+            errno::SPIPE
+        } else {
+            errno::BADF
+        })
+    }
+
+    /// `fd_read(fd, iovs, iovs_len, nread_out)`: only stdin, which is the request body.
+    pub fn fd_read(
+        &mut self,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        iovs_len: i32,
+        nread: i32,
+    ) -> Result<i32, HostStop> {
+        if fd != 0 {
+            return Ok(errno::BADF);
+        }
+        let Some(list) = iovecs(mem, iovs, iovs_len) else {
+            return Ok(errno::FAULT);
+        };
+        let mut total = 0usize;
+        for (ptr, len) in list {
+            let rest = &self.stdin[self.stdin_pos..];
+            if rest.is_empty() {
+                break;
+            }
+            let Some(dst) = slice_mut(mem, ptr as i32, len) else {
+                return Ok(errno::FAULT);
+            };
+            let n = dst.len().min(rest.len());
+            dst[..n].copy_from_slice(&rest[..n]);
+            self.stdin_pos += n;
+            total += n;
+        }
+        Ok(errno_of(write_u32(mem, nread, total as u32)))
+    }
+
+    /// `fd_write(fd, iovs, iovs_len, nwritten_out)`: stdout is captured up to its cap
+    /// (past it the guest is stopped), stderr up to [`STDERR_CAP`] (past it, dropped).
+    pub fn fd_write(
+        &mut self,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        iovs_len: i32,
+        nwritten: i32,
+    ) -> Result<i32, HostStop> {
+        if fd != 1 && fd != 2 {
+            return Ok(errno::BADF);
+        }
+        let Some(list) = iovecs(mem, iovs, iovs_len) else {
+            return Ok(errno::FAULT);
+        };
+        let mut total = 0usize;
+        for (ptr, len) in list {
+            let Some(src) = slice(mem, ptr as i32, len) else {
+                return Ok(errno::FAULT);
+            };
+            if fd == 1 {
+                if self.stdout.len() + src.len() > self.stdout_cap {
+                    return Err(HostStop::StdoutFull);
+                }
+                self.stdout.extend_from_slice(src);
+            } else {
+                let room = STDERR_CAP - self.stderr.len();
+                self.stderr.extend_from_slice(&src[..src.len().min(room)]);
+            }
+            total += src.len();
+        }
+        Ok(errno_of(write_u32(mem, nwritten, total as u32)))
+    }
+
+    /// `proc_exit(code)`: always stops the guest.
+    pub fn proc_exit(&mut self, code: i32) -> HostStop {
+        HostStop::Exit(code)
+    }
+
+    /// `random_get(buf, len)`: bytes from the operating system's CSPRNG.
+    pub fn random_get(&mut self, mem: &mut [u8], buf: i32, len: i32) -> Result<i32, HostStop> {
+        let Some(dst) = slice_mut(mem, buf, len as u32) else {
+            return Ok(errno::FAULT);
+        };
+        Ok(match getrandom::fill(dst) {
+            Ok(()) => errno::SUCCESS,
+            Err(_) => errno::IO,
+        })
+    }
+
+    /// `sched_yield()`: nothing else runs in this instance, so it returns at once.
+    pub fn sched_yield(&mut self, _mem: &mut [u8]) -> Result<i32, HostStop> {
+        Ok(errno::SUCCESS)
+    }
+}
+
+fn is_stdio(fd: i32) -> bool {
+    (0..=2).contains(&fd)
+}
+
+/// The process-wide origin of the monotonic clock guests see.
+fn monotonic_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn errno_of(written: Option<()>) -> i32 {
+    written.map_or(errno::FAULT, |()| errno::SUCCESS)
+}
+
+fn slice(mem: &[u8], ptr: i32, len: u32) -> Option<&[u8]> {
+    let start = ptr as u32 as usize;
+    mem.get(start..start.checked_add(len as usize)?)
+}
+
+fn slice_mut(mem: &mut [u8], ptr: i32, len: u32) -> Option<&mut [u8]> {
+    let start = ptr as u32 as usize;
+    mem.get_mut(start..start.checked_add(len as usize)?)
+}
+
+fn write_u32(mem: &mut [u8], ptr: i32, value: u32) -> Option<()> {
+    slice_mut(mem, ptr, 4)?.copy_from_slice(&value.to_le_bytes());
+    Some(())
+}
+
+fn write_u64(mem: &mut [u8], ptr: i32, value: u64) -> Option<()> {
+    slice_mut(mem, ptr, 8)?.copy_from_slice(&value.to_le_bytes());
+    Some(())
+}
+
+/// The `(ptr, len)` pairs of an iovec array, or `None` if it is out of bounds or too long.
+fn iovecs(mem: &[u8], iovs: i32, count: i32) -> Option<Vec<(u32, u32)>> {
+    let count = u32::try_from(count).ok().filter(|c| *c <= MAX_IOVS)?;
+    let raw = slice(mem, iovs, count * 8)?;
+    Some(
+        raw.chunks_exact(8)
+            .map(|c| {
+                let ptr = u32::from_le_bytes(c[..4].try_into().expect("4 bytes"));
+                let len = u32::from_le_bytes(c[4..].try_into().expect("4 bytes"));
+                (ptr, len)
+            })
+            .collect(),
+    )
+}
+
+fn sizes(mem: &mut [u8], count_out: i32, size_out: i32, count: u32, size: usize) -> i32 {
+    errno_of(write_u32(mem, count_out, count).and_then(|()| write_u32(mem, size_out, size as u32)))
+}
+
+/// Writes NUL-terminated `strings` to `buf` and a pointer to each into `ptrs`.
+fn strings(mem: &mut [u8], ptrs: i32, buf: i32, strings: &[u8]) -> i32 {
+    let Some(dst) = slice_mut(mem, buf, strings.len() as u32) else {
+        return errno::FAULT;
+    };
+    dst.copy_from_slice(strings);
+    let mut offset = buf as u32;
+    let mut slot = ptrs;
+    for s in strings.split_inclusive(|&b| b == 0) {
+        if write_u32(mem, slot, offset).is_none() {
+            return errno::FAULT;
+        }
+        offset += s.len() as u32;
+        slot = slot.wrapping_add(4);
+    }
+    errno::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn io() -> GuestIo {
+        GuestIo::new(
+            [&b"/x"[..], b"a=1"],
+            [(&b"K"[..], &b"v"[..]), (b"EMPTY", b"")],
+            Bytes::from_static(b"body bytes"),
+            8,
+        )
+    }
+
+    fn u32_at(mem: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes(mem[at..at + 4].try_into().unwrap())
+    }
+
+    #[test]
+    fn args_and_environment_round_trip() {
+        let mut io = io();
+        let mut mem = vec![0u8; 256];
+        assert_eq!(io.environ_sizes_get(&mut mem, 0, 4), Ok(0));
+        assert_eq!((u32_at(&mem, 0), u32_at(&mem, 4)), (2, 10));
+        assert_eq!(io.environ_get(&mut mem, 16, 64), Ok(0));
+        assert_eq!(u32_at(&mem, 16), 64);
+        assert_eq!(u32_at(&mem, 20), 68);
+        assert_eq!(&mem[64..74], b"K=v\0EMPTY=\0"[..10].as_ref());
+        assert_eq!(io.args_sizes_get(&mut mem, 0, 4), Ok(0));
+        assert_eq!((u32_at(&mem, 0), u32_at(&mem, 4)), (2, 7));
+    }
+
+    #[test]
+    fn out_of_bounds_pointers_are_faults_not_panics() {
+        let mut io = io();
+        let mut mem = vec![0u8; 16];
+        assert_eq!(io.environ_get(&mut mem, 0, 12), Ok(errno::FAULT));
+        assert_eq!(io.args_sizes_get(&mut mem, 14, 0), Ok(errno::FAULT));
+        assert_eq!(io.fd_write(&mut mem, 1, -8, 1, 0), Ok(errno::FAULT));
+        assert_eq!(io.fd_read(&mut mem, 0, 0, i32::MAX, 0), Ok(errno::FAULT));
+        assert_eq!(io.random_get(&mut mem, 8, 9), Ok(errno::FAULT));
+        assert_eq!(io.clock_time_get(&mut mem, 0, 0, 12), Ok(errno::FAULT));
+    }
+
+    #[test]
+    fn stdin_is_read_in_pieces_until_empty() {
+        let mut io = io();
+        let mut mem = vec![0u8; 64];
+        // one iovec {ptr: 32, len: 4} at 0
+        mem[0..4].copy_from_slice(&32u32.to_le_bytes());
+        mem[4..8].copy_from_slice(&4u32.to_le_bytes());
+        let mut got = Vec::new();
+        loop {
+            assert_eq!(io.fd_read(&mut mem, 0, 0, 1, 16), Ok(0));
+            let n = u32_at(&mem, 16) as usize;
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&mem[32..32 + n]);
+        }
+        assert_eq!(got, b"body bytes");
+    }
+
+    #[test]
+    fn stdout_cap_stops_the_guest_and_stderr_truncates() {
+        let mut io = io();
+        let mut mem = vec![0u8; 64];
+        mem[0..4].copy_from_slice(&32u32.to_le_bytes());
+        mem[4..8].copy_from_slice(&5u32.to_le_bytes());
+        assert_eq!(io.fd_write(&mut mem, 1, 0, 1, 16), Ok(0));
+        assert_eq!(
+            io.fd_write(&mut mem, 1, 0, 1, 16),
+            Err(HostStop::StdoutFull)
+        );
+        assert_eq!(io.stdout().len(), 5);
+        for _ in 0..(STDERR_CAP / 5 + 2) {
+            assert_eq!(io.fd_write(&mut mem, 2, 0, 1, 16), Ok(0));
+        }
+        assert_eq!(io.stderr().len(), STDERR_CAP);
+    }
+
+    #[test]
+    fn no_files_no_sockets() {
+        let mut io = io();
+        let mut mem = vec![0u8; 64];
+        assert_eq!(io.fd_prestat_get(&mut mem, 3, 0), Ok(errno::BADF));
+        assert_eq!(io.fd_write(&mut mem, 3, 0, 0, 0), Ok(errno::BADF));
+        assert_eq!(io.fd_read(&mut mem, 1, 0, 0, 0), Ok(errno::BADF));
+        assert_eq!(provided("path_open"), Provided::Stub(errno::NOTCAPABLE));
+        assert_eq!(provided("sock_accept"), Provided::Stub(errno::NOTCAPABLE));
+        assert_eq!(provided("fd_readdir"), Provided::Stub(errno::BADF));
+        assert_eq!(provided("fd_write"), Provided::Implemented);
+    }
+}

@@ -1,0 +1,262 @@
+//! The wasmtime engine: Cranelift, the pooling instance allocator with copy-on-write
+//! memory images, `InstancePre` for cheap instantiation, epoch interruption for deadlines.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use frenezulo_core::{GuestRequest, RunLimits};
+use wasmtime::{
+    Caller, Config, Engine as Wasmtime, Extern, ExternType, InstanceAllocationStrategy,
+    InstancePre, Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, Val,
+    ValType,
+};
+
+use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
+use crate::wasi::{self, GuestIo, HostStop, Provided, ValKind};
+use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineError, EngineKind};
+
+/// How often the engine's epoch advances: the granularity of deadlines.
+pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+
+/// Per-store state: the guest's I/O, its memory once known, its limits.
+struct Host {
+    io: GuestIo,
+    memory: Option<Memory>,
+    limiter: MemoryLimiter,
+}
+
+impl wasmtime::ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.allow_memory(desired))
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _max: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(self.allow_table(desired))
+    }
+}
+
+/// The wasmtime engine. One per process; modules compiled by it share its instance pool
+/// and its epoch ticker.
+pub struct WasmtimeEngine {
+    engine: Wasmtime,
+    linker: Linker<Host>,
+    stop_ticker: Arc<AtomicBool>,
+}
+
+impl WasmtimeEngine {
+    /// Creates the engine, its instance pool and the epoch ticker thread.
+    pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
+        let setup = |reason: String| EngineError::Setup {
+            kind: EngineKind::Wasmtime,
+            reason,
+        };
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_core_instances(config.max_instances)
+            .total_memories(config.max_instances)
+            .total_tables(config.max_instances)
+            .max_memory_size(config.max_memory_bytes)
+            // Keep the first MiB of each slot resident instead of unmapping it after every
+            // instance: the hello path then does no madvise/page-fault work.
+            .linear_memory_keep_resident(1 << 20)
+            .table_keep_resident(1 << 16);
+        let mut cfg = Config::new();
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .epoch_interruption(true)
+            .memory_init_cow(true);
+        let engine = Wasmtime::new(&cfg).map_err(|e| setup(e.to_string()))?;
+        let linker = wasi_linker(&engine).map_err(|e| setup(e.to_string()))?;
+        let stop_ticker = Arc::new(AtomicBool::new(false));
+        let ticker_engine = engine.clone();
+        let stop = stop_ticker.clone();
+        std::thread::Builder::new()
+            .name("wasmtime-epoch".to_owned())
+            .spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    ticker_engine.increment_epoch();
+                }
+            })
+            .map_err(|e| setup(e.to_string()))?;
+        Ok(Self {
+            engine,
+            linker,
+            stop_ticker,
+        })
+    }
+}
+
+impl Drop for WasmtimeEngine {
+    fn drop(&mut self) {
+        self.stop_ticker.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A linker with every implemented WASI function; built once per engine.
+fn wasi_linker(engine: &Wasmtime) -> wasmtime::Result<Linker<Host>> {
+    let mut linker = Linker::new(engine);
+    macro_rules! define {
+        ($f:ident($($a:ident: $t:ty),*)) => {
+            linker.func_wrap(
+                wasi::MODULE,
+                stringify!($f),
+                |mut caller: Caller<'_, Host>, $($a: $t),*| -> wasmtime::Result<i32> {
+                    let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
+                    let (mem, host) = memory.data_and_store_mut(&mut caller);
+                    host.io.$f(mem, $($a),*).map_err(wasmtime::Error::new)
+                },
+            )?;
+        };
+    }
+    wasi::for_each_function!(define);
+    linker.func_wrap(
+        wasi::MODULE,
+        "proc_exit",
+        |mut caller: Caller<'_, Host>, code: i32| -> wasmtime::Result<()> {
+            Err(wasmtime::Error::new(caller.data_mut().io.proc_exit(code)))
+        },
+    )?;
+    Ok(linker)
+}
+
+fn kind_of(t: &ValType) -> Option<ValKind> {
+    match t {
+        ValType::I32 => Some(ValKind::I32),
+        ValType::I64 => Some(ValKind::I64),
+        _ => None,
+    }
+}
+
+impl Engine for WasmtimeEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Wasmtime
+    }
+
+    fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn CompiledModule>, CompileError> {
+        let module =
+            Module::new(&self.engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        let mut linker: Option<Linker<Host>> = None;
+        for import in module.imports() {
+            let unsupported = || CompileError::UnsupportedImport {
+                module: import.module().to_owned(),
+                name: import.name().to_owned(),
+            };
+            let ExternType::Func(ty) = import.ty() else {
+                return Err(unsupported());
+            };
+            if import.module() != wasi::MODULE {
+                return Err(unsupported());
+            }
+            let params: Vec<_> = ty.params().map(|t| kind_of(&t)).collect();
+            let results: Vec<_> = ty.results().map(|t| kind_of(&t)).collect();
+            match wasi::check_import(import.name(), &params, &results)
+                .map_err(CompileError::ImportSignature)?
+            {
+                Provided::Implemented => {}
+                Provided::Stub(errno) => {
+                    let linker = linker.get_or_insert_with(|| self.linker.clone());
+                    linker
+                        .func_new(wasi::MODULE, import.name(), ty, move |_, _, results| {
+                            results[0] = Val::I32(errno);
+                            Ok(())
+                        })
+                        .map_err(|e| CompileError::Engine(e.to_string()))?;
+                }
+            }
+        }
+        let start = match module.get_export("_start") {
+            Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => module
+                .get_export_index("_start")
+                .ok_or(CompileError::MissingStart)?,
+            _ => return Err(CompileError::MissingStart),
+        };
+        let memory = match module.get_export("memory") {
+            Some(ExternType::Memory(_)) => module
+                .get_export_index("memory")
+                .ok_or(CompileError::MissingMemory)?,
+            _ => return Err(CompileError::MissingMemory),
+        };
+        let pre = linker
+            .as_ref()
+            .unwrap_or(&self.linker)
+            .instantiate_pre(&module)
+            .map_err(|e| CompileError::ImportSignature(e.to_string()))?;
+        Ok(Arc::new(WasmtimeModule {
+            engine: self.engine.clone(),
+            pre,
+            start,
+            memory,
+        }))
+    }
+}
+
+struct WasmtimeModule {
+    engine: Wasmtime,
+    pre: InstancePre<Host>,
+    start: ModuleExport,
+    memory: ModuleExport,
+}
+
+impl CompiledModule for WasmtimeModule {
+    fn run(&self, request: &GuestRequest, limits: &RunLimits) -> RunOutput {
+        let host = Host {
+            io: wagi::guest_io(request, limits.stdout_bytes),
+            memory: None,
+            limiter: MemoryLimiter::new(limits.memory_bytes),
+        };
+        let mut store = Store::new(&self.engine, host);
+        store.limiter(|h| &mut h.limiter);
+        let remaining = limits.deadline.saturating_duration_since(Instant::now());
+        // Round up, plus one tick: the deadline is never cut short, and is overshot by at
+        // most two ticks.
+        let ticks = remaining.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        let ending = self.start(&mut store);
+        let host = store.into_data();
+        wagi::finish(host.io, ending, host.limiter.refused)
+    }
+}
+
+impl WasmtimeModule {
+    fn start(&self, store: &mut Store<Host>) -> Ending {
+        let instance = match self.pre.instantiate(&mut *store) {
+            Ok(instance) => instance,
+            Err(e) => return Ending::Instantiate(format!("{e:#}")),
+        };
+        if let Some(Extern::Memory(m)) = instance.get_module_export(&mut *store, &self.memory) {
+            store.data_mut().memory = Some(m);
+        }
+        let Some(Extern::Func(start)) = instance.get_module_export(&mut *store, &self.start) else {
+            return Ending::Trapped("`_start` export vanished".to_owned());
+        };
+        let start = match start.typed::<(), ()>(&*store) {
+            Ok(f) => f,
+            Err(e) => return Ending::Trapped(e.to_string()),
+        };
+        match start.call(&mut *store, ()) {
+            Ok(()) => Ending::Returned,
+            Err(e) => classify(e),
+        }
+    }
+}
+
+fn classify(e: wasmtime::Error) -> Ending {
+    if let Some(stop) = e.downcast_ref::<HostStop>() {
+        return Ending::Stopped(*stop);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Ending::Interrupted,
+        Some(trap) => Ending::Trapped(trap.to_string()),
+        None => Ending::Trapped(format!("{e:#}")),
+    }
+}

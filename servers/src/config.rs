@@ -1,0 +1,411 @@
+//! Settings: the TOML config file, the command line over it, and the defaults under both.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits};
+use frenezulo_engines::EngineKind;
+use serde::Deserialize;
+
+/// Everything the server runs with, after merging file, flags and defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Engine to run guests on.
+    pub engine: EngineKind,
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Listen backlog: connections the kernel queues before `accept`.
+    pub backlog: u32,
+    /// Worker threads that run guests.
+    pub workers: usize,
+    /// Open connections at most; past it, accepting pauses.
+    pub max_connections: usize,
+    /// How long one response write may take before the connection is dropped.
+    pub write_timeout: Duration,
+    /// How long shutdown waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// The state machine's settings.
+    pub server: ServerConfig,
+    /// Services to register at start.
+    pub services: Vec<ServiceSpec>,
+}
+
+/// A service to load at start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceSpec {
+    /// Its name, which is its prefix.
+    pub name: String,
+    /// Path of its `.wasm` or `.wat` module.
+    pub module: PathBuf,
+    /// Its limits.
+    pub limits: ServiceLimits,
+}
+
+/// The config file, as written. Every key is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    engine: Option<String>,
+    listen: Option<SocketAddr>,
+    backlog: Option<u32>,
+    workers: Option<usize>,
+    max_connections: Option<usize>,
+    max_queued: Option<usize>,
+    max_pipelined: Option<usize>,
+    max_header_bytes: Option<Size>,
+    max_body: Option<Size>,
+    idle_timeout: Option<Span>,
+    keep_alive_timeout: Option<Span>,
+    request_timeout: Option<Span>,
+    write_timeout: Option<Span>,
+    drain_timeout: Option<Span>,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    services: BTreeMap<String, ServiceEntry>,
+}
+
+/// Per-service limits as written; each unset key falls back to `[limits]`, then the default.
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    memory: Option<Size>,
+    deadline: Option<Span>,
+    stdout: Option<Size>,
+    body: Option<Size>,
+    concurrency: Option<usize>,
+    queue: Option<usize>,
+}
+
+impl LimitsConfig {
+    fn apply(&self, mut limits: ServiceLimits) -> ServiceLimits {
+        if let Some(v) = self.memory {
+            limits.memory_bytes = v.0;
+        }
+        if let Some(v) = self.deadline {
+            limits.deadline = v.0;
+        }
+        if let Some(v) = self.stdout {
+            limits.stdout_bytes = v.0;
+        }
+        if let Some(v) = self.body {
+            limits.body_bytes = v.0;
+        }
+        if let Some(v) = self.concurrency {
+            limits.max_concurrency = v;
+        }
+        if let Some(v) = self.queue {
+            limits.max_queued = v;
+        }
+        limits
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum ServiceEntry {
+    /// `name = "path/to/module.wasm"`
+    Path(PathBuf),
+    /// `[services.name]` with `module = "..."` and any limit keys.
+    Table {
+        module: PathBuf,
+        #[serde(flatten)]
+        limits: LimitsConfig,
+    },
+}
+
+/// A byte size: an integer, or a string with a unit (`"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeRepr")]
+pub struct Size(pub usize);
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum SizeRepr {
+    Int(usize),
+    Text(String),
+}
+
+impl TryFrom<SizeRepr> for Size {
+    type Error = String;
+
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        match r {
+            SizeRepr::Int(n) => Ok(Size(n)),
+            SizeRepr::Text(s) => parse_size(&s).map(Size),
+        }
+    }
+}
+
+/// A duration: an integer number of seconds, or a string with a unit (`"250ms"`, `"10s"`, `"5m"`, `"1h"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "SizeRepr")]
+pub struct Span(pub Duration);
+
+impl TryFrom<SizeRepr> for Span {
+    type Error = String;
+
+    fn try_from(r: SizeRepr) -> Result<Self, String> {
+        match r {
+            SizeRepr::Int(n) => Ok(Span(Duration::from_secs(n as u64))),
+            SizeRepr::Text(s) => parse_duration(&s).map(Span),
+        }
+    }
+}
+
+fn split_unit(s: &str) -> (&str, &str) {
+    let s = s.trim();
+    let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    (&s[..at], s[at..].trim())
+}
+
+/// Parses `"64MiB"`-style sizes.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let (num, unit) = split_unit(s);
+    let n: usize = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
+    let scale: usize = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" | "KB" => 1 << 10,
+        "MiB" | "M" | "MB" => 1 << 20,
+        "GiB" | "G" | "GB" => 1 << 30,
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown size unit `{unit}` (use B, KiB, MiB, GiB)"
+            ));
+        }
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// Parses `"250ms"`-style durations; a bare number is seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let (num, unit) = split_unit(s);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a duration like 10s"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(n),
+        "" | "s" => Duration::from_secs(n),
+        "m" | "min" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        _ => {
+            return Err(format!(
+                "`{s}`: unknown duration unit `{unit}` (use ms, s, m, h)"
+            ));
+        }
+    })
+}
+
+/// What the command line can set; `None` leaves the file's value or the default.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--engine`
+    pub engine: Option<EngineKind>,
+    /// `--listen`
+    pub listen: Option<SocketAddr>,
+    /// `--backlog`
+    pub backlog: Option<u32>,
+    /// `--workers`
+    pub workers: Option<usize>,
+    /// `--idle-timeout`
+    pub idle_timeout: Option<Duration>,
+    /// `--service NAME=PATH`, in order; a name here replaces the file's service of that name.
+    pub services: Vec<(String, PathBuf)>,
+}
+
+/// The default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+
+impl Settings {
+    /// Merges the config file at `path` (if any) with command-line overrides.
+    pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
+        let (file, base) = match path {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config file {}", p.display()))?;
+                let file: FileConfig = toml::from_str(&text)
+                    .with_context(|| format!("parsing config file {}", p.display()))?;
+                (file, p.parent().map(Path::to_path_buf).unwrap_or_default())
+            }
+            None => (FileConfig::default(), PathBuf::new()),
+        };
+        Self::merge(file, &base, overrides)
+    }
+
+    /// Merges a parsed file (whose relative paths are under `base`) with overrides.
+    pub fn merge(file: FileConfig, base: &Path, overrides: Overrides) -> anyhow::Result<Self> {
+        let engine = match (overrides.engine, &file.engine) {
+            (Some(e), _) => e,
+            (None, Some(name)) => name.parse().map_err(anyhow::Error::msg)?,
+            (None, None) => EngineKind::compiled_in()
+                .next()
+                .context("no engine compiled in")?,
+        };
+        let workers = overrides
+            .workers
+            .or(file.workers)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        if workers == 0 {
+            bail!("workers must be at least 1");
+        }
+        let defaults = ServerConfig::default();
+        let framing = FramingLimits {
+            max_head_bytes: file
+                .max_header_bytes
+                .map_or(defaults.framing.max_head_bytes, |s| s.0),
+            max_headers: defaults.framing.max_headers,
+            max_body_bytes: file
+                .max_body
+                .map_or(defaults.framing.max_body_bytes, |s| s.0),
+        };
+        let server = ServerConfig {
+            framing,
+            keep_alive_timeout: file
+                .keep_alive_timeout
+                .map_or(defaults.keep_alive_timeout, |s| s.0),
+            request_timeout: file
+                .request_timeout
+                .map_or(defaults.request_timeout, |s| s.0),
+            max_pipelined: file.max_pipelined.unwrap_or(defaults.max_pipelined).max(1),
+            max_running: workers,
+            max_queued: file.max_queued.unwrap_or(defaults.max_queued),
+            idle_timeout: overrides
+                .idle_timeout
+                .or(file.idle_timeout.map(|s| s.0))
+                .unwrap_or(defaults.idle_timeout),
+        };
+        let base_limits = file.limits.apply(ServiceLimits {
+            body_bytes: framing.max_body_bytes,
+            ..ServiceLimits::default()
+        });
+        let mut services: Vec<ServiceSpec> = file
+            .services
+            .into_iter()
+            .map(|(name, entry)| {
+                let (module, limits) = match entry {
+                    ServiceEntry::Path(module) => (module, base_limits),
+                    ServiceEntry::Table { module, limits } => (module, limits.apply(base_limits)),
+                };
+                ServiceSpec {
+                    name,
+                    module: base.join(module),
+                    limits,
+                }
+            })
+            .collect();
+        for (name, module) in overrides.services {
+            services.retain(|s| s.name != name);
+            services.push(ServiceSpec {
+                name,
+                module,
+                limits: base_limits,
+            });
+        }
+        Ok(Settings {
+            engine,
+            listen: overrides
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
+            backlog: overrides.backlog.or(file.backlog).unwrap_or(1024),
+            workers,
+            max_connections: file.max_connections.unwrap_or(10_000).max(1),
+            write_timeout: file.write_timeout.map_or(Duration::from_secs(30), |s| s.0),
+            drain_timeout: file.drain_timeout.map_or(Duration::from_secs(30), |s| s.0),
+            server,
+            services,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str, overrides: Overrides) -> anyhow::Result<Settings> {
+        let file: FileConfig = toml::from_str(text)?;
+        Settings::merge(file, Path::new("/etc/frenezulo"), overrides)
+    }
+
+    #[test]
+    fn file_values_limits_and_service_forms() {
+        let s = parse(
+            r#"
+            engine = "wasmi"
+            listen = "0.0.0.0:9000"
+            backlog = 64
+            workers = 3
+            idle_timeout = "250ms"
+            [limits]
+            memory = "8MiB"
+            deadline = "2s"
+            [services]
+            hello = "hello.wat"
+            [services.shop]
+            module = "/srv/shop.wasm"
+            memory = "32MiB"
+            queue = 5
+            "#,
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.engine, EngineKind::Wasmi);
+        assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
+        assert_eq!(s.backlog, 64);
+        assert_eq!(s.server.max_running, 3);
+        assert_eq!(s.server.idle_timeout, Duration::from_millis(250));
+        assert_eq!(s.services.len(), 2);
+        let hello = &s.services[0];
+        assert_eq!(hello.module, Path::new("/etc/frenezulo/hello.wat"));
+        assert_eq!(hello.limits.memory_bytes, 8 << 20);
+        assert_eq!(hello.limits.deadline, Duration::from_secs(2));
+        let shop = &s.services[1];
+        assert_eq!(shop.module, Path::new("/srv/shop.wasm"));
+        assert_eq!(shop.limits.memory_bytes, 32 << 20);
+        assert_eq!(shop.limits.max_queued, 5);
+        assert_eq!(shop.limits.deadline, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn command_line_wins() {
+        let s = parse(
+            "engine = \"wasmi\"\nbacklog = 5\n[services]\nhello = \"a.wat\"\n",
+            Overrides {
+                engine: Some(EngineKind::Wasmtime),
+                backlog: Some(7),
+                services: vec![("hello".into(), "b.wat".into())],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(s.engine, EngineKind::Wasmtime);
+        assert_eq!(s.backlog, 7);
+        assert_eq!(s.services.len(), 1);
+        assert_eq!(s.services[0].module, Path::new("b.wat"));
+    }
+
+    #[test]
+    fn bad_values_are_reported() {
+        assert!(parse("bogus = 1", Overrides::default()).is_err());
+        assert!(parse("engine = \"v8\"", Overrides::default()).is_err());
+        assert!(parse("[limits]\nmemory = \"12 parsecs\"", Overrides::default()).is_err());
+        assert!(parse("workers = 0", Overrides::default()).is_err());
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
+        assert!(parse_size("MiB").is_err());
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("2 fortnights").is_err());
+    }
+}
