@@ -377,6 +377,21 @@ impl Server {
         Ok(key)
     }
 
+    /// Tells the core the driver already holds the compiled module for `module` (it compiled
+    /// it to validate it, say): a cold service becomes warm without an [`Output::Compile`],
+    /// and idles out like any other.
+    pub fn module_loaded(&mut self, now: Instant, module: &ModuleKey) {
+        let Some(service) = self.services.get_mut(&module.service) else {
+            return;
+        };
+        if service.key == *module && service.state == Lifecycle::Cold {
+            service.state = Lifecycle::Warm;
+            self.mark_ready(&module.service);
+            self.pump();
+            self.arm_idle(now, &module.service);
+        }
+    }
+
     /// Replaces a service's module and limits. Requests already running finish on the old
     /// module; queued ones and new ones run on the new one.
     pub fn replace_service(
@@ -1079,4 +1094,603 @@ fn push_slot(c: &mut Conn, head_only: bool, close: bool) -> u64 {
         ready: None,
     });
     seq
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const REMOTE: &str = "127.0.0.1:50000";
+    const LOCAL: &str = "127.0.0.1:8080";
+
+    /// A fake driver: feeds inputs, collects outputs, keeps what each connection received.
+    struct Harness {
+        server: Server,
+        now: Instant,
+        sent: BTreeMap<ConnId, Vec<u8>>,
+        closed: BTreeSet<ConnId>,
+        compiles: Vec<ModuleKey>,
+        executions: Vec<Execution>,
+        evicted: Vec<ModuleKey>,
+    }
+
+    impl Harness {
+        fn new(config: ServerConfig) -> Self {
+            Self {
+                server: Server::new(config),
+                now: Instant::now(),
+                sent: BTreeMap::new(),
+                closed: BTreeSet::new(),
+                compiles: Vec::new(),
+                executions: Vec::new(),
+                evicted: Vec::new(),
+            }
+        }
+
+        fn with_service(mut self, name: &str, limits: ServiceLimits) -> Self {
+            self.server
+                .add_service(name, Bytes::from_static(b"wasm"), limits)
+                .unwrap();
+            self
+        }
+
+        fn input(&mut self, input: Input<'_>) {
+            self.server.handle(self.now, input);
+            while let Some(out) = self.server.poll_output() {
+                match out {
+                    Output::Transmit { conn, head, body } => {
+                        let buf = self.sent.entry(conn).or_default();
+                        buf.extend_from_slice(&head);
+                        buf.extend_from_slice(&body);
+                    }
+                    Output::Close { conn } => {
+                        assert!(self.closed.insert(conn), "closed twice");
+                    }
+                    Output::Compile { module, .. } => self.compiles.push(module),
+                    Output::Execute(e) => self.executions.push(*e),
+                    Output::Evict { module } => self.evicted.push(module),
+                }
+            }
+        }
+
+        fn connect(&mut self, id: u64) -> ConnId {
+            let conn = ConnId(id);
+            self.input(Input::Connected {
+                conn,
+                remote: REMOTE.parse().unwrap(),
+                local: LOCAL.parse().unwrap(),
+            });
+            conn
+        }
+
+        fn send(&mut self, conn: ConnId, data: &str) {
+            self.input(Input::Received {
+                conn,
+                data: data.as_bytes(),
+            });
+        }
+
+        fn compile_all(&mut self) {
+            for module in std::mem::take(&mut self.compiles) {
+                self.input(Input::Compiled {
+                    module,
+                    result: Ok(()),
+                });
+            }
+        }
+
+        /// Finishes the oldest execution with a 200 whose body names its path.
+        fn finish_oldest(&mut self) -> Execution {
+            let e = self.executions.remove(0);
+            let body = Bytes::from(e.request.request.target.clone());
+            let response = Response {
+                status: 200,
+                headers: vec![],
+                body,
+            };
+            self.input(Input::Executed {
+                job: e.job,
+                result: Ok(response),
+            });
+            e
+        }
+
+        fn advance(&mut self, d: Duration) {
+            self.now += d;
+            self.input(Input::Timeout);
+        }
+
+        /// Status codes of the responses a connection got, in order.
+        fn statuses(&self, conn: ConnId) -> Vec<u16> {
+            let text = String::from_utf8_lossy(self.sent.get(&conn).map_or(&[][..], |v| v));
+            text.match_indices("HTTP/1.1 ")
+                .filter_map(|(i, _)| text[i + 9..i + 12].parse().ok())
+                .filter(|s| *s != 100)
+                .collect()
+        }
+
+        fn text(&self, conn: ConnId) -> String {
+            String::from_utf8_lossy(self.sent.get(&conn).map_or(&[][..], |v| v)).into_owned()
+        }
+    }
+
+    fn get(path: &str) -> String {
+        format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+    }
+
+    fn config() -> ServerConfig {
+        ServerConfig {
+            max_running: 2,
+            ..ServerConfig::default()
+        }
+    }
+
+    #[test]
+    fn unknown_prefix_is_404_and_management_is_reserved() {
+        let mut h = Harness::new(config()).with_service("shop", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &get("/"));
+        h.send(c, &get("/shopping"));
+        h.send(c, &get("/services"));
+        assert_eq!(h.statuses(c), vec![404, 404, 501]);
+        assert!(h.compiles.is_empty());
+    }
+
+    #[test]
+    fn cold_start_compiles_once_then_runs_queued_requests() {
+        let mut h = Harness::new(config()).with_service("shop", ServiceLimits::default());
+        let c1 = h.connect(1);
+        let c2 = h.connect(2);
+        h.send(c1, &get("/shop/a?x=1"));
+        h.send(c2, &get("/shop"));
+        assert_eq!(h.compiles.len(), 1, "one compile for both requests");
+        assert!(h.executions.is_empty());
+        h.compile_all();
+        assert_eq!(h.executions.len(), 2);
+        let e = &h.executions[0];
+        assert_eq!(e.request.script_name, "/shop");
+        assert_eq!(e.request.path_info, "/a");
+        assert_eq!(e.request.request.query(), "x=1");
+        h.finish_oldest();
+        h.finish_oldest();
+        assert_eq!(h.statuses(c1), vec![200]);
+        assert_eq!(h.statuses(c2), vec![200]);
+        assert_eq!(h.server.stats().compiles, 1);
+    }
+
+    #[test]
+    fn pipelined_responses_keep_request_order() {
+        let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(
+            c,
+            &format!("{}{}{}", get("/s/1"), get("/nope"), get("/s/2")),
+        );
+        h.compile_all();
+        assert_eq!(h.executions.len(), 2);
+        // Finish the second run first: nothing may be sent until the first is done.
+        let second = h.executions.remove(1);
+        h.input(Input::Executed {
+            job: second.job,
+            result: Ok(Response::text(201, "second")),
+        });
+        assert!(h.statuses(c).is_empty());
+        h.finish_oldest();
+        assert_eq!(h.statuses(c), vec![200, 404, 201]);
+        let text = h.text(c);
+        assert!(text.find("/s/1").unwrap() < text.find("second").unwrap());
+    }
+
+    #[test]
+    fn connection_close_and_http10_close_after_the_response() {
+        let mut h = Harness::new(config());
+        let c = h.connect(1);
+        h.send(c, "GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /y HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert_eq!(
+            h.statuses(c),
+            vec![404],
+            "nothing after a close request is parsed"
+        );
+        assert!(h.text(c).contains("Connection: close"));
+        assert!(h.closed.contains(&c));
+        let c = h.connect(2);
+        h.send(c, "GET /x HTTP/1.0\r\n\r\n");
+        assert!(h.closed.contains(&c));
+    }
+
+    #[test]
+    fn head_gets_no_body_and_continue_comes_first() {
+        let mut h = Harness::new(config());
+        let c = h.connect(1);
+        h.send(c, "HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n");
+        let text = h.text(c);
+        assert!(text.contains("Content-Length: 24"));
+        assert!(text.ends_with("\r\n\r\n"));
+        let c = h.connect(2);
+        h.send(
+            c,
+            "POST /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+        );
+        assert_eq!(h.text(c), "HTTP/1.1 100 Continue\r\n\r\n");
+        h.send(c, "ok");
+        assert_eq!(h.statuses(c), vec![404]);
+    }
+
+    #[test]
+    fn framing_errors_answer_then_close() {
+        for (input, status) in [
+            ("BROKEN\r\n\r\n", 400),
+            (
+                "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+                501,
+            ),
+            (
+                "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n",
+                413,
+            ),
+        ] {
+            let mut h = Harness::new(config());
+            let c = h.connect(1);
+            h.send(c, input);
+            assert_eq!(h.statuses(c), vec![status], "{input:?}");
+            assert!(h.closed.contains(&c));
+        }
+        let mut h = Harness::new(config());
+        let c = h.connect(1);
+        let huge = format!("GET /{} HTTP/1.1\r\n", "a".repeat(20_000));
+        h.send(c, &huge);
+        assert_eq!(h.statuses(c), vec![431]);
+    }
+
+    #[test]
+    fn per_service_body_limit_is_413() {
+        let limits = ServiceLimits {
+            body_bytes: 4,
+            ..ServiceLimits::default()
+        };
+        let mut h = Harness::new(config()).with_service("s", limits);
+        let c = h.connect(1);
+        h.send(
+            c,
+            "POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+        );
+        assert_eq!(h.statuses(c), vec![413]);
+    }
+
+    #[test]
+    fn full_queue_sheds_with_503_and_retry_after() {
+        let limits = ServiceLimits {
+            max_concurrency: 1,
+            max_queued: 1,
+            ..ServiceLimits::default()
+        };
+        let mut h = Harness::new(config()).with_service("s", limits);
+        h.input(Input::Timeout);
+        let conns: Vec<_> = (0..3).map(|i| h.connect(i)).collect();
+        h.server.module_loaded(
+            h.now,
+            &ModuleKey {
+                service: ServiceName::new("s").unwrap(),
+                version: 1,
+            },
+        );
+        for c in &conns {
+            h.send(*c, &get("/s"));
+        }
+        assert_eq!(h.executions.len(), 1);
+        assert_eq!(h.statuses(conns[2]), vec![503]);
+        assert!(h.text(conns[2]).contains("Retry-After: 1"));
+        assert_eq!(h.server.stats().shed, 1);
+        h.finish_oldest();
+        assert_eq!(h.executions.len(), 1, "the queued one starts");
+        h.finish_oldest();
+        assert_eq!(h.statuses(conns[0]), vec![200]);
+        assert_eq!(h.statuses(conns[1]), vec![200]);
+    }
+
+    #[test]
+    fn a_flooded_service_does_not_starve_a_quiet_one() {
+        let mut config = config();
+        config.max_running = 1;
+        let mut h = Harness::new(config)
+            .with_service("noisy", ServiceLimits::default())
+            .with_service("quiet", ServiceLimits::default());
+        let n = h.connect(1);
+        h.send(n, &get("/noisy"));
+        h.compile_all();
+        for i in 0..5 {
+            let c = h.connect(10 + i);
+            h.send(c, &get("/noisy"));
+        }
+        let q = h.connect(2);
+        h.send(q, &get("/quiet"));
+        h.compile_all();
+        assert_eq!(h.executions.len(), 1);
+        let mut order = Vec::new();
+        while !h.executions.is_empty() {
+            order.push(h.finish_oldest().module.service.as_str().to_owned());
+        }
+        // Services take turns: the quiet request runs within one slot of being queued,
+        // ahead of the noisy backlog, not after all five.
+        assert_eq!(order[..3], ["noisy", "noisy", "quiet"]);
+        assert_eq!(order.len(), 7);
+    }
+
+    #[test]
+    fn deadlines_answer_504_for_running_and_queued_requests() {
+        let limits = ServiceLimits {
+            deadline: Duration::from_millis(100),
+            max_concurrency: 1,
+            ..ServiceLimits::default()
+        };
+        let mut h = Harness::new(config()).with_service("s", limits);
+        let a = h.connect(1);
+        let b = h.connect(2);
+        h.send(a, &get("/s"));
+        h.compile_all();
+        h.send(b, &get("/s"));
+        assert_eq!(h.executions.len(), 1);
+        h.advance(Duration::from_millis(100));
+        assert_eq!(h.statuses(a), vec![504]);
+        assert_eq!(h.statuses(b), vec![504]);
+        assert_eq!(
+            h.server.running(),
+            1,
+            "the guest still runs until the engine stops it"
+        );
+        h.finish_oldest();
+        assert_eq!(h.statuses(a), vec![504], "a late result is dropped");
+        assert_eq!(h.server.running(), 0);
+    }
+
+    #[test]
+    fn idle_services_are_evicted_and_cold_started_again() {
+        let mut config = config();
+        config.idle_timeout = Duration::from_secs(5);
+        let mut h = Harness::new(config).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &get("/s"));
+        h.compile_all();
+        h.finish_oldest();
+        h.advance(Duration::from_secs(4));
+        h.send(c, &get("/s"));
+        h.finish_oldest();
+        h.advance(Duration::from_secs(4));
+        assert!(h.evicted.is_empty(), "a request resets the idle clock");
+        h.advance(Duration::from_secs(2));
+        assert_eq!(h.evicted.len(), 1);
+        assert_eq!(h.server.services().next().unwrap().state, Lifecycle::Cold);
+        let c = h.connect(2);
+        h.send(c, &get("/s"));
+        assert_eq!(h.compiles.len(), 1);
+        assert_eq!(h.server.stats().evictions, 1);
+    }
+
+    #[test]
+    fn replace_lets_running_requests_finish_on_the_old_version() {
+        let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &get("/s"));
+        h.compile_all();
+        let old = h.executions[0].module.clone();
+        let new = h
+            .server
+            .replace_service("s", Bytes::from_static(b"v2"), ServiceLimits::default())
+            .unwrap();
+        assert_ne!(old, new);
+        assert!(h.evicted.is_empty(), "old version still running");
+        h.finish_oldest();
+        assert_eq!(h.evicted, vec![old]);
+        assert_eq!(h.statuses(c), vec![200]);
+        h.send(c, &get("/s"));
+        assert_eq!(h.compiles, vec![new]);
+        assert!(matches!(
+            h.server
+                .replace_service("nope", Bytes::new(), ServiceLimits::default()),
+            Err(RegistryError::NotFound(_))
+        ));
+        assert!(matches!(
+            h.server
+                .add_service("s", Bytes::new(), ServiceLimits::default()),
+            Err(RegistryError::AlreadyExists(_))
+        ));
+    }
+
+    #[test]
+    fn remove_answers_queued_requests_and_routes_404_after() {
+        let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &get("/s"));
+        h.input(Input::Timeout);
+        let now = h.now;
+        h.server.remove_service(now, "s").unwrap();
+        h.input(Input::Timeout);
+        assert_eq!(h.statuses(c), vec![503]);
+        h.send(c, &get("/s"));
+        assert_eq!(h.statuses(c), vec![503, 404]);
+    }
+
+    #[test]
+    fn disconnect_drops_the_result_but_frees_the_worker() {
+        let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &get("/s"));
+        h.compile_all();
+        h.input(Input::Disconnected { conn: c });
+        assert_eq!(h.server.connection_count(), 0);
+        h.finish_oldest();
+        assert_eq!(h.server.running(), 0);
+        assert!(h.statuses(c).is_empty());
+    }
+
+    #[test]
+    fn idle_and_slow_connections_time_out() {
+        let mut h = Harness::new(config());
+        let idle = h.connect(1);
+        let slow = h.connect(2);
+        h.send(slow, "GET / HTTP/1.1\r\nHo");
+        h.advance(Duration::from_secs(10));
+        assert_eq!(h.statuses(slow), vec![408]);
+        assert!(h.closed.contains(&slow));
+        assert!(!h.closed.contains(&idle));
+        h.advance(Duration::from_secs(5));
+        assert!(h.closed.contains(&idle));
+        assert!(h.statuses(idle).is_empty());
+    }
+
+    #[test]
+    fn read_closed_still_answers_what_was_asked() {
+        let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &get("/s"));
+        h.input(Input::ReadClosed { conn: c });
+        assert!(!h.closed.contains(&c));
+        h.compile_all();
+        h.finish_oldest();
+        assert_eq!(h.statuses(c), vec![200]);
+        assert!(h.closed.contains(&c));
+    }
+
+    #[test]
+    fn shutdown_closes_idle_connections_and_drains_busy_ones() {
+        let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+        let idle = h.connect(1);
+        let busy = h.connect(2);
+        h.send(busy, &get("/s"));
+        h.compile_all();
+        h.input(Input::Shutdown);
+        assert!(h.closed.contains(&idle));
+        assert!(!h.server.is_drained());
+        h.finish_oldest();
+        assert!(h.text(busy).contains("Connection: close"));
+        assert!(h.closed.contains(&busy));
+        assert!(h.server.is_drained());
+        let late = h.connect(3);
+        assert!(h.closed.contains(&late));
+    }
+
+    #[test]
+    fn a_full_pipeline_stops_reading() {
+        let mut config = config();
+        config.max_pipelined = 2;
+        let mut h = Harness::new(config).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &format!("{}{}{}", get("/s/1"), get("/s/2"), get("/s/3")));
+        h.compile_all();
+        assert!(!h.server.wants_read(c));
+        assert_eq!(h.executions.len(), 2);
+        h.finish_oldest();
+        assert_eq!(
+            h.executions.len(),
+            2,
+            "the buffered third request is parsed once there is room"
+        );
+        h.finish_oldest();
+        h.finish_oldest();
+        assert_eq!(h.statuses(c), vec![200, 200, 200]);
+        assert!(h.server.wants_read(c));
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Request { conn: u8, service: u8 },
+        Finish { index: u8, fail: bool },
+        Compile,
+        Advance { millis: u16 },
+        Disconnect { conn: u8 },
+        Replace { service: u8 },
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0u8..4, 0u8..3).prop_map(|(conn, service)| Op::Request { conn, service }),
+            3 => (any::<u8>(), any::<bool>()).prop_map(|(index, fail)| Op::Finish { index, fail }),
+            1 => Just(Op::Compile),
+            2 => (0u16..3000).prop_map(|millis| Op::Advance { millis }),
+            1 => (0u8..4).prop_map(|conn| Op::Disconnect { conn }),
+            1 => (0u8..3).prop_map(|service| Op::Replace { service }),
+        ]
+    }
+
+    proptest! {
+        /// Whatever happens, each request on a connection that stays open gets exactly one
+        /// response, and no limit is exceeded.
+        #[test]
+        fn every_request_gets_one_response_and_limits_hold(ops in proptest::collection::vec(op(), 1..120)) {
+            let limits = ServiceLimits {
+                max_concurrency: 2,
+                max_queued: 3,
+                deadline: Duration::from_secs(2),
+                ..ServiceLimits::default()
+            };
+            let mut config = config();
+            config.max_running = 3;
+            config.max_queued = 5;
+            config.idle_timeout = Duration::from_secs(4);
+            let mut h = Harness::new(config);
+            for name in ["a", "b"] {
+                h.server.add_service(name, Bytes::new(), limits).unwrap();
+            }
+            let names = ["a", "b", "zz"];
+            let mut next_conn = 100u64;
+            let mut conns: Vec<ConnId> = (0..4).map(|i| h.connect(i)).collect();
+            let mut asked: BTreeMap<ConnId, usize> = BTreeMap::new();
+            let mut dropped: BTreeSet<ConnId> = BTreeSet::new();
+            for op in ops {
+                match op {
+                    Op::Request { conn, service } => {
+                        let c = conns[conn as usize];
+                        if h.server.wants_read(c) {
+                            *asked.entry(c).or_default() += 1;
+                            h.send(c, &get(&format!("/{}", names[service as usize])));
+                        }
+                    }
+                    Op::Finish { index, fail } => {
+                        if !h.executions.is_empty() {
+                            let e = h.executions.remove(index as usize % h.executions.len());
+                            let result = if fail { Err(GuestFailure::Timeout) } else { Ok(Response::text(200, "ok")) };
+                            h.input(Input::Executed { job: e.job, result });
+                        }
+                    }
+                    Op::Compile => h.compile_all(),
+                    Op::Advance { millis } => h.advance(Duration::from_millis(u64::from(millis))),
+                    Op::Disconnect { conn } => {
+                        let c = conns[conn as usize];
+                        h.input(Input::Disconnected { conn: c });
+                        dropped.insert(c);
+                        conns[conn as usize] = h.connect(next_conn);
+                        next_conn += 1;
+                    }
+                    Op::Replace { service } => {
+                        if service < 2 {
+                            let _ = h.server.replace_service(names[service as usize], Bytes::new(), limits);
+                            h.input(Input::Timeout);
+                        }
+                    }
+                }
+                prop_assert!(h.server.running() <= 3);
+                prop_assert!(h.server.queued <= 5);
+                for s in h.server.services() {
+                    prop_assert!(s.running <= 2 && s.queued <= 3);
+                }
+            }
+            // Let everything finish.
+            for _ in 0..50 {
+                h.compile_all();
+                while !h.executions.is_empty() {
+                    h.finish_oldest();
+                }
+                h.advance(Duration::from_secs(1));
+            }
+            prop_assert_eq!(h.server.running(), 0);
+            for (c, n) in asked {
+                if dropped.contains(&c) {
+                    prop_assert!(h.statuses(c).len() <= n);
+                } else {
+                    prop_assert_eq!(h.statuses(c).len(), n, "conn {:?}", c);
+                }
+            }
+        }
+    }
 }

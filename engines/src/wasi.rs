@@ -544,11 +544,11 @@ mod tests {
         let mut io = io();
         let mut mem = vec![0u8; 256];
         assert_eq!(io.environ_sizes_get(&mut mem, 0, 4), Ok(0));
-        assert_eq!((u32_at(&mem, 0), u32_at(&mem, 4)), (2, 10));
+        assert_eq!((u32_at(&mem, 0), u32_at(&mem, 4)), (2, 11));
         assert_eq!(io.environ_get(&mut mem, 16, 64), Ok(0));
         assert_eq!(u32_at(&mem, 16), 64);
         assert_eq!(u32_at(&mem, 20), 68);
-        assert_eq!(&mem[64..74], b"K=v\0EMPTY=\0"[..10].as_ref());
+        assert_eq!(&mem[64..75], b"K=v\0EMPTY=\0");
         assert_eq!(io.args_sizes_get(&mut mem, 0, 4), Ok(0));
         assert_eq!((u32_at(&mem, 0), u32_at(&mem, 4)), (2, 7));
     }

@@ -153,12 +153,18 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> io::Result<Async<TcpListener>> {
 }
 
 /// Serves until SIGINT or SIGTERM, then drains in-flight requests and returns.
+/// `loaded` are modules already compiled for services registered in `core`.
 pub fn run(
     settings: Settings,
     engine: Arc<dyn Engine>,
-    core: Server,
+    mut core: Server,
+    loaded: Vec<(ModuleKey, Arc<dyn CompiledModule>)>,
     listener: Async<TcpListener>,
 ) -> anyhow::Result<()> {
+    let now = Instant::now();
+    for (key, _) in &loaded {
+        core.module_loaded(now, key);
+    }
     let (jobs_tx, jobs_rx) = smol::channel::unbounded();
     let (done_tx, done_rx) = smol::channel::unbounded();
     workers::spawn(settings.workers, engine, jobs_rx, done_tx)?;
@@ -166,7 +172,7 @@ pub fn run(
     let shared: Shared = Rc::new(RefCell::new(State {
         core,
         conns: HashMap::new(),
-        modules: HashMap::new(),
+        modules: loaded.into_iter().collect(),
         jobs: jobs_tx,
         timer_wake,
         armed: None,

@@ -3,14 +3,16 @@
 //! Each service is a WAGI module (a WASI preview-1 command) that owns a URL prefix; every
 //! request runs in a fresh instance. See README.md for the guest ABI and the config file.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use frenezulo_core::Server;
-use frenezulo_engines::{Engine, EngineConfig, EngineKind};
+use std::sync::Arc;
+
+use frenezulo_core::{ModuleKey, Server};
+use frenezulo_engines::{CompiledModule, Engine, EngineConfig, EngineKind};
 use tracing::info;
 
 mod config;
@@ -86,6 +88,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -121,27 +124,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let engine = frenezulo_engines::create(settings.engine, &engine_config)?;
     let mut core = Server::new(settings.server.clone());
+    let mut loaded = Vec::new();
     if settings.services.is_empty() {
         let wasm = wat::parse_str(BUILTIN_HELLO).context("built-in hello module")?;
-        add_service(
+        let limits = Default::default();
+        loaded.push(add_service(
             &mut core,
             engine.as_ref(),
             "hello",
             wasm,
-            Default::default(),
+            limits,
             "built-in",
-        )?;
+        )?);
     }
     for spec in &settings.services {
         let wasm = load_module(&spec.module)?;
-        add_service(
+        let origin = spec.module.display().to_string();
+        loaded.push(add_service(
             &mut core,
             engine.as_ref(),
             &spec.name,
             wasm,
             spec.limits,
-            &spec.module.display().to_string(),
-        )?;
+            &origin,
+        )?);
     }
     let listener = driver::bind(settings.listen, settings.backlog)
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -150,7 +156,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // A machine-readable line on stdout, for scripts and tests that pick a free port.
     println!("frenezulo listening on http://{local}");
     std::io::stdout().flush()?;
-    driver::run(settings, engine, core, listener)
+    driver::run(settings, engine, core, loaded, listener)
 }
 
 /// Reads a `.wasm` or `.wat` module (text is recognised by content, not by extension).
@@ -162,7 +168,8 @@ fn load_module(path: &Path) -> anyhow::Result<Vec<u8>> {
     Ok(wasm.into_owned())
 }
 
-/// Validates a module by compiling it once, then registers it (cold until first use).
+/// Validates a module by compiling it, then registers it. The compiled module serves the
+/// first requests; the service goes cold like any other once idle.
 fn add_service(
     core: &mut Server,
     engine: &dyn Engine,
@@ -170,14 +177,14 @@ fn add_service(
     wasm: Vec<u8>,
     limits: frenezulo_core::ServiceLimits,
     origin: &str,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(ModuleKey, Arc<dyn CompiledModule>)> {
     let started = std::time::Instant::now();
-    engine
+    let compiled = engine
         .compile(&wasm)
         .with_context(|| format!("service `{name}` ({origin})"))?;
     let key = core
         .add_service(name, wasm.into(), limits)
         .with_context(|| format!("service `{name}`"))?;
-    info!(service = %key.service, module = origin, validated_ms = started.elapsed().as_secs_f64() * 1e3, "service registered at /{name}");
-    Ok(())
+    info!(service = %key.service, module = origin, compile_ms = started.elapsed().as_secs_f64() * 1e3, "service registered at /{name}");
+    Ok((key, compiled))
 }

@@ -1,0 +1,326 @@
+//! The conformance suite: every WAGI case, error status and limit, written once and run
+//! against every engine compiled in (`conformance!` makes one test per case per engine).
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use frenezulo_core::http::Header;
+use frenezulo_core::{GuestFailure, GuestRequest, Request, Response, RunLimits, Version};
+use frenezulo_engines::{CompileError, Engine, EngineConfig, EngineKind, RunOutput};
+
+fn engine(kind: EngineKind) -> Arc<dyn Engine> {
+    static WASMTIME: OnceLock<Arc<dyn Engine>> = OnceLock::new();
+    static WASMI: OnceLock<Arc<dyn Engine>> = OnceLock::new();
+    let cell = match kind {
+        EngineKind::Wasmtime => &WASMTIME,
+        _ => &WASMI,
+    };
+    cell.get_or_init(|| {
+        let config = EngineConfig {
+            max_instances: 16,
+            max_memory_bytes: 64 << 20,
+        };
+        frenezulo_engines::create(kind, &config).expect("engine")
+    })
+    .clone()
+}
+
+fn repo(path: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+}
+
+/// A guest from `examples/` or `engines/tests/guests/`, as wasm bytes.
+fn guest(path: &str) -> Vec<u8> {
+    wat::parse_file(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// A guest that writes `output` to stdout and returns.
+fn printer(output: &[u8]) -> Vec<u8> {
+    let escaped: String = output.iter().map(|b| format!("\\{b:02x}")).collect();
+    let wat = format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) "{escaped}")
+          (func (export "_start")
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const {len}))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        len = output.len()
+    );
+    wat::parse_str(wat).expect("printer guest")
+}
+
+fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> GuestRequest {
+    let path = target.split('?').next().unwrap();
+    let rest = path.strip_prefix("/svc").expect("targets start with /svc");
+    GuestRequest {
+        request: Request {
+            method: method.to_owned(),
+            target: target.to_owned(),
+            version: Version::Http11,
+            headers: headers
+                .iter()
+                .map(|(n, v)| Header {
+                    name: (*n).to_owned(),
+                    value: Bytes::copy_from_slice(v.as_bytes()),
+                })
+                .collect(),
+            body: Bytes::copy_from_slice(body),
+            keep_alive: true,
+        },
+        script_name: "/svc".to_owned(),
+        path_info: rest.to_owned(),
+        remote: "10.1.2.3:4567".parse().unwrap(),
+        local: "127.0.0.1:8080".parse().unwrap(),
+    }
+}
+
+fn limits() -> RunLimits {
+    RunLimits {
+        memory_bytes: 4 << 20,
+        stdout_bytes: 1 << 20,
+        deadline: Instant::now() + Duration::from_secs(10),
+    }
+}
+
+fn run_with(engine: &dyn Engine, wasm: &[u8], req: &GuestRequest, limits: RunLimits) -> RunOutput {
+    let module = engine.compile(wasm).expect("compiles");
+    module.run(req, &limits)
+}
+
+fn run(engine: &dyn Engine, wasm: &[u8]) -> Result<Response, GuestFailure> {
+    run_with(
+        engine,
+        wasm,
+        &request("GET", "/svc", &[("Host", "example.com")], b""),
+        limits(),
+    )
+    .result
+}
+
+fn ok(result: Result<Response, GuestFailure>) -> Response {
+    result.unwrap_or_else(|e| panic!("expected a response, got {e:?}"))
+}
+
+fn body(r: &Response) -> String {
+    String::from_utf8_lossy(&r.body).into_owned()
+}
+
+macro_rules! conformance {
+    ($($(#[$meta:meta])* fn $name:ident($engine:ident) $body:block)*) => {
+        #[cfg(feature = "wasmtime")]
+        mod wasmtime {
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() { let $engine = engine(EngineKind::Wasmtime); let $engine = $engine.as_ref(); $body } )*
+        }
+        #[cfg(feature = "wasmi")]
+        mod wasmi {
+            use super::*;
+            $( $(#[$meta])* #[test] fn $name() { let $engine = engine(EngineKind::Wasmi); let $engine = $engine.as_ref(); $body } )*
+        }
+    };
+}
+
+conformance! {
+    fn hello_example_answers(e) {
+        let r = ok(run(e, &guest("examples/hello.wat")));
+        assert_eq!(r.status, 200);
+        assert_eq!(body(&r), "Hello from frenezulo!\n");
+    }
+
+    fn cgi_environment_is_complete(e) {
+        let req = request(
+            "POST",
+            "/svc/a%20b/c?x=1&y=two",
+            &[("Host", "example.com:8080"), ("Content-Type", "text/plain"), ("X-Custom", "one"), ("x-custom", "two")],
+            b"the body",
+        );
+        let r = ok(run_with(e, &guest("examples/echo.wat"), &req, limits()).result);
+        let text = body(&r);
+        for line in [
+            "REQUEST_METHOD=POST",
+            "SCRIPT_NAME=/svc",
+            "PATH_INFO=/a b/c",
+            "X_RAW_PATH_INFO=/a%20b/c",
+            "QUERY_STRING=x=1&y=two",
+            "X_MATCHED_ROUTE=/svc/...",
+            "X_FULL_URL=http://example.com:8080/svc/a%20b/c?x=1&y=two",
+            "SERVER_NAME=example.com",
+            "SERVER_PORT=8080",
+            "SERVER_PROTOCOL=HTTP/1.1",
+            "GATEWAY_INTERFACE=CGI/1.1",
+            "CONTENT_LENGTH=8",
+            "CONTENT_TYPE=text/plain",
+            "REMOTE_ADDR=10.1.2.3",
+            "HTTP_HOST=example.com:8080",
+            "HTTP_X_CUSTOM=one, two",
+            "ARG=/svc/a%20b/c",
+            "ARG=x=1",
+            "ARG=y=two",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+        assert!(!text.contains("HTTP_CONTENT_TYPE"), "Content-Type has its own variable");
+        assert!(text.ends_with("\n\nthe body"), "stdin is the body:\n{text}");
+    }
+
+    fn host_environment_never_reaches_the_guest(e) {
+        // SAFETY-free: tests in this binary only read their own variables.
+        let secret = "FRENEZULO_TEST_SECRET";
+        assert!(std::env::var_os("PATH").is_some(), "the test host has a PATH to leak");
+        let text = body(&ok(run(e, &guest("examples/echo.wat"))));
+        for name in ["PATH=", "HOME=", secret] {
+            assert!(!text.lines().any(|l| l.starts_with(name)), "{name} leaked:\n{text}");
+        }
+    }
+
+    fn status_location_and_repeated_headers(e) {
+        let r = ok(run(e, &guest("examples/status.wat")));
+        assert_eq!(r.status, 418);
+        let r = ok(run(e, &guest("examples/redirect.wat")));
+        assert_eq!(r.status, 302);
+        assert_eq!(r.headers, vec![("Location".to_owned(), Bytes::from_static(b"/hello"))]);
+        let r = ok(run(e, &printer(b"Status: 201 Created\r\nContent-Type: text/plain\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nmade")));
+        assert_eq!(r.status, 201);
+        let cookies: Vec<_> = r.headers.iter().filter(|(n, _)| n == "Set-Cookie").map(|(_, v)| v.clone()).collect();
+        assert_eq!(cookies, vec![Bytes::from_static(b"a=1"), Bytes::from_static(b"b=2")]);
+        assert_eq!(body(&r), "made");
+    }
+
+    fn bad_output_is_a_bad_gateway(e) {
+        let err = run(e, &guest("engines/tests/guests/bad-output.wat")).unwrap_err();
+        assert!(matches!(err, GuestFailure::BadOutput(_)), "{err:?}");
+        assert_eq!(err.status(), 502);
+        let err = run(e, &printer(b"")).unwrap_err();
+        assert_eq!(err, GuestFailure::BadOutput("no output".to_owned()));
+        let err = run(e, &printer(b"X-Only: 1\n\nbody")).unwrap_err();
+        assert_eq!(err.status(), 502);
+    }
+
+    fn a_trap_is_500_even_after_valid_output(e) {
+        let err = run(e, &guest("engines/tests/guests/trap.wat")).unwrap_err();
+        assert!(matches!(err, GuestFailure::Trap(_)), "{err:?}");
+        assert_eq!(err.status(), 500);
+    }
+
+    fn proc_exit_zero_keeps_the_response_nonzero_fails(e) {
+        let wasm = guest("engines/tests/guests/exit.wat");
+        let req = |q: &str| request("GET", &format!("/svc?{q}"), &[], b"");
+        let r = ok(run_with(e, &wasm, &req("0"), limits()).result);
+        assert_eq!(body(&r), "exiting\n");
+        let err = run_with(e, &wasm, &req("1"), limits()).result.unwrap_err();
+        assert_eq!(err, GuestFailure::Exit(1));
+    }
+
+    fn infinite_loops_are_preempted_at_the_deadline(e) {
+        for path in ["engines/tests/guests/loop.wat", "engines/tests/guests/host-loop.wat"] {
+            let mut l = limits();
+            let started = Instant::now();
+            l.deadline = started + Duration::from_millis(200);
+            let err = run_with(e, &guest(path), &request("GET", "/svc", &[], b""), l).result.unwrap_err();
+            assert_eq!(err, GuestFailure::Timeout, "{path}");
+            // Not a performance check: a guest that is never preempted never gets here.
+            assert!(started.elapsed() < Duration::from_secs(30), "{path}");
+        }
+    }
+
+    fn memory_is_capped(e) {
+        let mut l = limits();
+        l.memory_bytes = 2 << 20;
+        let err = run_with(e, &guest("engines/tests/guests/grow.wat"), &request("GET", "/svc", &[], b""), l).result.unwrap_err();
+        assert_eq!(err, GuestFailure::OutOfMemory);
+        assert_eq!(err.status(), 500);
+        // A module whose initial memory is over the cap does not start.
+        let big = wat::parse_str(r#"(module (memory (export "memory") 64) (func (export "_start")))"#).unwrap();
+        let mut l = limits();
+        l.memory_bytes = 1 << 20;
+        let err = run_with(e, &big, &request("GET", "/svc", &[], b""), l).result.unwrap_err();
+        assert_eq!(err, GuestFailure::OutOfMemory);
+    }
+
+    fn stack_overflow_is_a_trap(e) {
+        let err = run(e, &guest("engines/tests/guests/recurse.wat")).unwrap_err();
+        assert!(matches!(err, GuestFailure::Trap(_)), "{err:?}");
+    }
+
+    fn stdout_is_capped(e) {
+        let mut l = limits();
+        l.stdout_bytes = 100_000;
+        let err = run_with(e, &guest("engines/tests/guests/flood.wat"), &request("GET", "/svc", &[], b""), l).result.unwrap_err();
+        assert_eq!(err, GuestFailure::OutputTooLarge);
+        assert_eq!(err.status(), 502);
+    }
+
+    fn no_files_no_sockets_no_preopens(e) {
+        let r = ok(run(e, &guest("engines/tests/guests/capabilities.wat")));
+        assert_eq!(&r.body[..], &[8, 76, 76, 8, 58]);
+    }
+
+    fn every_request_gets_a_fresh_instance(e) {
+        let module = e.compile(&guest("engines/tests/guests/counter.wat")).unwrap();
+        for _ in 0..3 {
+            let r = ok(module.run(&request("GET", "/svc", &[], b""), &limits()).result);
+            assert_eq!(&r.body[..], &[1, 1]);
+        }
+    }
+
+    fn stderr_is_captured_for_the_log(e) {
+        let out = run_with(e, &guest("engines/tests/guests/stderr.wat"), &request("GET", "/svc", &[], b""), limits());
+        assert_eq!(body(&ok(out.result)), "ok\n");
+        assert_eq!(out.stderr, b"guest says hi on stderr\n");
+    }
+
+    fn rust_guest_runs(e) {
+        let wasm = std::fs::read(repo("examples/rust-hello.wasm")).unwrap();
+        let req = request("POST", "/svc/x?name=Ada", &[], b"12345");
+        let r = ok(run_with(e, &wasm, &req, limits()).result);
+        assert_eq!(body(&r), "Hello, Ada! (from Rust)\nmethod: POST\npath: \"/x\"\nbody bytes: 5\n");
+    }
+
+    fn modules_are_checked_at_compile_time(e) {
+        let compile = |wat: &str| e.compile(&wat::parse_str(wat).unwrap()).err();
+        assert!(matches!(e.compile(b"not wasm").err(), Some(CompileError::Invalid(_))));
+        assert_eq!(compile(r#"(module (memory (export "memory") 1))"#), Some(CompileError::MissingStart));
+        assert_eq!(
+            compile(r#"(module (memory (export "memory") 1) (func (export "_start") (param i32)))"#),
+            Some(CompileError::MissingStart)
+        );
+        assert_eq!(compile(r#"(module (func (export "_start")))"#), Some(CompileError::MissingMemory));
+        assert!(matches!(
+            compile(r#"(module (import "env" "f" (func)) (memory (export "memory") 1) (func (export "_start")))"#),
+            Some(CompileError::UnsupportedImport { .. })
+        ));
+        assert!(matches!(
+            compile(r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32))) (memory (export "memory") 1) (func (export "_start")))"#),
+            Some(CompileError::ImportSignature(_))
+        ));
+        // An unimplemented WASI function is linked to a stub that answers with an errno.
+        assert_eq!(
+            compile(r#"(module (import "wasi_snapshot_preview1" "fd_advise" (func (param i32 i64 i64 i32) (result i32))) (memory (export "memory") 1) (func (export "_start")))"#),
+            None
+        );
+    }
+
+    fn clocks_and_random_work(e) {
+        let wat = r#"(module
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "clock_time_get" (func $clock (param i32 i64 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "random_get" (func $random (param i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) "Content-Type: x\n\n")
+          (func (export "_start")
+            (i32.store8 (i32.const 81) (call $clock (i32.const 0) (i64.const 1) (i32.const 200)))
+            (i32.store8 (i32.const 82) (i64.gt_u (i64.load (i32.const 200)) (i64.const 1600000000000000000)))
+            (i32.store8 (i32.const 83) (call $random (i32.const 300) (i32.const 32)))
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const 20))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+        let r = ok(run(e, &wat::parse_str(wat).unwrap()));
+        assert_eq!(&r.body[..], &[0, 1, 0], "clock ok, clock after 2020, random ok");
+    }
+}

@@ -1,0 +1,376 @@
+//! End-to-end: the real binary on a free loopback port, spoken to over real sockets.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{Frenezulo, repo};
+
+fn examples(engine: &str) -> Frenezulo {
+    let services = [
+        format!("hello={}", repo("examples/hello.wat")),
+        format!("echo={}", repo("examples/echo.wat")),
+        format!("teapot={}", repo("examples/status.wat")),
+        format!("go={}", repo("examples/redirect.wat")),
+        format!("trap={}", repo("engines/tests/guests/trap.wat")),
+        format!("bad={}", repo("engines/tests/guests/bad-output.wat")),
+        format!("stderr={}", repo("engines/tests/guests/stderr.wat")),
+    ];
+    let mut args = vec!["--engine", engine];
+    for s in &services {
+        args.extend(["--service", s.as_str()]);
+    }
+    Frenezulo::start(&args)
+}
+
+#[test]
+fn bare_start_serves_the_builtin_hello() {
+    let server = Frenezulo::start(&[]);
+    let r = server.get("/hello");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from frenezulo!\n");
+    assert_eq!(r.header("Server"), Some("frenezulo"));
+    assert!(r.header("Date").is_some_and(|d| d.ends_with("GMT")));
+}
+
+#[test]
+fn every_route_shape() {
+    let server = examples("wasmtime");
+    for path in ["/echo", "/echo/", "/echo/a/b", "/echo?x=1", "/echo/a?x=1"] {
+        let r = server.get(path);
+        assert_eq!(r.status, 200, "{path}");
+        let text = r.text();
+        let (path_part, query) = path.split_once('?').unwrap_or((path, ""));
+        let info = &path_part["/echo".len()..];
+        assert!(
+            text.contains(&format!("\nPATH_INFO={info}\n")),
+            "{path}: {text}"
+        );
+        assert!(
+            text.contains(&format!("\nQUERY_STRING={query}\n")),
+            "{path}: {text}"
+        );
+    }
+    for path in ["/", "/echoes", "/nothing/here", "/ECHO"] {
+        assert_eq!(server.get(path).status, 404, "{path}");
+    }
+    assert_eq!(server.get("/services").status, 501);
+    assert_eq!(server.get("/teapot").status, 418);
+    let r = server.get("/go");
+    assert_eq!((r.status, r.header("Location")), (302, Some("/hello")));
+}
+
+#[test]
+fn keep_alive_serves_many_requests_on_one_connection() {
+    let server = examples("wasmtime");
+    let mut c = server.connect();
+    for i in 0..50 {
+        c.send(format!("GET /echo/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c.response();
+        assert_eq!(r.status, 200);
+        assert!(r.text().contains(&format!("PATH_INFO=/{i}\n")));
+        assert_eq!(r.header("Connection"), None);
+    }
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let server = examples("wasmtime");
+    let mut c = server.connect();
+    let mut batch = String::new();
+    for i in 0..8 {
+        let path = if i % 3 == 2 {
+            "/missing".to_owned()
+        } else {
+            format!("/echo/{i}")
+        };
+        batch.push_str(&format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n"));
+    }
+    c.send(batch.as_bytes());
+    for i in 0..8 {
+        let r = c.response();
+        if i % 3 == 2 {
+            assert_eq!(r.status, 404);
+        } else {
+            assert!(
+                r.text().contains(&format!("PATH_INFO=/{i}\n")),
+                "response {i} out of order"
+            );
+        }
+    }
+}
+
+#[test]
+fn chunked_upload_is_echoed() {
+    let server = examples("wasmtime");
+    let mut c = server.connect();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    c.send(b"7\r\n, world\r\n0\r\n\r\n");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    let text = r.text();
+    assert!(text.contains("\nCONTENT_LENGTH=12\n"), "{text}");
+    assert!(text.ends_with("\n\nhello, world"), "{text}");
+}
+
+#[test]
+fn head_has_no_body_and_the_connection_stays_usable() {
+    let server = examples("wasmtime");
+    let mut c = server.connect();
+    c.send(b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = c.head_response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Content-Length"), Some("22"));
+    c.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(c.response().text(), "Hello from frenezulo!\n");
+}
+
+#[test]
+fn expect_continue_gets_100_first() {
+    let server = examples("wasmtime");
+    let mut c = server.connect();
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
+    assert_eq!(c.response().status, 100);
+    c.send(b"ping");
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("ping"));
+}
+
+#[test]
+fn malformed_input_gets_the_right_status_and_a_close() {
+    let server = examples("wasmtime");
+    let huge_header = format!(
+        "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
+        "a".repeat(20_000)
+    );
+    let too_many = format!(
+        "GET /hello HTTP/1.1\r\nHost: t\r\n{}\r\n",
+        (0..100)
+            .map(|i| format!("X-{i}: 1\r\n"))
+            .collect::<String>()
+    );
+    let cases: Vec<(Vec<u8>, u16)> = vec![
+        (b"NONSENSE\r\n\r\n".to_vec(), 400),
+        (b"GET /hello HTTP/1.1\r\n\r\n".to_vec(), 400),
+        (b"GET /hello HTTP/1.1\r\nHost: t\r\nContent-Length: x\r\n\r\n".to_vec(), 400),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec(), 400),
+        (huge_header.into_bytes(), 431),
+        (too_many.into_bytes(), 431),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 99999999\r\n\r\n".to_vec(), 413),
+        (b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n".to_vec(), 501),
+        (b"GET /hello HTTP/3.0\r\nHost: t\r\n\r\n".to_vec(), 505),
+    ];
+    for (input, status) in cases {
+        let mut c = server.connect();
+        c.send(&input);
+        let r = c.response();
+        assert_eq!(
+            r.status,
+            status,
+            "{:?}",
+            String::from_utf8_lossy(&input[..40.min(input.len())])
+        );
+        assert_eq!(r.header("Connection"), Some("close"));
+        assert!(c.is_closed(), "connection stays open after {status}");
+    }
+    assert_eq!(
+        server.get("/hello").status,
+        200,
+        "the server is fine afterwards"
+    );
+}
+
+#[test]
+fn http10_closes_unless_asked_to_keep_alive() {
+    let server = examples("wasmtime");
+    let mut c = server.connect();
+    c.send(b"GET /hello HTTP/1.0\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    assert!(c.is_closed());
+    let mut c = server.connect();
+    c.send(b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+    c.send(b"GET /hello HTTP/1.0\r\nConnection: keep-alive\r\n\r\n");
+    assert_eq!(c.response().status, 200);
+}
+
+#[test]
+fn failing_guests_get_clean_statuses_and_harm_no_one() {
+    for engine in ["wasmtime", "wasmi"] {
+        let server = examples(engine);
+        let mut c = server.connect();
+        for (path, status) in [
+            ("/trap", 500),
+            ("/hello", 200),
+            ("/bad", 502),
+            ("/hello", 200),
+        ] {
+            c.send(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+            let r = c.response();
+            assert_eq!(r.status, status, "{engine} {path}");
+            if status >= 500 {
+                let text = r.text();
+                assert!(text.starts_with("service failed"), "{text}");
+                assert!(
+                    !text.contains('/') || text.contains("CGI"),
+                    "no host paths: {text}"
+                );
+            }
+        }
+        let log = server.log();
+        assert!(
+            log.contains("guest failed") && log.contains("service=trap"),
+            "{log}"
+        );
+    }
+}
+
+#[test]
+fn guest_stderr_goes_to_the_log_tagged_with_the_service() {
+    let server = examples("wasmi");
+    let r = server.get("/stderr");
+    assert_eq!(r.text(), "ok\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !server.log().contains("guest says hi on stderr") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let log = server.log();
+    let line = log
+        .lines()
+        .find(|l| l.contains("guest says hi on stderr"))
+        .expect("stderr logged");
+    assert!(line.contains("service=stderr"), "{line}");
+}
+
+#[test]
+fn the_host_environment_stays_out_of_guests() {
+    let echo = format!("echo={}", repo("examples/echo.wat"));
+    let server = Frenezulo::start_with_env(
+        &["--service", &echo],
+        &[("FRENEZULO_PLANTED_SECRET", "hunter2")],
+    );
+    let text = server.get("/echo").text();
+    assert!(!text.contains("hunter2"));
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("HOME=") || l.starts_with("PATH="))
+    );
+}
+
+#[test]
+fn config_file_sets_services_and_the_command_line_wins() {
+    let dir = std::env::temp_dir().join(format!("frenezulo-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("frenezulo.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "engine = \"wasmi\"\nbacklog = 16\n[services]\nhi = {:?}\n[services.tea]\nmodule = {:?}\nmemory = \"8MiB\"\n",
+            repo("examples/hello.wat"),
+            repo("examples/status.wat"),
+        ),
+    )
+    .unwrap();
+    let server = Frenezulo::start(&["--config", config.to_str().unwrap(), "--engine", "wasmtime"]);
+    assert_eq!(server.get("/hi").status, 200);
+    assert_eq!(server.get("/tea").status, 418);
+    assert_eq!(
+        server.get("/hello").status,
+        404,
+        "no built-in when services are configured"
+    );
+    assert!(
+        server.log().contains("engine=wasmtime"),
+        "the flag wins over the file"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_modules_and_bad_flags_stop_startup_with_a_reason() {
+    let dir = std::env::temp_dir().join(format!("frenezulo-bad-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("bad.wasm");
+    std::fs::write(&bad, b"\0asm garbage").unwrap();
+    let cases = [
+        (
+            vec!["--service".to_owned(), format!("x={}", bad.display())],
+            "not a valid WebAssembly module",
+        ),
+        (
+            vec!["--service".to_owned(), "x=/no/such/file.wasm".to_owned()],
+            "reading module",
+        ),
+        (
+            vec![
+                "--service".to_owned(),
+                format!("services={}", repo("examples/hello.wat")),
+            ],
+            "reserved",
+        ),
+        (
+            vec!["--service".to_owned(), "Bad=x.wat".to_owned()],
+            "must match",
+        ),
+        (
+            vec!["--engine".to_owned(), "v8".to_owned()],
+            "unknown engine",
+        ),
+    ];
+    for (args, reason) in cases {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+            .args(&args)
+            .args(["--listen", "127.0.0.1:0"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{args:?} started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn help_explains_itself() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in [
+        "--engine",
+        "--listen",
+        "--service",
+        "--config",
+        "--backlog",
+        "--workers",
+        "--idle-timeout",
+        "WAGI",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn sigterm_finishes_requests_in_flight_then_exits() {
+    let slow = format!("slow={}", repo("engines/tests/guests/slow.wat"));
+    let mut server = Frenezulo::start(&["--service", &slow]);
+    let mut c = server.connect();
+    c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(50));
+    server.terminate();
+    let r = c.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "slow but done\n");
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(server.wait(Duration::from_secs(30)), "clean exit");
+    assert!(
+        std::net::TcpStream::connect(server.addr).is_err(),
+        "no longer listening"
+    );
+}

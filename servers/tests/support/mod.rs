@@ -1,0 +1,240 @@
+//! Starts the real `frenezulo` binary on a free loopback port and speaks raw HTTP to it.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A path in the repository.
+pub fn repo(path: &str) -> String {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(path)
+        .display()
+        .to_string()
+}
+
+/// A running server, killed when dropped.
+pub struct Frenezulo {
+    child: Child,
+    /// Where it listens.
+    pub addr: SocketAddr,
+    log: Arc<Mutex<String>>,
+}
+
+impl Frenezulo {
+    /// Starts the binary with `args` plus `--listen 127.0.0.1:0`, waits until it listens.
+    pub fn start(args: &[&str]) -> Self {
+        Self::start_with_env(args, &[])
+    }
+
+    /// As [`Frenezulo::start`], with extra environment variables.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+            .args(args)
+            .args(["--listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start frenezulo");
+        let log = Arc::new(Mutex::new(String::new()));
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("read stdout");
+        let Some(addr) = line.trim().strip_prefix("frenezulo listening on http://") else {
+            let _ = child.wait();
+            std::thread::sleep(Duration::from_millis(100));
+            panic!("server did not start: {line:?}\n{}", log.lock().unwrap());
+        };
+        let addr = addr.parse().expect("listen address");
+        Self { child, addr, log }
+    }
+
+    /// What the server logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// A new keep-alive connection.
+    pub fn connect(&self) -> Client {
+        let stream = TcpStream::connect(self.addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// `GET path` on a new connection.
+    pub fn get(&self, path: &str) -> HttpResponse {
+        let mut c = self.connect();
+        c.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        c.response()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
+    }
+
+    /// Waits for the process to exit by itself; returns whether it exited successfully.
+    pub fn wait(&mut self, limit: Duration) -> bool {
+        let started = Instant::now();
+        while started.elapsed() < limit {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.success();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("server did not exit within {limit:?}\n{}", self.log());
+    }
+
+    /// Resident memory of the server, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+}
+
+impl Drop for Frenezulo {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One client connection.
+pub struct Client {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+/// A parsed response.
+#[derive(Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Header fields in order.
+    pub headers: Vec<(String, String)>,
+    /// Body bytes.
+    pub body: Vec<u8>,
+}
+
+impl HttpResponse {
+    /// First value of a header, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The body as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+impl Client {
+    /// Writes raw bytes.
+    pub fn send(&mut self, raw: &[u8]) {
+        self.stream.write_all(raw).expect("write");
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk).unwrap_or(0);
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads one response (with its body).
+    pub fn response(&mut self) -> HttpResponse {
+        self.read_response(false)
+    }
+
+    /// Reads one response to a HEAD request (no body follows its headers).
+    pub fn head_response(&mut self) -> HttpResponse {
+        self.read_response(true)
+    }
+
+    fn read_response(&mut self, head: bool) -> HttpResponse {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            assert!(
+                self.fill() > 0,
+                "connection closed before a response: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            );
+        };
+        let head_text = String::from_utf8(self.buf[..end].to_vec()).expect("ASCII head");
+        let mut lines = head_text.split("\r\n");
+        let status_line = lines.next().unwrap();
+        let status = status_line[9..12].parse().expect("status code");
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let (n, v) = l.split_once(':').expect("header line");
+                (n.to_owned(), v.trim().to_owned())
+            })
+            .collect();
+        self.buf.drain(..end);
+        let len: usize = if head || status == 100 {
+            0
+        } else {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| v.parse().unwrap())
+                .unwrap_or(0)
+        };
+        while self.buf.len() < len {
+            assert!(self.fill() > 0, "connection closed mid-body");
+        }
+        let body = self.buf.drain(..len).collect();
+        HttpResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// Whether the server closed the connection (reads EOF, or a reset, with nothing pending).
+    pub fn is_closed(&mut self) -> bool {
+        self.buf.is_empty() && self.fill() == 0
+    }
+}
