@@ -10,84 +10,89 @@ use crate::wasi::{GuestIo, HostStop};
 pub const MAX_CGI_HEADERS: usize = 100;
 
 /// The argv and environment for `request`, as WAGI defines them, ready for the guest.
+/// Written straight into the guest's buffers: this runs once per request.
 pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
     let http = &request.request;
-    let host = http
-        .header("host")
-        .map(|h| String::from_utf8_lossy(h).into_owned())
-        .unwrap_or_else(|| request.local.to_string());
-    let server_name = strip_port(&host);
-    let path_info = percent_decode(request.path_info.as_bytes());
-    let content_type = http.header("content-type").cloned().unwrap_or_default();
-    let owned: [(&[u8], Vec<u8>); 21] = [
-        (b"REQUEST_METHOD", http.method.as_bytes().to_vec()),
-        (b"SCRIPT_NAME", request.script_name.as_bytes().to_vec()),
-        (b"PATH_INFO", path_info.clone()),
-        (b"PATH_TRANSLATED", path_info),
-        (b"X_RAW_PATH_INFO", request.path_info.as_bytes().to_vec()),
-        (b"QUERY_STRING", http.query().as_bytes().to_vec()),
-        (b"REQUEST_URI", http.target.as_bytes().to_vec()),
-        (
-            b"X_MATCHED_ROUTE",
-            format!("{}/...", request.script_name).into_bytes(),
-        ),
-        (
-            b"X_FULL_URL",
-            format!("http://{host}{}", http.target).into_bytes(),
-        ),
-        (b"SERVER_NAME", server_name.as_bytes().to_vec()),
-        (
-            b"SERVER_PORT",
-            request.local.port().to_string().into_bytes(),
-        ),
-        (
-            b"SERVER_PROTOCOL",
-            http.version.as_str().as_bytes().to_vec(),
-        ),
-        (
-            b"SERVER_SOFTWARE",
-            concat!("frenezulo/", env!("CARGO_PKG_VERSION"))
-                .as_bytes()
-                .to_vec(),
-        ),
-        (b"GATEWAY_INTERFACE", b"CGI/1.1".to_vec()),
-        (b"CONTENT_LENGTH", http.body.len().to_string().into_bytes()),
-        (b"CONTENT_TYPE", content_type.to_vec()),
-        (b"REMOTE_ADDR", request.remote.ip().to_string().into_bytes()),
-        (b"REMOTE_HOST", request.remote.ip().to_string().into_bytes()),
-        (
-            b"REMOTE_PORT",
-            request.remote.port().to_string().into_bytes(),
-        ),
-        (b"AUTH_TYPE", Vec::new()),
-        (b"REMOTE_USER", Vec::new()),
-    ];
-    let headers = http_variables(http);
-    let env = owned
+    let headers_len: usize = http
+        .headers
         .iter()
-        .map(|(k, v)| (*k, v.as_slice()))
-        .chain(headers.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-    // argv as WAGI does it: the path, then each query item.
-    let args = std::iter::once(http.path().as_bytes()).chain(
-        http.query()
-            .split('&')
-            .filter(|s| !s.is_empty())
-            .map(str::as_bytes),
+        .map(|h| h.name.len() + h.value.len() + 8)
+        .sum();
+    let mut io = GuestIo::new(
+        http.body.clone(),
+        stdout_cap,
+        640 + headers_len + 3 * http.target.len(),
     );
-    GuestIo::new(args, env, http.body.clone(), stdout_cap)
+    let local = request.local;
+    let host = http.header("host").map(|h| &h[..]);
+    let server_name = host.map(strip_port);
+    let path_info = request.path_info.as_bytes();
+    let decoded = percent_decode(path_info);
+    io.push_env(b"REQUEST_METHOD", http.method.as_bytes());
+    io.push_env(b"SCRIPT_NAME", request.script_name.as_bytes());
+    io.push_env(b"PATH_INFO", &decoded);
+    io.push_env(b"PATH_TRANSLATED", &decoded);
+    io.push_env(b"X_RAW_PATH_INFO", path_info);
+    io.push_env(b"QUERY_STRING", http.query().as_bytes());
+    io.push_env(b"REQUEST_URI", http.target.as_bytes());
+    io.begin_env(b"X_MATCHED_ROUTE");
+    io.env_value_part(request.script_name.as_bytes());
+    io.env_value_part(b"/...");
+    io.end_env();
+    match host {
+        Some(host) => {
+            io.begin_env(b"X_FULL_URL");
+            io.env_value_part(b"http://");
+            io.env_value_part(host);
+            io.env_value_part(http.target.as_bytes());
+            io.end_env();
+        }
+        None => io.push_env_display(b"X_FULL_URL", format_args!("http://{local}{}", http.target)),
+    }
+    match server_name {
+        Some(name) => io.push_env(b"SERVER_NAME", name),
+        None => io.push_env_display(b"SERVER_NAME", local.ip()),
+    }
+    io.push_env_display(b"SERVER_PORT", local.port());
+    io.push_env(b"SERVER_PROTOCOL", http.version.as_str().as_bytes());
+    io.push_env(
+        b"SERVER_SOFTWARE",
+        concat!("frenezulo/", env!("CARGO_PKG_VERSION")).as_bytes(),
+    );
+    io.push_env(b"GATEWAY_INTERFACE", b"CGI/1.1");
+    io.push_env_display(b"CONTENT_LENGTH", http.body.len());
+    io.push_env(
+        b"CONTENT_TYPE",
+        http.header("content-type").map_or(&[][..], |v| &v[..]),
+    );
+    io.push_env_display(b"REMOTE_ADDR", request.remote.ip());
+    io.push_env_display(b"REMOTE_HOST", request.remote.ip());
+    io.push_env_display(b"REMOTE_PORT", request.remote.port());
+    io.push_env(b"AUTH_TYPE", b"");
+    io.push_env(b"REMOTE_USER", b"");
+    push_http_variables(&mut io, http);
+    // argv as WAGI does it: the path, then each query item.
+    io.push_arg(http.path().as_bytes());
+    for item in http.query().split('&').filter(|s| !s.is_empty()) {
+        io.push_arg(item.as_bytes());
+    }
+    io
 }
 
 /// `HTTP_<NAME>` variables, one per header name in order of first appearance; repeated
 /// headers are joined with ", ". Content-Type and Content-Length have their own variables.
-fn http_variables(http: &frenezulo_core::Request) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut vars: Vec<(Vec<u8>, Vec<u8>)> = Vec::with_capacity(http.headers.len());
-    for h in &http.headers {
-        if h.name.eq_ignore_ascii_case("content-type")
-            || h.name.eq_ignore_ascii_case("content-length")
-        {
+fn push_http_variables(io: &mut GuestIo, http: &frenezulo_core::Request) {
+    let mut name = Vec::with_capacity(64);
+    for (i, h) in http.headers.iter().enumerate() {
+        let own_variable = h.name.eq_ignore_ascii_case("content-type")
+            || h.name.eq_ignore_ascii_case("content-length");
+        let seen = http.headers[..i]
+            .iter()
+            .any(|p| p.name.eq_ignore_ascii_case(&h.name));
+        if own_variable || seen {
             continue;
         }
-        let mut name = Vec::with_capacity(5 + h.name.len());
+        name.clear();
         name.extend_from_slice(b"HTTP_");
         name.extend(h.name.bytes().map(|b| {
             if b == b'-' {
@@ -96,27 +101,37 @@ fn http_variables(http: &frenezulo_core::Request) -> Vec<(Vec<u8>, Vec<u8>)> {
                 b.to_ascii_uppercase()
             }
         }));
-        match vars.iter_mut().find(|(n, _)| *n == name) {
-            Some((_, value)) => {
-                value.extend_from_slice(b", ");
-                value.extend_from_slice(&h.value);
-            }
-            None => vars.push((name, h.value.to_vec())),
+        io.begin_env(&name);
+        io.env_value_part(&h.value);
+        for later in http.headers[i + 1..]
+            .iter()
+            .filter(|l| l.name.eq_ignore_ascii_case(&h.name))
+        {
+            io.env_value_part(b", ");
+            io.env_value_part(&later.value);
         }
+        io.end_env();
     }
-    vars
 }
 
-fn strip_port(host: &str) -> &str {
-    if host.starts_with('[') {
+fn strip_port(host: &[u8]) -> &[u8] {
+    if host.starts_with(b"[") {
         // [v6]:port
-        return host.find(']').map_or(host, |i| &host[..=i]);
+        return host
+            .iter()
+            .position(|&b| b == b']')
+            .map_or(host, |i| &host[..=i]);
     }
-    host.rsplit_once(':').map_or(host, |(h, _)| h)
+    host.iter()
+        .rposition(|&b| b == b':')
+        .map_or(host, |i| &host[..i])
 }
 
 /// Decodes `%XX` escapes; a `%` not followed by two hex digits is kept as is.
-fn percent_decode(raw: &[u8]) -> Vec<u8> {
+fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !raw.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(raw);
+    }
     let mut out = Vec::with_capacity(raw.len());
     let mut i = 0;
     while i < raw.len() {
@@ -130,7 +145,7 @@ fn percent_decode(raw: &[u8]) -> Vec<u8> {
         out.push(raw[i]);
         i += 1;
     }
-    out
+    std::borrow::Cow::Owned(out)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -377,22 +392,26 @@ mod tests {
 
     #[test]
     fn percent_decoding_keeps_bad_escapes() {
-        assert_eq!(percent_decode(b"/a%20b%2Fc"), b"/a b/c");
-        assert_eq!(percent_decode(b"/100%"), b"/100%");
-        assert_eq!(percent_decode(b"/%zz%4"), b"/%zz%4");
+        assert_eq!(&percent_decode(b"/a%20b%2Fc")[..], b"/a b/c");
+        assert_eq!(&percent_decode(b"/100%")[..], b"/100%");
+        assert_eq!(&percent_decode(b"/%zz%4")[..], b"/%zz%4");
+        assert_eq!(&percent_decode(b"/plain")[..], b"/plain");
     }
 
     #[test]
     fn host_port_is_stripped() {
-        assert_eq!(strip_port("example.com:8080"), "example.com");
-        assert_eq!(strip_port("example.com"), "example.com");
-        assert_eq!(strip_port("[::1]:80"), "[::1]");
+        assert_eq!(strip_port(b"example.com:8080"), b"example.com");
+        assert_eq!(strip_port(b"example.com"), b"example.com");
+        assert_eq!(strip_port(b"[::1]:80"), b"[::1]");
     }
 
     #[test]
     fn a_refused_grow_turns_a_trap_into_out_of_memory() {
-        let io = GuestIo::default();
-        let out = finish(io, Ending::Trapped("unreachable".into()), true);
+        let out = finish(
+            GuestIo::default(),
+            Ending::Trapped("unreachable".into()),
+            true,
+        );
         assert_eq!(out.result, Err(GuestFailure::OutOfMemory));
         let out = finish(
             GuestIo::default(),

@@ -191,31 +191,60 @@ pub struct GuestIo {
 }
 
 impl GuestIo {
-    /// A guest with these inputs and a stdout cap.
-    pub fn new<'a>(
-        args: impl IntoIterator<Item = &'a [u8]>,
-        env: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
-        stdin: Bytes,
-        stdout_cap: usize,
-    ) -> Self {
-        let mut io = GuestIo {
+    /// A guest whose stdin is `stdin` and whose stdout may hold `stdout_cap` bytes; argv
+    /// and environment are added with the `push_*` methods. `env_capacity` sizes the
+    /// environment buffer up front.
+    pub fn new(stdin: Bytes, stdout_cap: usize, env_capacity: usize) -> Self {
+        GuestIo {
             stdin,
             stdout_cap,
+            env: Vec::with_capacity(env_capacity),
             ..GuestIo::default()
-        };
-        for arg in args {
-            io.args.extend(arg.iter().filter(|&&b| b != 0));
-            io.args.push(0);
-            io.argc += 1;
         }
-        for (k, v) in env {
-            io.env.extend(k.iter().filter(|&&b| b != 0));
-            io.env.push(b'=');
-            io.env.extend(v.iter().filter(|&&b| b != 0));
-            io.env.push(0);
-            io.envc += 1;
-        }
-        io
+    }
+
+    /// Adds an argv item (NUL bytes, which C strings cannot hold, are dropped).
+    pub fn push_arg(&mut self, arg: &[u8]) {
+        push_c_string(&mut self.args, arg);
+        self.args.push(0);
+        self.argc += 1;
+    }
+
+    /// Adds an environment variable.
+    pub fn push_env(&mut self, key: &[u8], value: &[u8]) {
+        push_c_string(&mut self.env, key);
+        self.env.push(b'=');
+        push_c_string(&mut self.env, value);
+        self.env.push(0);
+        self.envc += 1;
+    }
+
+    /// Adds an environment variable whose value is formatted in place.
+    pub fn push_env_display(&mut self, key: &[u8], value: impl std::fmt::Display) {
+        use std::io::Write as _;
+        push_c_string(&mut self.env, key);
+        self.env.push(b'=');
+        let _ = write!(self.env, "{value}");
+        self.env.push(0);
+        self.envc += 1;
+    }
+
+    /// Starts an environment variable whose value the caller appends with
+    /// [`GuestIo::env_value_part`] and ends with [`GuestIo::end_env`].
+    pub fn begin_env(&mut self, key: &[u8]) {
+        push_c_string(&mut self.env, key);
+        self.env.push(b'=');
+    }
+
+    /// Appends to the value of the variable begun with [`GuestIo::begin_env`].
+    pub fn env_value_part(&mut self, part: &[u8]) {
+        push_c_string(&mut self.env, part);
+    }
+
+    /// Ends the variable begun with [`GuestIo::begin_env`].
+    pub fn end_env(&mut self) {
+        self.env.push(0);
+        self.envc += 1;
     }
 
     /// What the guest wrote to stdout.
@@ -451,6 +480,14 @@ impl GuestIo {
     }
 }
 
+fn push_c_string(buf: &mut Vec<u8>, s: &[u8]) {
+    if s.contains(&0) {
+        buf.extend(s.iter().filter(|&&b| b != 0));
+    } else {
+        buf.extend_from_slice(s);
+    }
+}
+
 fn is_stdio(fd: i32) -> bool {
     (0..=2).contains(&fd)
 }
@@ -527,12 +564,13 @@ mod tests {
     use super::*;
 
     fn io() -> GuestIo {
-        GuestIo::new(
-            [&b"/x"[..], b"a=1"],
-            [(&b"K"[..], &b"v"[..]), (b"EMPTY", b"")],
-            Bytes::from_static(b"body bytes"),
-            8,
-        )
+        let mut io = GuestIo::new(Bytes::from_static(b"body bytes"), 8, 0);
+        io.push_arg(b"/x");
+        io.push_arg(b"a=1");
+        io.push_env(b"K", b"v");
+        io.begin_env(b"EMPTY");
+        io.end_env();
+        io
     }
 
     fn u32_at(mem: &[u8], at: usize) -> u32 {

@@ -20,6 +20,11 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
             .collect();
         entries.sort();
         for path in entries {
+            // Whether it finishes before the deadline depends on the engine's speed, not on
+            // semantics: JIT code finishes, the interpreter does not.
+            if path.ends_with("slow.wat") {
+                continue;
+            }
             let wasm = match path.extension().and_then(|e| e.to_str()) {
                 Some("wat") => wat::parse_file(&path).unwrap(),
                 Some("wasm") => std::fs::read(&path).unwrap(),

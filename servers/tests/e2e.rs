@@ -4,7 +4,10 @@ mod support;
 
 use std::time::Duration;
 
-use support::{Frenezulo, repo};
+use support::{ENGINES, Frenezulo, repo};
+
+/// The engine tests use when they do not care which.
+const DEFAULT_ENGINE: &str = ENGINES[0];
 
 fn examples(engine: &str) -> Frenezulo {
     let services = [
@@ -35,7 +38,7 @@ fn bare_start_serves_the_builtin_hello() {
 
 #[test]
 fn every_route_shape() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     for path in ["/echo", "/echo/", "/echo/a/b", "/echo?x=1", "/echo/a?x=1"] {
         let r = server.get(path);
         assert_eq!(r.status, 200, "{path}");
@@ -62,7 +65,7 @@ fn every_route_shape() {
 
 #[test]
 fn keep_alive_serves_many_requests_on_one_connection() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     let mut c = server.connect();
     for i in 0..50 {
         c.send(format!("GET /echo/{i} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
@@ -75,7 +78,7 @@ fn keep_alive_serves_many_requests_on_one_connection() {
 
 #[test]
 fn pipelined_requests_are_answered_in_order() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     let mut c = server.connect();
     let mut batch = String::new();
     for i in 0..8 {
@@ -102,7 +105,7 @@ fn pipelined_requests_are_answered_in_order() {
 
 #[test]
 fn chunked_upload_is_echoed() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     let mut c = server.connect();
     c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
     std::thread::sleep(Duration::from_millis(50));
@@ -116,7 +119,7 @@ fn chunked_upload_is_echoed() {
 
 #[test]
 fn head_has_no_body_and_the_connection_stays_usable() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     let mut c = server.connect();
     c.send(b"HEAD /hello HTTP/1.1\r\nHost: t\r\n\r\n");
     let r = c.head_response();
@@ -128,7 +131,7 @@ fn head_has_no_body_and_the_connection_stays_usable() {
 
 #[test]
 fn expect_continue_gets_100_first() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     let mut c = server.connect();
     c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 4\r\n\r\n");
     assert_eq!(c.response().status, 100);
@@ -140,7 +143,7 @@ fn expect_continue_gets_100_first() {
 
 #[test]
 fn malformed_input_gets_the_right_status_and_a_close() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     let huge_header = format!(
         "GET /hello HTTP/1.1\r\nHost: t\r\nX-Big: {}\r\n\r\n",
         "a".repeat(20_000)
@@ -184,7 +187,7 @@ fn malformed_input_gets_the_right_status_and_a_close() {
 
 #[test]
 fn http10_closes_unless_asked_to_keep_alive() {
-    let server = examples("wasmtime");
+    let server = examples(DEFAULT_ENGINE);
     let mut c = server.connect();
     c.send(b"GET /hello HTTP/1.0\r\n\r\n");
     assert_eq!(c.response().status, 200);
@@ -198,7 +201,7 @@ fn http10_closes_unless_asked_to_keep_alive() {
 
 #[test]
 fn failing_guests_get_clean_statuses_and_harm_no_one() {
-    for engine in ["wasmtime", "wasmi"] {
+    for engine in ENGINES {
         let server = examples(engine);
         let mut c = server.connect();
         for (path, status) in [
@@ -229,7 +232,7 @@ fn failing_guests_get_clean_statuses_and_harm_no_one() {
 
 #[test]
 fn guest_stderr_goes_to_the_log_tagged_with_the_service() {
-    let server = examples("wasmi");
+    let server = examples(ENGINES[ENGINES.len() - 1]);
     let r = server.get("/stderr");
     assert_eq!(r.text(), "ok\n");
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
@@ -263,19 +266,29 @@ fn the_host_environment_stays_out_of_guests() {
 
 #[test]
 fn config_file_sets_services_and_the_command_line_wins() {
+    let other = if DEFAULT_ENGINE == "wasmi" {
+        "wasmtime"
+    } else {
+        "wasmi"
+    };
     let dir = std::env::temp_dir().join(format!("frenezulo-e2e-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("frenezulo.toml");
     std::fs::write(
         &config,
         format!(
-            "engine = \"wasmi\"\nbacklog = 16\n[services]\nhi = {:?}\n[services.tea]\nmodule = {:?}\nmemory = \"8MiB\"\n",
+            "engine = {other:?}\nbacklog = 16\n[services]\nhi = {:?}\n[services.tea]\nmodule = {:?}\nmemory = \"8MiB\"\n",
             repo("examples/hello.wat"),
             repo("examples/status.wat"),
         ),
     )
     .unwrap();
-    let server = Frenezulo::start(&["--config", config.to_str().unwrap(), "--engine", "wasmtime"]);
+    let server = Frenezulo::start(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--engine",
+        DEFAULT_ENGINE,
+    ]);
     assert_eq!(server.get("/hi").status, 200);
     assert_eq!(server.get("/tea").status, 418);
     assert_eq!(
@@ -283,10 +296,9 @@ fn config_file_sets_services_and_the_command_line_wins() {
         404,
         "no built-in when services are configured"
     );
-    assert!(
-        server.log().contains("engine=wasmtime"),
-        "the flag wins over the file"
-    );
+    let wanted = format!("engine={DEFAULT_ENGINE}");
+    let log = server.wait_for_log(&wanted);
+    assert!(log.contains(&wanted), "the flag wins over the file: {log}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -356,6 +368,9 @@ fn help_explains_itself() {
     }
 }
 
+// The slow guest counts to 300 million: instant on the JIT, minutes on an unoptimised
+// interpreter, so this runs where wasmtime is compiled in.
+#[cfg(feature = "wasmtime")]
 #[test]
 fn sigterm_finishes_requests_in_flight_then_exits() {
     let slow = format!("slow={}", repo("engines/tests/guests/slow.wat"));
@@ -373,4 +388,21 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
         std::net::TcpStream::connect(server.addr).is_err(),
         "no longer listening"
     );
+}
+
+#[cfg(not(feature = "wasmtime"))]
+#[test]
+fn a_jit_free_build_says_wasmtime_is_not_compiled_in() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+        .args(["--engine", "wasmtime", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("engine `wasmtime` is not compiled into this build (built with: wasmi)"),
+        "{stderr}"
+    );
+    let server = Frenezulo::start(&["--engine", "wasmi"]);
+    assert_eq!(server.get("/hello").status, 200);
 }

@@ -8,6 +8,14 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// The engines this build of the binary carries, the JIT first.
+pub const ENGINES: &[&str] = &[
+    #[cfg(feature = "wasmtime")]
+    "wasmtime",
+    #[cfg(feature = "wasmi")]
+    "wasmi",
+];
+
 /// A path in the repository.
 pub fn repo(path: &str) -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -68,6 +76,18 @@ impl Frenezulo {
     /// What the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// Waits up to 10 s for the log to contain `needle`; returns the log either way.
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// A new keep-alive connection.

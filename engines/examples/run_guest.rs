@@ -1,0 +1,64 @@
+//! Runs a guest N times in-process and prints the last response: for profiling the
+//! per-request path (`valgrind --tool=callgrind`) without HTTP in the way.
+//!
+//! `cargo run --release -p frenezulo-engines --example run_guest -- wasmtime examples/hello.wat 1000`
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use frenezulo_core::http::Header;
+use frenezulo_core::{GuestRequest, Request, RunLimits, Version};
+use frenezulo_engines::{EngineConfig, EngineKind};
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, engine, path, count] = &args[..] else {
+        eprintln!("usage: run_guest ENGINE MODULE COUNT");
+        std::process::exit(2);
+    };
+    let kind: EngineKind = engine.parse().unwrap();
+    let count: usize = count.parse().unwrap();
+    let wasm = wat::parse_file(path).unwrap();
+    // A small pool: valgrind cannot reserve the address space of a large one.
+    let config = EngineConfig {
+        max_instances: 2,
+        ..EngineConfig::default()
+    };
+    let engine = frenezulo_engines::create(kind, &config).unwrap();
+    let module = engine.compile(&wasm).unwrap();
+    let request = GuestRequest {
+        request: Request {
+            method: "GET".to_owned(),
+            target: "/svc/path?name=profile".to_owned(),
+            version: Version::Http11,
+            headers: vec![Header {
+                name: "Host".to_owned(),
+                value: Bytes::from_static(b"localhost:8080"),
+            }],
+            body: Bytes::new(),
+            keep_alive: true,
+        },
+        script_name: "/svc".to_owned(),
+        path_info: "/path".to_owned(),
+        remote: "127.0.0.1:40000".parse().unwrap(),
+        local: "127.0.0.1:8080".parse().unwrap(),
+    };
+    let started = Instant::now();
+    let mut last = None;
+    for _ in 0..count {
+        let limits = RunLimits {
+            memory_bytes: 64 << 20,
+            stdout_bytes: 1 << 20,
+            deadline: Instant::now() + Duration::from_secs(10),
+        };
+        last = Some(module.run(&request, &limits));
+    }
+    let per = started.elapsed() / count.max(1) as u32;
+    eprintln!("{count} runs, {per:?} each");
+    if let Some(out) = last {
+        match out.result {
+            Ok(r) => println!("{} {}", r.status, String::from_utf8_lossy(&r.body)),
+            Err(e) => println!("failed: {e}"),
+        }
+    }
+}
