@@ -23,6 +23,7 @@ use std::sync::Arc;
 use frenezulo_core::{GuestRequest, RunLimits};
 use thiserror::Error;
 
+pub mod shape;
 pub mod wagi;
 pub mod wasi;
 

@@ -303,9 +303,6 @@ pub struct MemoryLimiter {
     pub refused: bool,
 }
 
-/// Most elements in one table.
-pub const MAX_TABLE_ELEMENTS: usize = 100_000;
-
 impl MemoryLimiter {
     /// A limiter for `max_bytes` of linear memory.
     pub fn new(max_bytes: usize) -> Self {
@@ -324,7 +321,7 @@ impl MemoryLimiter {
 
     /// Whether a table may grow to `desired` elements.
     pub fn allow_table(&mut self, desired: usize) -> bool {
-        let ok = desired <= MAX_TABLE_ELEMENTS;
+        let ok = desired <= crate::shape::MAX_TABLE_ELEMENTS;
         self.refused |= !ok;
         ok
     }

@@ -62,15 +62,17 @@ impl wasmi::ResourceLimiter for MemoryLimiter {
 /// The wasmi engine.
 pub struct WasmiEngine {
     engine: Wasmi,
+    config: EngineConfig,
 }
 
 impl WasmiEngine {
     /// Creates the engine. It needs no pool: wasmi allocates per instance.
-    pub fn new(_config: &EngineConfig) -> Self {
-        let mut config = Config::default();
-        config.consume_fuel(true);
+    pub fn new(config: &EngineConfig) -> Self {
+        let mut wasmi_config = Config::default();
+        wasmi_config.consume_fuel(true);
         Self {
-            engine: Wasmi::new(&config),
+            engine: Wasmi::new(&wasmi_config),
+            config: *config,
         }
     }
 }
@@ -89,6 +91,7 @@ impl Engine for WasmiEngine {
     }
 
     fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn CompiledModule>, CompileError> {
+        crate::shape::check(wasm, &self.config)?;
         let module =
             Module::new(&self.engine, wasm).map_err(|e| CompileError::Invalid(e.to_string()))?;
         let mut linker =
