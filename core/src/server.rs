@@ -723,11 +723,13 @@ impl Server {
     }
 
     fn mark_ready(&mut self, name: &ServiceName) {
-        if let Some(s) = self.services.get_mut(name) {
-            if !s.in_ready && !s.queue.is_empty() && s.state == Lifecycle::Warm {
-                s.in_ready = true;
-                self.ready.push_back(name.clone());
-            }
+        if let Some(s) = self.services.get_mut(name)
+            && !s.in_ready
+            && !s.queue.is_empty()
+            && s.state == Lifecycle::Warm
+        {
+            s.in_ready = true;
+            self.ready.push_back(name.clone());
         }
     }
 
@@ -873,10 +875,10 @@ impl Server {
 
     /// Answers a job that never ran.
     fn fail_job(&mut self, now: Instant, job: JobId, response: Response) {
-        if let Some(job) = self.jobs.remove(&job) {
-            if !job.abandoned {
-                self.answer(now, job.conn, job.seq, response);
-            }
+        if let Some(job) = self.jobs.remove(&job)
+            && !job.abandoned
+        {
+            self.answer(now, job.conn, job.seq, response);
         }
     }
 
@@ -947,13 +949,18 @@ impl Server {
                 // Still queued: take it out of its service's queue.
                 let service = job.service.clone();
                 self.jobs.remove(&job_id);
-                if let Some(s) = self.services.get_mut(&service) {
-                    if let Some(pos) = s.queue.iter().position(|j| *j == job_id) {
-                        s.queue.remove(pos);
-                        self.queued -= 1;
-                    }
-                }
+                self.unqueue(&service, job_id);
             }
+        }
+    }
+
+    /// Takes a job that never started out of its service's queue.
+    fn unqueue(&mut self, service: &ServiceName, job: JobId) {
+        if let Some(s) = self.services.get_mut(service)
+            && let Some(pos) = s.queue.iter().position(|j| *j == job)
+        {
+            s.queue.remove(pos);
+            self.queued -= 1;
         }
     }
 
@@ -1046,12 +1053,7 @@ impl Server {
             return;
         }
         let service = job.service.clone();
-        if let Some(s) = self.services.get_mut(&service) {
-            if let Some(pos) = s.queue.iter().position(|j| *j == job_id) {
-                s.queue.remove(pos);
-                self.queued -= 1;
-            }
-        }
+        self.unqueue(&service, job_id);
         self.fail_job(
             now,
             job_id,

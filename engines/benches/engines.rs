@@ -2,63 +2,39 @@
 //!
 //! `cargo bench -p frenezulo-engines` (add `-- hello` or `-- rust` to pick a group).
 
-use std::path::PathBuf;
+// criterion_group! defines an undocumented public function.
+#![allow(missing_docs)]
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use common::{guest, request};
 use criterion::{Criterion, criterion_group, criterion_main};
-use frenezulo_core::http::Header;
-use frenezulo_core::{GuestRequest, Request, RunLimits, Version};
+use frenezulo_core::RunLimits;
 use frenezulo_engines::{EngineConfig, EngineKind};
-
-fn request() -> GuestRequest {
-    GuestRequest {
-        request: Request {
-            method: "GET".to_owned(),
-            target: "/svc/path?name=bench".to_owned(),
-            version: Version::Http11,
-            headers: vec![
-                Header {
-                    name: "Host".to_owned(),
-                    value: Bytes::from_static(b"localhost:8080"),
-                },
-                Header {
-                    name: "User-Agent".to_owned(),
-                    value: Bytes::from_static(b"criterion"),
-                },
-                Header {
-                    name: "Accept".to_owned(),
-                    value: Bytes::from_static(b"*/*"),
-                },
-            ],
-            body: Bytes::new(),
-            keep_alive: true,
-        },
-        script_name: "/svc".to_owned(),
-        path_info: "/path".to_owned(),
-        remote: "127.0.0.1:40000".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    }
-}
-
-fn module(path: &str) -> Vec<u8> {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path);
-    wat::parse_file(path).unwrap()
-}
 
 fn bench(c: &mut Criterion) {
     let config = EngineConfig {
         max_instances: 8,
         max_memory_bytes: 64 << 20,
     };
-    let request = request();
+    let request = request(
+        "GET",
+        "/svc/path?name=bench",
+        &[
+            ("Host", "localhost:8080"),
+            ("User-Agent", "criterion"),
+            ("Accept", "*/*"),
+        ],
+        b"",
+    );
     for (group, path) in [
         ("hello", "examples/hello.wat"),
         ("rust", "examples/rust-hello.wasm"),
     ] {
-        let wasm = module(path);
+        let wasm = guest(path);
         let mut g = c.benchmark_group(group);
         for kind in EngineKind::compiled_in() {
             let engine = frenezulo_engines::create(kind, &config).unwrap();
@@ -78,7 +54,7 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
-    let wasm = module("examples/rust-hello.wasm");
+    let wasm = guest("examples/rust-hello.wasm");
     let mut g = c.benchmark_group("compile-rust");
     g.sample_size(10);
     for kind in EngineKind::compiled_in() {

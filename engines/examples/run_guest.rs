@@ -3,11 +3,12 @@
 //!
 //! `cargo run --release -p frenezulo-engines --example run_guest -- wasmtime examples/hello.wat 1000`
 
+#[path = "../tests/common/mod.rs"]
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use frenezulo_core::http::Header;
-use frenezulo_core::{GuestRequest, Request, RunLimits, Version};
+use frenezulo_core::RunLimits;
 use frenezulo_engines::{EngineConfig, EngineKind};
 
 fn main() {
@@ -26,23 +27,12 @@ fn main() {
     };
     let engine = frenezulo_engines::create(kind, &config).unwrap();
     let module = engine.compile(&wasm).unwrap();
-    let request = GuestRequest {
-        request: Request {
-            method: "GET".to_owned(),
-            target: "/svc/path?name=profile".to_owned(),
-            version: Version::Http11,
-            headers: vec![Header {
-                name: "Host".to_owned(),
-                value: Bytes::from_static(b"localhost:8080"),
-            }],
-            body: Bytes::new(),
-            keep_alive: true,
-        },
-        script_name: "/svc".to_owned(),
-        path_info: "/path".to_owned(),
-        remote: "127.0.0.1:40000".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    };
+    let request = common::request(
+        "GET",
+        "/svc/path?name=profile",
+        &[("Host", "localhost:8080")],
+        b"",
+    );
     let started = Instant::now();
     let mut last = None;
     for _ in 0..count {

@@ -1,13 +1,14 @@
 //! The conformance suite: every WAGI case, error status and limit, written once and run
 //! against every engine compiled in (`conformance!` makes one test per case per engine).
 
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+mod common;
+
 use bytes::Bytes;
-use frenezulo_core::http::Header;
-use frenezulo_core::{GuestFailure, GuestRequest, Request, Response, RunLimits, Version};
+use common::{guest, printer, repo, request};
+use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
 use frenezulo_engines::{CompileError, Engine, EngineConfig, EngineKind, RunOutput};
 
 fn engine(kind: EngineKind) -> Arc<dyn Engine> {
@@ -25,59 +26,6 @@ fn engine(kind: EngineKind) -> Arc<dyn Engine> {
         frenezulo_engines::create(kind, &config).expect("engine")
     })
     .clone()
-}
-
-fn repo(path: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(path)
-}
-
-/// A guest from `examples/` or `engines/tests/guests/`, as wasm bytes.
-fn guest(path: &str) -> Vec<u8> {
-    wat::parse_file(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
-}
-
-/// A guest that writes `output` to stdout and returns.
-fn printer(output: &[u8]) -> Vec<u8> {
-    let escaped: String = output.iter().map(|b| format!("\\{b:02x}")).collect();
-    let wat = format!(
-        r#"(module
-          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 64) "{escaped}")
-          (func (export "_start")
-            (i32.store (i32.const 0) (i32.const 64))
-            (i32.store (i32.const 4) (i32.const {len}))
-            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-        len = output.len()
-    );
-    wat::parse_str(wat).expect("printer guest")
-}
-
-fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> GuestRequest {
-    let path = target.split('?').next().unwrap();
-    let rest = path.strip_prefix("/svc").expect("targets start with /svc");
-    GuestRequest {
-        request: Request {
-            method: method.to_owned(),
-            target: target.to_owned(),
-            version: Version::Http11,
-            headers: headers
-                .iter()
-                .map(|(n, v)| Header {
-                    name: (*n).to_owned(),
-                    value: Bytes::copy_from_slice(v.as_bytes()),
-                })
-                .collect(),
-            body: Bytes::copy_from_slice(body),
-            keep_alive: true,
-        },
-        script_name: "/svc".to_owned(),
-        path_info: rest.to_owned(),
-        remote: "10.1.2.3:4567".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-    }
 }
 
 fn limits() -> RunLimits {

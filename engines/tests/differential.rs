@@ -2,16 +2,16 @@
 //! client-visible responses on wasmtime and wasmi.
 #![cfg(all(feature = "wasmtime", feature = "wasmi"))]
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use frenezulo_core::http::Header;
-use frenezulo_core::{GuestRequest, Request, RunLimits, Version, response};
+use common::{printer, repo, request};
+use frenezulo_core::{GuestRequest, RunLimits, response};
 use frenezulo_engines::{EngineConfig, EngineKind};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let root = repo("");
     let mut guests = Vec::new();
     for dir in ["examples", "engines/tests/guests"] {
         let mut entries: Vec<_> = std::fs::read_dir(root.join(dir))
@@ -47,53 +47,18 @@ fn corpus() -> Vec<(String, Vec<u8>)> {
         b"Status: 700\n\n",
         b":\n\n",
     ] {
-        let escaped: String = output.iter().map(|b| format!("\\{b:02x}")).collect();
-        let wat = format!(
-            r#"(module
-              (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-              (memory (export "memory") 1)
-              (data (i32.const 64) "{escaped}")
-              (func (export "_start")
-                (i32.store (i32.const 0) (i32.const 64))
-                (i32.store (i32.const 4) (i32.const {len}))
-                (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-            len = output.len()
-        );
         guests.push((
             format!("printer {:?}", String::from_utf8_lossy(output)),
-            wat::parse_str(wat).unwrap(),
+            printer(output),
         ));
     }
     guests
 }
 
 fn requests() -> Vec<GuestRequest> {
-    let make = |method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]| {
-        let path = target.split('?').next().unwrap();
-        GuestRequest {
-            request: Request {
-                method: method.to_owned(),
-                target: target.to_owned(),
-                version: Version::Http11,
-                headers: headers
-                    .iter()
-                    .map(|(n, v)| Header {
-                        name: (*n).to_owned(),
-                        value: Bytes::copy_from_slice(v.as_bytes()),
-                    })
-                    .collect(),
-                body: Bytes::copy_from_slice(body),
-                keep_alive: true,
-            },
-            script_name: "/svc".to_owned(),
-            path_info: path.strip_prefix("/svc").unwrap().to_owned(),
-            remote: "192.0.2.1:1000".parse().unwrap(),
-            local: "127.0.0.1:8080".parse().unwrap(),
-        }
-    };
     vec![
-        make("GET", "/svc?0", &[("Host", "h")], b""),
-        make(
+        request("GET", "/svc?0", &[("Host", "h")], b""),
+        request(
             "POST",
             "/svc/a/b?name=Zed&1",
             &[("Host", "h"), ("Content-Type", "text/x")],

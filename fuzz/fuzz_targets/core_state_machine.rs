@@ -2,13 +2,14 @@
 //! at the end every request on a connection still open has had exactly one response.
 #![no_main]
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use frenezulo_core::{
-    ConnId, GuestFailure, Input, Output, Response, Server, ServerConfig, ServiceLimits,
+    ConnId, GuestFailure, Input, JobId, ModuleKey, Output, Response, Server, ServerConfig,
+    ServiceLimits,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -52,6 +53,70 @@ enum Op {
 const SERVICES: [&str; 3] = ["a", "b", "zz"];
 const MAX_RUNNING: usize = 3;
 
+/// The core and what a driver would know about it.
+struct Harness {
+    server: Server,
+    now: Instant,
+    open: BTreeSet<ConnId>,
+    compiles: Vec<ModuleKey>,
+    executions: Vec<JobId>,
+    next_conn: u64,
+}
+
+impl Harness {
+    fn input(&mut self, input: Input<'_>) {
+        self.server.handle(self.now, input);
+        while let Some(out) = self.server.poll_output() {
+            match out {
+                Output::Transmit { conn, .. } => {
+                    assert!(self.open.contains(&conn), "transmit on a closed connection")
+                }
+                Output::Close { conn } => assert!(self.open.remove(&conn), "closed twice"),
+                Output::Compile { module, .. } => self.compiles.push(module),
+                Output::Execute(e) => self.executions.push(e.job),
+                _ => {}
+            }
+        }
+    }
+
+    fn connect(&mut self) {
+        let conn = ConnId(self.next_conn);
+        self.next_conn += 1;
+        let addr = "127.0.0.1:1".parse().unwrap();
+        self.open.insert(conn);
+        self.input(Input::Connected {
+            conn,
+            remote: addr,
+            local: addr,
+        });
+    }
+
+    fn pick(&self, c: u8) -> Option<ConnId> {
+        self.open
+            .iter()
+            .nth(usize::from(c) % self.open.len().max(1))
+            .copied()
+    }
+
+    fn send(&mut self, c: u8, data: &[u8]) {
+        if let Some(conn) = self.pick(c).filter(|conn| self.server.wants_read(*conn)) {
+            self.input(Input::Received { conn, data });
+        }
+    }
+
+    fn compile_all(&mut self, ok: bool) {
+        for module in std::mem::take(&mut self.compiles) {
+            let result = if ok { Ok(()) } else { Err("no".to_owned()) };
+            self.input(Input::Compiled { module, result });
+        }
+    }
+
+    fn advance(&mut self, by: Duration) {
+        self.now += by;
+        self.input(Input::Timeout);
+    }
+}
+
 fuzz_target!(|ops: Vec<Op>| {
     let config = ServerConfig {
         max_running: MAX_RUNNING,
@@ -71,283 +136,89 @@ fuzz_target!(|ops: Vec<Op>| {
     for name in &SERVICES[..2] {
         server.add_service(name, Bytes::new(), limits).unwrap();
     }
-    let mut now = Instant::now();
-    let mut compiles = Vec::new();
-    let mut executions = Vec::new();
-    let mut open: BTreeSet<ConnId> = BTreeSet::new();
-    let mut sent: BTreeMap<ConnId, usize> = BTreeMap::new();
-    let mut next = 0u64;
-    let addr = "127.0.0.1:1".parse().unwrap();
-    let drive = |server: &mut Server,
-                 now: Instant,
-                 input: Input<'_>,
-                 open: &mut BTreeSet<ConnId>,
-                 sent: &mut BTreeMap<ConnId, usize>,
-                 compiles: &mut Vec<_>,
-                 executions: &mut Vec<_>| {
-        server.handle(now, input);
-        while let Some(out) = server.poll_output() {
-            match out {
-                Output::Transmit { conn, .. } => {
-                    assert!(open.contains(&conn), "transmit on a closed connection");
-                    *sent.entry(conn).or_default() += 1;
-                }
-                Output::Close { conn } => assert!(open.remove(&conn), "closed twice"),
-                Output::Compile { module, .. } => compiles.push(module),
-                Output::Execute(e) => executions.push(e.job),
-                Output::Evict { .. } => {}
-                _ => {}
-            }
-        }
+    let mut h = Harness {
+        server,
+        now: Instant::now(),
+        open: BTreeSet::new(),
+        compiles: Vec::new(),
+        executions: Vec::new(),
+        next_conn: 0,
     };
-    for i in 0..4 {
-        let conn = ConnId(i);
-        open.insert(conn);
-        drive(
-            &mut server,
-            now,
-            Input::Connected {
-                conn,
-                remote: addr,
-                local: addr,
-            },
-            &mut open,
-            &mut sent,
-            &mut compiles,
-            &mut executions,
-        );
-        next = i + 1;
+    for _ in 0..4 {
+        h.connect();
     }
     for op in ops.into_iter().take(200) {
-        let pick = |c: u8, open: &BTreeSet<ConnId>| {
-            open.iter().nth(usize::from(c) % open.len().max(1)).copied()
-        };
         match op {
-            Op::Bytes { conn, data } => {
-                if let Some(c) = pick(conn, &open) {
-                    if server.wants_read(c) {
-                        drive(
-                            &mut server,
-                            now,
-                            Input::Received {
-                                conn: c,
-                                data: &data,
-                            },
-                            &mut open,
-                            &mut sent,
-                            &mut compiles,
-                            &mut executions,
-                        );
-                    }
-                }
-            }
+            Op::Bytes { conn, data } => h.send(conn, &data),
             Op::Get { conn, service } => {
-                if let Some(c) = pick(conn, &open) {
-                    if server.wants_read(c) {
-                        let req = format!(
-                            "GET /{} HTTP/1.1\r\nHost: f\r\n\r\n",
-                            SERVICES[usize::from(service) % 3]
-                        );
-                        drive(
-                            &mut server,
-                            now,
-                            Input::Received {
-                                conn: c,
-                                data: req.as_bytes(),
-                            },
-                            &mut open,
-                            &mut sent,
-                            &mut compiles,
-                            &mut executions,
-                        );
-                    }
-                }
+                let req = format!(
+                    "GET /{} HTTP/1.1\r\nHost: f\r\n\r\n",
+                    SERVICES[usize::from(service) % 3]
+                );
+                h.send(conn, req.as_bytes());
             }
             Op::Finish { index, outcome } => {
-                if !executions.is_empty() {
-                    let job = executions.remove(usize::from(index) % executions.len());
+                if !h.executions.is_empty() {
+                    let job = h.executions.remove(usize::from(index) % h.executions.len());
                     let result = match outcome % 3 {
                         0 => Ok(Response::text(200, "ok")),
                         1 => Err(GuestFailure::Trap("t".into())),
                         _ => Err(GuestFailure::Timeout),
                     };
-                    drive(
-                        &mut server,
-                        now,
-                        Input::Executed { job, result },
-                        &mut open,
-                        &mut sent,
-                        &mut compiles,
-                        &mut executions,
-                    );
+                    h.input(Input::Executed { job, result });
                 }
             }
-            Op::Compile { ok } => {
-                for module in std::mem::take(&mut compiles) {
-                    let result = if ok { Ok(()) } else { Err("no".to_owned()) };
-                    drive(
-                        &mut server,
-                        now,
-                        Input::Compiled { module, result },
-                        &mut open,
-                        &mut sent,
-                        &mut compiles,
-                        &mut executions,
-                    );
-                }
-            }
-            Op::Advance { millis } => {
-                now += Duration::from_millis(u64::from(millis));
-                drive(
-                    &mut server,
-                    now,
-                    Input::Timeout,
-                    &mut open,
-                    &mut sent,
-                    &mut compiles,
-                    &mut executions,
-                );
-            }
+            Op::Compile { ok } => h.compile_all(ok),
+            Op::Advance { millis } => h.advance(Duration::from_millis(u64::from(millis))),
             Op::ReadClosed { conn } => {
-                if let Some(c) = pick(conn, &open) {
-                    drive(
-                        &mut server,
-                        now,
-                        Input::ReadClosed { conn: c },
-                        &mut open,
-                        &mut sent,
-                        &mut compiles,
-                        &mut executions,
-                    );
+                if let Some(conn) = h.pick(conn) {
+                    h.input(Input::ReadClosed { conn });
                 }
             }
             Op::Disconnect { conn } => {
-                if let Some(c) = pick(conn, &open) {
-                    open.remove(&c);
-                    drive(
-                        &mut server,
-                        now,
-                        Input::Disconnected { conn: c },
-                        &mut open,
-                        &mut sent,
-                        &mut compiles,
-                        &mut executions,
-                    );
-                    let fresh = ConnId(next);
-                    next += 1;
-                    open.insert(fresh);
-                    drive(
-                        &mut server,
-                        now,
-                        Input::Connected {
-                            conn: fresh,
-                            remote: addr,
-                            local: addr,
-                        },
-                        &mut open,
-                        &mut sent,
-                        &mut compiles,
-                        &mut executions,
-                    );
+                if let Some(conn) = h.pick(conn) {
+                    h.open.remove(&conn);
+                    h.input(Input::Disconnected { conn });
+                    h.connect();
                 }
             }
             Op::Replace { service } => {
-                let _ = server.replace_service(
+                let _ = h.server.replace_service(
                     SERVICES[usize::from(service) % 2],
                     Bytes::new(),
                     limits,
                 );
-                drive(
-                    &mut server,
-                    now,
-                    Input::Timeout,
-                    &mut open,
-                    &mut sent,
-                    &mut compiles,
-                    &mut executions,
-                );
+                h.input(Input::Timeout);
             }
             Op::Remove { service } => {
-                let _ = server.remove_service(now, SERVICES[usize::from(service) % 2]);
-                drive(
-                    &mut server,
-                    now,
-                    Input::Timeout,
-                    &mut open,
-                    &mut sent,
-                    &mut compiles,
-                    &mut executions,
-                );
+                let now = h.now;
+                let _ = h
+                    .server
+                    .remove_service(now, SERVICES[usize::from(service) % 2]);
+                h.input(Input::Timeout);
             }
-            Op::Shutdown => drive(
-                &mut server,
-                now,
-                Input::Shutdown,
-                &mut open,
-                &mut sent,
-                &mut compiles,
-                &mut executions,
-            ),
+            Op::Shutdown => h.input(Input::Shutdown),
         }
-        assert!(server.running() <= MAX_RUNNING);
-        for s in server.services() {
+        assert!(h.server.running() <= MAX_RUNNING);
+        for s in h.server.services() {
             assert!(s.running <= 2 && s.queued <= 3);
         }
-        assert_eq!(server.connection_count(), open.len());
+        assert_eq!(h.server.connection_count(), h.open.len());
     }
-    // Finish everything: no job may stay running, every connection ends up idle or closed.
+    // Finish everything: no job may stay running, and every connection ends up closed once
+    // the keep-alive and request timeouts have passed.
     for _ in 0..20 {
-        for module in std::mem::take(&mut compiles) {
-            drive(
-                &mut server,
-                now,
-                Input::Compiled {
-                    module,
-                    result: Ok(()),
-                },
-                &mut open,
-                &mut sent,
-                &mut compiles,
-                &mut executions,
-            );
+        h.compile_all(true);
+        while let Some(job) = h.executions.pop() {
+            h.input(Input::Executed {
+                job,
+                result: Ok(Response::text(200, "ok")),
+            });
         }
-        while let Some(job) = executions.pop() {
-            drive(
-                &mut server,
-                now,
-                Input::Executed {
-                    job,
-                    result: Ok(Response::text(200, "ok")),
-                },
-                &mut open,
-                &mut sent,
-                &mut compiles,
-                &mut executions,
-            );
-        }
-        now += Duration::from_secs(1);
-        drive(
-            &mut server,
-            now,
-            Input::Timeout,
-            &mut open,
-            &mut sent,
-            &mut compiles,
-            &mut executions,
-        );
+        h.advance(Duration::from_secs(1));
     }
-    assert_eq!(server.running(), 0);
-    assert!(compiles.is_empty() && executions.is_empty());
-    // Idle connections time out after the keep-alive timeout: by now all are closed.
-    now += Duration::from_secs(60);
-    drive(
-        &mut server,
-        now,
-        Input::Timeout,
-        &mut open,
-        &mut sent,
-        &mut compiles,
-        &mut executions,
-    );
-    assert!(open.is_empty(), "connections left open: {open:?}");
+    assert_eq!(h.server.running(), 0);
+    assert!(h.compiles.is_empty() && h.executions.is_empty());
+    h.advance(Duration::from_secs(60));
+    assert!(h.open.is_empty(), "connections left open: {:?}", h.open);
 });

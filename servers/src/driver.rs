@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use frenezulo_core::{ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, Server};
+use frenezulo_core::{ConnId, GuestFailure, Input, JobId, ModuleKey, Output, Server};
 use frenezulo_engines::{CompiledModule, Engine};
 use smol::channel::{Receiver, Sender};
 use smol::future;
@@ -93,30 +93,17 @@ impl State {
                         info!(service = %module.service, version = module.version, "cold start: compiling");
                         let _ = self.jobs.try_send(Job::Compile { module, wasm });
                     }
-                    Output::Execute(execution) => {
-                        let Execution {
-                            job,
-                            module: key,
-                            request,
-                            limits,
-                        } = *execution;
-                        match self.modules.get(&key) {
-                            Some(module) => {
-                                let module = module.clone();
-                                let _ = self.jobs.try_send(Job::Run {
-                                    job,
-                                    key,
-                                    module,
-                                    request,
-                                    limits,
-                                });
-                            }
-                            None => {
-                                error!(service = %key.service, version = key.version, "no compiled module to run");
-                                orphans.push(job);
-                            }
+                    Output::Execute(execution) => match self.modules.get(&execution.module) {
+                        Some(module) => {
+                            let module = module.clone();
+                            let _ = self.jobs.try_send(Job::Run { execution, module });
                         }
-                    }
+                        None => {
+                            let key = &execution.module;
+                            error!(service = %key.service, version = key.version, "no compiled module to run");
+                            orphans.push(execution.job);
+                        }
+                    },
                     Output::Evict { module } => {
                         if self.modules.remove(&module).is_some() {
                             info!(service = %module.service, version = module.version, "evicted");

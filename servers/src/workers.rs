@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use frenezulo_core::{GuestFailure, GuestRequest, JobId, ModuleKey, RunLimits};
+use frenezulo_core::{Execution, GuestFailure, JobId, ModuleKey};
 use frenezulo_engines::{CompileError, CompiledModule, Engine, RunOutput};
 use smol::channel::{Receiver, Sender};
 
@@ -19,18 +19,12 @@ pub enum Job {
         /// Its bytes.
         wasm: Bytes,
     },
-    /// Run one request.
+    /// Run one request, as the core asked for it.
     Run {
-        /// The core's job id.
-        job: JobId,
-        /// Which module version, for the log.
-        key: ModuleKey,
-        /// The compiled module.
+        /// What to run, on which module version, within which limits.
+        execution: Box<Execution>,
+        /// The compiled module for `execution.module`.
         module: Arc<dyn CompiledModule>,
-        /// The request.
-        request: GuestRequest,
-        /// Its limits.
-        limits: RunLimits,
     },
 }
 
@@ -100,13 +94,13 @@ fn work(engine: &dyn Engine, job: Job) -> Done {
                 elapsed: started.elapsed(),
             }
         }
-        Job::Run {
-            job,
-            key,
-            module,
-            request,
-            limits,
-        } => {
+        Job::Run { execution, module } => {
+            let Execution {
+                job,
+                module: key,
+                request,
+                limits,
+            } = *execution;
             // An engine bug on one guest must not take the worker down with it.
             let output =
                 std::panic::catch_unwind(AssertUnwindSafe(|| module.run(&request, &limits)))
