@@ -36,6 +36,8 @@ pub struct ServerConfig {
     pub max_running: usize,
     /// Requests waiting for a worker across all services; past it, 503.
     pub max_queued: usize,
+    /// Body bytes of all waiting requests together; past it, 503.
+    pub max_queued_bytes: usize,
     /// How long a warm service stays in memory with no requests.
     pub idle_timeout: Duration,
 }
@@ -49,6 +51,7 @@ impl Default for ServerConfig {
             max_pipelined: 16,
             max_running: 4,
             max_queued: 1024,
+            max_queued_bytes: 256 * 1024 * 1024,
             idle_timeout: Duration::from_secs(60),
         }
     }
@@ -306,6 +309,7 @@ pub struct Server {
     next_version: u64,
     running: usize,
     queued: usize,
+    queued_bytes: usize,
     /// Services with queued work that may be able to run, in round-robin order.
     ready: VecDeque<ServiceName>,
     timers: BTreeSet<(Instant, Timer)>,
@@ -328,6 +332,7 @@ impl Server {
             next_version: 1,
             running: 0,
             queued: 0,
+            queued_bytes: 0,
             ready: VecDeque::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
@@ -431,7 +436,7 @@ impl Server {
         };
         self.ready.retain(|n| n.as_str() != name);
         for job in service.queue {
-            self.queued -= 1;
+            self.left_queue(job);
             self.fail_job(now, job, Response::text(503, "service was removed"));
         }
         self.retire(service.key, service.state, service.running);
@@ -655,9 +660,10 @@ impl Server {
             && service.running < limits.max_concurrency
             && self.running < self.config.max_running
             && service.queue.is_empty();
-        if !runnable_now
-            && (service.queue.len() >= limits.max_queued || self.queued >= self.config.max_queued)
-        {
+        let queue_full = service.queue.len() >= limits.max_queued
+            || self.queued >= self.config.max_queued
+            || self.queued_bytes + request.body.len() > self.config.max_queued_bytes;
+        if !runnable_now && queue_full {
             self.stats.shed += 1;
             let r = Response::text(503, "service is at capacity, retry shortly")
                 .with_header("Retry-After", "1");
@@ -695,13 +701,14 @@ impl Server {
             self.dispatch(job);
             return;
         }
+        self.queued += 1;
+        self.queued_bytes += self.queued_body(job);
         let service = self
             .services
             .get_mut(&service_name)
             .expect("looked up above");
         service.queue.push_back(job);
         service.idle_deadline = None;
-        self.queued += 1;
         match service.state {
             Lifecycle::Cold => self.start_loading(service_name.as_str()),
             Lifecycle::Loading => {}
@@ -751,7 +758,7 @@ impl Server {
             let Some(job) = service.queue.pop_front() else {
                 continue;
             };
-            self.queued -= 1;
+            self.left_queue(job);
             self.dispatch(job);
             self.mark_ready(&name);
         }
@@ -806,7 +813,7 @@ impl Server {
                 service.state = Lifecycle::Cold;
                 let queue = std::mem::take(&mut service.queue);
                 for job in queue {
-                    self.queued -= 1;
+                    self.left_queue(job);
                     self.fail_job(now, job, Response::text(500, "service failed to load"));
                 }
             }
@@ -814,14 +821,13 @@ impl Server {
     }
 
     fn on_executed(&mut self, now: Instant, job_id: JobId, result: Result<Response, GuestFailure>) {
-        let Some(job) = self.jobs.remove(&job_id) else {
+        // A report for an unknown or never-dispatched job is a driver bug: ignore it, so the
+        // counts stay right.
+        if !self.jobs.get(&job_id).is_some_and(|j| j.module.is_some()) {
             return;
-        };
-        let Some(module) = job.module else {
-            // Reported for a job never dispatched: a driver bug; keep counts intact.
-            self.jobs.insert(job_id, job);
-            return;
-        };
+        }
+        let job = self.forget_job(job_id).expect("checked above");
+        let module = job.module.expect("checked above");
         self.running -= 1;
         match self.services.get_mut(&module.service) {
             Some(s) if s.key == module => s.running -= 1,
@@ -875,7 +881,7 @@ impl Server {
 
     /// Answers a job that never ran.
     fn fail_job(&mut self, now: Instant, job: JobId, response: Response) {
-        if let Some(job) = self.jobs.remove(&job)
+        if let Some(job) = self.forget_job(job)
             && !job.abandoned
         {
             self.answer(now, job.conn, job.seq, response);
@@ -948,10 +954,17 @@ impl Server {
             } else {
                 // Still queued: take it out of its service's queue.
                 let service = job.service.clone();
-                self.jobs.remove(&job_id);
                 self.unqueue(&service, job_id);
+                self.forget_job(job_id);
             }
         }
+    }
+
+    /// Removes a job and its deadline timer, so finished jobs leave no timers behind.
+    fn forget_job(&mut self, id: JobId) -> Option<Job> {
+        let job = self.jobs.remove(&id)?;
+        self.timers.remove(&(job.deadline, Timer::Job(id)));
+        Some(job)
     }
 
     /// Takes a job that never started out of its service's queue.
@@ -960,8 +973,22 @@ impl Server {
             && let Some(pos) = s.queue.iter().position(|j| *j == job)
         {
             s.queue.remove(pos);
-            self.queued -= 1;
+            self.left_queue(job);
         }
+    }
+
+    /// Body bytes a queued job holds.
+    fn queued_body(&self, job: JobId) -> usize {
+        self.jobs
+            .get(&job)
+            .and_then(|j| j.request.as_ref())
+            .map_or(0, |r| r.request.body.len())
+    }
+
+    /// Counts a job out of the queues; call before the job is dispatched or forgotten.
+    fn left_queue(&mut self, job: JobId) {
+        self.queued -= 1;
+        self.queued_bytes -= self.queued_body(job);
     }
 
     fn arm_conn_timer(&mut self, conn: ConnId) {
@@ -1392,6 +1419,42 @@ mod tests {
     }
 
     #[test]
+    fn queued_bodies_are_bounded_in_bytes() {
+        let mut config = config();
+        config.max_queued_bytes = 10;
+        let limits = ServiceLimits {
+            max_concurrency: 1,
+            ..ServiceLimits::default()
+        };
+        let mut h = Harness::new(config).with_service("s", limits);
+        let post = |body: &str| {
+            format!(
+                "POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        };
+        let conns: Vec<_> = (0..4).map(|i| h.connect(i)).collect();
+        h.send(conns[0], &post("12345678"));
+        h.compile_all();
+        h.send(conns[1], &post("12345678"));
+        h.send(conns[2], &post("12345678"));
+        assert_eq!(
+            h.statuses(conns[2]),
+            vec![503],
+            "8 + 8 queued bytes is over 10"
+        );
+        h.finish_oldest();
+        h.send(conns[3], &post("12345678"));
+        assert!(
+            h.statuses(conns[3]).is_empty(),
+            "queued again once the first left the queue"
+        );
+        h.finish_oldest();
+        h.finish_oldest();
+        assert_eq!(h.server.queued_bytes, 0);
+    }
+
+    #[test]
     fn a_flooded_service_does_not_starve_a_quiet_one() {
         let mut config = config();
         config.max_running = 1;
@@ -1573,6 +1636,25 @@ mod tests {
     }
 
     #[test]
+    fn finished_requests_leave_no_timers_behind() {
+        let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+        let c = h.connect(1);
+        h.send(c, &get("/s"));
+        h.compile_all();
+        h.finish_oldest();
+        let baseline = h.server.timers.len();
+        for _ in 0..100 {
+            h.send(c, &get("/s"));
+            h.finish_oldest();
+        }
+        assert_eq!(
+            h.server.timers.len(),
+            baseline,
+            "one timer per connection and idle service"
+        );
+    }
+
+    #[test]
     fn a_full_pipeline_stops_reading() {
         let mut config = config();
         config.max_pipelined = 2;
@@ -1686,6 +1768,7 @@ mod tests {
                 h.advance(Duration::from_secs(1));
             }
             prop_assert_eq!(h.server.running(), 0);
+            prop_assert_eq!((h.server.queued, h.server.queued_bytes), (0, 0));
             for (c, n) in asked {
                 if dropped.contains(&c) {
                     prop_assert!(h.statuses(c).len() <= n);

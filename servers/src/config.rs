@@ -54,6 +54,7 @@ pub struct FileConfig {
     workers: Option<usize>,
     max_connections: Option<usize>,
     max_queued: Option<usize>,
+    max_queued_bytes: Option<Size>,
     max_pipelined: Option<usize>,
     max_header_bytes: Option<Size>,
     max_body: Option<Size>,
@@ -275,6 +276,9 @@ impl Settings {
             max_pipelined: file.max_pipelined.unwrap_or(defaults.max_pipelined).max(1),
             max_running: workers,
             max_queued: file.max_queued.unwrap_or(defaults.max_queued),
+            max_queued_bytes: file
+                .max_queued_bytes
+                .map_or(defaults.max_queued_bytes, |s| s.0),
             idle_timeout: overrides
                 .idle_timeout
                 .or(file.idle_timeout.map(|s| s.0))
