@@ -823,7 +823,7 @@ impl Server {
     fn on_executed(&mut self, now: Instant, job_id: JobId, result: Result<Response, GuestFailure>) {
         // A report for an unknown or never-dispatched job is a driver bug: ignore it, so the
         // counts stay right.
-        if !self.jobs.get(&job_id).is_some_and(|j| j.module.is_some()) {
+        if self.jobs.get(&job_id).is_none_or(|j| j.module.is_none()) {
             return;
         }
         let job = self.forget_job(job_id).expect("checked above");
