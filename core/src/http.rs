@@ -560,6 +560,7 @@ fn httparse_reason(e: httparse::Error) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn parse_all(input: &[u8], limits: FramingLimits) -> Result<Vec<ParseEvent>, FramingError> {
         let mut p = RequestParser::new(limits);
@@ -770,5 +771,64 @@ mod tests {
         assert!(p.next_event().is_err());
         p.push(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
         assert_eq!(p.next_event(), Ok(None));
+    }
+
+    fn feed(parts: &[&[u8]]) -> (Vec<Request>, Option<FramingError>) {
+        let mut p = RequestParser::new(FramingLimits::default());
+        let mut out = Vec::new();
+        for part in parts {
+            p.push(part);
+            loop {
+                match p.next_event() {
+                    Ok(Some(ParseEvent::Request(r))) => out.push(r),
+                    Ok(Some(ParseEvent::ContinueExpected)) => {}
+                    Ok(None) => break,
+                    Err(e) => return (out, Some(e)),
+                }
+            }
+        }
+        (out, None)
+    }
+
+    fn request_text() -> impl Strategy<Value = String> {
+        let chunked = "[a-z]{1,20}".prop_map(|b| {
+            format!("POST /c HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{b}\r\n0\r\n\r\n", b.len())
+        });
+        let fixed = "[a-z]{0,20}".prop_map(|b| {
+            format!(
+                "PUT /f HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{b}",
+                b.len()
+            )
+        });
+        let get = "/[a-z/?=&]{0,20}"
+            .prop_map(|p| format!("GET {p} HTTP/1.1\r\nHost: h\r\nX-A: 1\r\n\r\n"));
+        prop_oneof![
+            chunked,
+            fixed,
+            get,
+            Just("GET / HTTP/1.0\r\n\r\n".to_owned()),
+            Just("BAD\r\n\r\n".to_owned())
+        ]
+    }
+
+    proptest! {
+        /// Pipelined requests split anywhere frame exactly as when fed whole.
+        #[test]
+        fn framing_is_split_invariant(
+            texts in proptest::collection::vec(request_text(), 1..5),
+            cuts in proptest::collection::vec(any::<prop::sample::Index>(), 0..6),
+        ) {
+            let data = texts.concat().into_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(data.len() + 1)).collect();
+            points.sort_unstable();
+            let mut parts = Vec::new();
+            let mut last = 0;
+            for p in points {
+                parts.push(&data[last..p]);
+                last = p;
+            }
+            parts.push(&data[last..]);
+            prop_assert_eq!(feed(&parts), feed(&[&data]));
+        }
     }
 }

@@ -120,6 +120,7 @@ pub fn route(path: &str) -> Route<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn svc<'a>(name: &'a str, path_info: &'a str) -> Route<'a> {
         Route::Service { name, path_info }
@@ -163,5 +164,21 @@ mod tests {
         assert_eq!(ServiceName::new("services"), Err(NameError::Reserved));
         assert_eq!(ServiceName::new(&"a".repeat(64)), Err(NameError::TooLong));
         assert!(ServiceName::new(&"a".repeat(63)).is_ok());
+    }
+
+    proptest! {
+        /// A path reaches service `name` exactly when it is `/name` or below `/name/`.
+        #[test]
+        fn a_path_reaches_a_service_iff_it_is_the_prefix_or_below(
+            name in "[a-z0-9][a-z0-9_-]{0,8}",
+            path in "/[a-z0-9_/-]{0,16}",
+        ) {
+            let reaches = matches!(route(&path), Route::Service { name: n, .. } if n == name);
+            let below = path == format!("/{name}") || path.starts_with(&format!("/{name}/"));
+            prop_assert_eq!(reaches, below && name != RESERVED_PREFIX);
+            if let Route::Service { name: n, path_info } = route(&path) {
+                prop_assert_eq!(format!("/{n}{path_info}"), path.clone());
+            }
+        }
     }
 }
