@@ -620,6 +620,11 @@ mod tests {
             got.extend_from_slice(&mem[32..32 + n]);
         }
         assert_eq!(got, b"body bytes");
+        // Reading past the end keeps answering end-of-file, never stale or host data.
+        for _ in 0..3 {
+            assert_eq!(io.fd_read(&mut mem, 0, 0, 1, 16), Ok(0));
+            assert_eq!(u32_at(&mem, 16), 0);
+        }
     }
 
     #[test]
