@@ -8,11 +8,11 @@ use frenezulo_core::{GuestRequest, RunLimits};
 use wasmi::errors::HostError;
 use wasmi::{
     Caller, Config, Engine as Wasmi, ExternType, Linker, Memory, Module, Store, TypedResumableCall,
-    Val, ValType,
+    Val,
 };
 
 use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
-use crate::wasi::{self, GuestIo, HostStop, Provided, ValKind};
+use crate::wasi::{self, GuestIo, HostStop, Provided};
 use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineKind};
 
 /// Fuel per slice: between slices the deadline is checked. Roughly a few milliseconds of
@@ -77,14 +77,6 @@ impl WasmiEngine {
     }
 }
 
-fn kind_of(t: &ValType) -> Option<ValKind> {
-    match t {
-        ValType::I32 => Some(ValKind::I32),
-        ValType::I64 => Some(ValKind::I64),
-        _ => None,
-    }
-}
-
 impl Engine for WasmiEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Wasmi
@@ -96,44 +88,25 @@ impl Engine for WasmiEngine {
             Module::new(&self.engine, wasm).map_err(|e| CompileError::Invalid(e.to_string()))?;
         let mut linker =
             wasi_linker(&self.engine).map_err(|e| CompileError::Engine(e.to_string()))?;
+        // `shape::check` accepted the imports and exports; what is left is linking the
+        // unimplemented WASI functions to their errno stubs.
         for import in module.imports() {
-            let unsupported = || CompileError::UnsupportedImport {
-                module: import.module().to_owned(),
-                name: import.name().to_owned(),
+            let (Provided::Stub(errno), ExternType::Func(ty)) =
+                (wasi::provided(import.name()), import.ty())
+            else {
+                continue;
             };
-            let ExternType::Func(ty) = import.ty() else {
-                return Err(unsupported());
-            };
-            if import.module() != wasi::MODULE {
-                return Err(unsupported());
-            }
-            let params: Vec<_> = ty.params().iter().map(kind_of).collect();
-            let results: Vec<_> = ty.results().iter().map(kind_of).collect();
-            match wasi::check_import(import.name(), &params, &results)
-                .map_err(CompileError::ImportSignature)?
-            {
-                Provided::Implemented => {}
-                Provided::Stub(errno) => {
-                    linker
-                        .func_new(
-                            wasi::MODULE,
-                            import.name(),
-                            ty.clone(),
-                            move |_, _, results| {
-                                results[0] = Val::I32(errno);
-                                Ok(())
-                            },
-                        )
-                        .map_err(|e| CompileError::Engine(e.to_string()))?;
-                }
-            }
-        }
-        match module.get_export("_start") {
-            Some(ExternType::Func(f)) if f.params().is_empty() && f.results().is_empty() => {}
-            _ => return Err(CompileError::MissingStart),
-        }
-        if !matches!(module.get_export("memory"), Some(ExternType::Memory(_))) {
-            return Err(CompileError::MissingMemory);
+            linker
+                .func_new(
+                    wasi::MODULE,
+                    import.name(),
+                    ty.clone(),
+                    move |_, _, results| {
+                        results[0] = Val::I32(errno);
+                        Ok(())
+                    },
+                )
+                .map_err(|e| CompileError::Engine(e.to_string()))?;
         }
         Ok(Arc::new(WasmiModule {
             engine: self.engine.clone(),

@@ -11,11 +11,10 @@ use frenezulo_core::{GuestRequest, RunLimits};
 use wasmtime::{
     Caller, Config, Engine as Wasmtime, Extern, ExternType, InstanceAllocationStrategy,
     InstancePre, Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, Val,
-    ValType,
 };
 
 use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
-use crate::wasi::{self, GuestIo, HostStop, Provided, ValKind};
+use crate::wasi::{self, GuestIo, HostStop, Provided};
 use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineError, EngineKind};
 
 /// How often the engine's epoch advances: the granularity of deadlines.
@@ -195,14 +194,6 @@ fn wasi_linker(engine: &Wasmtime) -> wasmtime::Result<Linker<Host>> {
     Ok(linker)
 }
 
-fn kind_of(t: &ValType) -> Option<ValKind> {
-    match t {
-        ValType::I32 => Some(ValKind::I32),
-        ValType::I64 => Some(ValKind::I64),
-        _ => None,
-    }
-}
-
 impl Engine for WasmtimeEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Wasmtime
@@ -217,47 +208,29 @@ impl Engine for WasmtimeEngine {
             None => Module::new(&self.engine, wasm)
                 .map_err(|e| CompileError::Invalid(format!("{e:#}")))?,
         };
+        // `shape::check` accepted the imports and exports; what is left is linking the
+        // unimplemented WASI functions to their errno stubs.
         let mut linker: Option<Linker<Host>> = None;
         for import in module.imports() {
-            let unsupported = || CompileError::UnsupportedImport {
-                module: import.module().to_owned(),
-                name: import.name().to_owned(),
+            let (Provided::Stub(errno), ExternType::Func(ty)) =
+                (wasi::provided(import.name()), import.ty())
+            else {
+                continue;
             };
-            let ExternType::Func(ty) = import.ty() else {
-                return Err(unsupported());
-            };
-            if import.module() != wasi::MODULE {
-                return Err(unsupported());
-            }
-            let params: Vec<_> = ty.params().map(|t| kind_of(&t)).collect();
-            let results: Vec<_> = ty.results().map(|t| kind_of(&t)).collect();
-            match wasi::check_import(import.name(), &params, &results)
-                .map_err(CompileError::ImportSignature)?
-            {
-                Provided::Implemented => {}
-                Provided::Stub(errno) => {
-                    let linker = linker.get_or_insert_with(|| self.linker.clone());
-                    linker
-                        .func_new(wasi::MODULE, import.name(), ty, move |_, _, results| {
-                            results[0] = Val::I32(errno);
-                            Ok(())
-                        })
-                        .map_err(|e| CompileError::Engine(e.to_string()))?;
-                }
-            }
+            let linker = linker.get_or_insert_with(|| self.linker.clone());
+            linker
+                .func_new(wasi::MODULE, import.name(), ty, move |_, _, results| {
+                    results[0] = Val::I32(errno);
+                    Ok(())
+                })
+                .map_err(|e| CompileError::Engine(e.to_string()))?;
         }
-        let start = match module.get_export("_start") {
-            Some(ExternType::Func(f)) if f.params().len() == 0 && f.results().len() == 0 => module
-                .get_export_index("_start")
-                .ok_or(CompileError::MissingStart)?,
-            _ => return Err(CompileError::MissingStart),
-        };
-        let memory = match module.get_export("memory") {
-            Some(ExternType::Memory(_)) => module
-                .get_export_index("memory")
-                .ok_or(CompileError::MissingMemory)?,
-            _ => return Err(CompileError::MissingMemory),
-        };
+        let start = module
+            .get_export_index("_start")
+            .ok_or(CompileError::MissingStart)?;
+        let memory = module
+            .get_export_index("memory")
+            .ok_or(CompileError::MissingMemory)?;
         let pre = linker
             .as_ref()
             .unwrap_or(&self.linker)
