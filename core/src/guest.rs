@@ -4,7 +4,6 @@
 //! which engine ran the guest.
 
 use std::net::SocketAddr;
-use std::time::Instant;
 
 use thiserror::Error;
 
@@ -44,11 +43,13 @@ pub struct RunLimits {
     pub memory_bytes: usize,
     /// Most bytes the guest may write to stdout.
     pub stdout_bytes: usize,
-    /// When the engine must stop the guest.
-    pub deadline: Instant,
 }
 
 /// Why a guest run produced no response. Each engine maps its own errors onto these.
+///
+/// Deadlines are the core's: it cancels a task whose time is up and answers
+/// [`GuestFailure::Timeout`] itself; an engine reports it only from a run-to-completion
+/// helper that has a deadline of its own.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[non_exhaustive]
 pub enum GuestFailure {

@@ -1,22 +1,27 @@
 //! frenezulo-core: the sans-io state machine of the frenezulo server.
 //!
 //! It owns HTTP/1.1 request framing ([`http`]), routing by prefix ([`route`]), the service
-//! registry with versions, admission control, per-request deadlines and each service's
-//! lifecycle (`Cold` -> `Loading` -> `Warm` -> idle -> `Cold`). It does no I/O: no sockets,
-//! no threads, no clock, no randomness. Time is passed in as `now`; iteration order is
-//! deterministic, so the same inputs always give the same outputs. It does not run
-//! WebAssembly: it asks its driver to, through [`Output::Compile`] and [`Output::Execute`].
+//! registry's in-memory view with versions, admission control, per-request deadlines, the
+//! run queue of guest tasks, and each service's lifecycle (`Cold` -> `Loading` -> `Warm` ->
+//! idle -> `Cold`). It does no I/O: no sockets, no threads, no clock, no randomness. Time
+//! is passed in as `now`; iteration order is deterministic, so the same inputs always give
+//! the same outputs. It does not run WebAssembly: it asks its driver to, one time slice at
+//! a time, through [`Output::Execute`] and [`Output::Resume`].
+//!
+//! One [`Server`] serves one thread's share of the connections. A process runs one per
+//! serving thread; they share nothing but the registry changes each is fed.
 //!
 //! # The polling contract
 //!
 //! A driver (the `frenezulo` binary, or the simulator) owns a [`Server`] and loops:
 //!
 //! 1. When something happens, call [`Server::handle`] with the current time and an
-//!    [`Input`]: a connection accepted, bytes received, a compile or guest run finished.
+//!    [`Input`]: a connection accepted, bytes received, a registry change, a compile
+//!    finished, a time slice ended.
 //! 2. After every `handle`, drain [`Server::poll_output`] until it returns `None`, and
 //!    carry out each [`Output`] in order: transmit bytes, close a connection, compile a
-//!    module, run a guest, evict a module. Outputs for one connection must be written in
-//!    the order they were polled.
+//!    module, start, resume or cancel a guest task, evict a module. Outputs for one
+//!    connection must be written in the order they were polled.
 //! 3. Ask [`Server::poll_timeout`] for the next deadline and call
 //!    `handle(now, Input::Timeout)` once it has passed (timers due at `now` fire on any
 //!    `handle` call, so an early or spurious wake-up is harmless).
@@ -24,15 +29,30 @@
 //!    the connection's pipeline is full and the driver waits for output instead, which
 //!    bounds what one client can make the server buffer.
 //!
+//! ## Guest tasks and time slices
+//!
+//! The core is the scheduler. At most one slice is out with the driver at a time: after an
+//! [`Output::Execute`] (start a task and run its first slice) or an [`Output::Resume`] (run
+//! one more slice of a task that yielded), the core asks for nothing else to run until the
+//! driver answers [`Input::Yielded`] (the slice ran out with the guest still running) or
+//! [`Input::Executed`] (the guest finished). The next slice is then already queued as an
+//! output: services with work take turns, so a looping guest delays the others by a slice,
+//! never stops them. A driver should poll its sockets between slices that yielded, so
+//! that new requests join the round.
+//!
+//! [`Output::Cancel`] drops a task, whether it is parked or its slice is still queued as
+//! an output; the driver reports nothing more for it, and the core ignores a report for a
+//! task it no longer knows. Every task that starts ends exactly once: with `Executed`, or
+//! with `Cancel` (deadline passed, client gone).
+//!
 //! Every request that is parsed gets exactly one response, in order per connection, unless
-//! its connection goes away first. Every [`Output::Execute`] and [`Output::Compile`] must be
-//! answered with [`Input::Executed`] or [`Input::Compiled`], even if the client has left:
-//! the core counts running guests to enforce its limits.
+//! its connection goes away first. Every [`Output::Compile`] must be answered with
+//! [`Input::Compiled`].
 //!
 //! # Not here
 //!
-//! Engines and the WAGI guest ABI live in `frenezulo-engines`; sockets, worker threads and
-//! the CLI in the `frenezulo` binary; virtual-time workloads in `frenezulo-sim`.
+//! Engines and the WAGI guest ABI live in `frenezulo-engines`; sockets, serving threads
+//! and the CLI in the `frenezulo` binary; virtual-time workloads in `frenezulo-sim`.
 
 pub mod guest;
 pub mod http;
@@ -45,6 +65,6 @@ pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;
 pub use route::{NameError, ServiceName};
 pub use server::{
-    ConnId, Execution, Input, JobId, Lifecycle, Output, RegistryError, Server, ServerConfig,
+    ConnId, Execution, Input, JobId, Lifecycle, Output, RegistryChange, Server, ServerConfig,
     ServiceInfo, ServiceLimits, Stats,
 };

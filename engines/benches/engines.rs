@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{guest, request};
 use criterion::{Criterion, criterion_group, criterion_main};
 use frenezulo_core::RunLimits;
-use frenezulo_engines::{EngineConfig, EngineKind};
+use frenezulo_engines::{EngineConfig, EngineKind, run_to_completion};
 
 fn bench(c: &mut Criterion) {
     let config = EngineConfig {
@@ -44,9 +44,9 @@ fn bench(c: &mut Criterion) {
                     let limits = RunLimits {
                         memory_bytes: 64 << 20,
                         stdout_bytes: 1 << 20,
-                        deadline: Instant::now() + Duration::from_secs(10),
                     };
-                    let out = compiled.run(&request, &limits);
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    let out = run_to_completion(compiled.as_ref(), &request, &limits, deadline);
                     assert!(out.result.is_ok());
                     out
                 })

@@ -39,9 +39,14 @@ fn main() {
         let limits = RunLimits {
             memory_bytes: 64 << 20,
             stdout_bytes: 1 << 20,
-            deadline: Instant::now() + Duration::from_secs(10),
         };
-        last = Some(module.run(&request, &limits));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        last = Some(frenezulo_engines::run_to_completion(
+            module.as_ref(),
+            &request,
+            &limits,
+            deadline,
+        ));
     }
     let per = started.elapsed() / count.max(1) as u32;
     eprintln!("{count} runs, {per:?} each");

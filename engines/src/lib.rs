@@ -1,9 +1,12 @@
 //! frenezulo-engines: WebAssembly engines behind one object-safe trait, and the WAGI
 //! guest ABI they all speak.
 //!
-//! An [`Engine`] compiles module bytes into a [`CompiledModule`]; a compiled module runs one
-//! request at a time in a fresh instance with limits (memory, stdout, deadline) and returns
-//! a [`wagi::RunOutput`]. Which engine runs is chosen at run time with [`EngineKind`]; each
+//! An [`Engine`] compiles module bytes into a [`CompiledModule`], shared by every serving
+//! thread. A compiled module starts a [`GuestTask`] per request: a fresh instance with
+//! limits (memory, stdout) that runs one time slice at a time on the thread that holds it,
+//! so a serving loop can run guests inline and still preempt one that loops. A task that
+//! finishes returns a [`wagi::RunOutput`]; dropping one that has not finished cancels it.
+//! [`run_to_completion`] drives a task to its end, for tests and tools. Which engine runs is chosen at run time with [`EngineKind`]; each
 //! is a cargo feature (`wasmtime`, `wasmi`), both on by default. A build with only `wasmi`
 //! holds no JIT.
 //!
@@ -19,8 +22,9 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Instant;
 
-use frenezulo_core::{GuestRequest, RunLimits};
+use frenezulo_core::{GuestFailure, GuestRequest, RunLimits};
 use thiserror::Error;
 
 pub mod shape;
@@ -49,10 +53,64 @@ pub trait Engine: Send + Sync {
     fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn CompiledModule>, CompileError>;
 }
 
-/// A compiled module, shareable across threads; each `run` gets a fresh instance.
+/// A compiled module, shareable across threads; each task gets a fresh instance.
 pub trait CompiledModule: Send + Sync {
-    /// Runs one request to completion on this thread, within `limits`.
-    fn run(&self, request: &GuestRequest, limits: &RunLimits) -> RunOutput;
+    /// Prepares a run of `request` in a fresh instance, within `limits`. The guest runs
+    /// when [`GuestTask::run_slice`] is called, on the thread that holds the task.
+    fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask>;
+}
+
+/// One request's run in its own instance, a time slice at a time. Dropping a task that
+/// has not finished cancels it and frees its instance.
+pub trait GuestTask {
+    /// Runs the guest until it finishes or its time slice (about [`SLICE`]) runs out.
+    /// Once it returned [`Slice::Finished`], further calls return a trap.
+    fn run_slice(&mut self) -> Slice;
+}
+
+/// Roughly how long one time slice lets a guest run before it yields: wasmtime counts it
+/// in epoch ticks, wasmi in fuel calibrated to about this on a release build.
+pub const SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+
+/// How a time slice ended.
+#[derive(Debug)]
+pub enum Slice {
+    /// The slice ran out with the guest still running; run another to continue.
+    Yielded,
+    /// The guest finished: its response, or why there is none.
+    Finished(RunOutput),
+}
+
+/// Runs a task slice after slice until it finishes or `deadline` passes (then
+/// [`GuestFailure::Timeout`]). For tests, benchmarks and tools; the server schedules
+/// slices itself.
+pub fn run_to_completion(
+    module: &dyn CompiledModule,
+    request: &GuestRequest,
+    limits: &RunLimits,
+    deadline: Instant,
+) -> RunOutput {
+    let mut task = module.start(request, limits);
+    loop {
+        match task.run_slice() {
+            Slice::Finished(output) => return output,
+            Slice::Yielded if Instant::now() >= deadline => {
+                return RunOutput {
+                    result: Err(GuestFailure::Timeout),
+                    stderr: Vec::new(),
+                };
+            }
+            Slice::Yielded => {}
+        }
+    }
+}
+
+/// The output of polling a task that already finished.
+fn finished_twice() -> Slice {
+    Slice::Finished(RunOutput {
+        result: Err(GuestFailure::Trap("task already finished".to_owned())),
+        stderr: Vec::new(),
+    })
 }
 
 /// The engines frenezulo knows, whether or not this build carries them.
@@ -111,7 +169,8 @@ impl FromStr for EngineKind {
 /// Settings an engine is created with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineConfig {
-    /// Instances alive at once (the worker count, plus slack); sizes wasmtime's pool.
+    /// Instances alive at once (every serving thread's running tasks, plus slack); sizes
+    /// wasmtime's pool of instances, memories and fiber stacks.
     pub max_instances: u32,
     /// Upper bound on any service's memory limit, in bytes; sizes wasmtime's pool slots.
     pub max_memory_bytes: usize,

@@ -252,7 +252,7 @@ pub enum Ending {
     Returned,
     /// A host call stopped the guest.
     Stopped(HostStop),
-    /// The engine stopped the guest at its deadline.
+    /// The engine stopped the guest: a module's start function outran its first slice.
     Interrupted,
     /// The guest trapped; the engine's description, for the log.
     Trapped(String),

@@ -1,23 +1,23 @@
-//! The wasmi engine: an interpreter, for platforms where a JIT is not allowed. Deadlines
-//! are enforced with fuel, spent in slices with the clock checked between them.
+//! The wasmi engine: an interpreter, for platforms where a JIT is not allowed. A time
+//! slice is an amount of fuel: a resumable call runs until the guest finishes or its fuel
+//! runs out, and the next slice resumes it with more.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use frenezulo_core::{GuestRequest, RunLimits};
 use wasmi::errors::HostError;
 use wasmi::{
-    Caller, Config, Engine as Wasmi, ExternType, Linker, Memory, Module, Store, TypedResumableCall,
-    Val,
+    Caller, Config, Engine as Wasmi, ExternType, Linker, Memory, Module, Store, TypedFunc,
+    TypedResumableCall, TypedResumableCallOutOfFuel, Val,
 };
 
-use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
+use crate::wagi::{self, Ending, MemoryLimiter};
 use crate::wasi::{self, GuestIo, HostStop, Provided};
-use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineKind};
+use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineKind, GuestTask, Slice};
 
-/// Fuel per slice: between slices the deadline is checked. Roughly a few milliseconds of
-/// interpretation in a release build.
-pub const FUEL_SLICE: u64 = 4_000_000;
+/// Fuel per time slice: about [`crate::SLICE`] of interpretation in a release build
+/// (measured with `engines/tests/guests/loop.wat`).
+pub const FUEL_SLICE: u64 = 2_000_000;
 
 struct Host {
     io: GuestIo,
@@ -150,7 +150,7 @@ struct WasmiModule {
 }
 
 impl CompiledModule for WasmiModule {
-    fn run(&self, request: &GuestRequest, limits: &RunLimits) -> RunOutput {
+    fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask> {
         let host = Host {
             io: wagi::guest_io(request, limits.stdout_bytes),
             memory: None,
@@ -158,49 +158,93 @@ impl CompiledModule for WasmiModule {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        let ending = self.start(&mut store, limits.deadline);
-        let host = store.into_data();
-        wagi::finish(host.io, ending, host.limiter.refused)
+        let phase = self.instantiate(&mut store);
+        Box::new(WasmiTask {
+            store: Some(store),
+            phase,
+        })
     }
 }
 
 impl WasmiModule {
-    fn start(&self, store: &mut Store<Host>, deadline: Instant) -> Ending {
+    /// Instantiates the module; a start function must finish within one slice of fuel.
+    fn instantiate(&self, store: &mut Store<Host>) -> Phase {
         if store.set_fuel(FUEL_SLICE).is_err() {
-            return Ending::Instantiate("fuel metering is off".to_owned());
+            return Phase::Ended(Ending::Instantiate("fuel metering is off".to_owned()));
         }
         let instance = match self.linker.instantiate_and_start(&mut *store, &self.module) {
             Ok(instance) => instance,
             Err(e) if e.as_trap_code() == Some(wasmi::TrapCode::OutOfFuel) => {
-                return Ending::Interrupted;
+                return Phase::Ended(Ending::Interrupted);
             }
-            Err(e) => return classify(&e, true),
+            Err(e) => return Phase::Ended(classify(&e, true)),
         };
         store.data_mut().memory = instance.get_memory(&*store, "memory");
-        let start = match instance.get_typed_func::<(), ()>(&*store, "_start") {
-            Ok(f) => f,
-            Err(e) => return Ending::Trapped(e.to_string()),
-        };
-        let mut call = start.call_resumable(&mut *store, ());
-        loop {
-            match call {
-                Ok(TypedResumableCall::Finished(())) => return Ending::Returned,
-                Ok(TypedResumableCall::HostTrap(trap)) => {
-                    return classify(trap.host_error(), false);
-                }
-                Ok(TypedResumableCall::OutOfFuel(out)) => {
-                    if Instant::now() >= deadline {
-                        return Ending::Interrupted;
-                    }
-                    let fuel = FUEL_SLICE.max(out.required_fuel());
-                    if store.set_fuel(fuel).is_err() {
-                        return Ending::Interrupted;
-                    }
-                    call = out.resume(&mut *store);
-                }
-                Err(e) => return classify(&e, false),
-            }
+        match instance.get_typed_func::<(), ()>(&*store, "_start") {
+            Ok(start) => Phase::Ready(start),
+            Err(e) => Phase::Ended(Ending::Trapped(e.to_string())),
         }
+    }
+}
+
+/// A run in progress; dropping it drops the store and the instance in it.
+struct WasmiTask {
+    /// `None` once finished.
+    store: Option<Store<Host>>,
+    phase: Phase,
+}
+
+enum Phase {
+    /// Instantiated; `_start` not called yet.
+    Ready(TypedFunc<(), ()>),
+    /// Out of fuel mid-call.
+    Suspended(TypedResumableCallOutOfFuel<()>),
+    /// Ended before `_start` could run.
+    Ended(Ending),
+    /// Finished and reported.
+    Done,
+}
+
+impl GuestTask for WasmiTask {
+    fn run_slice(&mut self) -> Slice {
+        let Some(store) = self.store.as_mut() else {
+            return crate::finished_twice();
+        };
+        let call = match std::mem::replace(&mut self.phase, Phase::Done) {
+            Phase::Ready(start) => match store.set_fuel(FUEL_SLICE) {
+                Ok(()) => start.call_resumable(&mut *store, ()),
+                Err(e) => return self.finish(Ending::Instantiate(e.to_string())),
+            },
+            Phase::Suspended(out) => {
+                let fuel = FUEL_SLICE.max(out.required_fuel());
+                match store.set_fuel(fuel) {
+                    Ok(()) => out.resume(&mut *store),
+                    Err(e) => return self.finish(Ending::Trapped(e.to_string())),
+                }
+            }
+            Phase::Ended(ending) => return self.finish(ending),
+            Phase::Done => return crate::finished_twice(),
+        };
+        let ending = match call {
+            Ok(TypedResumableCall::Finished(())) => Ending::Returned,
+            Ok(TypedResumableCall::HostTrap(trap)) => classify(trap.host_error(), false),
+            Ok(TypedResumableCall::OutOfFuel(out)) => {
+                self.phase = Phase::Suspended(out);
+                return Slice::Yielded;
+            }
+            Err(e) => classify(&e, false),
+        };
+        self.finish(ending)
+    }
+}
+
+impl WasmiTask {
+    fn finish(&mut self, ending: Ending) -> Slice {
+        let Some(store) = self.store.take() else {
+            return crate::finished_twice();
+        };
+        let host = store.into_data();
+        Slice::Finished(wagi::finish(host.io, ending, host.limiter.refused))
     }
 }
 

@@ -1,11 +1,18 @@
 //! The wasmtime engine: Cranelift, the pooling instance allocator with copy-on-write
-//! memory images, `InstancePre` for cheap instantiation, epoch interruption for deadlines.
+//! memory images and pooled fiber stacks, `InstancePre` for cheap instantiation, and epoch
+//! interruption that makes a running guest yield at the end of its time slice.
+//!
+//! A task is the future of an async call: the guest runs on a fiber, and polling the
+//! future once runs it until it finishes or the epoch deadline makes it yield.
 
 use std::collections::VecDeque;
+use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use frenezulo_core::{GuestRequest, RunLimits};
 use wasmtime::{
@@ -15,10 +22,15 @@ use wasmtime::{
 
 use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
 use crate::wasi::{self, GuestIo, HostStop, Provided};
-use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineError, EngineKind};
+use crate::{
+    CompileError, CompiledModule, Engine, EngineConfig, EngineError, EngineKind, GuestTask, Slice,
+};
 
-/// How often the engine's epoch advances: the granularity of deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(2);
+/// How often the engine's epoch advances.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
+
+/// Epoch ticks in one time slice: a guest yields one to two ticks after its slice began.
+const SLICE_TICKS: u64 = 2;
 
 /// Per-store state: the guest's I/O, its memory once known, its limits.
 struct Host {
@@ -131,12 +143,17 @@ impl WasmtimeEngine {
             .linear_memory_keep_resident(1 << 20)
             .pagemap_scan(wasmtime::Enabled::Auto)
             .table_keep_resident(1 << 16)
+            // One fiber stack per running task.
+            .total_stacks(config.max_instances)
             .max_tables_per_module(crate::shape::MAX_TABLES)
             .table_elements(crate::shape::MAX_TABLE_ELEMENTS);
         let mut cfg = Config::new();
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
             .epoch_interruption(true)
-            .memory_init_cow(true);
+            .memory_init_cow(true)
+            // Guests run on fibers so that a slice can end mid-call. The stack holds the
+            // guest's (wasmtime's 512 KiB default) plus host frames.
+            .async_stack_size(1 << 20);
         let engine = Wasmtime::new(&cfg).map_err(|e| setup(e.to_string()))?;
         let linker = wasi_linker(&engine).map_err(|e| setup(e.to_string()))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
@@ -256,7 +273,7 @@ struct WasmtimeModule {
 }
 
 impl CompiledModule for WasmtimeModule {
-    fn run(&self, request: &GuestRequest, limits: &RunLimits) -> RunOutput {
+    fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask> {
         let host = Host {
             io: wagi::guest_io(request, limits.stdout_bytes),
             memory: None,
@@ -264,37 +281,64 @@ impl CompiledModule for WasmtimeModule {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        let remaining = limits.deadline.saturating_duration_since(Instant::now());
-        // Round up, plus one tick: the deadline is never cut short, and is overshot by at
-        // most two ticks.
-        let ticks = remaining.as_nanos().div_ceil(EPOCH_TICK.as_nanos()) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        let ending = self.start(&mut store);
-        let host = store.into_data();
-        wagi::finish(host.io, ending, host.limiter.refused)
+        store.set_epoch_deadline(SLICE_TICKS);
+        store.epoch_deadline_async_yield_and_update(SLICE_TICKS);
+        let (pre, start, memory) = (self.pre.clone(), self.start, self.memory);
+        let run = async move {
+            let ending = run(&pre, &mut store, start, memory).await;
+            let host = store.into_data();
+            wagi::finish(host.io, ending, host.limiter.refused)
+        };
+        Box::new(WasmtimeTask {
+            run: Some(Box::pin(run)),
+        })
     }
 }
 
-impl WasmtimeModule {
-    fn start(&self, store: &mut Store<Host>) -> Ending {
-        let instance = match self.pre.instantiate(&mut *store) {
-            Ok(instance) => instance,
-            Err(e) => return Ending::Instantiate(format!("{e:#}")),
+/// A run in progress: the future owns the store, so dropping it drops the instance.
+struct WasmtimeTask {
+    run: Option<Pin<Box<dyn Future<Output = RunOutput>>>>,
+}
+
+impl GuestTask for WasmtimeTask {
+    fn run_slice(&mut self) -> Slice {
+        let Some(run) = self.run.as_mut() else {
+            return crate::finished_twice();
         };
-        if let Some(Extern::Memory(m)) = instance.get_module_export(&mut *store, &self.memory) {
-            store.data_mut().memory = Some(m);
+        // Nothing wakes a task: the serving loop resumes it on its next turn.
+        match run.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Pending => Slice::Yielded,
+            Poll::Ready(output) => {
+                self.run = None;
+                Slice::Finished(output)
+            }
         }
-        let Some(Extern::Func(start)) = instance.get_module_export(&mut *store, &self.start) else {
-            return Ending::Trapped("`_start` export vanished".to_owned());
-        };
-        let start = match start.typed::<(), ()>(&*store) {
-            Ok(f) => f,
-            Err(e) => return Ending::Trapped(e.to_string()),
-        };
-        match start.call(&mut *store, ()) {
-            Ok(()) => Ending::Returned,
-            Err(e) => classify(e),
-        }
+    }
+}
+
+async fn run(
+    pre: &InstancePre<Host>,
+    store: &mut Store<Host>,
+    start: ModuleExport,
+    memory: ModuleExport,
+) -> Ending {
+    let instance = match pre.instantiate_async(&mut *store).await {
+        Ok(instance) => instance,
+        Err(e) => return Ending::Instantiate(format!("{e:#}")),
+    };
+    if let Some(Extern::Memory(m)) = instance.get_module_export(&mut *store, &memory) {
+        store.data_mut().memory = Some(m);
+    }
+    let Some(Extern::Func(start)) = instance.get_module_export(&mut *store, &start) else {
+        return Ending::Trapped("`_start` export vanished".to_owned());
+    };
+    let start = match start.typed::<(), ()>(&*store) {
+        Ok(f) => f,
+        Err(e) => return Ending::Trapped(e.to_string()),
+    };
+    match start.call_async(&mut *store, ()).await {
+        Ok(()) => Ending::Returned,
+        Err(e) => classify(e),
     }
 }
 
@@ -354,9 +398,11 @@ mod tests {
         let limits = RunLimits {
             memory_bytes: 1 << 20,
             stdout_bytes: 1024,
-            deadline: Instant::now() + Duration::from_secs(5),
         };
-        let out = module.run(&request, &limits).result.unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let out = crate::run_to_completion(module.as_ref(), &request, &limits, deadline)
+            .result
+            .unwrap();
         assert_eq!(&out.body[..], b"hi");
         let mut other = hello.clone();
         *other.last_mut().unwrap() ^= 1;

@@ -9,7 +9,9 @@ mod common;
 use bytes::Bytes;
 use common::{guest, printer, repo, request};
 use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
-use frenezulo_engines::{CompileError, Engine, EngineConfig, EngineKind, RunOutput};
+use frenezulo_engines::{
+    CompileError, Engine, EngineConfig, EngineKind, RunOutput, Slice, run_to_completion,
+};
 
 fn engine(kind: EngineKind) -> Arc<dyn Engine> {
     static WASMTIME: OnceLock<Arc<dyn Engine>> = OnceLock::new();
@@ -32,13 +34,17 @@ fn limits() -> RunLimits {
     RunLimits {
         memory_bytes: 4 << 20,
         stdout_bytes: 1 << 20,
-        deadline: Instant::now() + Duration::from_secs(10),
     }
+}
+
+/// Long enough for every guest here that finishes at all.
+fn deadline() -> Instant {
+    Instant::now() + Duration::from_secs(10)
 }
 
 fn run_with(engine: &dyn Engine, wasm: &[u8], req: &GuestRequest, limits: RunLimits) -> RunOutput {
     let module = engine.compile(wasm).expect("compiles");
-    module.run(req, &limits)
+    run_to_completion(module.as_ref(), req, &limits, deadline())
 }
 
 fn run(engine: &dyn Engine, wasm: &[u8]) -> Result<Response, GuestFailure> {
@@ -167,10 +173,10 @@ conformance! {
 
     fn infinite_loops_are_preempted_at_the_deadline(e) {
         for path in ["engines/tests/guests/loop.wat", "engines/tests/guests/host-loop.wat"] {
-            let mut l = limits();
             let started = Instant::now();
-            l.deadline = started + Duration::from_millis(200);
-            let err = run_with(e, &guest(path), &request("GET", "/svc", &[], b""), l).result.unwrap_err();
+            let module = e.compile(&guest(path)).unwrap();
+            let req = request("GET", "/svc", &[], b"");
+            let err = run_to_completion(module.as_ref(), &req, &limits(), started + Duration::from_millis(200)).result.unwrap_err();
             assert_eq!(err, GuestFailure::Timeout, "{path}");
             // Not a performance check: a guest that is never preempted never gets here.
             assert!(started.elapsed() < Duration::from_secs(30), "{path}");
@@ -212,7 +218,7 @@ conformance! {
     fn every_request_gets_a_fresh_instance(e) {
         let module = e.compile(&guest("engines/tests/guests/counter.wat")).unwrap();
         for _ in 0..3 {
-            let r = ok(module.run(&request("GET", "/svc", &[], b""), &limits()).result);
+            let r = ok(run_to_completion(module.as_ref(), &request("GET", "/svc", &[], b""), &limits(), deadline()).result);
             assert_eq!(&r.body[..], &[1, 1]);
         }
     }
@@ -270,5 +276,71 @@ conformance! {
             (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
         let r = ok(run(e, &wat::parse_str(wat).unwrap()));
         assert_eq!(&r.body[..], &[0, 1, 0], "clock ok, clock after 2020, random ok");
+    }
+
+    fn long_guests_yield_many_times_then_finish(e) {
+        // Iterations for several slices: wasmtime slices by time, wasmi by fuel.
+        let count: u32 = if e.kind() == EngineKind::Wasmtime { 400_000_000 } else { 12_000_000 };
+        let module = e.compile(&guest("engines/tests/guests/spin.wat")).unwrap();
+        let req = request("POST", "/svc", &[], &count.to_le_bytes());
+        let mut task = module.start(&req, &limits());
+        let mut yields = 0;
+        let output = loop {
+            match task.run_slice() {
+                Slice::Yielded => yields += 1,
+                Slice::Finished(output) => break output,
+            }
+        };
+        assert_eq!(body(&ok(output.result)), "spun\n");
+        assert!(yields >= 3, "yielded only {yields} times");
+        assert!(matches!(task.run_slice(), Slice::Finished(RunOutput { result: Err(GuestFailure::Trap(_)), .. })));
+    }
+
+    fn a_cancelled_task_frees_its_instance(e) {
+        // More cancelled tasks than the pool has instances: each drop must free its slot.
+        let module = e.compile(&guest("engines/tests/guests/loop.wat")).unwrap();
+        for _ in 0..3 {
+            let mut tasks: Vec<_> = (0..10).map(|_| module.start(&request("GET", "/svc", &[], b""), &limits())).collect();
+            for task in &mut tasks {
+                assert!(matches!(task.run_slice(), Slice::Yielded));
+            }
+        }
+        let r = ok(run(e, &guest("examples/hello.wat")));
+        assert_eq!(r.status, 200);
+    }
+
+    fn interleaved_runs_answer_as_sequential_runs_do(e) {
+        let spin = e.compile(&guest("engines/tests/guests/spin.wat")).unwrap();
+        let echo = e.compile(&guest("examples/echo.wat")).unwrap();
+        let counter = e.compile(&guest("engines/tests/guests/counter.wat")).unwrap();
+        let count: u32 = if e.kind() == EngineKind::Wasmtime { 40_000_000 } else { 3_000_000 };
+        let mut runs = Vec::new();
+        for i in 0..4u32 {
+            runs.push((spin.clone(), request("POST", &format!("/svc/spin/{i}"), &[], &(count * (i + 1)).to_le_bytes())));
+            runs.push((echo.clone(), request("POST", &format!("/svc/echo/{i}?n={i}"), &[("X-N", &i.to_string())], format!("body {i}").as_bytes())));
+        }
+        runs.push((counter.clone(), request("GET", "/svc", &[], b"")));
+        let wire = |out: RunOutput| out.result.map(|r| (r.status, r.headers, r.body));
+        let sequential: Vec<_> = runs.iter().map(|(m, req)| wire(run_to_completion(m.as_ref(), req, &limits(), deadline()))).collect();
+        let mut tasks: Vec<_> = runs.iter().map(|(m, req)| Some(m.start(req, &limits()))).collect();
+        let mut interleaved: Vec<_> = runs.iter().map(|_| None).collect();
+        let mut yields = 0;
+        while tasks.iter().any(Option::is_some) {
+            for (i, slot) in tasks.iter_mut().enumerate() {
+                let Some(task) = slot else { continue };
+                match task.run_slice() {
+                    Slice::Yielded => yields += 1,
+                    Slice::Finished(out) => {
+                        interleaved[i] = Some(wire(out));
+                        *slot = None;
+                    }
+                }
+            }
+        }
+        let interleaved: Vec<_> = interleaved.into_iter().map(Option::unwrap).collect();
+        for (i, (a, b)) in interleaved.iter().zip(&sequential).enumerate() {
+            assert_eq!(a, b, "run {i} differs");
+        }
+        assert!(yields >= 4, "the spinning guests yielded only {yields} times");
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::{printer, repo, request};
 use frenezulo_core::{GuestRequest, RunLimits, response};
-use frenezulo_engines::{EngineConfig, EngineKind};
+use frenezulo_engines::{EngineConfig, EngineKind, run_to_completion};
 
 fn corpus() -> Vec<(String, Vec<u8>)> {
     let root = repo("");
@@ -99,19 +99,15 @@ fn both_engines_give_identical_responses() {
             let limits = RunLimits {
                 memory_bytes: 2 << 20,
                 stdout_bytes: 64 << 10,
-                deadline: Instant::now() + Duration::from_millis(150),
             };
+            let deadline = || Instant::now() + Duration::from_millis(150);
             let wire = |out: frenezulo_engines::RunOutput| {
                 let r = out.result.unwrap_or_else(|f| f.to_response());
                 let (head, body) = response::serialize(&r, false, false, b"");
                 ([head, body].concat(), out.stderr)
             };
-            let x = wire(a.run(&req, &limits));
-            let limits = RunLimits {
-                deadline: Instant::now() + Duration::from_millis(150),
-                ..limits
-            };
-            let y = wire(b.run(&req, &limits));
+            let x = wire(run_to_completion(a.as_ref(), &req, &limits, deadline()));
+            let y = wire(run_to_completion(b.as_ref(), &req, &limits, deadline()));
             assert_eq!(
                 String::from_utf8_lossy(&x.0),
                 String::from_utf8_lossy(&y.0),

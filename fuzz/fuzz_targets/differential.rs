@@ -102,9 +102,9 @@ fuzz_target!(|data: &[u8]| {
         let limits = RunLimits {
             memory_bytes: 2 << 20,
             stdout_bytes: 4096,
-            deadline: Instant::now() + Duration::from_millis(50),
         };
-        m.run(&support::request(), &limits).result
+        let deadline = Instant::now() + Duration::from_millis(50);
+        frenezulo_engines::run_to_completion(m, &support::request(), &limits, deadline).result
     };
     let (x, y) = (run(a.as_ref()), run(b.as_ref()));
     if x == Err(GuestFailure::Timeout) || y == Err(GuestFailure::Timeout) {

@@ -32,9 +32,9 @@ fuzz_target!(|data: &[u8]| {
             let limits = RunLimits {
                 memory_bytes: 1 << 20,
                 stdout_bytes: 4096,
-                deadline: Instant::now() + Duration::from_millis(20),
             };
-            let _ = module.run(&request(), &limits);
+            let deadline = Instant::now() + Duration::from_millis(20);
+            let _ = frenezulo_engines::run_to_completion(module.as_ref(), &request(), &limits, deadline);
         }
     }
 });

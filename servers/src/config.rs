@@ -19,7 +19,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// Listen backlog: connections the kernel queues before `accept`.
     pub backlog: u32,
-    /// Worker threads that run guests.
+    /// Serving threads: each accepts, parses, runs guests and answers on its own.
     pub workers: usize,
     /// Open connections at most; past it, accepting pauses.
     pub max_connections: usize,
@@ -27,7 +27,7 @@ pub struct Settings {
     pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
-    /// The state machine's settings.
+    /// The state machine's settings, server-wide: [`Settings::per_thread`] divides them.
     pub server: ServerConfig,
     /// Services to register at start.
     pub services: Vec<ServiceSpec>,
@@ -52,6 +52,7 @@ pub struct FileConfig {
     listen: Option<SocketAddr>,
     backlog: Option<u32>,
     workers: Option<usize>,
+    max_running: Option<usize>,
     max_connections: Option<usize>,
     max_queued: Option<usize>,
     max_queued_bytes: Option<Size>,
@@ -214,6 +215,8 @@ pub struct Overrides {
     pub backlog: Option<u32>,
     /// `--workers`
     pub workers: Option<usize>,
+    /// `--max-running`
+    pub max_running: Option<usize>,
     /// `--idle-timeout`
     pub idle_timeout: Option<Duration>,
     /// `--service NAME=PATH`, in order; a name here replaces the file's service of that name.
@@ -223,7 +226,37 @@ pub struct Overrides {
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
+/// Guest instances running at once per serving thread, by default.
+pub const DEFAULT_RUNNING_PER_WORKER: usize = 64;
+
+/// One thread's share of a server-wide limit: rounded up, and at least one.
+pub fn share(total: usize, workers: usize) -> usize {
+    total.div_ceil(workers.max(1)).max(1)
+}
+
 impl Settings {
+    /// One serving thread's core settings: each server-wide count and byte budget divided
+    /// between the threads, each share rounded up.
+    pub fn per_thread(&self) -> ServerConfig {
+        let n = self.workers;
+        ServerConfig {
+            max_running: share(self.server.max_running, n),
+            max_queued: share(self.server.max_queued, n),
+            max_queued_bytes: share(self.server.max_queued_bytes, n),
+            ..self.server.clone()
+        }
+    }
+
+    /// One serving thread's share of a service's limits: concurrency and queue divided
+    /// like the server-wide ones; the per-request limits stay as they are.
+    pub fn per_thread_limits(&self, limits: ServiceLimits) -> ServiceLimits {
+        ServiceLimits {
+            max_concurrency: share(limits.max_concurrency, self.workers),
+            max_queued: share(limits.max_queued, self.workers),
+            ..limits
+        }
+    }
+
     /// Merges the config file at `path` (if any) with command-line overrides.
     pub fn load(path: Option<&Path>, overrides: Overrides) -> anyhow::Result<Self> {
         let (file, base) = match path {
@@ -274,7 +307,11 @@ impl Settings {
                 .request_timeout
                 .map_or(defaults.request_timeout, |s| s.0),
             max_pipelined: file.max_pipelined.unwrap_or(defaults.max_pipelined).max(1),
-            max_running: workers,
+            max_running: overrides
+                .max_running
+                .or(file.max_running)
+                .unwrap_or(DEFAULT_RUNNING_PER_WORKER * workers)
+                .max(1),
             max_queued: file.max_queued.unwrap_or(defaults.max_queued),
             max_queued_bytes: file
                 .max_queued_bytes
@@ -362,7 +399,12 @@ mod tests {
         assert_eq!(s.engine, EngineKind::Wasmi);
         assert_eq!(s.listen, "0.0.0.0:9000".parse().unwrap());
         assert_eq!(s.backlog, 64);
-        assert_eq!(s.server.max_running, 3);
+        assert_eq!(s.server.max_running, 3 * DEFAULT_RUNNING_PER_WORKER);
+        let one = s.per_thread();
+        assert_eq!(one.max_running, DEFAULT_RUNNING_PER_WORKER);
+        assert_eq!(one.max_queued, 342, "1024 over 3 threads, rounded up");
+        let shop = s.per_thread_limits(s.services[1].limits);
+        assert_eq!((shop.max_queued, shop.max_concurrency), (2, 22));
         assert_eq!(s.server.idle_timeout, Duration::from_millis(250));
         assert_eq!(s.services.len(), 2);
         let hello = &s.services[0];

@@ -6,20 +6,24 @@
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use bytes::Bytes;
 use clap::Parser;
-use std::sync::Arc;
-
-use frenezulo_core::{ModuleKey, Server};
+use frenezulo_core::{ModuleKey, RegistryChange, ServiceLimits, ServiceName};
 use frenezulo_engines::{CompiledModule, Engine, EngineConfig, EngineKind};
-use tracing::info;
+use tracing::{error, info, warn};
 
+mod compile;
 mod config;
-mod driver;
-mod workers;
+mod serve;
 
+use compile::CompilePool;
 use config::{Overrides, Settings};
+use serve::{Inbox, Message, Setup};
 
 /// The module served as `hello` when no service is configured.
 const BUILTIN_HELLO: &str = include_str!("../../examples/hello.wat");
@@ -59,9 +63,16 @@ struct Cli {
     #[arg(long, value_name = "N")]
     backlog: Option<u32>,
 
-    /// Worker threads that run guests. Default: one per CPU core.
+    /// Serving threads. Each accepts its share of the connections and parses, routes, runs
+    /// and answers their requests itself; guests run inline, a time slice at a time.
+    /// Default: one per CPU core.
     #[arg(long, value_name = "N")]
     workers: Option<usize>,
+
+    /// Guest instances running at once, all serving threads together (each thread gets
+    /// its share). Default: 64 per serving thread.
+    #[arg(long, value_name = "N")]
+    max_running: Option<usize>,
 
     /// How long a service stays compiled in memory with no requests (e.g. 60s, 500ms).
     /// Default: 60s.
@@ -106,57 +117,200 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         listen: cli.listen,
         backlog: cli.backlog,
         workers: cli.workers,
+        max_running: cli.max_running,
         idle_timeout: cli.idle_timeout,
         services: cli.services,
     };
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
+    let per_thread = settings.per_thread();
     let max_memory = settings
         .services
         .iter()
         .map(|s| s.limits.memory_bytes)
-        .chain([frenezulo_core::ServiceLimits::default().memory_bytes])
+        .chain([ServiceLimits::default().memory_bytes])
         .max()
         .unwrap_or_default();
     let engine_config = EngineConfig {
-        // A worker runs one guest at a time; slack covers a guest still unwinding.
-        max_instances: u32::try_from(settings.workers * 2 + 2).unwrap_or(u32::MAX),
+        // Every thread's running tasks; slack covers a compile that instantiates nothing.
+        max_instances: u32::try_from(per_thread.max_running * settings.workers + 2)
+            .unwrap_or(u32::MAX),
         max_memory_bytes: max_memory,
     };
     let engine = frenezulo_engines::create(settings.engine, &engine_config)?;
-    let mut core = Server::new(settings.server.clone());
-    let mut loaded = Vec::new();
-    if settings.services.is_empty() {
-        let wasm = wat::parse_str(BUILTIN_HELLO).context("built-in hello module")?;
-        let limits = Default::default();
-        loaded.push(add_service(
-            &mut core,
-            engine.as_ref(),
-            "hello",
-            wasm,
-            limits,
-            "built-in",
-        )?);
-    }
-    for spec in &settings.services {
-        let wasm = load_module(&spec.module)?;
-        let origin = spec.module.display().to_string();
-        loaded.push(add_service(
-            &mut core,
-            engine.as_ref(),
-            &spec.name,
-            wasm,
-            spec.limits,
-            &origin,
-        )?);
-    }
-    let listener = driver::bind(settings.listen, settings.backlog)
+    let services = load_services(&settings, engine.as_ref())?;
+    let listeners = serve::bind(settings.listen, settings.backlog, settings.workers)
         .with_context(|| format!("listening on {}", settings.listen))?;
-    let local = listener.get_ref().local_addr()?;
+    let local = listeners[0].local_addr()?;
+    let compile = CompilePool::start(engine.clone(), settings.workers.div_ceil(4))?;
+    let (events_tx, events) = mpsc::channel();
+    let mut inboxes = Vec::new();
+    let mut threads = Vec::new();
+    for (id, listener) in listeners.into_iter().enumerate() {
+        let initial = services
+            .iter()
+            .map(|s| Message::Registry {
+                change: RegistryChange::Put {
+                    module: s.module.clone(),
+                    wasm: s.wasm.clone(),
+                    limits: settings.per_thread_limits(s.limits),
+                },
+                compiled: Some(s.compiled.clone()),
+            })
+            .collect();
+        let (inbox, thread) = serve::spawn(Setup {
+            id,
+            listener,
+            core: per_thread.clone(),
+            max_connections: config::share(settings.max_connections, settings.workers),
+            write_timeout: settings.write_timeout,
+            compile: compile.clone(),
+            initial,
+        })?;
+        inboxes.push(inbox);
+        let exited = events_tx.clone();
+        threads.push(std::thread::spawn(move || {
+            let clean = thread.join().is_ok();
+            let _ = exited.send(Event::Exited { id, clean });
+        }));
+    }
+    for s in &services {
+        compile.insert(s.module.clone(), &s.compiled);
+    }
+    drop(services);
     info!(engine = %settings.engine, workers = settings.workers, backlog = settings.backlog, "listening on http://{local}");
     // A machine-readable line on stdout, for scripts and tests that pick a free port.
     println!("frenezulo listening on http://{local}");
     std::io::stdout().flush()?;
-    driver::run(settings, engine, core, loaded, listener)
+    watch_signals(events_tx)?;
+    supervise(&events, &inboxes, settings.workers, settings.drain_timeout)
+}
+
+/// What the main thread waits for.
+enum Event {
+    /// SIGINT or SIGTERM.
+    Signal(i32),
+    /// A serving thread ended; `clean` is false if it panicked.
+    Exited { id: usize, clean: bool },
+}
+
+fn watch_signals(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])
+        .context("installing signal handlers")?;
+    std::thread::Builder::new()
+        .name("signals".to_owned())
+        .spawn(move || {
+            for signal in signals.forever() {
+                if events.send(Event::Signal(signal)).is_err() {
+                    return;
+                }
+            }
+        })?;
+    Ok(())
+}
+
+/// Waits for a signal, then drains: every serving thread stops accepting and finishes
+/// what is in flight; a second signal or `drain_timeout` stops them at once.
+fn supervise(
+    events: &mpsc::Receiver<Event>,
+    inboxes: &[Inbox],
+    workers: usize,
+    drain_timeout: Duration,
+) -> anyhow::Result<()> {
+    let broadcast = |make: fn() -> Message| inboxes.iter().for_each(|i| i.send(make()));
+    let mut running = workers;
+    let mut failed = false;
+    let mut drain_until: Option<Instant> = None;
+    while running > 0 {
+        let event = match drain_until {
+            None => events.recv().ok(),
+            Some(at) => match events.recv_timeout(at.saturating_duration_since(Instant::now())) {
+                Ok(event) => Some(event),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    warn!("drain timeout passed; stopping anyway");
+                    broadcast(|| Message::Stop);
+                    drain_until = Some(Instant::now() + Duration::from_secs(3600));
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            },
+        };
+        match event {
+            Some(Event::Signal(signal)) if drain_until.is_none() => {
+                info!(signal, "shutting down: no new connections, finishing requests in flight");
+                broadcast(|| Message::Shutdown);
+                drain_until = Some(Instant::now() + drain_timeout);
+            }
+            Some(Event::Signal(_)) => {
+                warn!("second signal: stopping now");
+                broadcast(|| Message::Stop);
+            }
+            Some(Event::Exited { id, clean }) => {
+                running -= 1;
+                if !clean || drain_until.is_none() {
+                    // A serving thread only ends on its own by a bug: stop them all, so a
+                    // supervisor restarts the process instead of it serving on fewer cores.
+                    error!(thread = id, "serving thread ended unexpectedly; stopping");
+                    failed = true;
+                    broadcast(|| Message::Stop);
+                    drain_until.get_or_insert(Instant::now() + drain_timeout);
+                }
+            }
+            None => break,
+        }
+    }
+    if failed {
+        anyhow::bail!("a serving thread failed");
+    }
+    Ok(())
+}
+
+/// A service validated and compiled at start.
+struct Loaded {
+    module: ModuleKey,
+    wasm: Bytes,
+    limits: ServiceLimits,
+    compiled: Arc<dyn CompiledModule>,
+}
+
+/// Reads, validates and compiles every configured service (or the built-in hello), so a
+/// bad module stops start-up with a reason instead of failing its first request.
+fn load_services(settings: &Settings, engine: &dyn Engine) -> anyhow::Result<Vec<Loaded>> {
+    let mut specs = Vec::new();
+    if settings.services.is_empty() {
+        let wasm = wat::parse_str(BUILTIN_HELLO).context("built-in hello module")?;
+        specs.push((
+            "hello".to_owned(),
+            wasm,
+            ServiceLimits::default(),
+            "built-in".to_owned(),
+        ));
+    }
+    for spec in &settings.services {
+        let wasm = load_module(&spec.module)?;
+        specs.push((
+            spec.name.clone(),
+            wasm,
+            spec.limits,
+            spec.module.display().to_string(),
+        ));
+    }
+    let mut loaded = Vec::new();
+    for (version, (name, wasm, limits, origin)) in (1u64..).zip(specs) {
+        let started = Instant::now();
+        let compiled = engine
+            .compile(&wasm)
+            .with_context(|| format!("service `{name}` ({origin})"))?;
+        let service = ServiceName::new(&name).with_context(|| format!("service `{name}`"))?;
+        info!(service = %service, module = origin, compile_ms = started.elapsed().as_secs_f64() * 1e3, "service registered at /{name}");
+        loaded.push(Loaded {
+            module: ModuleKey { service, version },
+            wasm: wasm.into(),
+            limits,
+            compiled,
+        });
+    }
+    Ok(loaded)
 }
 
 /// Reads a `.wasm` or `.wat` module (text is recognised by content, not by extension).
@@ -166,25 +320,4 @@ fn load_module(path: &Path) -> anyhow::Result<Vec<u8>> {
     let wasm =
         wat::parse_bytes(&bytes).with_context(|| format!("parsing module {}", path.display()))?;
     Ok(wasm.into_owned())
-}
-
-/// Validates a module by compiling it, then registers it. The compiled module serves the
-/// first requests; the service goes cold like any other once idle.
-fn add_service(
-    core: &mut Server,
-    engine: &dyn Engine,
-    name: &str,
-    wasm: Vec<u8>,
-    limits: frenezulo_core::ServiceLimits,
-    origin: &str,
-) -> anyhow::Result<(ModuleKey, Arc<dyn CompiledModule>)> {
-    let started = std::time::Instant::now();
-    let compiled = engine
-        .compile(&wasm)
-        .with_context(|| format!("service `{name}` ({origin})"))?;
-    let key = core
-        .add_service(name, wasm.into(), limits)
-        .with_context(|| format!("service `{name}`"))?;
-    info!(service = %key.service, module = origin, compile_ms = started.elapsed().as_secs_f64() * 1e3, "service registered at /{name}");
-    Ok((key, compiled))
 }

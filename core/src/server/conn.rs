@@ -1,0 +1,279 @@
+//! Connections: framing requests off the bytes, answering them in order, and the timers of
+//! idle and slow connections.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{ConnId, JobId, Output, Server, Timer};
+use crate::http::{ParseEvent, RequestParser};
+use crate::response::{self, Response};
+
+/// One response owed on a connection, in request order.
+pub(super) struct Slot {
+    pub(super) seq: u64,
+    pub(super) job: Option<JobId>,
+    head_only: bool,
+    pub(super) close: bool,
+    ready: Option<(Bytes, Bytes)>,
+}
+
+pub(super) struct Conn {
+    parser: RequestParser,
+    pub(super) remote: SocketAddr,
+    pub(super) local: SocketAddr,
+    pub(super) pipeline: VecDeque<Slot>,
+    next_seq: u64,
+    /// No more requests are parsed: a request asked to close, framing failed, or the peer
+    /// stopped sending.
+    pub(super) stop_parsing: bool,
+    /// When the current idle period or partial request began.
+    since: Instant,
+    was_mid_request: bool,
+    deadline: Option<Instant>,
+}
+
+impl Conn {
+    pub(super) fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
+        self.pipeline.iter_mut().find(|s| s.seq == seq)
+    }
+
+    /// Adds the slot for the next response; returns its sequence number.
+    pub(super) fn push_slot(&mut self, head_only: bool, close: bool) -> u64 {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.pipeline.push_back(Slot {
+            seq,
+            job: None,
+            head_only,
+            close,
+            ready: None,
+        });
+        seq
+    }
+}
+
+impl Server {
+    pub(super) fn on_connected(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) {
+        if self.shutting_down {
+            self.outputs.push_back(Output::Close { conn });
+            return;
+        }
+        self.conns.insert(
+            conn,
+            Conn {
+                parser: RequestParser::new(self.config.framing),
+                remote,
+                local,
+                pipeline: VecDeque::new(),
+                next_seq: 0,
+                stop_parsing: false,
+                since: now,
+                was_mid_request: false,
+                deadline: None,
+            },
+        );
+        self.arm_conn_timer(conn);
+    }
+
+    pub(super) fn on_received(&mut self, now: Instant, conn: ConnId, data: &[u8]) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.stop_parsing {
+            return;
+        }
+        c.parser.push(data);
+        self.parse(now, conn);
+        self.arm_conn_timer(conn);
+    }
+
+    /// Parses as many requests as the pipeline has room for.
+    fn parse(&mut self, now: Instant, conn: ConnId) {
+        loop {
+            let Some(c) = self.conns.get_mut(&conn) else {
+                return;
+            };
+            if c.stop_parsing || c.pipeline.len() >= self.config.max_pipelined {
+                break;
+            }
+            match c.parser.next_event() {
+                Ok(None) => break,
+                Ok(Some(ParseEvent::ContinueExpected)) => {
+                    // Only when nothing is owed earlier, or the 100 would jump the queue.
+                    if c.pipeline.is_empty() {
+                        self.outputs.push_back(Output::Transmit {
+                            conn,
+                            head: Bytes::from_static(b"HTTP/1.1 100 Continue\r\n\r\n"),
+                            body: Bytes::new(),
+                        });
+                    }
+                }
+                Ok(Some(ParseEvent::Request(request))) => {
+                    self.stats.requests += 1;
+                    let close = !request.keep_alive || self.shutting_down;
+                    if close {
+                        c.stop_parsing = true;
+                    }
+                    let seq = c.push_slot(request.is_head(), close);
+                    self.admit(now, conn, seq, request);
+                }
+                Err(e) => {
+                    c.stop_parsing = true;
+                    let seq = c.push_slot(false, true);
+                    self.respond(now, conn, seq, Response::text(e.status(), &e.to_string()));
+                    break;
+                }
+            }
+        }
+        if let Some(c) = self.conns.get_mut(&conn) {
+            let mid = c.parser.is_mid_request();
+            if mid && !c.was_mid_request {
+                c.since = now;
+            }
+            c.was_mid_request = mid;
+        }
+    }
+
+    pub(super) fn on_read_closed(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.stop_parsing = true;
+        if c.pipeline.is_empty() {
+            self.close(now, conn);
+        } else if let Some(last) = c.pipeline.back_mut() {
+            last.close = true;
+        }
+    }
+
+    pub(super) fn on_shutdown(&mut self, now: Instant) {
+        self.shutting_down = true;
+        let ids: Vec<ConnId> = self.conns.keys().copied().collect();
+        for conn in ids {
+            let c = self.conns.get_mut(&conn).expect("listed above");
+            if c.pipeline.is_empty() && !c.parser.is_mid_request() {
+                self.close(now, conn);
+            } else if let Some(last) = c.pipeline.back_mut() {
+                c.stop_parsing = true;
+                last.close = true;
+            }
+            // A connection mid-request gets its answer with `Connection: close`.
+        }
+    }
+
+    /// Fills the response slot `seq` of `conn` and queues what is ready, in order. Does
+    /// not parse further requests: see [`Self::answer`].
+    pub(super) fn respond(&mut self, now: Instant, conn: ConnId, seq: u64, response: Response) {
+        let class = usize::from(response.status / 100).clamp(1, 5) - 1;
+        self.stats.responses_by_class[class] += 1;
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(slot) = c.slot_mut(seq) else {
+            return;
+        };
+        slot.ready = Some(response::serialize(
+            &response,
+            slot.head_only,
+            slot.close,
+            &self.date,
+        ));
+        let mut close = false;
+        while c.pipeline.front().is_some_and(|s| s.ready.is_some()) {
+            let slot = c.pipeline.pop_front().expect("checked front");
+            let (head, body) = slot.ready.expect("checked ready");
+            self.outputs
+                .push_back(Output::Transmit { conn, head, body });
+            if slot.close {
+                close = true;
+                break;
+            }
+        }
+        if !close && c.pipeline.is_empty() {
+            // Once the peer stopped sending and everything owed is out, close.
+            close = c.stop_parsing && !c.parser.is_mid_request();
+            c.since = now;
+        }
+        if close {
+            self.close(now, conn);
+        }
+    }
+
+    /// Responds from outside the parse loop, then parses requests that were waiting for
+    /// room in the pipeline.
+    pub(super) fn answer(&mut self, now: Instant, conn: ConnId, seq: u64, response: Response) {
+        self.respond(now, conn, seq, response);
+        self.parse(now, conn);
+        self.arm_conn_timer(conn);
+    }
+
+    fn close(&mut self, now: Instant, conn: ConnId) {
+        self.drop_conn(now, conn);
+        self.outputs.push_back(Output::Close { conn });
+    }
+
+    /// Forgets a connection: its queued requests leave their queues, its started tasks are
+    /// cancelled.
+    pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.remove(&conn) else {
+            return;
+        };
+        for job in c.pipeline.into_iter().filter_map(|slot| slot.job) {
+            self.drop_job(now, job);
+        }
+        self.pump();
+    }
+
+    pub(super) fn arm_conn_timer(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let deadline = if !c.pipeline.is_empty() {
+            None
+        } else if c.parser.is_mid_request() {
+            Some(c.since + self.config.request_timeout)
+        } else {
+            Some(c.since + self.config.keep_alive_timeout)
+        };
+        if deadline != c.deadline {
+            if let Some(old) = c.deadline {
+                self.timers.remove(&(old, Timer::Conn(conn)));
+            }
+            if let Some(new) = deadline {
+                self.timers.insert((new, Timer::Conn(conn)));
+            }
+            c.deadline = deadline;
+        }
+    }
+
+    pub(super) fn conn_timer(&mut self, now: Instant, conn: ConnId, at: Instant) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if c.deadline != Some(at) {
+            return;
+        }
+        c.deadline = None;
+        if c.parser.is_mid_request() {
+            c.stop_parsing = true;
+            let seq = c.push_slot(false, true);
+            self.respond(
+                now,
+                conn,
+                seq,
+                Response::text(408, "request not received in time"),
+            );
+        } else {
+            self.close(now, conn);
+        }
+    }
+}

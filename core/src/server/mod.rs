@@ -1,0 +1,457 @@
+//! The state machine: connections ([`conn`]), the registry and each service's lifecycle
+//! ([`registry`]), admission and the guest task run queue ([`sched`]), and the timers that
+//! tie them to time.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::guest::{GuestFailure, GuestRequest, ModuleKey, RunLimits};
+use crate::http::FramingLimits;
+use crate::response::Response;
+use crate::route::ServiceName;
+
+mod conn;
+mod registry;
+mod sched;
+#[cfg(test)]
+mod tests;
+
+use conn::Conn;
+use registry::Service;
+use sched::{Job, Lane};
+
+/// A connection, named by the driver. Ids must not be reused while the core knows the
+/// connection (that is, until it emitted [`Output::Close`] or got [`Input::Disconnected`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub u64);
+
+/// One guest task, named by the core.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct JobId(pub u64);
+
+/// Settings for one core (one serving thread).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// Limits applied while framing requests.
+    pub framing: FramingLimits,
+    /// How long an idle keep-alive connection stays open.
+    pub keep_alive_timeout: Duration,
+    /// How long a client may take to send a whole request once it started (then 408).
+    pub request_timeout: Duration,
+    /// Requests parsed ahead on one connection while earlier ones are answered.
+    pub max_pipelined: usize,
+    /// Guest tasks started and not yet finished (running or yielded) across all services.
+    pub max_running: usize,
+    /// Requests waiting for a task slot across all services; past it, 503.
+    pub max_queued: usize,
+    /// Body bytes of all waiting requests together; past it, 503.
+    pub max_queued_bytes: usize,
+    /// How long a warm service stays in memory with no requests.
+    pub idle_timeout: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            framing: FramingLimits::default(),
+            keep_alive_timeout: Duration::from_secs(15),
+            request_timeout: Duration::from_secs(10),
+            max_pipelined: 16,
+            max_running: 64,
+            max_queued: 1024,
+            max_queued_bytes: 256 * 1024 * 1024,
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Limits for one service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceLimits {
+    /// Largest linear memory of one instance, in bytes.
+    pub memory_bytes: usize,
+    /// Wall-clock time from a request's arrival to its response (then 504).
+    pub deadline: Duration,
+    /// Most bytes one run may write to stdout (then 502).
+    pub stdout_bytes: usize,
+    /// Largest request body (then 413); never above the server's framing limit.
+    pub body_bytes: usize,
+    /// Tasks of this service started and not finished at once.
+    pub max_concurrency: usize,
+    /// Requests of this service waiting for a task slot (then 503).
+    pub max_queued: usize,
+}
+
+impl Default for ServiceLimits {
+    fn default() -> Self {
+        Self {
+            memory_bytes: 64 * 1024 * 1024,
+            deadline: Duration::from_secs(10),
+            stdout_bytes: 4 * 1024 * 1024,
+            body_bytes: 4 * 1024 * 1024,
+            max_concurrency: 64,
+            max_queued: 128,
+        }
+    }
+}
+
+/// A change to the set of services, published once by whoever owns the registry and fed
+/// to every core as [`Input::Registry`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum RegistryChange {
+    /// Adds the service `module.service`, or replaces its module and limits. Versions only
+    /// move forward: a `Put` whose version is not above the one registered is ignored.
+    /// Requests already started finish on the old module; queued and new ones run on this.
+    Put {
+        /// The service and its new version.
+        module: ModuleKey,
+        /// The module bytes, compiled on the first request (or announced as compiled with
+        /// [`Input::Compiled`]).
+        wasm: Bytes,
+        /// The service's limits.
+        limits: ServiceLimits,
+    },
+    /// Removes a service: queued requests get 503, started ones finish, then 404.
+    Remove {
+        /// The service.
+        service: ServiceName,
+    },
+}
+
+/// Something that happened, for [`Server::handle`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Input<'a> {
+    /// The time given by [`Server::poll_timeout`] has come.
+    Timeout,
+    /// A connection was accepted.
+    Connected {
+        /// Id chosen by the driver.
+        conn: ConnId,
+        /// The client's address.
+        remote: SocketAddr,
+        /// The local address it was accepted on.
+        local: SocketAddr,
+    },
+    /// Bytes arrived on a connection.
+    Received {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes, in order.
+        data: &'a [u8],
+    },
+    /// The client closed its sending side; responses owed may still be written.
+    ReadClosed {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The connection is gone (reset, write error); nothing more can be sent on it.
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// The registry changed.
+    Registry(RegistryChange),
+    /// The driver holds the compiled module for `module` (after an [`Output::Compile`], or
+    /// because it compiled it beforehand), or failed to compile it.
+    Compiled {
+        /// The module that was compiled.
+        module: ModuleKey,
+        /// `Err` with a reason for the log if compilation failed.
+        result: Result<(), String>,
+    },
+    /// The slice asked for by [`Output::Execute`] or [`Output::Resume`] ended with the guest
+    /// still running: its time slice ran out.
+    Yielded {
+        /// The task.
+        job: JobId,
+    },
+    /// The slice asked for by [`Output::Execute`] or [`Output::Resume`] ended with the
+    /// guest finished.
+    Executed {
+        /// The task.
+        job: JobId,
+        /// The guest's response, or why there is none.
+        result: Result<Response, GuestFailure>,
+    },
+    /// Stop taking requests, answer those in flight, close connections as they go idle.
+    Shutdown,
+}
+
+/// Something the driver must do, from [`Server::poll_output`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Output {
+    /// Write `head` then `body` (often empty) to the connection.
+    Transmit {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes to write first.
+        head: Bytes,
+        /// Bytes to write after `head`.
+        body: Bytes,
+    },
+    /// Close the connection once everything transmitted before is written. The core has
+    /// forgotten it; do not report it back.
+    Close {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// Compile `wasm` and keep it under `module`; answer with [`Input::Compiled`].
+    Compile {
+        /// Key to keep the compiled module under.
+        module: ModuleKey,
+        /// The module bytes.
+        wasm: Bytes,
+    },
+    /// Start a guest task and run its first time slice; answer with [`Input::Yielded`] or
+    /// [`Input::Executed`].
+    Execute(Box<Execution>),
+    /// Run one more time slice of a task that yielded; answer with [`Input::Yielded`] or
+    /// [`Input::Executed`].
+    Resume {
+        /// The task.
+        job: JobId,
+    },
+    /// Drop a task that has not finished (its deadline passed or its client left), and any
+    /// slice of it not yet run. Report nothing more for it.
+    Cancel {
+        /// The task.
+        job: JobId,
+    },
+    /// Drop the compiled module; no task will use it again.
+    Evict {
+        /// The module to drop.
+        module: ModuleKey,
+    },
+}
+
+/// A guest task to start.
+#[derive(Debug)]
+pub struct Execution {
+    /// Id to report slices under.
+    pub job: JobId,
+    /// The compiled module to run (announced by an earlier [`Input::Compiled`]).
+    pub module: ModuleKey,
+    /// The request as the guest sees it.
+    pub request: GuestRequest,
+    /// Limits for this run.
+    pub limits: RunLimits,
+}
+
+/// A service as listed by [`Server::services`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceInfo {
+    /// Current module version.
+    pub module: ModuleKey,
+    /// Lifecycle state.
+    pub state: Lifecycle,
+    /// Tasks started on the current version and not finished.
+    pub running: usize,
+    /// Requests waiting for a task slot.
+    pub queued: usize,
+    /// The service's limits.
+    pub limits: ServiceLimits,
+}
+
+/// Where a service's current module is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Lifecycle {
+    /// Nothing in memory; the next request compiles it.
+    Cold,
+    /// Compiling; requests wait.
+    Loading,
+    /// Compiled and serving.
+    Warm,
+}
+
+/// Counters since start, for metrics and tests.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests parsed.
+    pub requests: u64,
+    /// Responses queued for sending, by class: index 0 for 1xx .. 4 for 5xx.
+    pub responses_by_class: [u64; 5],
+    /// Requests refused with 503 by admission control.
+    pub shed: u64,
+    /// Compilations started (cold starts).
+    pub compiles: u64,
+    /// Modules evicted after idling.
+    pub evictions: u64,
+    /// Time slices that ended with the guest still running.
+    pub yields: u64,
+    /// Tasks dropped before they finished (deadline passed, client gone).
+    pub cancelled: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Timer {
+    Conn(ConnId),
+    Job(JobId),
+    Idle(ServiceName),
+}
+
+/// The frenezulo state machine. See the crate docs for the polling contract.
+pub struct Server {
+    config: ServerConfig,
+    date: Bytes,
+    conns: BTreeMap<ConnId, Conn>,
+    services: BTreeMap<ServiceName, Service>,
+    /// Replaced or removed module versions with tasks still running on them.
+    retiring: BTreeMap<ModuleKey, usize>,
+    jobs: BTreeMap<JobId, Job>,
+    next_job: u64,
+    /// Tasks started and not finished, all services.
+    running: usize,
+    queued: usize,
+    queued_bytes: usize,
+    /// Per service name: its yielded tasks and its place in the round.
+    lanes: BTreeMap<ServiceName, Lane>,
+    /// Services with work that may be able to run, in round-robin order.
+    ready: VecDeque<ServiceName>,
+    /// The task whose slice is out with the driver, if any: at most one at a time.
+    slice_out: Option<JobId>,
+    timers: BTreeSet<(Instant, Timer)>,
+    outputs: VecDeque<Output>,
+    shutting_down: bool,
+    /// Set while due timers fire: the next slice is chosen once all of them have, so a
+    /// request whose deadline passed at the same instant is not started first.
+    firing_timers: bool,
+    stats: Stats,
+}
+
+impl Server {
+    /// A server with no services and no connections.
+    pub fn new(config: ServerConfig) -> Self {
+        Self {
+            config,
+            date: Bytes::new(),
+            conns: BTreeMap::new(),
+            services: BTreeMap::new(),
+            retiring: BTreeMap::new(),
+            jobs: BTreeMap::new(),
+            next_job: 0,
+            running: 0,
+            queued: 0,
+            queued_bytes: 0,
+            lanes: BTreeMap::new(),
+            ready: VecDeque::new(),
+            slice_out: None,
+            timers: BTreeSet::new(),
+            outputs: VecDeque::new(),
+            shutting_down: false,
+            firing_timers: false,
+            stats: Stats::default(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ServerConfig {
+        &self.config
+    }
+
+    /// Sets the `Date` header value for responses from now on (an IMF-fixdate). The core
+    /// has no calendar clock, so the driver refreshes this about once a second.
+    pub fn set_http_date(&mut self, date: &str) {
+        if self.date[..] != *date.as_bytes() {
+            self.date = Bytes::copy_from_slice(date.as_bytes());
+        }
+    }
+
+    /// The registered services, by name.
+    pub fn services(&self) -> impl Iterator<Item = ServiceInfo> + '_ {
+        self.services.values().map(|s| ServiceInfo {
+            module: s.key.clone(),
+            state: s.state,
+            running: s.running,
+            queued: s.queue.len(),
+            limits: s.limits,
+        })
+    }
+
+    /// Counters since start.
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Guest tasks started and not finished (running or yielded).
+    pub fn running(&self) -> usize {
+        self.running
+    }
+
+    /// Requests waiting for a task slot, all services.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
+    /// Whether the driver should read more from `conn`. False while the pipeline is full
+    /// or the connection will take no more requests; the driver then waits for output.
+    pub fn wants_read(&self, conn: ConnId) -> bool {
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| !c.stop_parsing && c.pipeline.len() < self.config.max_pipelined)
+    }
+
+    /// Whether shutdown was asked for and every connection is closed.
+    pub fn is_drained(&self) -> bool {
+        self.shutting_down && self.conns.is_empty()
+    }
+
+    /// The next thing the driver must do, if any. Drain this after every `handle`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.outputs.pop_front()
+    }
+
+    /// When the driver must next call `handle(now, Input::Timeout)`, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|(at, _)| *at)
+    }
+
+    /// Feeds one input. Timers due at `now` fire first, whatever the input.
+    pub fn handle(&mut self, now: Instant, input: Input<'_>) {
+        self.fire_timers(now);
+        match input {
+            Input::Timeout => {}
+            Input::Connected {
+                conn,
+                remote,
+                local,
+            } => self.on_connected(now, conn, remote, local),
+            Input::Received { conn, data } => self.on_received(now, conn, data),
+            Input::ReadClosed { conn } => self.on_read_closed(now, conn),
+            Input::Disconnected { conn } => self.drop_conn(now, conn),
+            Input::Registry(change) => self.on_registry(now, change),
+            Input::Compiled { module, result } => self.on_compiled(now, module, result),
+            Input::Yielded { job } => self.on_yielded(job),
+            Input::Executed { job, result } => self.on_executed(now, job, result),
+            Input::Shutdown => self.on_shutdown(now),
+        }
+    }
+
+    fn fire_timers(&mut self, now: Instant) {
+        self.firing_timers = true;
+        while let Some((at, _)) = self.timers.first() {
+            if *at > now {
+                break;
+            }
+            let (at, timer) = self.timers.pop_first().expect("checked first");
+            match timer {
+                Timer::Conn(conn) => self.conn_timer(now, conn, at),
+                Timer::Job(job) => self.job_timer(now, job),
+                Timer::Idle(name) => self.idle_timer(name, at),
+            }
+        }
+        self.firing_timers = false;
+        self.pump();
+    }
+}

@@ -1,0 +1,206 @@
+//! The registry's in-memory view: services and their module versions, and each service's
+//! lifecycle (`Cold` -> `Loading` -> `Warm` -> idle -> `Cold`).
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use super::{JobId, Lifecycle, Output, RegistryChange, Server, ServiceLimits, Timer};
+use crate::guest::ModuleKey;
+use crate::response::Response;
+use crate::route::ServiceName;
+
+pub(super) struct Service {
+    pub(super) key: ModuleKey,
+    wasm: Bytes,
+    pub(super) limits: ServiceLimits,
+    pub(super) state: Lifecycle,
+    /// Tasks started on `key` and not finished.
+    pub(super) running: usize,
+    /// Requests admitted and waiting for a task slot, oldest first.
+    pub(super) queue: VecDeque<JobId>,
+    idle_deadline: Option<Instant>,
+}
+
+impl Server {
+    pub(super) fn on_registry(&mut self, now: Instant, change: RegistryChange) {
+        match change {
+            RegistryChange::Put {
+                module,
+                wasm,
+                limits,
+            } => self.put_service(module, wasm, limits),
+            RegistryChange::Remove { service } => self.remove_service(now, &service),
+        }
+    }
+
+    fn put_service(&mut self, key: ModuleKey, wasm: Bytes, limits: ServiceLimits) {
+        let limits = self.clamp(limits);
+        let name = key.service.clone();
+        let Some(service) = self.services.get_mut(&name) else {
+            self.services.insert(
+                name,
+                Service {
+                    key,
+                    wasm,
+                    limits,
+                    state: Lifecycle::Cold,
+                    running: 0,
+                    queue: VecDeque::new(),
+                    idle_deadline: None,
+                },
+            );
+            return;
+        };
+        if key.version <= service.key.version {
+            return;
+        }
+        let old = std::mem::replace(&mut service.key, key);
+        let old_state = std::mem::replace(&mut service.state, Lifecycle::Cold);
+        let old_running = std::mem::take(&mut service.running);
+        service.wasm = wasm;
+        service.limits = limits;
+        service.idle_deadline = None;
+        let has_queue = !service.queue.is_empty();
+        self.retire(old, old_state, old_running);
+        if has_queue {
+            self.start_loading(&name);
+        }
+        self.pump();
+    }
+
+    fn remove_service(&mut self, now: Instant, name: &ServiceName) {
+        let Some(service) = self.services.remove(name) else {
+            return;
+        };
+        for job in service.queue {
+            self.left_queue(job);
+            self.fail_job(now, job, Response::text(503, "service was removed"));
+        }
+        self.retire(service.key, service.state, service.running);
+        self.pump();
+    }
+
+    fn clamp(&self, mut limits: ServiceLimits) -> ServiceLimits {
+        limits.body_bytes = limits.body_bytes.min(self.config.framing.max_body_bytes);
+        limits.max_concurrency = limits.max_concurrency.max(1);
+        limits
+    }
+
+    /// Drops a module version now, or once the tasks started on it finish.
+    fn retire(&mut self, key: ModuleKey, state: Lifecycle, running: usize) {
+        if running > 0 {
+            self.retiring.insert(key, running);
+        } else if state == Lifecycle::Warm {
+            self.outputs.push_back(Output::Evict { module: key });
+        }
+        // A module still loading is evicted when its `Compiled` arrives, as stale.
+    }
+
+    /// Counts a finished task out of the version it ran on, evicting a retired version
+    /// once its last task is done.
+    pub(super) fn task_done(&mut self, module: &ModuleKey) {
+        self.running -= 1;
+        match self.services.get_mut(&module.service) {
+            Some(s) if s.key == *module => s.running -= 1,
+            _ => {
+                if let Some(n) = self.retiring.get_mut(module) {
+                    *n -= 1;
+                    if *n == 0 {
+                        self.retiring.remove(module);
+                        self.outputs.push_back(Output::Evict {
+                            module: module.clone(),
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    pub(super) fn start_loading(&mut self, name: &ServiceName) {
+        let service = self.services.get_mut(name).expect("caller checked");
+        service.state = Lifecycle::Loading;
+        self.stats.compiles += 1;
+        self.outputs.push_back(Output::Compile {
+            module: service.key.clone(),
+            wasm: service.wasm.clone(),
+        });
+    }
+
+    pub(super) fn on_compiled(
+        &mut self,
+        now: Instant,
+        module: ModuleKey,
+        result: Result<(), String>,
+    ) {
+        let state = self
+            .services
+            .get(&module.service)
+            .filter(|s| s.key == module)
+            .map(|s| s.state);
+        match (state, result) {
+            (Some(Lifecycle::Loading | Lifecycle::Cold), Ok(())) => {
+                let service = self.services.get_mut(&module.service).expect("found above");
+                service.state = Lifecycle::Warm;
+                self.mark_ready(&module.service);
+                self.pump();
+                self.arm_idle(now, &module.service);
+            }
+            (Some(Lifecycle::Loading), Err(_)) => {
+                let service = self.services.get_mut(&module.service).expect("found above");
+                service.state = Lifecycle::Cold;
+                for job in std::mem::take(&mut service.queue) {
+                    self.left_queue(job);
+                    self.fail_job(now, job, Response::text(500, "service failed to load"));
+                }
+            }
+            // Replaced, removed or already warm: the driver may drop what it compiled.
+            (_, Ok(())) if state != Some(Lifecycle::Warm) => {
+                self.outputs.push_back(Output::Evict { module });
+            }
+            _ => {}
+        }
+    }
+
+    pub(super) fn arm_idle(&mut self, now: Instant, name: &ServiceName) {
+        let Some(s) = self.services.get_mut(name) else {
+            return;
+        };
+        if s.state == Lifecycle::Warm
+            && s.running == 0
+            && s.queue.is_empty()
+            && s.idle_deadline.is_none()
+        {
+            let at = now + self.config.idle_timeout;
+            s.idle_deadline = Some(at);
+            self.timers.insert((at, Timer::Idle(name.clone())));
+        }
+    }
+
+    /// The service is busy again: its idle clock stops.
+    pub(super) fn disarm_idle(&mut self, name: &ServiceName) {
+        if let Some(s) = self.services.get_mut(name)
+            && let Some(at) = s.idle_deadline.take()
+        {
+            self.timers.remove(&(at, Timer::Idle(name.clone())));
+        }
+    }
+
+    pub(super) fn idle_timer(&mut self, name: ServiceName, at: Instant) {
+        let Some(s) = self.services.get_mut(&name) else {
+            return;
+        };
+        if s.idle_deadline != Some(at) {
+            return;
+        }
+        s.idle_deadline = None;
+        if s.state == Lifecycle::Warm && s.running == 0 && s.queue.is_empty() {
+            s.state = Lifecycle::Cold;
+            self.stats.evictions += 1;
+            self.outputs.push_back(Output::Evict {
+                module: s.key.clone(),
+            });
+        }
+    }
+}

@@ -1,0 +1,341 @@
+//! Admission and the guest task run queue.
+//!
+//! A request is routed, admitted into its service's queue (or refused with 503 when the
+//! queues are full), and started as a task once its service has a free slot. Tasks run one
+//! time slice at a time, and only one slice is out with the driver at once, so the core
+//! decides what runs next: services with work take turns (round robin), and within a
+//! service, starting a waiting request alternates with resuming a task that yielded.
+//! A task's deadline and its client leaving cancel it wherever it is.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+
+use super::{ConnId, Execution, JobId, Lifecycle, Output, Server, Timer};
+use crate::guest::{GuestFailure, GuestRequest, ModuleKey, RunLimits};
+use crate::http::Request;
+use crate::response::Response;
+use crate::route::{self, Route, ServiceName};
+
+pub(super) struct Job {
+    conn: ConnId,
+    seq: u64,
+    service: ServiceName,
+    deadline: Instant,
+    state: JobState,
+}
+
+enum JobState {
+    /// Admitted, waiting for a task slot.
+    Queued(GuestRequest),
+    /// Started on this module version: its slice is out, or it is parked in its lane.
+    Started(ModuleKey),
+}
+
+/// One service's place in the round: the tasks of that name that yielded, oldest first.
+/// Kept apart from the registry entry, so tasks of a removed service still get turns.
+#[derive(Default)]
+pub(super) struct Lane {
+    parked: VecDeque<JobId>,
+    in_ready: bool,
+    /// On this lane's next turn, start a waiting request rather than resume a task.
+    start_next: bool,
+}
+
+impl Server {
+    /// Routes a parsed request, then answers it at once or admits it as a job.
+    pub(super) fn admit(&mut self, now: Instant, conn: ConnId, seq: u64, request: Request) {
+        let (name, path_info) = match route::route(request.path()) {
+            Route::Service { name, path_info } => (name, path_info),
+            Route::Management { .. } => {
+                let r = Response::text(501, "the management API is not available in this version");
+                return self.respond(now, conn, seq, r);
+            }
+            Route::NotFound => return self.respond(now, conn, seq, not_found()),
+        };
+        let Some(service) = self.services.get(name) else {
+            return self.respond(now, conn, seq, not_found());
+        };
+        let limits = service.limits;
+        if request.body.len() > limits.body_bytes {
+            let r = Response::text(413, "request body too large");
+            return self.respond(now, conn, seq, r);
+        }
+        let has_slot = service.state == Lifecycle::Warm
+            && service.running < limits.max_concurrency
+            && self.running < self.config.max_running
+            && service.queue.is_empty();
+        let queue_full = service.queue.len() >= limits.max_queued
+            || self.queued >= self.config.max_queued
+            || self.queued_bytes + request.body.len() > self.config.max_queued_bytes;
+        if !has_slot && queue_full {
+            self.stats.shed += 1;
+            let r = Response::text(503, "service is at capacity, retry shortly")
+                .with_header("Retry-After", "1");
+            return self.respond(now, conn, seq, r);
+        }
+        let service_name = service.key.service.clone();
+        let path_info = path_info.to_owned();
+        let c = self.conns.get_mut(&conn).expect("caller holds the connection");
+        let guest = GuestRequest {
+            script_name: format!("/{service_name}"),
+            path_info,
+            request,
+            remote: c.remote,
+            local: c.local,
+        };
+        let job = JobId(self.next_job);
+        self.next_job += 1;
+        if let Some(slot) = c.slot_mut(seq) {
+            slot.job = Some(job);
+        }
+        let deadline = now + limits.deadline;
+        self.queued += 1;
+        self.queued_bytes += guest.request.body.len();
+        self.jobs.insert(
+            job,
+            Job {
+                conn,
+                seq,
+                service: service_name.clone(),
+                deadline,
+                state: JobState::Queued(guest),
+            },
+        );
+        self.timers.insert((deadline, Timer::Job(job)));
+        self.disarm_idle(&service_name);
+        let service = self
+            .services
+            .get_mut(&service_name)
+            .expect("looked up above");
+        service.queue.push_back(job);
+        match service.state {
+            Lifecycle::Cold => self.start_loading(&service_name),
+            Lifecycle::Loading => {}
+            Lifecycle::Warm => {
+                self.mark_ready(&service_name);
+                self.pump();
+            }
+        }
+    }
+
+    /// Whether `name` has a waiting request that could start now.
+    fn can_start(&self, name: &ServiceName) -> bool {
+        self.running < self.config.max_running
+            && self.services.get(name).is_some_and(|s| {
+                s.state == Lifecycle::Warm
+                    && !s.queue.is_empty()
+                    && s.running < s.limits.max_concurrency
+            })
+    }
+
+    /// Puts `name` at the back of the round if it has something to run.
+    pub(super) fn mark_ready(&mut self, name: &ServiceName) {
+        let can_start = self.can_start(name);
+        let lane = self.lanes.entry(name.clone()).or_default();
+        if !lane.in_ready && (can_start || !lane.parked.is_empty()) {
+            lane.in_ready = true;
+            self.ready.push_back(name.clone());
+        }
+    }
+
+    /// Hands the driver the next slice, unless one is out already. A lane that gets a
+    /// slice rejoins the round when the slice ends (`on_yielded`, `after_task`), behind
+    /// every lane that got work meanwhile.
+    pub(super) fn pump(&mut self) {
+        if self.firing_timers {
+            return;
+        }
+        while self.slice_out.is_none() {
+            let Some(name) = self.ready.pop_front() else {
+                break;
+            };
+            let can_start = self.can_start(&name);
+            let Some(lane) = self.lanes.get_mut(&name) else {
+                continue;
+            };
+            lane.in_ready = false;
+            let resume = !lane.parked.is_empty() && (!can_start || !lane.start_next);
+            if resume {
+                lane.start_next = true;
+                let job = lane.parked.pop_front().expect("checked non-empty");
+                self.slice_out = Some(job);
+                self.outputs.push_back(Output::Resume { job });
+            } else if can_start {
+                lane.start_next = false;
+                let service = self.services.get_mut(&name).expect("can_start checked");
+                let job = service.queue.pop_front().expect("can_start checked");
+                self.left_queue(job);
+                self.start(job);
+            } else {
+                if lane.parked.is_empty() && !self.services.contains_key(&name) {
+                    self.lanes.remove(&name);
+                }
+                continue;
+            }
+        }
+    }
+
+    /// Starts a queued job as a task; its first slice goes out with the `Execute`.
+    fn start(&mut self, job_id: JobId) {
+        let job = self.jobs.get_mut(&job_id).expect("starting a known job");
+        let service = self
+            .services
+            .get_mut(&job.service)
+            .expect("job of a live service");
+        let state = std::mem::replace(&mut job.state, JobState::Started(service.key.clone()));
+        let JobState::Queued(request) = state else {
+            unreachable!("a job is started once");
+        };
+        service.running += 1;
+        self.running += 1;
+        self.slice_out = Some(job_id);
+        self.outputs.push_back(Output::Execute(Box::new(Execution {
+            job: job_id,
+            module: service.key.clone(),
+            request,
+            limits: RunLimits {
+                memory_bytes: service.limits.memory_bytes,
+                stdout_bytes: service.limits.stdout_bytes,
+            },
+        })));
+    }
+
+    pub(super) fn on_yielded(&mut self, job: JobId) {
+        // A report for a slice that is not out (cancelled meanwhile) is dropped.
+        if self.slice_out != Some(job) {
+            return;
+        }
+        self.slice_out = None;
+        self.stats.yields += 1;
+        let name = self.jobs.get(&job).expect("out slice has a job").service.clone();
+        self.lanes.entry(name.clone()).or_default().parked.push_back(job);
+        self.mark_ready(&name);
+        self.pump();
+    }
+
+    pub(super) fn on_executed(
+        &mut self,
+        now: Instant,
+        job_id: JobId,
+        result: Result<Response, GuestFailure>,
+    ) {
+        if self.slice_out != Some(job_id) {
+            return;
+        }
+        self.slice_out = None;
+        let job = self.forget_job(job_id).expect("out slice has a job");
+        let JobState::Started(module) = &job.state else {
+            unreachable!("an out slice belongs to a started job");
+        };
+        self.task_done(module);
+        let response = result.unwrap_or_else(|failure| failure.to_response());
+        self.answer(now, job.conn, job.seq, response);
+        self.after_task(now, &job.service);
+    }
+
+    /// A task of `name` ended: its slot may start a waiting request, its service may idle.
+    fn after_task(&mut self, now: Instant, name: &ServiceName) {
+        if self.running + 1 == self.config.max_running {
+            // The server-wide cap was reached: any service may have been held back by it.
+            let waiting: Vec<ServiceName> = self
+                .services
+                .iter()
+                .filter(|(_, s)| !s.queue.is_empty())
+                .map(|(n, _)| n.clone())
+                .collect();
+            for n in &waiting {
+                self.mark_ready(n);
+            }
+        }
+        self.mark_ready(name);
+        self.pump();
+        self.arm_idle(now, name);
+    }
+
+    /// Drops a task that has not finished, wherever it is.
+    fn cancel_task(&mut self, job: JobId, module: &ModuleKey, name: &ServiceName) {
+        if self.slice_out == Some(job) {
+            self.slice_out = None;
+        } else if let Some(lane) = self.lanes.get_mut(name) {
+            lane.parked.retain(|j| *j != job);
+        }
+        self.outputs.push_back(Output::Cancel { job });
+        self.stats.cancelled += 1;
+        self.task_done(module);
+    }
+
+    /// The job's client is gone: forget it without an answer.
+    pub(super) fn drop_job(&mut self, now: Instant, job_id: JobId) {
+        let Some(job) = self.forget_job(job_id) else {
+            return;
+        };
+        match &job.state {
+            JobState::Queued(_) => self.unqueue(&job.service, job_id, &job.state),
+            JobState::Started(module) => {
+                self.cancel_task(job_id, module, &job.service);
+                self.after_task(now, &job.service);
+            }
+        }
+    }
+
+    pub(super) fn job_timer(&mut self, now: Instant, job_id: JobId) {
+        let Some(job) = self.forget_job(job_id) else {
+            return;
+        };
+        match &job.state {
+            JobState::Queued(_) => {
+                self.unqueue(&job.service, job_id, &job.state);
+                let r = Response::text(504, "service did not start in time");
+                self.answer(now, job.conn, job.seq, r);
+            }
+            JobState::Started(module) => {
+                self.cancel_task(job_id, module, &job.service);
+                self.answer(now, job.conn, job.seq, GuestFailure::Timeout.to_response());
+                self.after_task(now, &job.service);
+            }
+        }
+    }
+
+    /// Answers a queued job that will never run.
+    pub(super) fn fail_job(&mut self, now: Instant, job: JobId, response: Response) {
+        if let Some(job) = self.forget_job(job) {
+            self.answer(now, job.conn, job.seq, response);
+        }
+    }
+
+    /// Removes a job and its deadline timer, so finished jobs leave no timers behind.
+    fn forget_job(&mut self, id: JobId) -> Option<Job> {
+        let job = self.jobs.remove(&id)?;
+        self.timers.remove(&(job.deadline, Timer::Job(id)));
+        Some(job)
+    }
+
+    /// Takes a forgotten job that never started out of its service's queue.
+    fn unqueue(&mut self, service: &ServiceName, job: JobId, state: &JobState) {
+        if let Some(s) = self.services.get_mut(service)
+            && let Some(pos) = s.queue.iter().position(|j| *j == job)
+        {
+            s.queue.remove(pos);
+            self.queued -= 1;
+            self.queued_bytes -= queued_body(state);
+        }
+    }
+
+    /// Counts a job that is still known out of the queues, before it starts or is failed.
+    pub(super) fn left_queue(&mut self, job: JobId) {
+        let bytes = self.jobs.get(&job).map_or(0, |j| queued_body(&j.state));
+        self.queued -= 1;
+        self.queued_bytes -= bytes;
+    }
+}
+
+fn queued_body(state: &JobState) -> usize {
+    match state {
+        JobState::Queued(r) => r.request.body.len(),
+        JobState::Started(_) => 0,
+    }
+}
+
+fn not_found() -> Response {
+    Response::text(404, "no service at this path")
+}

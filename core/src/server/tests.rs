@@ -1,0 +1,867 @@
+//! The state machine under a fake driver: unit tests for each behaviour, and property tests
+//! for the invariants (one response per request, limits, every task ends once, fair turns).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::*;
+
+const REMOTE: &str = "127.0.0.1:50000";
+const LOCAL: &str = "127.0.0.1:8080";
+
+/// A fake driver: feeds inputs, carries out outputs, keeps what each connection received.
+/// It holds at most one slice at a time, and checks that the core never hands out two.
+struct Harness {
+    server: Server,
+    now: Instant,
+    sent: BTreeMap<ConnId, Vec<u8>>,
+    closed: BTreeSet<ConnId>,
+    compiles: Vec<ModuleKey>,
+    evicted: Vec<ModuleKey>,
+    next_version: u64,
+    /// Tasks started and not ended, with what they were started with.
+    tasks: BTreeMap<JobId, Execution>,
+    /// The task whose slice the core handed out and the harness has not run yet.
+    out: Option<JobId>,
+    /// Every slice handed out, in order: the task and its service.
+    slices: Vec<(JobId, String)>,
+    /// Tasks the core cancelled, in order.
+    cancelled: Vec<JobId>,
+    /// Tasks that ended (finished or cancelled): each may end once.
+    ended: BTreeSet<JobId>,
+}
+
+impl Harness {
+    fn new(config: ServerConfig) -> Self {
+        Self {
+            server: Server::new(config),
+            now: Instant::now(),
+            sent: BTreeMap::new(),
+            closed: BTreeSet::new(),
+            compiles: Vec::new(),
+            evicted: Vec::new(),
+            next_version: 1,
+            tasks: BTreeMap::new(),
+            out: None,
+            slices: Vec::new(),
+            cancelled: Vec::new(),
+            ended: BTreeSet::new(),
+        }
+    }
+
+    fn with_service(mut self, name: &str, limits: ServiceLimits) -> Self {
+        self.put(name, limits);
+        self
+    }
+
+    /// Adds or replaces a service with a new version; returns its key.
+    fn put(&mut self, name: &str, limits: ServiceLimits) -> ModuleKey {
+        let module = ModuleKey {
+            service: ServiceName::new(name).unwrap(),
+            version: self.next_version,
+        };
+        self.next_version += 1;
+        self.input(Input::Registry(RegistryChange::Put {
+            module: module.clone(),
+            wasm: Bytes::from_static(b"wasm"),
+            limits,
+        }));
+        module
+    }
+
+    fn input(&mut self, input: Input<'_>) {
+        self.server.handle(self.now, input);
+        while let Some(out) = self.server.poll_output() {
+            match out {
+                Output::Transmit { conn, head, body } => {
+                    assert!(!self.closed.contains(&conn), "transmit after close");
+                    let buf = self.sent.entry(conn).or_default();
+                    buf.extend_from_slice(&head);
+                    buf.extend_from_slice(&body);
+                }
+                Output::Close { conn } => {
+                    assert!(self.closed.insert(conn), "closed twice");
+                }
+                Output::Compile { module, .. } => self.compiles.push(module),
+                Output::Execute(e) => {
+                    assert!(self.out.is_none(), "two slices out at once");
+                    assert!(!self.ended.contains(&e.job), "a task started twice");
+                    self.out = Some(e.job);
+                    self.slices
+                        .push((e.job, e.module.service.as_str().to_owned()));
+                    assert!(self.tasks.insert(e.job, *e).is_none(), "started twice");
+                }
+                Output::Resume { job } => {
+                    assert!(self.out.is_none(), "two slices out at once");
+                    let task = self.tasks.get(&job).expect("resume of a live task");
+                    self.slices
+                        .push((job, task.module.service.as_str().to_owned()));
+                    self.out = Some(job);
+                }
+                Output::Cancel { job } => {
+                    assert!(self.tasks.remove(&job).is_some(), "cancel of no task");
+                    assert!(self.ended.insert(job), "a task ended twice");
+                    if self.out == Some(job) {
+                        self.out = None;
+                    }
+                    self.cancelled.push(job);
+                }
+                Output::Evict { module } => self.evicted.push(module),
+            }
+        }
+    }
+
+    fn connect(&mut self, id: u64) -> ConnId {
+        let conn = ConnId(id);
+        self.input(Input::Connected {
+            conn,
+            remote: REMOTE.parse().unwrap(),
+            local: LOCAL.parse().unwrap(),
+        });
+        conn
+    }
+
+    fn send(&mut self, conn: ConnId, data: &str) {
+        self.input(Input::Received {
+            conn,
+            data: data.as_bytes(),
+        });
+    }
+
+    fn compile_all(&mut self) {
+        for module in std::mem::take(&mut self.compiles) {
+            self.input(Input::Compiled {
+                module,
+                result: Ok(()),
+            });
+        }
+    }
+
+    /// The task whose slice is out.
+    fn out_task(&self) -> &Execution {
+        &self.tasks[&self.out.expect("a slice is out")]
+    }
+
+    /// Finishes the task whose slice is out with a 200 whose body names its target.
+    fn finish(&mut self) -> Execution {
+        let job = self.out.take().expect("a slice is out");
+        let e = self.tasks.remove(&job).unwrap();
+        assert!(self.ended.insert(job), "a task ended twice");
+        let body = Bytes::from(e.request.request.target.clone());
+        let response = Response {
+            status: 200,
+            headers: vec![],
+            body,
+        };
+        self.input(Input::Executed {
+            job,
+            result: Ok(response),
+        });
+        e
+    }
+
+    /// Ends the slice that is out with the guest still running.
+    fn yield_out(&mut self) -> JobId {
+        let job = self.out.take().expect("a slice is out");
+        self.input(Input::Yielded { job });
+        job
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        self.input(Input::Timeout);
+    }
+
+    /// Status codes of the responses a connection got, in order.
+    fn statuses(&self, conn: ConnId) -> Vec<u16> {
+        let text = self.text(conn);
+        text.match_indices("HTTP/1.1 ")
+            .filter_map(|(i, _)| text[i + 9..i + 12].parse().ok())
+            .filter(|s| *s != 100)
+            .collect()
+    }
+
+    fn text(&self, conn: ConnId) -> String {
+        String::from_utf8_lossy(self.sent.get(&conn).map_or(&[][..], |v| v)).into_owned()
+    }
+}
+
+fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+fn config() -> ServerConfig {
+    ServerConfig {
+        max_running: 2,
+        ..ServerConfig::default()
+    }
+}
+
+fn key(name: &str, version: u64) -> ModuleKey {
+    ModuleKey {
+        service: ServiceName::new(name).unwrap(),
+        version,
+    }
+}
+
+#[test]
+fn unknown_prefix_is_404_and_management_is_reserved() {
+    let mut h = Harness::new(config()).with_service("shop", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/"));
+    h.send(c, &get("/shopping"));
+    h.send(c, &get("/services"));
+    assert_eq!(h.statuses(c), vec![404, 404, 501]);
+    assert!(h.compiles.is_empty());
+}
+
+#[test]
+fn cold_start_compiles_once_then_runs_queued_requests() {
+    let mut h = Harness::new(config()).with_service("shop", ServiceLimits::default());
+    let c1 = h.connect(1);
+    let c2 = h.connect(2);
+    h.send(c1, &get("/shop/a?x=1"));
+    h.send(c2, &get("/shop"));
+    assert_eq!(h.compiles.len(), 1, "one compile for both requests");
+    assert!(h.out.is_none());
+    h.compile_all();
+    let e = h.out_task();
+    assert_eq!(e.request.script_name, "/shop");
+    assert_eq!(e.request.path_info, "/a");
+    assert_eq!(e.request.request.query(), "x=1");
+    h.finish();
+    h.finish();
+    assert_eq!(h.statuses(c1), vec![200]);
+    assert_eq!(h.statuses(c2), vec![200]);
+    assert_eq!(h.server.stats().compiles, 1);
+}
+
+#[test]
+fn pipelined_responses_keep_request_order() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(
+        c,
+        &format!("{}{}{}", get("/s/1"), get("/nope"), get("/s/2")),
+    );
+    h.compile_all();
+    // The first yields twice; the second starts between its slices and finishes first.
+    assert_eq!(h.out_task().request.path_info, "/1");
+    h.yield_out();
+    h.yield_out();
+    assert_eq!(h.out_task().request.path_info, "/2");
+    let second = h.out.take().unwrap();
+    h.tasks.remove(&second);
+    h.ended.insert(second);
+    h.input(Input::Executed {
+        job: second,
+        result: Ok(Response::text(201, "second")),
+    });
+    assert!(h.statuses(c).is_empty(), "nothing jumps the first response");
+    h.finish();
+    assert_eq!(h.statuses(c), vec![200, 404, 201]);
+    let text = h.text(c);
+    assert!(text.find("/s/1").unwrap() < text.find("second").unwrap());
+}
+
+#[test]
+fn connection_close_and_http10_close_after_the_response() {
+    let mut h = Harness::new(config());
+    let c = h.connect(1);
+    h.send(
+        c,
+        "GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\nGET /y HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    assert_eq!(
+        h.statuses(c),
+        vec![404],
+        "nothing after a close request is parsed"
+    );
+    assert!(h.text(c).contains("Connection: close"));
+    assert!(h.closed.contains(&c));
+    let c = h.connect(2);
+    h.send(c, "GET /x HTTP/1.0\r\n\r\n");
+    assert!(h.closed.contains(&c));
+}
+
+#[test]
+fn head_gets_no_body_and_continue_comes_first() {
+    let mut h = Harness::new(config());
+    let c = h.connect(1);
+    h.send(c, "HEAD /x HTTP/1.1\r\nHost: t\r\n\r\n");
+    let text = h.text(c);
+    assert!(text.contains("Content-Length: 24"));
+    assert!(text.ends_with("\r\n\r\n"));
+    let c = h.connect(2);
+    h.send(
+        c,
+        "POST /x HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n",
+    );
+    assert_eq!(h.text(c), "HTTP/1.1 100 Continue\r\n\r\n");
+    h.send(c, "ok");
+    assert_eq!(h.statuses(c), vec![404]);
+}
+
+#[test]
+fn framing_errors_answer_then_close() {
+    for (input, status) in [
+        ("BROKEN\r\n\r\n", 400),
+        (
+            "POST /x HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: gzip\r\n\r\n",
+            501,
+        ),
+        (
+            "POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 999999999\r\n\r\n",
+            413,
+        ),
+    ] {
+        let mut h = Harness::new(config());
+        let c = h.connect(1);
+        h.send(c, input);
+        assert_eq!(h.statuses(c), vec![status], "{input:?}");
+        assert!(h.closed.contains(&c));
+    }
+    let mut h = Harness::new(config());
+    let c = h.connect(1);
+    let huge = format!("GET /{} HTTP/1.1\r\n", "a".repeat(20_000));
+    h.send(c, &huge);
+    assert_eq!(h.statuses(c), vec![431]);
+}
+
+#[test]
+fn per_service_body_limit_is_413() {
+    let limits = ServiceLimits {
+        body_bytes: 4,
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(config()).with_service("s", limits);
+    let c = h.connect(1);
+    h.send(
+        c,
+        "POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    assert_eq!(h.statuses(c), vec![413]);
+}
+
+#[test]
+fn full_queue_sheds_with_503_and_retry_after() {
+    let limits = ServiceLimits {
+        max_concurrency: 1,
+        max_queued: 1,
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(config()).with_service("s", limits);
+    let conns: Vec<_> = (0..3).map(|i| h.connect(i)).collect();
+    // Compiled beforehand: the service is warm without an `Output::Compile`.
+    h.input(Input::Compiled {
+        module: key("s", 1),
+        result: Ok(()),
+    });
+    assert!(h.compiles.is_empty());
+    for c in &conns {
+        h.send(*c, &get("/s"));
+    }
+    h.yield_out();
+    assert_eq!(h.tasks.len(), 1, "one task at concurrency 1");
+    assert_eq!(h.statuses(conns[2]), vec![503]);
+    assert!(h.text(conns[2]).contains("Retry-After: 1"));
+    assert_eq!(h.server.stats().shed, 1);
+    h.finish();
+    assert_eq!(h.tasks.len(), 1, "the queued one starts");
+    h.finish();
+    assert_eq!(h.statuses(conns[0]), vec![200]);
+    assert_eq!(h.statuses(conns[1]), vec![200]);
+}
+
+#[test]
+fn queued_bodies_are_bounded_in_bytes() {
+    let mut config = config();
+    config.max_queued_bytes = 10;
+    let limits = ServiceLimits {
+        max_concurrency: 1,
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(config).with_service("s", limits);
+    let post = |body: &str| {
+        format!(
+            "POST /s HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let conns: Vec<_> = (0..4).map(|i| h.connect(i)).collect();
+    h.send(conns[0], &post("12345678"));
+    h.compile_all();
+    h.send(conns[1], &post("12345678"));
+    h.send(conns[2], &post("12345678"));
+    assert_eq!(
+        h.statuses(conns[2]),
+        vec![503],
+        "8 + 8 queued bytes is over 10"
+    );
+    h.finish();
+    h.send(conns[3], &post("12345678"));
+    assert!(
+        h.statuses(conns[3]).is_empty(),
+        "queued again once the first left the queue"
+    );
+    h.finish();
+    h.finish();
+    assert_eq!(h.server.queued_bytes, 0);
+}
+
+#[test]
+fn a_flooded_service_does_not_starve_a_quiet_one() {
+    let mut config = config();
+    config.max_running = 1;
+    let mut h = Harness::new(config)
+        .with_service("noisy", ServiceLimits::default())
+        .with_service("quiet", ServiceLimits::default());
+    let n = h.connect(1);
+    h.send(n, &get("/noisy"));
+    h.compile_all();
+    for i in 0..5 {
+        let c = h.connect(10 + i);
+        h.send(c, &get("/noisy"));
+    }
+    let q = h.connect(2);
+    h.send(q, &get("/quiet"));
+    h.compile_all();
+    let mut order = Vec::new();
+    while h.out.is_some() {
+        order.push(h.finish().module.service.as_str().to_owned());
+    }
+    // Services take turns: the quiet request runs within one turn of being queued,
+    // ahead of the noisy backlog, not after all five.
+    assert_eq!(order[..3], ["noisy", "noisy", "quiet"]);
+    assert_eq!(order.len(), 7);
+}
+
+#[test]
+fn a_looping_guest_delays_others_by_one_slice_never_more() {
+    let mut h = Harness::new(ServerConfig::default())
+        .with_service("loop", ServiceLimits::default())
+        .with_service("hello", ServiceLimits::default());
+    for (i, name) in ["loop", "hello"].iter().enumerate() {
+        h.input(Input::Compiled {
+            module: key(name, i as u64 + 1),
+            result: Ok(()),
+        });
+    }
+    let loops: Vec<_> = (0..2).map(|i| h.connect(i)).collect();
+    for c in &loops {
+        h.send(*c, &get("/loop"));
+    }
+    for _ in 0..10 {
+        h.yield_out();
+    }
+    let c = h.connect(9);
+    h.send(c, &get("/hello"));
+    // The loop's slice that is out runs, then hello's turn comes.
+    h.yield_out();
+    assert_eq!(h.out_task().module.service.as_str(), "hello");
+    h.finish();
+    assert_eq!(h.statuses(c), vec![200]);
+    assert_eq!(h.server.running(), 2, "the loops are still parked");
+    assert!(h.server.stats().yields >= 11);
+}
+
+#[test]
+fn deadlines_cancel_running_tasks_and_fail_queued_requests() {
+    let limits = ServiceLimits {
+        deadline: Duration::from_millis(100),
+        max_concurrency: 1,
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(config()).with_service("s", limits);
+    let a = h.connect(1);
+    let b = h.connect(2);
+    h.send(a, &get("/s"));
+    h.compile_all();
+    h.send(b, &get("/s"));
+    let job = h.yield_out();
+    h.advance(Duration::from_millis(100));
+    assert_eq!(h.statuses(a), vec![504]);
+    assert_eq!(h.statuses(b), vec![504]);
+    assert_eq!(h.cancelled, vec![job], "the parked task is dropped");
+    assert_eq!(h.server.running(), 0, "its slot is free at once");
+    assert_eq!(h.server.stats().cancelled, 1);
+    // A late report for the cancelled task is ignored.
+    h.input(Input::Executed {
+        job,
+        result: Ok(Response::text(200, "late")),
+    });
+    assert_eq!(h.statuses(a), vec![504]);
+}
+
+#[test]
+fn a_cancelled_slice_that_is_out_is_replaced_by_the_next() {
+    let limits = ServiceLimits {
+        deadline: Duration::from_millis(100),
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(config())
+        .with_service("slow", limits)
+        .with_service("ok", ServiceLimits::default());
+    let a = h.connect(1);
+    h.send(a, &get("/slow"));
+    h.compile_all();
+    let slow = h.out.unwrap();
+    h.now += Duration::from_millis(100);
+    let b = h.connect(2);
+    h.send(b, &get("/ok"));
+    h.compile_all();
+    assert_eq!(h.cancelled, vec![slow]);
+    assert_eq!(h.out_task().module.service.as_str(), "ok");
+    h.finish();
+    assert_eq!(h.statuses(a), vec![504]);
+    assert_eq!(h.statuses(b), vec![200]);
+}
+
+#[test]
+fn idle_services_are_evicted_and_cold_started_again() {
+    let mut config = config();
+    config.idle_timeout = Duration::from_secs(5);
+    let mut h = Harness::new(config).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.compile_all();
+    h.finish();
+    h.advance(Duration::from_secs(4));
+    h.send(c, &get("/s"));
+    h.finish();
+    h.advance(Duration::from_secs(4));
+    assert!(h.evicted.is_empty(), "a request resets the idle clock");
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.evicted.len(), 1);
+    assert_eq!(h.server.services().next().unwrap().state, Lifecycle::Cold);
+    let c = h.connect(2);
+    h.send(c, &get("/s"));
+    assert_eq!(h.compiles.len(), 1);
+    assert_eq!(h.server.stats().evictions, 1);
+}
+
+#[test]
+fn replace_lets_running_requests_finish_on_the_old_version() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.compile_all();
+    let old = h.out_task().module.clone();
+    h.yield_out();
+    let new = h.put("s", ServiceLimits::default());
+    assert_ne!(old, new);
+    assert!(h.evicted.is_empty(), "old version still running");
+    let e = h.finish();
+    assert_eq!(e.module, old, "the parked task resumes on its version");
+    assert_eq!(h.evicted, vec![old.clone()]);
+    assert_eq!(h.statuses(c), vec![200]);
+    h.send(c, &get("/s"));
+    assert_eq!(h.compiles, vec![new.clone()]);
+    // A change that does not move the version forward is ignored.
+    h.input(Input::Registry(RegistryChange::Put {
+        module: old,
+        wasm: Bytes::new(),
+        limits: ServiceLimits::default(),
+    }));
+    assert_eq!(h.server.services().next().unwrap().module, new);
+}
+
+#[test]
+fn remove_answers_queued_requests_and_routes_404_after() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.input(Input::Registry(RegistryChange::Remove {
+        service: ServiceName::new("s").unwrap(),
+    }));
+    assert_eq!(h.statuses(c), vec![503]);
+    h.send(c, &get("/s"));
+    assert_eq!(h.statuses(c), vec![503, 404]);
+}
+
+#[test]
+fn a_removed_service_lets_started_tasks_finish() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.compile_all();
+    h.yield_out();
+    h.input(Input::Registry(RegistryChange::Remove {
+        service: ServiceName::new("s").unwrap(),
+    }));
+    assert!(h.out.is_some(), "the parked task still gets turns");
+    h.finish();
+    assert_eq!(h.statuses(c), vec![200]);
+    assert_eq!(h.evicted, vec![key("s", 1)]);
+}
+
+#[test]
+fn disconnect_cancels_the_task_and_frees_its_slot() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.compile_all();
+    let job = h.yield_out();
+    h.input(Input::Disconnected { conn: c });
+    assert_eq!(h.server.connection_count(), 0);
+    assert_eq!(h.cancelled, vec![job]);
+    assert_eq!(h.server.running(), 0);
+    assert!(h.statuses(c).is_empty());
+}
+
+#[test]
+fn idle_and_slow_connections_time_out() {
+    let mut h = Harness::new(config());
+    let idle = h.connect(1);
+    let slow = h.connect(2);
+    h.send(slow, "GET / HTTP/1.1\r\nHo");
+    h.advance(Duration::from_secs(10));
+    assert_eq!(h.statuses(slow), vec![408]);
+    assert!(h.closed.contains(&slow));
+    assert!(!h.closed.contains(&idle));
+    h.advance(Duration::from_secs(5));
+    assert!(h.closed.contains(&idle));
+    assert!(h.statuses(idle).is_empty());
+}
+
+#[test]
+fn read_closed_still_answers_what_was_asked() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.input(Input::ReadClosed { conn: c });
+    assert!(!h.closed.contains(&c));
+    h.compile_all();
+    h.finish();
+    assert_eq!(h.statuses(c), vec![200]);
+    assert!(h.closed.contains(&c));
+}
+
+#[test]
+fn shutdown_closes_idle_connections_and_drains_busy_ones() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let idle = h.connect(1);
+    let busy = h.connect(2);
+    h.send(busy, &get("/s"));
+    h.compile_all();
+    h.input(Input::Shutdown);
+    assert!(h.closed.contains(&idle));
+    assert!(!h.server.is_drained());
+    h.finish();
+    assert!(h.text(busy).contains("Connection: close"));
+    assert!(h.closed.contains(&busy));
+    assert!(h.server.is_drained());
+    let late = h.connect(3);
+    assert!(h.closed.contains(&late));
+}
+
+#[test]
+fn finished_requests_leave_no_timers_behind() {
+    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.compile_all();
+    h.finish();
+    let baseline = h.server.timers.len();
+    for i in 0..100 {
+        h.now += Duration::from_millis(i);
+        h.send(c, &get("/s"));
+        h.finish();
+    }
+    assert_eq!(
+        h.server.timers.len(),
+        baseline,
+        "one timer per connection and idle service"
+    );
+}
+
+#[test]
+fn a_full_pipeline_stops_reading() {
+    let mut config = config();
+    config.max_pipelined = 2;
+    let mut h = Harness::new(config).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &format!("{}{}{}", get("/s/1"), get("/s/2"), get("/s/3")));
+    h.compile_all();
+    assert!(!h.server.wants_read(c));
+    h.finish();
+    assert!(
+        !h.server.wants_read(c),
+        "the buffered third request is parsed once there is room"
+    );
+    h.finish();
+    h.finish();
+    assert_eq!(h.statuses(c), vec![200, 200, 200]);
+    assert!(h.server.wants_read(c));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Request { conn: u8, service: u8 },
+    Finish { fail: bool },
+    Yield,
+    Compile,
+    Advance { millis: u16 },
+    Disconnect { conn: u8 },
+    Replace { service: u8 },
+    Remove { service: u8 },
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0u8..4, 0u8..3).prop_map(|(conn, service)| Op::Request { conn, service }),
+        3 => any::<bool>().prop_map(|fail| Op::Finish { fail }),
+        2 => Just(Op::Yield),
+        1 => Just(Op::Compile),
+        2 => (0u16..3000).prop_map(|millis| Op::Advance { millis }),
+        1 => (0u8..4).prop_map(|conn| Op::Disconnect { conn }),
+        1 => (0u8..3).prop_map(|service| Op::Replace { service }),
+        1 => (0u8..3).prop_map(|service| Op::Remove { service }),
+    ]
+}
+
+proptest! {
+    /// Whatever happens, each request on a connection that stays open gets exactly one
+    /// response, no limit is exceeded, and every task that starts ends exactly once
+    /// (the harness asserts the last as it goes: no double start, end or cancel).
+    #[test]
+    fn every_request_gets_one_response_and_every_task_ends_once(ops in proptest::collection::vec(op(), 1..150)) {
+        let limits = ServiceLimits {
+            max_concurrency: 2,
+            max_queued: 3,
+            deadline: Duration::from_secs(2),
+            ..ServiceLimits::default()
+        };
+        let mut config = config();
+        config.max_running = 3;
+        config.max_queued = 5;
+        config.idle_timeout = Duration::from_secs(4);
+        let mut h = Harness::new(config);
+        let names = ["a", "b", "zz"];
+        for name in &names[..2] {
+            h.put(name, limits);
+        }
+        let mut next_conn = 100u64;
+        let mut conns: Vec<ConnId> = (0..4).map(|i| h.connect(i)).collect();
+        let mut asked: BTreeMap<ConnId, usize> = BTreeMap::new();
+        let mut dropped: BTreeSet<ConnId> = BTreeSet::new();
+        for op in ops {
+            match op {
+                Op::Request { conn, service } => {
+                    let c = conns[conn as usize];
+                    if h.server.wants_read(c) {
+                        *asked.entry(c).or_default() += 1;
+                        h.send(c, &get(&format!("/{}", names[service as usize])));
+                    }
+                }
+                Op::Finish { fail } => {
+                    if let Some(job) = h.out.take() {
+                        h.tasks.remove(&job);
+                        h.ended.insert(job);
+                        let result = if fail { Err(GuestFailure::Trap("x".into())) } else { Ok(Response::text(200, "ok")) };
+                        h.input(Input::Executed { job, result });
+                    }
+                }
+                Op::Yield => {
+                    if h.out.is_some() {
+                        h.yield_out();
+                    }
+                }
+                Op::Compile => h.compile_all(),
+                Op::Advance { millis } => h.advance(Duration::from_millis(u64::from(millis))),
+                Op::Disconnect { conn } => {
+                    let c = conns[conn as usize];
+                    h.input(Input::Disconnected { conn: c });
+                    dropped.insert(c);
+                    conns[conn as usize] = h.connect(next_conn);
+                    next_conn += 1;
+                }
+                Op::Replace { service } => {
+                    if service < 2 {
+                        h.put(names[service as usize], limits);
+                    }
+                }
+                Op::Remove { service } => {
+                    h.input(Input::Registry(RegistryChange::Remove {
+                        service: ServiceName::new(names[service as usize]).unwrap(),
+                    }));
+                    if service < 2 {
+                        h.put(names[service as usize], limits);
+                    }
+                }
+            }
+            prop_assert!(h.server.running() <= 3);
+            prop_assert_eq!(h.server.running(), h.tasks.len(), "the core counts what the driver holds");
+            prop_assert!(h.server.queued <= 5);
+            for s in h.server.services() {
+                prop_assert!(s.running <= 2 && s.queued <= 3);
+            }
+        }
+        // Let everything finish.
+        for _ in 0..50 {
+            h.compile_all();
+            while h.out.is_some() {
+                h.finish();
+            }
+            h.advance(Duration::from_secs(1));
+        }
+        prop_assert_eq!(h.server.running(), 0);
+        prop_assert!(h.tasks.is_empty(), "every started task ended");
+        prop_assert_eq!((h.server.queued, h.server.queued_bytes), (0, 0));
+        for (c, n) in asked {
+            if dropped.contains(&c) {
+                prop_assert!(h.statuses(c).len() <= n);
+            } else {
+                prop_assert_eq!(h.statuses(c).len(), n, "conn {:?}", c);
+            }
+        }
+    }
+
+    /// Guests that never finish, arriving at random over several services: between two
+    /// slices of a service that has work, every other service gets at most one slice.
+    #[test]
+    fn no_service_with_work_waits_more_than_one_round(
+        arrivals in proptest::collection::vec((0u8..4, 0u8..6), 1..60),
+        concurrency in 1usize..4,
+    ) {
+        let limits = ServiceLimits { max_concurrency: concurrency, ..ServiceLimits::default() };
+        let mut config = config();
+        config.max_running = 64;
+        let mut h = Harness::new(config);
+        let names = ["a", "b", "c", "d"];
+        for name in names {
+            let module = h.put(name, limits);
+            h.input(Input::Compiled { module, result: Ok(()) });
+        }
+        let mut conn = 0;
+        for (service, slices) in arrivals {
+            let c = h.connect(conn);
+            conn += 1;
+            h.send(c, &get(&format!("/{}", names[service as usize])));
+            for _ in 0..slices {
+                if h.out.is_some() {
+                    h.yield_out();
+                }
+            }
+        }
+        for _ in 0..40 {
+            h.yield_out();
+        }
+        // Every task yields forever here, so a service that got a slice has work from
+        // then on: check the gaps between its slices.
+        let mut seen_since: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+        for (_, service) in &h.slices {
+            for (waiting, others) in seen_since.iter_mut() {
+                if waiting != service {
+                    let n = others.entry(service.as_str()).or_default();
+                    *n += 1;
+                    prop_assert!(*n <= 1, "{} waited behind {} twice", waiting, service);
+                }
+            }
+            seen_since.insert(service.as_str(), BTreeMap::new());
+        }
+    }
+}

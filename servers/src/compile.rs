@@ -1,0 +1,144 @@
+//! The compile pool: cold starts compile here, off the serving loops, and the compiled
+//! module is shared by every serving thread that asks for the same version.
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use frenezulo_core::ModuleKey;
+use frenezulo_engines::{CompileError, CompiledModule, Engine};
+use tracing::{error, info};
+
+use crate::serve::{Inbox, Message};
+
+/// What a compile produced, as a serving thread receives it.
+pub type Compiled = Result<Arc<dyn CompiledModule>, CompileError>;
+
+/// A handle to the pool; cheap to clone, one per serving thread.
+#[derive(Clone)]
+pub struct CompilePool {
+    jobs: Sender<Job>,
+    shared: Arc<Mutex<HashMap<ModuleKey, Entry>>>,
+}
+
+struct Job {
+    module: ModuleKey,
+    wasm: Bytes,
+}
+
+enum Entry {
+    /// Compiled; alive while some serving thread holds it.
+    Ready(Weak<dyn CompiledModule>),
+    /// Being compiled; these threads wait for it.
+    Compiling(Vec<Inbox>),
+}
+
+impl CompilePool {
+    /// Starts `threads` compile threads.
+    pub fn start(engine: Arc<dyn Engine>, threads: usize) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let rx = Arc::new(Mutex::new(rx));
+        let pool = Self {
+            jobs,
+            shared: Arc::default(),
+        };
+        for i in 0..threads.max(1) {
+            let (engine, rx, pool) = (engine.clone(), rx.clone(), pool.clone());
+            std::thread::Builder::new()
+                .name(format!("compile-{i}"))
+                .spawn(move || pool.work(engine.as_ref(), &rx))?;
+        }
+        Ok(pool)
+    }
+
+    /// Records a module compiled elsewhere (at start-up), so cold starts of the same
+    /// version share it.
+    pub fn insert(&self, module: ModuleKey, compiled: &Arc<dyn CompiledModule>) {
+        let mut shared = self.lock();
+        shared.insert(module, Entry::Ready(Arc::downgrade(compiled)));
+    }
+
+    /// Asks for `module`: returns it at once if a serving thread holds it already,
+    /// otherwise compiles it (once, however many threads ask) and answers each asker's
+    /// inbox with [`Message::Compiled`].
+    pub fn request(&self, module: ModuleKey, wasm: Bytes, reply: &Inbox) -> Option<Compiled> {
+        let mut shared = self.lock();
+        match shared.get_mut(&module) {
+            Some(Entry::Ready(weak)) => {
+                if let Some(compiled) = weak.upgrade() {
+                    return Some(Ok(compiled));
+                }
+            }
+            Some(Entry::Compiling(waiting)) => {
+                waiting.push(reply.clone());
+                return None;
+            }
+            None => {}
+        }
+        // Forget versions nobody holds any more, so the map stays as small as what runs.
+        shared.retain(|_, e| !matches!(e, Entry::Ready(w) if w.strong_count() == 0));
+        shared.insert(module.clone(), Entry::Compiling(vec![reply.clone()]));
+        drop(shared);
+        // The pool threads live as long as the process; a send cannot fail before exit.
+        let _ = self.jobs.send(Job { module, wasm });
+        None
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<ModuleKey, Entry>> {
+        self.shared.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn work(&self, engine: &dyn Engine, jobs: &Mutex<Receiver<Job>>) {
+        loop {
+            let job = {
+                let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
+                match rx.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                }
+            };
+            let started = Instant::now();
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| engine.compile(&job.wasm)))
+                .unwrap_or_else(|_| {
+                    Err(CompileError::Engine(
+                        "the engine panicked while compiling".to_owned(),
+                    ))
+                });
+            log(&job.module, &result, started.elapsed());
+            let waiting = {
+                let mut shared = self.lock();
+                let entry = match &result {
+                    Ok(compiled) => Entry::Ready(Arc::downgrade(compiled)),
+                    Err(_) => Entry::Compiling(Vec::new()),
+                };
+                let waiting = match shared.insert(job.module.clone(), entry) {
+                    Some(Entry::Compiling(waiting)) => waiting,
+                    _ => Vec::new(),
+                };
+                if result.is_err() {
+                    shared.remove(&job.module);
+                }
+                waiting
+            };
+            for inbox in waiting {
+                inbox.send(Message::Compiled {
+                    module: job.module.clone(),
+                    result: result.clone(),
+                });
+            }
+        }
+    }
+}
+
+fn log(module: &ModuleKey, result: &Compiled, elapsed: Duration) {
+    let ms = elapsed.as_secs_f64() * 1e3;
+    match result {
+        Ok(_) => info!(service = %module.service, version = module.version, ms, "compiled"),
+        Err(e) => {
+            error!(service = %module.service, version = module.version, error = %e, "compile failed")
+        }
+    }
+}

@@ -1,0 +1,722 @@
+//! The serving loops: one thread per core, each with its own poller (epoll), its own
+//! listener (`SO_REUSEPORT`), its own `frenezulo_core::Server` and its own guest tasks. A
+//! request is read, parsed, routed, run and answered on the thread that accepted its
+//! connection; nothing on that path takes a lock or touches another thread's memory.
+//!
+//! Guests run inline, one time slice at a time, in the order the core hands them out.
+//! Between slices that yielded, the loop polls its sockets, so a looping guest slows its
+//! thread's other work by a share and never stops it.
+//!
+//! Other threads reach a serving thread only through its [`Inbox`]: registry changes,
+//! finished compiles, shutdown.
+
+use std::collections::{BTreeSet, HashMap};
+use std::io::{self, Read};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, Sender};
+use std::time::{Duration, Instant, SystemTime};
+
+use frenezulo_core::{
+    ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Server,
+    ServerConfig,
+};
+use frenezulo_engines::{CompiledModule, GuestTask, RunOutput, Slice};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tracing::{debug, error, info, warn};
+
+use crate::compile::{CompilePool, Compiled};
+
+mod net;
+
+pub use net::bind;
+use net::{Connection, Flushed, Phase};
+
+/// A message for a serving thread.
+pub enum Message {
+    /// The registry changed; `compiled` is the module if it was compiled already.
+    Registry {
+        /// The change, as the core takes it.
+        change: RegistryChange,
+        /// The compiled module of a `Put`, when the publisher has it.
+        compiled: Option<Arc<dyn CompiledModule>>,
+    },
+    /// A compile this thread asked for finished.
+    Compiled {
+        /// The module version.
+        module: ModuleKey,
+        /// The compiled module, or why not.
+        result: Compiled,
+    },
+    /// Stop accepting, finish what is in flight, then exit.
+    Shutdown,
+    /// Exit now.
+    Stop,
+}
+
+/// Where other threads send a serving thread messages; sending wakes its poller.
+#[derive(Clone)]
+pub struct Inbox {
+    tx: Sender<Message>,
+    waker: Arc<Waker>,
+}
+
+impl Inbox {
+    /// Delivers `message`; a thread that has exited drops it.
+    pub fn send(&self, message: Message) {
+        if self.tx.send(message).is_ok() {
+            let _ = self.waker.wake();
+        }
+    }
+}
+
+/// What one serving thread runs with.
+pub struct Setup {
+    /// Index of the thread, for logs.
+    pub id: usize,
+    /// Its share of the listening socket.
+    pub listener: TcpListener,
+    /// Its core's settings (server-wide limits already divided between threads).
+    pub core: ServerConfig,
+    /// Connections this thread holds at most; past it, it stops accepting.
+    pub max_connections: usize,
+    /// How long a response may wait on a full socket before the connection is dropped.
+    pub write_timeout: Duration,
+    /// The compile pool.
+    pub compile: CompilePool,
+    /// Messages to take before the first connection: the registry as it is at start.
+    pub initial: Vec<Message>,
+}
+
+/// Bytes read from a socket at once.
+const READ_BUF: usize = 16 * 1024;
+/// Reads from one connection per wake-up before the others get their turn.
+const READS_PER_TURN: usize = 4;
+/// Inline guest time after which the loop polls its sockets before the next slice.
+const SLICE_BUDGET: Duration = Duration::from_micros(500);
+/// Stack of a serving thread: guests' host calls and wasmi's interpreter run on it.
+const STACK: usize = 8 << 20;
+
+const LISTENER: Token = Token(0);
+const WAKER: Token = Token(1);
+const FIRST_CONN: usize = 2;
+
+/// Creates the thread's poller and inbox, then starts it.
+pub fn spawn(setup: Setup) -> io::Result<(Inbox, std::thread::JoinHandle<()>)> {
+    let poll = Poll::new()?;
+    let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+    let (tx, rx) = std::sync::mpsc::channel();
+    let inbox = Inbox { tx, waker };
+    let own = inbox.clone();
+    let handle = std::thread::Builder::new()
+        .name(format!("serve-{}", setup.id))
+        .stack_size(STACK)
+        .spawn(move || {
+            let id = setup.id;
+            match Loop::new(setup, poll, rx, own) {
+                Ok(mut l) => l.run(),
+                Err(e) => error!(thread = id, error = %e, "serving thread could not start"),
+            }
+        })?;
+    Ok((inbox, handle))
+}
+
+/// A guest task in progress on this thread.
+struct Task {
+    task: Box<dyn GuestTask>,
+    module: ModuleKey,
+    started: Instant,
+    /// Time spent running its slices.
+    busy: Duration,
+}
+
+/// The slice the core handed out, not yet run.
+enum Pending {
+    Start(Box<Execution>),
+    Resume(JobId),
+}
+
+struct Loop {
+    id: usize,
+    poll: Poll,
+    listener: Option<TcpListener>,
+    /// Accepting stopped at `max_connections`; retried when a connection goes.
+    accept_paused: bool,
+    max_connections: usize,
+    write_timeout: Duration,
+    core: Server,
+    inbox: Receiver<Message>,
+    own_inbox: Inbox,
+    compile: CompilePool,
+    /// Connections by slot; a slot's generation makes reused slots new `ConnId`s.
+    conns: Vec<Option<Connection>>,
+    generations: Vec<u32>,
+    free: Vec<usize>,
+    open: usize,
+    /// Connections that may have more to read than their last turn took.
+    read_again: Vec<usize>,
+    /// Write timeouts and linger ends, by slot.
+    io_timers: BTreeSet<(Instant, usize)>,
+    modules: HashMap<ModuleKey, Arc<dyn CompiledModule>>,
+    tasks: HashMap<JobId, Task>,
+    pending: Option<Pending>,
+    shutting_down: bool,
+    date_second: u64,
+    buf: Box<[u8]>,
+}
+
+impl Loop {
+    fn new(setup: Setup, poll: Poll, inbox: Receiver<Message>, own: Inbox) -> io::Result<Self> {
+        let mut listener = setup.listener;
+        poll.registry()
+            .register(&mut listener, LISTENER, Interest::READABLE)?;
+        let initial = setup.initial;
+        let mut this = Self {
+            id: setup.id,
+            poll,
+            listener: Some(listener),
+            accept_paused: false,
+            max_connections: setup.max_connections.max(1),
+            write_timeout: setup.write_timeout,
+            core: Server::new(setup.core),
+            inbox,
+            own_inbox: own,
+            compile: setup.compile,
+            conns: Vec::new(),
+            generations: Vec::new(),
+            free: Vec::new(),
+            open: 0,
+            read_again: Vec::new(),
+            io_timers: BTreeSet::new(),
+            modules: HashMap::new(),
+            tasks: HashMap::new(),
+            pending: None,
+            shutting_down: false,
+            date_second: 0,
+            buf: vec![0; READ_BUF].into_boxed_slice(),
+        };
+        for message in initial {
+            this.take(message);
+        }
+        Ok(this)
+    }
+
+    fn run(&mut self) {
+        let mut events = Events::with_capacity(256);
+        loop {
+            let timeout = self.poll_timeout();
+            if let Err(e) = self.poll.poll(&mut events, timeout)
+                && e.kind() != io::ErrorKind::Interrupted
+            {
+                error!(thread = self.id, error = %e, "poll failed; serving thread stops");
+                return;
+            }
+            self.refresh_date();
+            for event in &events {
+                match event.token() {
+                    LISTENER => self.accept(),
+                    WAKER => {
+                        if !self.read_inbox() {
+                            return;
+                        }
+                    }
+                    Token(t) => {
+                        let slot = t - FIRST_CONN;
+                        if event.is_writable() {
+                            self.on_writable(slot);
+                        }
+                        if event.is_readable() || event.is_read_closed() || event.is_error() {
+                            self.on_readable(slot);
+                        }
+                    }
+                }
+            }
+            for slot in std::mem::take(&mut self.read_again) {
+                self.on_readable(slot);
+            }
+            if self.accept_paused && self.open < self.max_connections {
+                self.accept_paused = false;
+                self.accept();
+            }
+            self.fire_io_timers();
+            let now = Instant::now();
+            if self.core.poll_timeout().is_some_and(|at| at <= now) {
+                self.handle(Input::Timeout);
+            }
+            self.run_slices();
+            if self.shutting_down && self.core.is_drained() && self.open == 0 {
+                info!(thread = self.id, "all connections closed");
+                return;
+            }
+        }
+    }
+
+    /// How long the next poll may block: not at all while a slice waits.
+    fn poll_timeout(&self) -> Option<Duration> {
+        if self.pending.is_some() || !self.read_again.is_empty() {
+            return Some(Duration::ZERO);
+        }
+        let now = Instant::now();
+        // Wake at least once a second so the `Date` header stays current.
+        let mut next = now + Duration::from_secs(1);
+        if let Some(at) = self.core.poll_timeout() {
+            next = next.min(at);
+        }
+        if let Some((at, _)) = self.io_timers.first() {
+            next = next.min(*at);
+        }
+        Some(next.saturating_duration_since(now))
+    }
+
+    fn refresh_date(&mut self) {
+        let wall = SystemTime::now();
+        let second = wall
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if second != self.date_second {
+            self.date_second = second;
+            self.core.set_http_date(&httpdate::fmt_http_date(wall));
+        }
+    }
+
+    /// Feeds the core one input and carries out what it asks.
+    fn handle(&mut self, input: Input<'_>) {
+        let now = Instant::now();
+        self.core.handle(now, input);
+        self.carry_out(now);
+    }
+
+    fn carry_out(&mut self, now: Instant) {
+        while let Some(output) = self.core.poll_output() {
+            match output {
+                Output::Transmit { conn, head, body } => {
+                    let Some(slot) = self.slot_of(conn) else {
+                        continue;
+                    };
+                    let c = self.conns[slot].as_mut().expect("slot_of checked");
+                    let flushed = c.transmit(head, body, now);
+                    let readable = c.readable;
+                    self.after_flush(slot, flushed);
+                    // A full pipeline may have left bytes unread; there may be room now.
+                    if readable && self.core.wants_read(conn) {
+                        self.read_again.push(slot);
+                    }
+                }
+                Output::Close { conn } => {
+                    if let Some(slot) = self.slot_of(conn) {
+                        self.close(slot, now);
+                    }
+                }
+                Output::Compile { module, wasm } => {
+                    info!(service = %module.service, version = module.version, thread = self.id, "cold start");
+                    if let Some(result) = self.compile.request(module.clone(), wasm, &self.own_inbox)
+                    {
+                        self.on_compiled(module, result);
+                    }
+                }
+                Output::Execute(execution) => self.pending = Some(Pending::Start(execution)),
+                Output::Resume { job } => self.pending = Some(Pending::Resume(job)),
+                Output::Cancel { job } => {
+                    let pending = match &self.pending {
+                        Some(Pending::Start(e)) => Some(e.job),
+                        Some(Pending::Resume(j)) => Some(*j),
+                        None => None,
+                    };
+                    if pending == Some(job) {
+                        self.pending = None;
+                    }
+                    if let Some(task) = self.tasks.remove(&job) {
+                        debug!(service = %task.module.service, job = job.0, ms = task.started.elapsed().as_secs_f64() * 1e3, "task cancelled");
+                    }
+                }
+                Output::Evict { module } => {
+                    if self.modules.remove(&module).is_some() {
+                        info!(service = %module.service, version = module.version, thread = self.id, "evicted");
+                    }
+                }
+                other => warn!(?other, "output not understood by this driver"),
+            }
+        }
+    }
+
+    /// Runs the slices the core hands out, until none is left, one yielded, or the
+    /// budget for inline guest time is spent; then the loop polls its sockets.
+    fn run_slices(&mut self) {
+        let began = Instant::now();
+        while let Some(pending) = self.pending.take() {
+            let yielded = self.run_slice(pending);
+            if yielded || began.elapsed() >= SLICE_BUDGET {
+                break;
+            }
+        }
+    }
+
+    /// Runs one slice and reports it; returns whether the guest yielded.
+    fn run_slice(&mut self, pending: Pending) -> bool {
+        let job = match pending {
+            Pending::Start(execution) => {
+                let Execution {
+                    job,
+                    module,
+                    request,
+                    limits,
+                } = *execution;
+                let Some(compiled) = self.modules.get(&module) else {
+                    error!(service = %module.service, version = module.version, "no compiled module to run");
+                    let result = Err(GuestFailure::Instantiate("module not loaded".to_owned()));
+                    self.handle(Input::Executed { job, result });
+                    return false;
+                };
+                let task = compiled.start(&request, &limits);
+                let started = Instant::now();
+                self.tasks.insert(
+                    job,
+                    Task {
+                        task,
+                        module,
+                        started,
+                        busy: Duration::ZERO,
+                    },
+                );
+                job
+            }
+            Pending::Resume(job) => job,
+        };
+        let Some(task) = self.tasks.get_mut(&job) else {
+            return false;
+        };
+        let began = Instant::now();
+        // An engine bug on one guest must not take the serving thread down with it.
+        let slice = std::panic::catch_unwind(AssertUnwindSafe(|| task.task.run_slice()))
+            .unwrap_or_else(|_| {
+                Slice::Finished(RunOutput {
+                    result: Err(GuestFailure::Trap("the engine panicked".to_owned())),
+                    stderr: Vec::new(),
+                })
+            });
+        task.busy += began.elapsed();
+        match slice {
+            Slice::Yielded => {
+                self.handle(Input::Yielded { job });
+                true
+            }
+            Slice::Finished(output) => {
+                let task = self.tasks.remove(&job).expect("looked up above");
+                log_run(job, &task, &output);
+                self.handle(Input::Executed {
+                    job,
+                    result: output.result,
+                });
+                false
+            }
+        }
+    }
+
+    /// Takes messages from other threads; false when the thread must exit now.
+    fn read_inbox(&mut self) -> bool {
+        while let Ok(message) = self.inbox.try_recv() {
+            if !self.take(message) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Acts on one message; false when the thread must exit now.
+    fn take(&mut self, message: Message) -> bool {
+        {
+            match message {
+                Message::Registry { change, compiled } => {
+                    let module = match &change {
+                        RegistryChange::Put { module, .. } => Some(module.clone()),
+                        _ => None,
+                    };
+                    self.handle(Input::Registry(change));
+                    if let (Some(module), Some(compiled)) = (module, compiled) {
+                        self.on_compiled(module, Ok(compiled));
+                    }
+                }
+                Message::Compiled { module, result } => self.on_compiled(module, result),
+                Message::Shutdown => {
+                    self.shutting_down = true;
+                    if let Some(mut listener) = self.listener.take() {
+                        let _ = self.poll.registry().deregister(&mut listener);
+                    }
+                    self.handle(Input::Shutdown);
+                }
+                Message::Stop => return false,
+            }
+        }
+        true
+    }
+
+    fn on_compiled(&mut self, module: ModuleKey, result: Compiled) {
+        let result = match result {
+            Ok(compiled) => {
+                self.modules.insert(module.clone(), compiled);
+                Ok(())
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        self.handle(Input::Compiled { module, result });
+    }
+
+    fn accept(&mut self) {
+        loop {
+            if self.open >= self.max_connections {
+                // The kernel's backlog holds the rest until a connection goes.
+                self.accept_paused = true;
+                return;
+            }
+            let Some(listener) = &self.listener else {
+                return;
+            };
+            let (mut stream, remote) = match listener.accept() {
+                Ok(accepted) => accepted,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    // Out of file descriptors and the like: retry on the next wake-up.
+                    warn!(thread = self.id, error = %e, "accept failed");
+                    self.accept_paused = true;
+                    return;
+                }
+            };
+            let _ = stream.set_nodelay(true);
+            let local = stream.local_addr().unwrap_or(remote);
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.conns.push(None);
+                self.generations.push(0);
+                self.conns.len() - 1
+            });
+            if let Err(e) = self.poll.registry().register(
+                &mut stream,
+                Token(slot + FIRST_CONN),
+                Interest::READABLE,
+            ) {
+                warn!(error = %e, "could not register a connection");
+                self.free.push(slot);
+                continue;
+            }
+            self.conns[slot] = Some(Connection::new(stream));
+            self.open += 1;
+            let conn = self.conn_id(slot);
+            self.handle(Input::Connected {
+                conn,
+                remote,
+                local,
+            });
+            // Edge-triggered: whatever arrived with the connection is read now.
+            self.read_again.push(slot);
+        }
+    }
+
+    fn conn_id(&self, slot: usize) -> ConnId {
+        ConnId(u64::from(self.generations[slot]) << 32 | slot as u64)
+    }
+
+    /// The slot of a connection the core knows, if it is still open.
+    fn slot_of(&self, conn: ConnId) -> Option<usize> {
+        let slot = (conn.0 & 0xffff_ffff) as usize;
+        let generation = (conn.0 >> 32) as u32;
+        (self.generations.get(slot) == Some(&generation)
+            && self.conns[slot]
+                .as_ref()
+                .is_some_and(|c| c.phase == Phase::Open))
+        .then_some(slot)
+    }
+
+    fn on_readable(&mut self, slot: usize) {
+        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        c.readable = true;
+        match c.phase {
+            Phase::Open => {}
+            Phase::Closing => return,
+            Phase::Lingering { .. } => {
+                if c.drain_linger(&mut self.buf) {
+                    self.release(slot);
+                }
+                return;
+            }
+        }
+        let conn = self.conn_id(slot);
+        for _ in 0..READS_PER_TURN {
+            if !self.core.wants_read(conn) {
+                return;
+            }
+            let Some(c) = self.conns[slot].as_mut().filter(|c| c.phase == Phase::Open) else {
+                return;
+            };
+            match c.stream.read(&mut self.buf) {
+                Ok(0) => {
+                    c.readable = false;
+                    self.handle(Input::ReadClosed { conn });
+                    return;
+                }
+                Ok(n) => {
+                    let now = Instant::now();
+                    self.core.handle(
+                        now,
+                        Input::Received {
+                            conn,
+                            data: &self.buf[..n],
+                        },
+                    );
+                    self.carry_out(now);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    c.readable = false;
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    debug!(conn = conn.0, error = %e, "read failed");
+                    self.disconnect(slot);
+                    return;
+                }
+            }
+        }
+        // More may be waiting: read again after the others had their turn.
+        self.read_again.push(slot);
+    }
+
+    fn on_writable(&mut self, slot: usize) {
+        let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
+            return;
+        };
+        let flushed = c.flush(Instant::now());
+        self.after_flush(slot, flushed);
+    }
+
+    /// Follows up a write: waits for writability, finishes a close, or drops a broken
+    /// connection.
+    fn after_flush(&mut self, slot: usize, flushed: Flushed) {
+        let now = Instant::now();
+        let c = self.conns[slot].as_mut().expect("caller checked");
+        match flushed {
+            Flushed::Failed(e) => {
+                debug!(slot, error = %e, "write failed");
+                self.disconnect(slot);
+            }
+            Flushed::Blocked => {
+                if !c.wants_writable {
+                    c.wants_writable = true;
+                    let _ = self.poll.registry().reregister(
+                        &mut c.stream,
+                        Token(slot + FIRST_CONN),
+                        Interest::READABLE | Interest::WRITABLE,
+                    );
+                    let since = c.blocked_since.unwrap_or(now);
+                    self.io_timers.insert((since + self.write_timeout, slot));
+                }
+            }
+            Flushed::All => {
+                if c.wants_writable {
+                    c.wants_writable = false;
+                    let _ = self.poll.registry().reregister(
+                        &mut c.stream,
+                        Token(slot + FIRST_CONN),
+                        Interest::READABLE,
+                    );
+                }
+                if c.phase == Phase::Closing {
+                    self.linger(slot, now);
+                }
+            }
+        }
+    }
+
+    /// The core closed the connection: write what is left, then linger.
+    fn close(&mut self, slot: usize, now: Instant) {
+        let c = self.conns[slot].as_mut().expect("caller checked");
+        c.phase = Phase::Closing;
+        if !c.has_output() {
+            self.linger(slot, now);
+        }
+    }
+
+    fn linger(&mut self, slot: usize, now: Instant) {
+        let c = self.conns[slot].as_mut().expect("caller checked");
+        if c.start_linger(now).is_err() {
+            self.release(slot);
+            return;
+        }
+        let Phase::Lingering { until } = c.phase else {
+            unreachable!("start_linger sets it");
+        };
+        self.io_timers.insert((until, slot));
+        if c.drain_linger(&mut self.buf) {
+            self.release(slot);
+        }
+    }
+
+    /// The connection broke: tell the core (if it still knows it) and let it go.
+    fn disconnect(&mut self, slot: usize) {
+        let open = self.conns[slot]
+            .as_ref()
+            .is_some_and(|c| c.phase == Phase::Open);
+        let conn = self.conn_id(slot);
+        self.release(slot);
+        if open {
+            self.handle(Input::Disconnected { conn });
+        }
+    }
+
+    /// Closes the socket and frees its slot.
+    fn release(&mut self, slot: usize) {
+        let Some(mut c) = self.conns[slot].take() else {
+            return;
+        };
+        let _ = self.poll.registry().deregister(&mut c.stream);
+        self.generations[slot] = self.generations[slot].wrapping_add(1);
+        self.free.push(slot);
+        self.open -= 1;
+    }
+
+    fn fire_io_timers(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, slot)) = self.io_timers.first() {
+            if at > now {
+                break;
+            }
+            self.io_timers.pop_first();
+            let Some(c) = self.conns[slot].as_ref() else {
+                continue;
+            };
+            match c.phase {
+                Phase::Lingering { until } if until <= now => self.release(slot),
+                _ => match c.blocked_since {
+                    Some(since) if since + self.write_timeout <= now => {
+                        debug!(slot, "write timed out");
+                        self.disconnect(slot);
+                    }
+                    // Blocked again since this timer was set: wait for the new deadline.
+                    Some(since) => {
+                        self.io_timers.insert((since + self.write_timeout, slot));
+                    }
+                    None => {}
+                },
+            }
+        }
+    }
+}
+
+fn log_run(job: JobId, task: &Task, output: &RunOutput) {
+    let service = &task.module.service;
+    if !output.stderr.is_empty() {
+        for line in String::from_utf8_lossy(&output.stderr).lines() {
+            info!(target: "guest", service = %service, "{line}");
+        }
+    }
+    let us = task.started.elapsed().as_micros() as u64;
+    let busy_us = task.busy.as_micros() as u64;
+    match &output.result {
+        Ok(r) => debug!(service = %service, job = job.0, status = r.status, us, busy_us, "ran"),
+        Err(failure) => {
+            warn!(service = %service, job = job.0, error = %failure, status = failure.status(), us, busy_us, "guest failed")
+        }
+    }
+}
