@@ -173,6 +173,9 @@ enum ChunkState {
     Trailers { seen: usize },
 }
 
+/// Header slots parsed into a stack array; a larger `max_headers` uses the heap.
+const STACK_HEADERS: usize = 64;
+
 /// Incremental HTTP/1.x request parser for one connection.
 #[derive(Debug)]
 pub struct RequestParser {
@@ -299,8 +302,16 @@ impl RequestParser {
         if self.buf.is_empty() {
             return Ok(None);
         }
-        let mut headers = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut parsed = httparse::Request::new(&mut headers);
+        // On the stack for the usual limit: this runs once per request.
+        let mut on_stack = [httparse::EMPTY_HEADER; STACK_HEADERS];
+        let mut on_heap = Vec::new();
+        let headers = if self.limits.max_headers <= STACK_HEADERS {
+            &mut on_stack[..self.limits.max_headers]
+        } else {
+            on_heap.resize(self.limits.max_headers, httparse::EMPTY_HEADER);
+            &mut on_heap[..]
+        };
+        let mut parsed = httparse::Request::new(headers);
         let window = &self.buf[..self.buf.len().min(self.limits.max_head_bytes)];
         let head_len = match parsed.parse(window) {
             Ok(httparse::Status::Complete(len)) => len,

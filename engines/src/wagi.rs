@@ -51,23 +51,23 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
     }
     match server_name {
         Some(name) => io.push_env(b"SERVER_NAME", name),
-        None => io.push_env_display(b"SERVER_NAME", local.ip()),
+        None => io.push_env_ip(b"SERVER_NAME", local.ip()),
     }
-    io.push_env_display(b"SERVER_PORT", local.port());
+    io.push_env_number(b"SERVER_PORT", local.port().into());
     io.push_env(b"SERVER_PROTOCOL", http.version.as_str().as_bytes());
     io.push_env(
         b"SERVER_SOFTWARE",
         concat!("frenezulo/", env!("CARGO_PKG_VERSION")).as_bytes(),
     );
     io.push_env(b"GATEWAY_INTERFACE", b"CGI/1.1");
-    io.push_env_display(b"CONTENT_LENGTH", http.body.len());
+    io.push_env_number(b"CONTENT_LENGTH", http.body.len() as u64);
     io.push_env(
         b"CONTENT_TYPE",
         http.header("content-type").map_or(&[][..], |v| &v[..]),
     );
-    io.push_env_display(b"REMOTE_ADDR", request.remote.ip());
-    io.push_env_display(b"REMOTE_HOST", request.remote.ip());
-    io.push_env_display(b"REMOTE_PORT", request.remote.port());
+    io.push_env_ip(b"REMOTE_ADDR", request.remote.ip());
+    io.push_env_ip(b"REMOTE_HOST", request.remote.ip());
+    io.push_env_number(b"REMOTE_PORT", request.remote.port().into());
     io.push_env(b"AUTH_TYPE", b"");
     io.push_env(b"REMOTE_USER", b"");
     push_http_variables(&mut io, http);

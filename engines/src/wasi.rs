@@ -229,6 +229,31 @@ impl GuestIo {
         self.envc += 1;
     }
 
+    /// Adds an environment variable whose value is a decimal number (no formatter: this
+    /// runs several times per request).
+    pub fn push_env_number(&mut self, key: &[u8], value: u64) {
+        self.begin_env(key);
+        push_decimal(&mut self.env, value);
+        self.end_env();
+    }
+
+    /// Adds an environment variable whose value is an IP address.
+    pub fn push_env_ip(&mut self, key: &[u8], ip: std::net::IpAddr) {
+        match ip {
+            std::net::IpAddr::V4(v4) => {
+                self.begin_env(key);
+                for (i, octet) in v4.octets().into_iter().enumerate() {
+                    if i > 0 {
+                        self.env.push(b'.');
+                    }
+                    push_decimal(&mut self.env, u64::from(octet));
+                }
+                self.end_env();
+            }
+            v6 => self.push_env_display(key, v6),
+        }
+    }
+
     /// Starts an environment variable whose value the caller appends with
     /// [`GuestIo::env_value_part`] and ends with [`GuestIo::end_env`].
     pub fn begin_env(&mut self, key: &[u8]) {
@@ -480,6 +505,20 @@ impl GuestIo {
     }
 }
 
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
+}
+
 fn push_c_string(buf: &mut Vec<u8>, s: &[u8]) {
     if s.contains(&0) {
         buf.extend(s.iter().filter(|&&b| b != 0));
@@ -571,6 +610,28 @@ mod tests {
         io.begin_env(b"EMPTY");
         io.end_env();
         io
+    }
+
+    #[test]
+    fn numbers_and_addresses_format_as_display_does() {
+        let mut io = GuestIo::new(Bytes::new(), 8, 0);
+        let mut want = Vec::new();
+        for n in [0u64, 7, 10, 65535, u64::MAX] {
+            io.push_env_number(b"N", n);
+            want.extend_from_slice(format!("N={n}\0").as_bytes());
+        }
+        for ip in [
+            "10.1.2.3",
+            "0.0.0.0",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: std::net::IpAddr = ip.parse().unwrap();
+            io.push_env_ip(b"IP", ip);
+            want.extend_from_slice(format!("IP={ip}\0").as_bytes());
+        }
+        assert_eq!(io.env, want);
     }
 
     fn u32_at(mem: &[u8], at: usize) -> u32 {

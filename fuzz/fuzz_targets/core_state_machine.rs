@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use arbitrary::Arbitrary;
 use bytes::Bytes;
 use frenezulo_core::{
-    ConnId, GuestFailure, Input, JobId, ModuleKey, Output, Response, Server, ServerConfig,
-    ServiceLimits,
+    ConnId, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Response, Server,
+    ServerConfig, ServiceLimits, ServiceName,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -26,9 +26,9 @@ enum Op {
         service: u8,
     },
     Finish {
-        index: u8,
         outcome: u8,
     },
+    Yield,
     Compile {
         ok: bool,
     },
@@ -59,8 +59,12 @@ struct Harness {
     now: Instant,
     open: BTreeSet<ConnId>,
     compiles: Vec<ModuleKey>,
-    executions: Vec<JobId>,
+    /// Tasks started and not ended.
+    tasks: BTreeSet<JobId>,
+    /// The task whose slice is out.
+    out: Option<JobId>,
     next_conn: u64,
+    next_version: u64,
 }
 
 impl Harness {
@@ -73,7 +77,22 @@ impl Harness {
                 }
                 Output::Close { conn } => assert!(self.open.remove(&conn), "closed twice"),
                 Output::Compile { module, .. } => self.compiles.push(module),
-                Output::Execute(e) => self.executions.push(e.job),
+                Output::Execute(e) => {
+                    assert!(self.out.is_none(), "two slices out");
+                    assert!(self.tasks.insert(e.job), "a task started twice");
+                    self.out = Some(e.job);
+                }
+                Output::Resume { job } => {
+                    assert!(self.out.is_none(), "two slices out");
+                    assert!(self.tasks.contains(&job), "resume of no task");
+                    self.out = Some(job);
+                }
+                Output::Cancel { job } => {
+                    assert!(self.tasks.remove(&job), "cancel of no task");
+                    if self.out == Some(job) {
+                        self.out = None;
+                    }
+                }
                 _ => {}
             }
         }
@@ -111,6 +130,26 @@ impl Harness {
         }
     }
 
+    fn put(&mut self, name: &str, limits: ServiceLimits) {
+        let module = ModuleKey {
+            service: ServiceName::new(name).unwrap(),
+            version: self.next_version,
+        };
+        self.next_version += 1;
+        self.input(Input::Registry(RegistryChange::Put {
+            module,
+            wasm: Bytes::new(),
+            limits,
+        }));
+    }
+
+    fn finish(&mut self, result: Result<Response, GuestFailure>) {
+        if let Some(job) = self.out.take() {
+            self.tasks.remove(&job);
+            self.input(Input::Executed { job, result });
+        }
+    }
+
     fn advance(&mut self, by: Duration) {
         self.now += by;
         self.input(Input::Timeout);
@@ -132,18 +171,19 @@ fuzz_target!(|ops: Vec<Op>| {
         body_bytes: 64,
         ..ServiceLimits::default()
     };
-    let mut server = Server::new(config);
-    for name in &SERVICES[..2] {
-        server.add_service(name, Bytes::new(), limits).unwrap();
-    }
     let mut h = Harness {
-        server,
+        server: Server::new(config),
         now: Instant::now(),
         open: BTreeSet::new(),
         compiles: Vec::new(),
-        executions: Vec::new(),
+        tasks: BTreeSet::new(),
+        out: None,
         next_conn: 0,
+        next_version: 1,
     };
+    for name in &SERVICES[..2] {
+        h.put(name, limits);
+    }
     for _ in 0..4 {
         h.connect();
     }
@@ -157,15 +197,17 @@ fuzz_target!(|ops: Vec<Op>| {
                 );
                 h.send(conn, req.as_bytes());
             }
-            Op::Finish { index, outcome } => {
-                if !h.executions.is_empty() {
-                    let job = h.executions.remove(usize::from(index) % h.executions.len());
-                    let result = match outcome % 3 {
-                        0 => Ok(Response::text(200, "ok")),
-                        1 => Err(GuestFailure::Trap("t".into())),
-                        _ => Err(GuestFailure::Timeout),
-                    };
-                    h.input(Input::Executed { job, result });
+            Op::Finish { outcome } => {
+                let result = match outcome % 3 {
+                    0 => Ok(Response::text(200, "ok")),
+                    1 => Err(GuestFailure::Trap("t".into())),
+                    _ => Err(GuestFailure::OutOfMemory),
+                };
+                h.finish(result);
+            }
+            Op::Yield => {
+                if let Some(job) = h.out.take() {
+                    h.input(Input::Yielded { job });
                 }
             }
             Op::Compile { ok } => h.compile_all(ok),
@@ -182,43 +224,31 @@ fuzz_target!(|ops: Vec<Op>| {
                     h.connect();
                 }
             }
-            Op::Replace { service } => {
-                let _ = h.server.replace_service(
-                    SERVICES[usize::from(service) % 2],
-                    Bytes::new(),
-                    limits,
-                );
-                h.input(Input::Timeout);
-            }
+            Op::Replace { service } => h.put(SERVICES[usize::from(service) % 2], limits),
             Op::Remove { service } => {
-                let now = h.now;
-                let _ = h
-                    .server
-                    .remove_service(now, SERVICES[usize::from(service) % 2]);
-                h.input(Input::Timeout);
+                let service = ServiceName::new(SERVICES[usize::from(service) % 2]).unwrap();
+                h.input(Input::Registry(RegistryChange::Remove { service }));
             }
             Op::Shutdown => h.input(Input::Shutdown),
         }
         assert!(h.server.running() <= MAX_RUNNING);
+        assert_eq!(h.server.running(), h.tasks.len(), "the core counts the tasks out");
         for s in h.server.services() {
             assert!(s.running <= 2 && s.queued <= 3);
         }
         assert_eq!(h.server.connection_count(), h.open.len());
     }
-    // Finish everything: no job may stay running, and every connection ends up closed once
+    // Finish everything: no task may stay running, and every connection ends up closed once
     // the keep-alive and request timeouts have passed.
     for _ in 0..20 {
         h.compile_all(true);
-        while let Some(job) = h.executions.pop() {
-            h.input(Input::Executed {
-                job,
-                result: Ok(Response::text(200, "ok")),
-            });
+        while h.out.is_some() {
+            h.finish(Ok(Response::text(200, "ok")));
         }
         h.advance(Duration::from_secs(1));
     }
     assert_eq!(h.server.running(), 0);
-    assert!(h.compiles.is_empty() && h.executions.is_empty());
+    assert!(h.compiles.is_empty() && h.tasks.is_empty());
     h.advance(Duration::from_secs(60));
     assert!(h.open.is_empty(), "connections left open: {:?}", h.open);
 });

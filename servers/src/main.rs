@@ -237,7 +237,10 @@ fn supervise(
         };
         match event {
             Some(Event::Signal(signal)) if drain_until.is_none() => {
-                info!(signal, "shutting down: no new connections, finishing requests in flight");
+                info!(
+                    signal,
+                    "shutting down: no new connections, finishing requests in flight"
+                );
                 broadcast(|| Message::Shutdown);
                 drain_until = Some(Instant::now() + drain_timeout);
             }

@@ -346,6 +346,21 @@ fn bad_modules_and_bad_flags_stop_startup_with_a_reason() {
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Serving threads share the port with `SO_REUSEPORT`; a second server must still be told
+/// the address is taken rather than quietly share it.
+#[test]
+fn a_second_server_on_the_same_port_is_refused() {
+    let first = Frenezulo::start(&[]);
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+        .args(["--listen", &first.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "a second server started");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("in use"), "{stderr}");
+    assert_eq!(first.get("/hello").status, 200);
+}
+
 #[test]
 fn help_explains_itself() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))

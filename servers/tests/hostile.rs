@@ -127,7 +127,9 @@ fn overload_is_shed_with_a_fast_503() {
     std::fs::write(
         &file,
         format!(
-            "workers = 2\n[services.slow]\nmodule = {:?}\nconcurrency = 1\nqueue = 1\n",
+            // Each serving thread enforces its share of a limit (README, "Limits across
+            // serving threads"); one thread makes the share the whole limit.
+            "workers = 1\n[services.slow]\nmodule = {:?}\nconcurrency = 1\nqueue = 1\n",
             repo("engines/tests/guests/slow.wat")
         ),
     )

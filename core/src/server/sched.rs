@@ -75,7 +75,10 @@ impl Server {
         }
         let service_name = service.key.service.clone();
         let path_info = path_info.to_owned();
-        let c = self.conns.get_mut(&conn).expect("caller holds the connection");
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .expect("caller holds the connection");
         let guest = GuestRequest {
             script_name: format!("/{service_name}"),
             path_info,
@@ -207,8 +210,17 @@ impl Server {
         }
         self.slice_out = None;
         self.stats.yields += 1;
-        let name = self.jobs.get(&job).expect("out slice has a job").service.clone();
-        self.lanes.entry(name.clone()).or_default().parked.push_back(job);
+        let name = self
+            .jobs
+            .get(&job)
+            .expect("out slice has a job")
+            .service
+            .clone();
+        self.lanes
+            .entry(name.clone())
+            .or_default()
+            .parked
+            .push_back(job);
         self.mark_ready(&name);
         self.pump();
     }

@@ -836,10 +836,8 @@ proptest! {
             let module = h.put(name, limits);
             h.input(Input::Compiled { module, result: Ok(()) });
         }
-        let mut conn = 0;
-        for (service, slices) in arrivals {
+        for (conn, (service, slices)) in (0u64..).zip(arrivals) {
             let c = h.connect(conn);
-            conn += 1;
             h.send(c, &get(&format!("/{}", names[service as usize])));
             for _ in 0..slices {
                 if h.out.is_some() {

@@ -93,8 +93,8 @@ pub struct Setup {
 const READ_BUF: usize = 16 * 1024;
 /// Reads from one connection per wake-up before the others get their turn.
 const READS_PER_TURN: usize = 4;
-/// Inline guest time after which the loop polls its sockets before the next slice.
-const SLICE_BUDGET: Duration = Duration::from_micros(500);
+/// Guest time one turn of the loop runs inline, between polls of the sockets.
+const TURN_BUDGET: Duration = Duration::from_millis(2);
 /// Stack of a serving thread: guests' host calls and wasmi's interpreter run on it.
 const STACK: usize = 8 << 20;
 
@@ -156,11 +156,17 @@ struct Loop {
     open: usize,
     /// Connections that may have more to read than their last turn took.
     read_again: Vec<usize>,
+    /// Connections with output queued this turn, or closed: flushed before the next poll.
+    unflushed: Vec<usize>,
     /// Write timeouts and linger ends, by slot.
     io_timers: BTreeSet<(Instant, usize)>,
     modules: HashMap<ModuleKey, Arc<dyn CompiledModule>>,
     tasks: HashMap<JobId, Task>,
     pending: Option<Pending>,
+    /// This turn of the loop runs no more slices after this instant, or after one that
+    /// yielded: then the sockets are polled again.
+    turn_ends: Instant,
+    turn_yielded: bool,
     shutting_down: bool,
     date_second: u64,
     buf: Box<[u8]>,
@@ -188,10 +194,13 @@ impl Loop {
             free: Vec::new(),
             open: 0,
             read_again: Vec::new(),
+            unflushed: Vec::new(),
             io_timers: BTreeSet::new(),
             modules: HashMap::new(),
             tasks: HashMap::new(),
             pending: None,
+            turn_ends: Instant::now(),
+            turn_yielded: false,
             shutting_down: false,
             date_second: 0,
             buf: vec![0; READ_BUF].into_boxed_slice(),
@@ -213,6 +222,8 @@ impl Loop {
                 return;
             }
             self.refresh_date();
+            self.turn_ends = Instant::now() + TURN_BUDGET;
+            self.turn_yielded = false;
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -229,6 +240,8 @@ impl Loop {
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
                             self.on_readable(slot);
                         }
+                        // What this connection asked for runs before the next is read.
+                        self.run_slices();
                     }
                 }
             }
@@ -245,6 +258,7 @@ impl Loop {
                 self.handle(Input::Timeout);
             }
             self.run_slices();
+            self.flush_unflushed();
             if self.shutting_down && self.core.is_drained() && self.open == 0 {
                 info!(thread = self.id, "all connections closed");
                 return;
@@ -284,10 +298,10 @@ impl Loop {
     fn handle(&mut self, input: Input<'_>) {
         let now = Instant::now();
         self.core.handle(now, input);
-        self.carry_out(now);
+        self.carry_out();
     }
 
-    fn carry_out(&mut self, now: Instant) {
+    fn carry_out(&mut self) {
         while let Some(output) = self.core.poll_output() {
             match output {
                 Output::Transmit { conn, head, body } => {
@@ -295,22 +309,24 @@ impl Loop {
                         continue;
                     };
                     let c = self.conns[slot].as_mut().expect("slot_of checked");
-                    let flushed = c.transmit(head, body, now);
-                    let readable = c.readable;
-                    self.after_flush(slot, flushed);
+                    if c.queue(head, body) && !c.wants_writable {
+                        self.unflushed.push(slot);
+                    }
                     // A full pipeline may have left bytes unread; there may be room now.
-                    if readable && self.core.wants_read(conn) {
+                    if c.readable && self.core.wants_read(conn) {
                         self.read_again.push(slot);
                     }
                 }
                 Output::Close { conn } => {
                     if let Some(slot) = self.slot_of(conn) {
-                        self.close(slot, now);
+                        self.conns[slot].as_mut().expect("slot_of checked").phase = Phase::Closing;
+                        self.unflushed.push(slot);
                     }
                 }
                 Output::Compile { module, wasm } => {
                     info!(service = %module.service, version = module.version, thread = self.id, "cold start");
-                    if let Some(result) = self.compile.request(module.clone(), wasm, &self.own_inbox)
+                    if let Some(result) =
+                        self.compile.request(module.clone(), wasm, &self.own_inbox)
                     {
                         self.on_compiled(module, result);
                     }
@@ -340,15 +356,14 @@ impl Loop {
         }
     }
 
-    /// Runs the slices the core hands out, until none is left, one yielded, or the
-    /// budget for inline guest time is spent; then the loop polls its sockets.
+    /// Runs the slices the core hands out, until none is left, or this turn had a slice
+    /// that yielded or spent its budget; then the loop polls its sockets.
     fn run_slices(&mut self) {
-        let began = Instant::now();
-        while let Some(pending) = self.pending.take() {
-            let yielded = self.run_slice(pending);
-            if yielded || began.elapsed() >= SLICE_BUDGET {
+        while !self.turn_yielded && Instant::now() < self.turn_ends {
+            let Some(pending) = self.pending.take() else {
                 break;
-            }
+            };
+            self.turn_yielded = self.run_slice(pending);
         }
     }
 
@@ -403,7 +418,7 @@ impl Loop {
             }
             Slice::Finished(output) => {
                 let task = self.tasks.remove(&job).expect("looked up above");
-                log_run(job, &task, &output);
+                log_run(self.id, job, &task, &output);
                 self.handle(Input::Executed {
                     job,
                     result: output.result,
@@ -557,6 +572,12 @@ impl Loop {
                     return;
                 }
                 Ok(n) => {
+                    // A short read emptied the socket: the next bytes bring a new edge, so
+                    // the read that would only say EAGAIN is skipped.
+                    let drained = n < self.buf.len();
+                    if drained {
+                        c.readable = false;
+                    }
                     let now = Instant::now();
                     self.core.handle(
                         now,
@@ -565,7 +586,10 @@ impl Loop {
                             data: &self.buf[..n],
                         },
                     );
-                    self.carry_out(now);
+                    self.carry_out();
+                    if drained {
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     c.readable = false;
@@ -629,12 +653,19 @@ impl Loop {
         }
     }
 
-    /// The core closed the connection: write what is left, then linger.
-    fn close(&mut self, slot: usize, now: Instant) {
-        let c = self.conns[slot].as_mut().expect("caller checked");
-        c.phase = Phase::Closing;
-        if !c.has_output() {
-            self.linger(slot, now);
+    /// Writes what this turn queued, every connection's responses in one go: the client
+    /// side is woken once per batch, not once per response.
+    fn flush_unflushed(&mut self) {
+        let now = Instant::now();
+        for slot in std::mem::take(&mut self.unflushed) {
+            let Some(c) = self.conns[slot].as_mut() else {
+                continue;
+            };
+            if c.wants_writable {
+                continue; // waiting for the socket: `on_writable` goes on
+            }
+            let flushed = c.flush(now);
+            self.after_flush(slot, flushed);
         }
     }
 
@@ -704,7 +735,7 @@ impl Loop {
     }
 }
 
-fn log_run(job: JobId, task: &Task, output: &RunOutput) {
+fn log_run(thread: usize, job: JobId, task: &Task, output: &RunOutput) {
     let service = &task.module.service;
     if !output.stderr.is_empty() {
         for line in String::from_utf8_lossy(&output.stderr).lines() {
@@ -714,9 +745,11 @@ fn log_run(job: JobId, task: &Task, output: &RunOutput) {
     let us = task.started.elapsed().as_micros() as u64;
     let busy_us = task.busy.as_micros() as u64;
     match &output.result {
-        Ok(r) => debug!(service = %service, job = job.0, status = r.status, us, busy_us, "ran"),
+        Ok(r) => {
+            debug!(service = %service, thread, job = job.0, status = r.status, us, busy_us, "ran")
+        }
         Err(failure) => {
-            warn!(service = %service, job = job.0, error = %failure, status = failure.status(), us, busy_us, "guest failed")
+            warn!(service = %service, thread, job = job.0, error = %failure, status = failure.status(), us, busy_us, "guest failed")
         }
     }
 }

@@ -17,8 +17,17 @@ const LINGER_BYTES: usize = 64 * 1024;
 /// Binds `count` listeners to one address with `SO_REUSEPORT`: the kernel spreads new
 /// connections over them, each serving thread accepts from its own queue, and no two
 /// threads touch the same accept queue. A port of 0 is resolved by the first bind.
+///
+/// `SO_REUSEPORT` would also let a second server (of the same user) share the port
+/// silently, so a fixed port is first probed with a plain bind, which fails with
+/// "address in use" as a single listener would.
 pub fn bind(addr: SocketAddr, backlog: u32, count: usize) -> io::Result<Vec<TcpListener>> {
     use socket2::{Domain, Protocol, Socket, Type};
+    if addr.port() != 0 {
+        let probe = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        probe.set_reuse_address(true)?;
+        probe.bind(&addr.into())?;
+    }
     let mut addr = addr;
     let mut listeners = Vec::with_capacity(count);
     for _ in 0..count {
@@ -88,25 +97,25 @@ impl Connection {
         }
     }
 
-    /// Queues `head` and `body` and writes as much as the socket takes now.
-    pub fn transmit(&mut self, head: Bytes, body: Bytes, now: Instant) -> Flushed {
+    /// Queues `head` and `body`; [`Connection::flush`] writes them. Returns whether the
+    /// connection had nothing queued before (so its owner should schedule a flush).
+    pub fn queue(&mut self, head: Bytes, body: Bytes) -> bool {
         let was_empty = self.out.is_empty();
         self.out.push_back(head);
         if !body.is_empty() {
             self.out.push_back(body);
         }
-        if !was_empty {
-            return Flushed::Blocked;
-        }
-        self.flush(now)
+        was_empty
     }
 
-    /// Writes queued output until it is all out or the socket is full.
+    /// Writes queued output, several buffers per call, until it is all out or the socket
+    /// is full.
     pub fn flush(&mut self, now: Instant) -> Flushed {
+        const MAX_SLICES: usize = 16;
         while !self.out.is_empty() {
-            let mut slices = [IoSlice::new(&[]), IoSlice::new(&[])];
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
-            for (i, buf) in self.out.iter().take(2).enumerate() {
+            for (i, buf) in self.out.iter().take(MAX_SLICES).enumerate() {
                 let start = if i == 0 { self.front_written } else { 0 };
                 slices[i] = IoSlice::new(&buf[start..]);
                 n += 1;
@@ -136,10 +145,6 @@ impl Connection {
         }
         self.blocked_since = None;
         Flushed::All
-    }
-
-    pub fn has_output(&self) -> bool {
-        !self.out.is_empty()
     }
 
     /// Shuts down our sending side once everything is written; from then on, lingers.

@@ -44,8 +44,8 @@ impl Frenezulo {
         let mut child = Command::new(env!("CARGO_BIN_EXE_frenezulo"))
             .args(args)
             .args(["--listen", "127.0.0.1:0"])
-            .envs(env.iter().copied())
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -101,6 +101,15 @@ impl Frenezulo {
             stream,
             buf: Vec::new(),
         }
+    }
+
+    /// Writes a config file named `name` in a fresh temporary directory; returns its path.
+    pub fn config_file(name: &str, text: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("frenezulo-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("frenezulo.toml");
+        std::fs::write(&file, text).unwrap();
+        file
     }
 
     /// `GET path` on a new connection.
