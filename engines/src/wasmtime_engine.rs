@@ -29,7 +29,8 @@ use crate::{
 /// How often the engine's epoch advances.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Epoch ticks in one time slice: a guest yields one to two ticks after its slice began.
+/// Epoch ticks in one time slice: a guest yields at the second tick after its slice began
+/// (about 2 ms; yields happen at ticks, so the next slice starts right after one).
 const SLICE_TICKS: u64 = 2;
 
 /// Per-store state: the guest's I/O, its memory once known, its limits.

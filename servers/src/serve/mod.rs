@@ -10,7 +10,7 @@
 //! Other threads reach a serving thread only through its [`Inbox`]: registry changes,
 //! finished compiles, shutdown.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -160,7 +160,8 @@ struct Loop {
     unflushed: Vec<usize>,
     /// Write timeouts and linger ends, by slot.
     io_timers: BTreeSet<(Instant, usize)>,
-    modules: HashMap<ModuleKey, Arc<dyn CompiledModule>>,
+    /// Few entries, looked up per request: ordered by key, no hashing of the name.
+    modules: BTreeMap<ModuleKey, Arc<dyn CompiledModule>>,
     tasks: HashMap<JobId, Task>,
     pending: Option<Pending>,
     /// This turn of the loop runs no more slices after this instant, or after one that
@@ -196,7 +197,7 @@ impl Loop {
             read_again: Vec::new(),
             unflushed: Vec::new(),
             io_timers: BTreeSet::new(),
-            modules: HashMap::new(),
+            modules: BTreeMap::new(),
             tasks: HashMap::new(),
             pending: None,
             turn_ends: Instant::now(),
@@ -369,7 +370,8 @@ impl Loop {
 
     /// Runs one slice and reports it; returns whether the guest yielded.
     fn run_slice(&mut self, pending: Pending) -> bool {
-        let job = match pending {
+        // A task is kept in `tasks` only between slices: nearly all finish in their first.
+        let (job, mut task) = match pending {
             Pending::Start(execution) => {
                 let Execution {
                     job,
@@ -383,23 +385,18 @@ impl Loop {
                     self.handle(Input::Executed { job, result });
                     return false;
                 };
-                let task = compiled.start(&request, &limits);
-                let started = Instant::now();
-                self.tasks.insert(
-                    job,
-                    Task {
-                        task,
-                        module,
-                        started,
-                        busy: Duration::ZERO,
-                    },
-                );
-                job
+                let task = Task {
+                    task: compiled.start(&request, &limits),
+                    module,
+                    started: Instant::now(),
+                    busy: Duration::ZERO,
+                };
+                (job, task)
             }
-            Pending::Resume(job) => job,
-        };
-        let Some(task) = self.tasks.get_mut(&job) else {
-            return false;
+            Pending::Resume(job) => match self.tasks.remove(&job) {
+                Some(task) => (job, task),
+                None => return false,
+            },
         };
         let began = Instant::now();
         // An engine bug on one guest must not take the serving thread down with it.
@@ -413,12 +410,13 @@ impl Loop {
         task.busy += began.elapsed();
         match slice {
             Slice::Yielded => {
+                self.tasks.insert(job, task);
                 self.handle(Input::Yielded { job });
                 true
             }
             Slice::Finished(output) => {
-                let task = self.tasks.remove(&job).expect("looked up above");
                 log_run(self.id, job, &task, &output);
+                drop(task);
                 self.handle(Input::Executed {
                     job,
                     result: output.result,
@@ -440,28 +438,26 @@ impl Loop {
 
     /// Acts on one message; false when the thread must exit now.
     fn take(&mut self, message: Message) -> bool {
-        {
-            match message {
-                Message::Registry { change, compiled } => {
-                    let module = match &change {
-                        RegistryChange::Put { module, .. } => Some(module.clone()),
-                        _ => None,
-                    };
-                    self.handle(Input::Registry(change));
-                    if let (Some(module), Some(compiled)) = (module, compiled) {
-                        self.on_compiled(module, Ok(compiled));
-                    }
+        match message {
+            Message::Registry { change, compiled } => {
+                let module = match &change {
+                    RegistryChange::Put { module, .. } => Some(module.clone()),
+                    _ => None,
+                };
+                self.handle(Input::Registry(change));
+                if let (Some(module), Some(compiled)) = (module, compiled) {
+                    self.on_compiled(module, Ok(compiled));
                 }
-                Message::Compiled { module, result } => self.on_compiled(module, result),
-                Message::Shutdown => {
-                    self.shutting_down = true;
-                    if let Some(mut listener) = self.listener.take() {
-                        let _ = self.poll.registry().deregister(&mut listener);
-                    }
-                    self.handle(Input::Shutdown);
-                }
-                Message::Stop => return false,
             }
+            Message::Compiled { module, result } => self.on_compiled(module, result),
+            Message::Shutdown => {
+                self.shutting_down = true;
+                if let Some(mut listener) = self.listener.take() {
+                    let _ = self.poll.registry().deregister(&mut listener);
+                }
+                self.handle(Input::Shutdown);
+            }
+            Message::Stop => return false,
         }
         true
     }
