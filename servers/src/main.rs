@@ -142,9 +142,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .with_context(|| format!("listening on {}", settings.listen))?;
     let local = listeners[0].local_addr()?;
     let compile = CompilePool::start(engine.clone(), settings.workers.div_ceil(4))?;
+    for s in &services {
+        compile.insert(s.module.clone(), &s.compiled);
+    }
     let (events_tx, events) = mpsc::channel();
+    watch_signals(events_tx.clone())?;
     let mut inboxes = Vec::new();
-    let mut threads = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
         let initial = services
             .iter()
@@ -157,7 +160,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 compiled: Some(s.compiled.clone()),
             })
             .collect();
-        let (inbox, thread) = serve::spawn(Setup {
+        let exited = events_tx.clone();
+        inboxes.push(serve::spawn(Setup {
             id,
             listener,
             core: per_thread.clone(),
@@ -165,24 +169,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             write_timeout: settings.write_timeout,
             compile: compile.clone(),
             initial,
-        })?;
-        inboxes.push(inbox);
-        let exited = events_tx.clone();
-        threads.push(std::thread::spawn(move || {
-            let clean = thread.join().is_ok();
-            let _ = exited.send(Event::Exited { id, clean });
-        }));
-    }
-    for s in &services {
-        compile.insert(s.module.clone(), &s.compiled);
+            on_exit: Box::new(move |clean| {
+                let _ = exited.send(Event::Exited { id, clean });
+            }),
+        })?);
     }
     drop(services);
     info!(engine = %settings.engine, workers = settings.workers, backlog = settings.backlog, "listening on http://{local}");
     // A machine-readable line on stdout, for scripts and tests that pick a free port.
     println!("frenezulo listening on http://{local}");
     std::io::stdout().flush()?;
-    watch_signals(events_tx)?;
-    supervise(&events, &inboxes, settings.workers, settings.drain_timeout)
+    supervise(&events, &inboxes, settings.drain_timeout)
 }
 
 /// What the main thread waits for.
@@ -209,57 +206,71 @@ fn watch_signals(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where the process is in its life, for [`supervise`].
+enum Phase {
+    Serving,
+    /// Shutdown asked for: threads finish what is in flight until then.
+    Draining(Instant),
+    /// Threads were told to stop now.
+    Stopping,
+}
+
 /// Waits for a signal, then drains: every serving thread stops accepting and finishes
-/// what is in flight; a second signal or `drain_timeout` stops them at once.
+/// what is in flight; a second signal or `drain_timeout` stops them at once. A serving
+/// thread that ends by itself is a bug: then all stop, and the process exits with an
+/// error so that its supervisor restarts it rather than it serving on fewer cores.
 fn supervise(
     events: &mpsc::Receiver<Event>,
     inboxes: &[Inbox],
-    workers: usize,
     drain_timeout: Duration,
 ) -> anyhow::Result<()> {
     let broadcast = |make: fn() -> Message| inboxes.iter().for_each(|i| i.send(make()));
-    let mut running = workers;
+    let mut running = inboxes.len();
     let mut failed = false;
-    let mut drain_until: Option<Instant> = None;
+    let mut phase = Phase::Serving;
     while running > 0 {
-        let event = match drain_until {
-            None => events.recv().ok(),
-            Some(at) => match events.recv_timeout(at.saturating_duration_since(Instant::now())) {
-                Ok(event) => Some(event),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    warn!("drain timeout passed; stopping anyway");
-                    broadcast(|| Message::Stop);
-                    drain_until = Some(Instant::now() + Duration::from_secs(3600));
-                    continue;
+        let event = match phase {
+            Phase::Draining(until) => {
+                match events.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(event) => event,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        warn!("drain timeout passed; stopping anyway");
+                        broadcast(|| Message::Stop);
+                        phase = Phase::Stopping;
+                        continue;
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => None,
+            }
+            Phase::Serving | Phase::Stopping => match events.recv() {
+                Ok(event) => event,
+                Err(_) => break,
             },
         };
-        match event {
-            Some(Event::Signal(signal)) if drain_until.is_none() => {
+        match (event, &phase) {
+            (Event::Signal(signal), Phase::Serving) => {
                 info!(
                     signal,
                     "shutting down: no new connections, finishing requests in flight"
                 );
                 broadcast(|| Message::Shutdown);
-                drain_until = Some(Instant::now() + drain_timeout);
+                phase = Phase::Draining(Instant::now() + drain_timeout);
             }
-            Some(Event::Signal(_)) => {
+            (Event::Signal(_), Phase::Draining(_)) => {
                 warn!("second signal: stopping now");
                 broadcast(|| Message::Stop);
+                phase = Phase::Stopping;
             }
-            Some(Event::Exited { id, clean }) => {
+            (Event::Signal(_), Phase::Stopping) => {}
+            (Event::Exited { id, clean }, _) => {
                 running -= 1;
-                if !clean || drain_until.is_none() {
-                    // A serving thread only ends on its own by a bug: stop them all, so a
-                    // supervisor restarts the process instead of it serving on fewer cores.
+                if !clean || matches!(phase, Phase::Serving) {
                     error!(thread = id, "serving thread ended unexpectedly; stopping");
                     failed = true;
                     broadcast(|| Message::Stop);
-                    drain_until.get_or_insert(Instant::now() + drain_timeout);
+                    phase = Phase::Stopping;
                 }
             }
-            None => break,
         }
     }
     if failed {

@@ -87,6 +87,19 @@ pub struct Setup {
     pub compile: CompilePool,
     /// Messages to take before the first connection: the registry as it is at start.
     pub initial: Vec<Message>,
+    /// Called as the thread ends, with false if it panicked.
+    pub on_exit: Box<dyn FnOnce(bool) + Send>,
+}
+
+/// Runs the exit callback however the thread ends, unwinding included.
+struct ExitGuard(Option<Box<dyn FnOnce(bool) + Send>>);
+
+impl Drop for ExitGuard {
+    fn drop(&mut self) {
+        if let Some(on_exit) = self.0.take() {
+            on_exit(!std::thread::panicking());
+        }
+    }
 }
 
 /// Bytes read from a socket at once.
@@ -103,23 +116,25 @@ const WAKER: Token = Token(1);
 const FIRST_CONN: usize = 2;
 
 /// Creates the thread's poller and inbox, then starts it.
-pub fn spawn(setup: Setup) -> io::Result<(Inbox, std::thread::JoinHandle<()>)> {
+pub fn spawn(mut setup: Setup) -> io::Result<Inbox> {
     let poll = Poll::new()?;
     let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
     let (tx, rx) = std::sync::mpsc::channel();
     let inbox = Inbox { tx, waker };
     let own = inbox.clone();
-    let handle = std::thread::Builder::new()
+    let on_exit = std::mem::replace(&mut setup.on_exit, Box::new(|_| {}));
+    std::thread::Builder::new()
         .name(format!("serve-{}", setup.id))
         .stack_size(STACK)
         .spawn(move || {
+            let _exit = ExitGuard(Some(on_exit));
             let id = setup.id;
             match Loop::new(setup, poll, rx, own) {
                 Ok(mut l) => l.run(),
                 Err(e) => error!(thread = id, error = %e, "serving thread could not start"),
             }
         })?;
-    Ok((inbox, handle))
+    Ok(inbox)
 }
 
 /// A guest task in progress on this thread.
@@ -272,16 +287,12 @@ impl Loop {
         if self.pending.is_some() || !self.read_again.is_empty() {
             return Some(Duration::ZERO);
         }
-        let now = Instant::now();
-        // Wake at least once a second so the `Date` header stays current.
-        let mut next = now + Duration::from_secs(1);
-        if let Some(at) = self.core.poll_timeout() {
-            next = next.min(at);
-        }
-        if let Some((at, _)) = self.io_timers.first() {
-            next = next.min(*at);
-        }
-        Some(next.saturating_duration_since(now))
+        // No wake-up just for the `Date` header: it is refreshed whenever the poll returns.
+        let next = match (self.core.poll_timeout(), self.io_timers.first()) {
+            (Some(a), Some((b, _))) => Some(a.min(*b)),
+            (a, b) => a.or(b.map(|(at, _)| *at)),
+        };
+        next.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
     fn refresh_date(&mut self) {
