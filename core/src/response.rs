@@ -110,8 +110,13 @@ pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8])
     (head.freeze(), response.body.clone())
 }
 
-fn put_u64(buf: &mut BytesMut, mut n: u64) {
-    let mut digits = [0u8; 20];
+fn put_u64(buf: &mut BytesMut, n: u64) {
+    buf.put_slice(decimal(n, &mut [0; 20]));
+}
+
+/// `n` in decimal ASCII, written into `digits` without the formatter (it runs several
+/// times per request); returns the written part.
+pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     let mut i = digits.len();
     loop {
         i -= 1;
@@ -121,7 +126,7 @@ fn put_u64(buf: &mut BytesMut, mut n: u64) {
             break;
         }
     }
-    buf.put_slice(&digits[i..]);
+    &digits[i..]
 }
 
 /// The reason phrase for a status code; "Unknown" for codes without a registered one.

@@ -505,18 +505,8 @@ impl GuestIo {
     }
 }
 
-fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    buf.extend_from_slice(&digits[at..]);
+fn push_decimal(buf: &mut Vec<u8>, n: u64) {
+    buf.extend_from_slice(frenezulo_core::response::decimal(n, &mut [0; 20]));
 }
 
 fn push_c_string(buf: &mut Vec<u8>, s: &[u8]) {
