@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{ENGINES, Frenezulo, repo};
+use support::{ConfigFile, ENGINES, Frenezulo, repo};
 
 /// The engine tests use when they do not care which.
 const DEFAULT_ENGINE: &str = ENGINES[0];
@@ -271,24 +271,15 @@ fn config_file_sets_services_and_the_command_line_wins() {
     } else {
         "wasmi"
     };
-    let dir = std::env::temp_dir().join(format!("frenezulo-e2e-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("frenezulo.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let config = ConfigFile::new(
+        "e2e",
+        &format!(
             "engine = {other:?}\nbacklog = 16\n[services]\nhi = {:?}\n[services.tea]\nmodule = {:?}\nmemory = \"8MiB\"\n",
             repo("examples/hello.wat"),
             repo("examples/status.wat"),
         ),
-    )
-    .unwrap();
-    let server = Frenezulo::start(&[
-        "--config",
-        config.to_str().unwrap(),
-        "--engine",
-        DEFAULT_ENGINE,
-    ]);
+    );
+    let server = Frenezulo::start(&["--config", config.path(), "--engine", DEFAULT_ENGINE]);
     assert_eq!(server.get("/hi").status, 200);
     assert_eq!(server.get("/tea").status, 418);
     assert_eq!(
@@ -299,7 +290,6 @@ fn config_file_sets_services_and_the_command_line_wins() {
     let wanted = format!("engine={DEFAULT_ENGINE}");
     let log = server.wait_for_log(&wanted);
     assert!(log.contains(&wanted), "the flag wins over the file: {log}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

@@ -6,7 +6,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::thread;
 
-use support::{Frenezulo, repo};
+use support::{ConfigFile, Frenezulo, repo};
 
 /// `/hello` gets its 200 while guests that loop forever hold every serving thread, three
 /// per thread, with default settings: the loops yield between time slices.
@@ -37,7 +37,7 @@ per_engine! {
 }
 
 fn loops_hold_every_thread(engine: &str) {
-    let file = Frenezulo::config_file(
+    let file = ConfigFile::new(
         &format!("loops-{engine}"),
         &format!(
             "engine = {engine:?}\n[services]\nhello = {:?}\nloop = {:?}\n",
@@ -45,7 +45,7 @@ fn loops_hold_every_thread(engine: &str) {
             repo("engines/tests/guests/loop.wat"),
         ),
     );
-    let server = Frenezulo::start(&["--config", file.to_str().unwrap()]);
+    let server = Frenezulo::start(&["--config", file.path()]);
     let workers = thread::available_parallelism().map_or(2, |n| n.get());
     let mut loops: Vec<_> = (0..3 * workers).map(|_| server.connect()).collect();
     for c in &mut loops {
@@ -62,20 +62,19 @@ fn loops_hold_every_thread(engine: &str) {
     for c in &mut loops {
         assert_eq!(c.response().status, 504, "{engine}");
     }
-    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
 
 /// A guest stopped at its deadline gives its slot back at once: with one slot and no
 /// queue, the next request runs instead of being shed.
 fn cancelled_at_deadline(engine: &str) {
-    let file = Frenezulo::config_file(
+    let file = ConfigFile::new(
         &format!("cancel-{engine}"),
         &format!(
             "engine = {engine:?}\nworkers = 1\n[services.spin]\nmodule = {:?}\nconcurrency = 1\nqueue = 0\ndeadline = \"300ms\"\n",
             repo("engines/tests/guests/spin.wat"),
         ),
     );
-    let server = Frenezulo::start(&["--config", file.to_str().unwrap()]);
+    let server = Frenezulo::start(&["--config", file.path()]);
     let spin = |count: u32| {
         let mut c = server.connect();
         let mut raw = b"POST /spin HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n".to_vec();
@@ -87,7 +86,6 @@ fn cancelled_at_deadline(engine: &str) {
     assert_eq!(spin(1000), 200, "{engine}: the slot was freed");
     assert_eq!(spin(u32::MAX), 504, "{engine}");
     assert_eq!(spin(1000), 200, "{engine}");
-    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }
 
 /// Many connections, each with pipelined requests, land on every serving thread and each
@@ -95,7 +93,7 @@ fn cancelled_at_deadline(engine: &str) {
 fn spread_in_order(engine: &str) {
     // 640 requests arrive at once: more than the default queue (128 waiting) holds, so
     // some would be shed with 503 by design. This test is about order and spread.
-    let file = Frenezulo::config_file(
+    let file = ConfigFile::new(
         &format!("spread-{engine}"),
         &format!(
             "engine = {engine:?}\nworkers = 2\n[services.echo]\nmodule = {:?}\nqueue = 1024\n",
@@ -103,7 +101,7 @@ fn spread_in_order(engine: &str) {
         ),
     );
     let server = Frenezulo::start_with_env(
-        &["--config", file.to_str().unwrap()],
+        &["--config", file.path()],
         &[("RUST_LOG", "info,frenezulo::serve=debug")],
     );
     thread::scope(|s| {
@@ -134,5 +132,4 @@ fn spread_in_order(engine: &str) {
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("thread=")))
         .collect();
     assert_eq!(threads.len(), 2, "{engine}: requests ran on {threads:?}");
-    std::fs::remove_dir_all(file.parent().unwrap()).unwrap();
 }

@@ -5,7 +5,7 @@ mod support;
 
 use std::thread;
 
-use support::{Frenezulo, repo};
+use support::{ConfigFile, Frenezulo, repo};
 
 /// Hostile services, the status each must get, and limits set in the config file.
 const HOSTILE: &[(&str, &str, u16)] = &[
@@ -19,10 +19,7 @@ const HOSTILE: &[(&str, &str, u16)] = &[
     ("bad", "engines/tests/guests/bad-output.wat", 502),
 ];
 
-fn start(engine: &str) -> (Frenezulo, std::path::PathBuf) {
-    let dir =
-        std::env::temp_dir().join(format!("frenezulo-hostile-{engine}-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+fn start(engine: &str) -> (Frenezulo, ConfigFile) {
     let mut config = format!(
         "engine = {engine:?}\nworkers = 2\n[limits]\ndeadline = \"10s\"\nmemory = \"4MiB\"\nstdout = \"1MiB\"\nconcurrency = 1\n\
          [services.hello]\nmodule = {:?}\ndeadline = \"20s\"\nconcurrency = 2\nqueue = 256\n\
@@ -37,13 +34,12 @@ fn start(engine: &str) -> (Frenezulo, std::path::PathBuf) {
             config.push_str("deadline = \"300ms\"\n");
         }
     }
-    let file = dir.join("frenezulo.toml");
-    std::fs::write(&file, config).unwrap();
-    (Frenezulo::start(&["--config", file.to_str().unwrap()]), dir)
+    let file = ConfigFile::new(&format!("hostile-{engine}"), &config);
+    (Frenezulo::start(&["--config", file.path()]), file)
 }
 
 fn hostile_guests_fail_cleanly_while_good_requests_succeed(engine: &str) {
-    let (server, dir) = start(engine);
+    let (server, _config) = start(engine);
     let rss_before = server.rss_kib();
     thread::scope(|s| {
         let good: Vec<_> = (0..3)
@@ -102,7 +98,6 @@ fn hostile_guests_fail_cleanly_while_good_requests_succeed(engine: &str) {
             "{engine}: /{name} not logged"
         );
     }
-    std::fs::remove_dir_all(dir).unwrap();
 }
 
 #[cfg(feature = "wasmtime")]
@@ -121,20 +116,16 @@ fn hostile_guests_on_wasmi() {
 #[cfg(feature = "wasmtime")]
 #[test]
 fn overload_is_shed_with_a_fast_503() {
-    let dir = std::env::temp_dir().join(format!("frenezulo-shed-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("frenezulo.toml");
-    std::fs::write(
-        &file,
-        format!(
+    let file = ConfigFile::new(
+        "shed",
+        &format!(
             // Each serving thread enforces its share of a limit (README, "Limits across
             // serving threads"); one thread makes the share the whole limit.
             "workers = 1\n[services.slow]\nmodule = {:?}\nconcurrency = 1\nqueue = 1\n",
             repo("engines/tests/guests/slow.wat")
         ),
-    )
-    .unwrap();
-    let server = Frenezulo::start(&["--config", file.to_str().unwrap()]);
+    );
+    let server = Frenezulo::start(&["--config", file.path()]);
     let mut clients: Vec<_> = (0..6).map(|_| server.connect()).collect();
     for c in &mut clients {
         c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -157,5 +148,4 @@ fn overload_is_shed_with_a_fast_503() {
         (2, 4),
         "one running and one queued succeed, the rest are shed: {statuses:?}"
     );
-    std::fs::remove_dir_all(dir).unwrap();
 }

@@ -25,6 +25,35 @@ pub fn repo(path: &str) -> String {
         .to_string()
 }
 
+/// A config file in a temporary directory of its own, removed when dropped.
+pub struct ConfigFile {
+    path: PathBuf,
+}
+
+impl ConfigFile {
+    /// Writes `text` as `frenezulo.toml` in a fresh directory named after `name`.
+    pub fn new(name: &str, text: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("frenezulo-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("frenezulo.toml");
+        std::fs::write(&path, text).unwrap();
+        Self { path }
+    }
+
+    /// The file's path, for `--config`.
+    pub fn path(&self) -> &str {
+        self.path.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+impl Drop for ConfigFile {
+    fn drop(&mut self) {
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
 /// A running server, killed when dropped.
 pub struct Frenezulo {
     child: Child,
@@ -101,15 +130,6 @@ impl Frenezulo {
             stream,
             buf: Vec::new(),
         }
-    }
-
-    /// Writes a config file named `name` in a fresh temporary directory; returns its path.
-    pub fn config_file(name: &str, text: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("frenezulo-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("frenezulo.toml");
-        std::fs::write(&file, text).unwrap();
-        file
     }
 
     /// `GET path` on a new connection.
