@@ -32,7 +32,11 @@ pub(super) struct Conn {
     /// When the current idle period or partial request began.
     since: Instant,
     was_mid_request: bool,
+    /// When the connection times out as things stand (`None` while a response is owed).
     deadline: Option<Instant>,
+    /// The timer armed for it, which may be earlier: timers are moved lazily, when they
+    /// fire, so a keep-alive request costs no timer operation.
+    timer_at: Option<Instant>,
 }
 
 impl Conn {
@@ -79,6 +83,7 @@ impl Server {
                 since: now,
                 was_mid_request: false,
                 deadline: None,
+                timer_at: None,
             },
         );
         self.arm_conn_timer(conn);
@@ -227,6 +232,9 @@ impl Server {
         let Some(c) = self.conns.remove(&conn) else {
             return;
         };
+        if let Some(at) = c.timer_at {
+            self.timers.remove(&(at, Timer::Conn(conn)));
+        }
         for job in c.pipeline.into_iter().filter_map(|slot| slot.job) {
             self.drop_job(now, job);
         }
@@ -237,21 +245,22 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        let deadline = if !c.pipeline.is_empty() {
+        c.deadline = if !c.pipeline.is_empty() {
             None
         } else if c.parser.is_mid_request() {
             Some(c.since + self.config.request_timeout)
         } else {
             Some(c.since + self.config.keep_alive_timeout)
         };
-        if deadline != c.deadline {
-            if let Some(old) = c.deadline {
-                self.timers.remove(&(old, Timer::Conn(conn)));
+        // A timer armed no later than the deadline stays: when it fires, it moves on.
+        if let Some(deadline) = c.deadline
+            && c.timer_at.is_none_or(|armed| armed > deadline)
+        {
+            if let Some(armed) = c.timer_at {
+                self.timers.remove(&(armed, Timer::Conn(conn)));
             }
-            if let Some(new) = deadline {
-                self.timers.insert((new, Timer::Conn(conn)));
-            }
-            c.deadline = deadline;
+            self.timers.insert((deadline, Timer::Conn(conn)));
+            c.timer_at = Some(deadline);
         }
     }
 
@@ -259,10 +268,20 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.deadline != Some(at) {
+        if c.timer_at != Some(at) {
             return;
         }
-        c.deadline = None;
+        c.timer_at = None;
+        match c.deadline {
+            // Busy: armed again once the response is out.
+            None => return,
+            Some(deadline) if deadline > now => {
+                self.timers.insert((deadline, Timer::Conn(conn)));
+                c.timer_at = Some(deadline);
+                return;
+            }
+            Some(_) => c.deadline = None,
+        }
         if c.parser.is_mid_request() {
             c.stop_parsing = true;
             let seq = c.push_slot(false, true);

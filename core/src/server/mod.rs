@@ -448,7 +448,7 @@ impl Server {
             match timer {
                 Timer::Conn(conn) => self.conn_timer(now, conn, at),
                 Timer::Job(job) => self.job_timer(now, job),
-                Timer::Idle(name) => self.idle_timer(name, at),
+                Timer::Idle(name) => self.idle_timer(now, name, at),
             }
         }
         self.firing_timers = false;

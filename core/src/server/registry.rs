@@ -20,7 +20,11 @@ pub(super) struct Service {
     pub(super) running: usize,
     /// Requests admitted and waiting for a task slot, oldest first.
     pub(super) queue: VecDeque<JobId>,
-    idle_deadline: Option<Instant>,
+    /// Since when the service has had nothing to do; `None` while busy.
+    idle_since: Option<Instant>,
+    /// The idle timer armed for it. Timers move lazily: a busy period does not touch it,
+    /// and when it fires early it is armed again for `idle_since + idle_timeout`.
+    idle_timer: Option<Instant>,
 }
 
 impl Server {
@@ -48,7 +52,8 @@ impl Server {
                     state: Lifecycle::Cold,
                     running: 0,
                     queue: VecDeque::new(),
-                    idle_deadline: None,
+                    idle_since: None,
+                    idle_timer: None,
                 },
             );
             return;
@@ -61,7 +66,7 @@ impl Server {
         let old_running = std::mem::take(&mut service.running);
         service.wasm = wasm;
         service.limits = limits;
-        service.idle_deadline = None;
+        service.idle_since = None;
         let has_queue = !service.queue.is_empty();
         self.retire(old, old_state, old_running);
         if has_queue {
@@ -167,36 +172,42 @@ impl Server {
         let Some(s) = self.services.get_mut(name) else {
             return;
         };
-        if s.state == Lifecycle::Warm
-            && s.running == 0
-            && s.queue.is_empty()
-            && s.idle_deadline.is_none()
-        {
+        if s.state != Lifecycle::Warm || s.running > 0 || !s.queue.is_empty() {
+            return;
+        }
+        s.idle_since.get_or_insert(now);
+        if s.idle_timer.is_none() {
             let at = now + self.config.idle_timeout;
-            s.idle_deadline = Some(at);
+            s.idle_timer = Some(at);
             self.timers.insert((at, Timer::Idle(name.clone())));
         }
     }
 
-    /// The service is busy again: its idle clock stops.
+    /// The service is busy again: its idle clock stops (its timer stays armed).
     pub(super) fn disarm_idle(&mut self, name: &ServiceName) {
-        if let Some(s) = self.services.get_mut(name)
-            && let Some(at) = s.idle_deadline.take()
-        {
-            self.timers.remove(&(at, Timer::Idle(name.clone())));
+        if let Some(s) = self.services.get_mut(name) {
+            s.idle_since = None;
         }
     }
 
-    pub(super) fn idle_timer(&mut self, name: ServiceName, at: Instant) {
+    pub(super) fn idle_timer(&mut self, now: Instant, name: ServiceName, at: Instant) {
         let Some(s) = self.services.get_mut(&name) else {
             return;
         };
-        if s.idle_deadline != Some(at) {
+        if s.idle_timer != Some(at) {
             return;
         }
-        s.idle_deadline = None;
-        if s.state == Lifecycle::Warm && s.running == 0 && s.queue.is_empty() {
+        s.idle_timer = None;
+        let Some(since) = s.idle_since else {
+            return; // busy: armed again when it next goes idle
+        };
+        let due = since + self.config.idle_timeout;
+        if due > now {
+            s.idle_timer = Some(due);
+            self.timers.insert((due, Timer::Idle(name)));
+        } else if s.state == Lifecycle::Warm && s.running == 0 && s.queue.is_empty() {
             s.state = Lifecycle::Cold;
+            s.idle_since = None;
             self.stats.evictions += 1;
             self.outputs.push_back(Output::Evict {
                 module: s.key.clone(),

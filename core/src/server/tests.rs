@@ -679,6 +679,23 @@ fn finished_requests_leave_no_timers_behind() {
 }
 
 #[test]
+fn closed_connections_leave_no_timers_behind() {
+    let mut h = Harness::new(config());
+    for i in 0..50 {
+        let c = h.connect(i);
+        h.send(c, "GET /x HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+        assert!(h.closed.contains(&c));
+    }
+    let gone = h.connect(99);
+    h.input(Input::Disconnected { conn: gone });
+    assert!(
+        h.server.timers.is_empty(),
+        "{} timers left",
+        h.server.timers.len()
+    );
+}
+
+#[test]
 fn a_full_pipeline_stops_reading() {
     let mut config = config();
     config.max_pipelined = 2;
