@@ -108,6 +108,8 @@ const READ_BUF: usize = 16 * 1024;
 const READS_PER_TURN: usize = 4;
 /// Guest time one turn of the loop runs inline, between polls of the sockets.
 const TURN_BUDGET: Duration = Duration::from_millis(2);
+/// How long accepting waits after it failed for want of resources.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Stack of a serving thread: guests' host calls and wasmi's interpreter run on it.
 const STACK: usize = 8 << 20;
 
@@ -158,6 +160,8 @@ struct Loop {
     listener: Option<TcpListener>,
     /// Accepting stopped at `max_connections`; retried when a connection goes.
     accept_paused: bool,
+    /// Accepting failed (out of file descriptors, say); retried at this instant.
+    accept_retry: Option<Instant>,
     max_connections: usize,
     write_timeout: Duration,
     core: Server,
@@ -199,6 +203,7 @@ impl Loop {
             poll,
             listener: Some(listener),
             accept_paused: false,
+            accept_retry: None,
             max_connections: setup.max_connections.max(1),
             write_timeout: setup.write_timeout,
             core: Server::new(setup.core),
@@ -264,8 +269,10 @@ impl Loop {
             for slot in std::mem::take(&mut self.read_again) {
                 self.on_readable(slot);
             }
-            if self.accept_paused && self.open < self.max_connections {
+            let retry_due = self.accept_retry.is_some_and(|at| at <= Instant::now());
+            if (self.accept_paused && self.open < self.max_connections) || retry_due {
                 self.accept_paused = false;
+                self.accept_retry = None;
                 self.accept();
             }
             self.fire_io_timers();
@@ -288,10 +295,14 @@ impl Loop {
             return Some(Duration::ZERO);
         }
         // No wake-up just for the `Date` header: it is refreshed whenever the poll returns.
-        let next = match (self.core.poll_timeout(), self.io_timers.first()) {
-            (Some(a), Some((b, _))) => Some(a.min(*b)),
-            (a, b) => a.or(b.map(|(at, _)| *at)),
-        };
+        let next = [
+            self.core.poll_timeout(),
+            self.io_timers.first().map(|(at, _)| *at),
+            self.accept_retry,
+        ]
+        .into_iter()
+        .flatten()
+        .min();
         next.map(|at| at.saturating_duration_since(Instant::now()))
     }
 
@@ -499,9 +510,9 @@ impl Loop {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
-                    // Out of file descriptors and the like: retry on the next wake-up.
+                    // Out of file descriptors and the like: back off, then try again.
                     warn!(thread = self.id, error = %e, "accept failed");
-                    self.accept_paused = true;
+                    self.accept_retry = Some(Instant::now() + ACCEPT_BACKOFF);
                     return;
                 }
             };
