@@ -17,7 +17,8 @@ pub struct Settings {
     pub engine: EngineKind,
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// Listen backlog: connections the kernel queues before `accept`.
+    /// Listen backlog of each serving thread's socket: connections the kernel queues
+    /// before `accept`.
     pub backlog: u32,
     /// Serving threads: each accepts, parses, runs guests and answers on its own.
     pub workers: usize,

@@ -59,7 +59,8 @@ struct Cli {
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
 
-    /// Listen backlog: connections the kernel queues before they are accepted. Default: 1024.
+    /// Listen backlog: connections the kernel queues before they are accepted, for each
+    /// serving thread (each has its own listening socket). Default: 1024.
     #[arg(long, value_name = "N")]
     backlog: Option<u32>,
 
