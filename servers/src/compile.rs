@@ -110,16 +110,13 @@ impl CompilePool {
             log(&job.module, &result, started.elapsed());
             let waiting = {
                 let mut shared = self.lock();
-                let entry = match &result {
-                    Ok(compiled) => Entry::Ready(Arc::downgrade(compiled)),
-                    Err(_) => Entry::Compiling(Vec::new()),
-                };
-                let waiting = match shared.insert(job.module.clone(), entry) {
+                let waiting = match shared.remove(&job.module) {
                     Some(Entry::Compiling(waiting)) => waiting,
                     _ => Vec::new(),
                 };
-                if result.is_err() {
-                    shared.remove(&job.module);
+                // A failed compile is forgotten, so a later request tries again.
+                if let Ok(compiled) = &result {
+                    shared.insert(job.module.clone(), Entry::Ready(Arc::downgrade(compiled)));
                 }
                 waiting
             };

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{ConnId, JobId, Output, Server, Timer};
+use super::{ConnId, JobId, LazyTimer, Output, Server, Timer};
 use crate::http::{ParseEvent, RequestParser};
 use crate::response::{self, Response};
 
@@ -34,9 +34,7 @@ pub(super) struct Conn {
     was_mid_request: bool,
     /// When the connection times out as things stand (`None` while a response is owed).
     deadline: Option<Instant>,
-    /// The timer armed for it, which may be earlier: timers are moved lazily, when they
-    /// fire, so a keep-alive request costs no timer operation.
-    timer_at: Option<Instant>,
+    timer: LazyTimer,
 }
 
 impl Conn {
@@ -83,7 +81,7 @@ impl Server {
                 since: now,
                 was_mid_request: false,
                 deadline: None,
-                timer_at: None,
+                timer: LazyTimer::default(),
             },
         );
         self.arm_conn_timer(conn);
@@ -229,12 +227,10 @@ impl Server {
     /// Forgets a connection: its queued requests leave their queues, its started tasks are
     /// cancelled.
     pub(super) fn drop_conn(&mut self, now: Instant, conn: ConnId) {
-        let Some(c) = self.conns.remove(&conn) else {
+        let Some(mut c) = self.conns.remove(&conn) else {
             return;
         };
-        if let Some(at) = c.timer_at {
-            self.timers.remove(&(at, Timer::Conn(conn)));
-        }
+        c.timer.cancel(&mut self.timers, Timer::Conn(conn));
         for job in c.pipeline.into_iter().filter_map(|slot| slot.job) {
             self.drop_job(now, job);
         }
@@ -252,15 +248,8 @@ impl Server {
         } else {
             Some(c.since + self.config.keep_alive_timeout)
         };
-        // A timer armed no later than the deadline stays: when it fires, it moves on.
-        if let Some(deadline) = c.deadline
-            && c.timer_at.is_none_or(|armed| armed > deadline)
-        {
-            if let Some(armed) = c.timer_at {
-                self.timers.remove(&(armed, Timer::Conn(conn)));
-            }
-            self.timers.insert((deadline, Timer::Conn(conn)));
-            c.timer_at = Some(deadline);
+        if let Some(deadline) = c.deadline {
+            c.timer.arm(&mut self.timers, deadline, Timer::Conn(conn));
         }
     }
 
@@ -268,20 +257,14 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.timer_at != Some(at) {
+        // Busy: armed again once the response is out.
+        if !c
+            .timer
+            .fired(&mut self.timers, at, now, c.deadline, Timer::Conn(conn))
+        {
             return;
         }
-        c.timer_at = None;
-        match c.deadline {
-            // Busy: armed again once the response is out.
-            None => return,
-            Some(deadline) if deadline > now => {
-                self.timers.insert((deadline, Timer::Conn(conn)));
-                c.timer_at = Some(deadline);
-                return;
-            }
-            Some(_) => c.deadline = None,
-        }
+        c.deadline = None;
         if c.parser.is_mid_request() {
             c.stop_parsing = true;
             let seq = c.push_slot(false, true);

@@ -296,6 +296,61 @@ enum Timer {
     Idle(ServiceName),
 }
 
+/// A timer that moves lazily. Requests push a connection's or a service's deadline later
+/// all the time; rather than take the timer out and put it back each time, the armed
+/// timer stays where it is, and when it fires early it is armed again for the deadline
+/// as it stands then. A busy period (no deadline) costs nothing either.
+#[derive(Debug, Default)]
+struct LazyTimer {
+    /// When the armed timer fires, if one is armed.
+    armed: Option<Instant>,
+}
+
+impl LazyTimer {
+    /// Makes sure a timer fires no later than `deadline`.
+    fn arm(&mut self, timers: &mut BTreeSet<(Instant, Timer)>, deadline: Instant, key: Timer) {
+        if self.armed.is_some_and(|armed| armed <= deadline) {
+            return;
+        }
+        if let Some(armed) = self.armed.replace(deadline) {
+            timers.remove(&(armed, key.clone()));
+        }
+        timers.insert((deadline, key));
+    }
+
+    /// Takes the armed timer out, for an owner that goes away.
+    fn cancel(&mut self, timers: &mut BTreeSet<(Instant, Timer)>, key: Timer) {
+        if let Some(armed) = self.armed.take() {
+            timers.remove(&(armed, key));
+        }
+    }
+
+    /// The timer armed for `at` fired at `now`: true if `deadline` has come. A stale
+    /// firing, or one while there is no deadline, is false; one before the deadline arms
+    /// the timer again for it.
+    fn fired(
+        &mut self,
+        timers: &mut BTreeSet<(Instant, Timer)>,
+        at: Instant,
+        now: Instant,
+        deadline: Option<Instant>,
+        key: Timer,
+    ) -> bool {
+        if self.armed != Some(at) {
+            return false;
+        }
+        self.armed = None;
+        match deadline {
+            None => false,
+            Some(deadline) if deadline > now => {
+                self.arm(timers, deadline, key);
+                false
+            }
+            Some(_) => true,
+        }
+    }
+}
+
 /// The frenezulo state machine. See the crate docs for the polling contract.
 pub struct Server {
     config: ServerConfig,
@@ -387,11 +442,6 @@ impl Server {
     /// Guest tasks started and not finished (running or yielded).
     pub fn running(&self) -> usize {
         self.running
-    }
-
-    /// Requests waiting for a task slot, all services.
-    pub fn queued(&self) -> usize {
-        self.queued
     }
 
     /// Whether the driver should read more from `conn`. False while the pipeline is full

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{JobId, Lifecycle, Output, RegistryChange, Server, ServiceLimits, Timer};
+use super::{JobId, LazyTimer, Lifecycle, Output, RegistryChange, Server, ServiceLimits, Timer};
 use crate::guest::ModuleKey;
 use crate::response::Response;
 use crate::route::ServiceName;
@@ -22,9 +22,7 @@ pub(super) struct Service {
     pub(super) queue: VecDeque<JobId>,
     /// Since when the service has had nothing to do; `None` while busy.
     idle_since: Option<Instant>,
-    /// The idle timer armed for it. Timers move lazily: a busy period does not touch it,
-    /// and when it fires early it is armed again for `idle_since + idle_timeout`.
-    idle_timer: Option<Instant>,
+    idle_timer: LazyTimer,
 }
 
 impl Server {
@@ -53,7 +51,7 @@ impl Server {
                     running: 0,
                     queue: VecDeque::new(),
                     idle_since: None,
-                    idle_timer: None,
+                    idle_timer: LazyTimer::default(),
                 },
             );
             return;
@@ -175,12 +173,10 @@ impl Server {
         if s.state != Lifecycle::Warm || s.running > 0 || !s.queue.is_empty() {
             return;
         }
-        s.idle_since.get_or_insert(now);
-        if s.idle_timer.is_none() {
-            let at = now + self.config.idle_timeout;
-            s.idle_timer = Some(at);
-            self.timers.insert((at, Timer::Idle(name.clone())));
-        }
+        let since = *s.idle_since.get_or_insert(now);
+        let deadline = since + self.config.idle_timeout;
+        s.idle_timer
+            .arm(&mut self.timers, deadline, Timer::Idle(name.clone()));
     }
 
     /// The service is busy again: its idle clock stops (its timer stays armed).
@@ -194,18 +190,12 @@ impl Server {
         let Some(s) = self.services.get_mut(&name) else {
             return;
         };
-        if s.idle_timer != Some(at) {
-            return;
-        }
-        s.idle_timer = None;
-        let Some(since) = s.idle_since else {
-            return; // busy: armed again when it next goes idle
-        };
-        let due = since + self.config.idle_timeout;
-        if due > now {
-            s.idle_timer = Some(due);
-            self.timers.insert((due, Timer::Idle(name)));
-        } else if s.state == Lifecycle::Warm && s.running == 0 && s.queue.is_empty() {
+        // Busy: armed again when it next goes idle.
+        let deadline = s.idle_since.map(|since| since + self.config.idle_timeout);
+        let due = s
+            .idle_timer
+            .fired(&mut self.timers, at, now, deadline, Timer::Idle(name));
+        if due && s.state == Lifecycle::Warm && s.running == 0 && s.queue.is_empty() {
             s.state = Lifecycle::Cold;
             s.idle_since = None;
             self.stats.evictions += 1;
