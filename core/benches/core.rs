@@ -57,6 +57,7 @@ fn whole_request(c: &mut Criterion) {
             module: module.clone(),
             wasm: Bytes::new(),
             limits: ServiceLimits::default(),
+            env: Default::default(),
         }),
     );
     server.handle(

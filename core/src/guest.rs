@@ -4,6 +4,7 @@
 //! which engine ran the guest.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use thiserror::Error;
 
@@ -34,7 +35,13 @@ pub struct GuestRequest {
     pub remote: SocketAddr,
     /// The local address the connection was accepted on.
     pub local: SocketAddr,
+    /// Environment values the operator configured for the service, set before the CGI
+    /// variables (which the publisher keeps them from naming).
+    pub env: GuestEnv,
 }
+
+/// A service's configured environment values, shared by all its requests.
+pub type GuestEnv = Arc<[(String, String)]>;
 
 /// Limits on one guest run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,11 +60,11 @@ pub mod response;
 pub mod route;
 mod server;
 
-pub use guest::{GuestFailure, GuestRequest, ModuleKey, RunLimits};
+pub use guest::{GuestEnv, GuestFailure, GuestRequest, ModuleKey, RunLimits};
 pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;
 pub use route::{NameError, ServiceName};
 pub use server::{
-    ConnId, Execution, Input, JobId, Lifecycle, Output, RegistryChange, Server, ServerConfig,
-    ServiceInfo, ServiceLimits, Stats,
+    ConnId, Execution, Input, JobId, Lifecycle, MAX_MANAGEMENT_CALLS, ManagementCall, Output,
+    RegistryChange, Responded, Server, ServerConfig, ServiceInfo, ServiceLimits, Stats,
 };

@@ -51,6 +51,41 @@ pub trait Engine: Send + Sync {
     /// Validates and compiles a module. The module must be a WASI preview-1 command:
     /// it exports `_start` and `memory` and imports only WASI functions.
     fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn CompiledModule>, CompileError>;
+
+    /// Names the machine code this engine makes: its version, target and every setting
+    /// that changes the code. `None` for an engine with nothing worth keeping between
+    /// runs (the interpreter compiles fast).
+    fn artifact_fingerprint(&self) -> Option<String> {
+        None
+    }
+
+    /// Compiles like [`Engine::compile`], and serializes the machine code for a cache that
+    /// outlives the process (`None` when the engine has none).
+    #[allow(clippy::type_complexity)]
+    fn compile_to_artifact(
+        &self,
+        wasm: &[u8],
+    ) -> Result<(Arc<dyn CompiledModule>, Option<Vec<u8>>), CompileError> {
+        Ok((self.compile(wasm)?, None))
+    }
+
+    /// Loads a module from an artifact that [`Engine::compile_to_artifact`] made.
+    ///
+    /// # Safety
+    ///
+    /// The artifact is machine code that runs as it is: it must be exactly the bytes an
+    /// engine with the same [`Engine::artifact_fingerprint`] serialized (a cache on disk
+    /// checks a checksum first). It is the one input frenezulo trusts without checking.
+    #[allow(unsafe_code)]
+    unsafe fn load_artifact(
+        &self,
+        artifact: &[u8],
+    ) -> Result<Arc<dyn CompiledModule>, CompileError> {
+        let _ = artifact;
+        Err(CompileError::Engine(
+            "this engine has no precompiled artifacts".to_owned(),
+        ))
+    }
 }
 
 /// A compiled module, shareable across threads; each task gets a fresh instance.

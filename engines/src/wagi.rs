@@ -18,11 +18,16 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
         .iter()
         .map(|h| h.name.len() + h.value.len() + 8)
         .sum();
+    let env_len: usize = request.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     let mut io = GuestIo::new(
         http.body.clone(),
         stdout_cap,
-        640 + headers_len + 3 * http.target.len(),
+        640 + headers_len + 3 * http.target.len() + env_len,
     );
+    // Configured values first; the publisher refuses names the CGI variables below use.
+    for (key, value) in request.env.iter() {
+        io.push_env(key.as_bytes(), value.as_bytes());
+    }
     let local = request.local;
     let host = http.header("host").map(|h| &h[..]);
     let server_name = host.map(strip_port);
@@ -79,6 +84,37 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
     io
 }
 
+/// The variables [`guest_io`] sets for every request, which configured values may not name.
+pub const CGI_VARIABLES: [&str; 21] = [
+    "REQUEST_METHOD",
+    "SCRIPT_NAME",
+    "PATH_INFO",
+    "PATH_TRANSLATED",
+    "X_RAW_PATH_INFO",
+    "QUERY_STRING",
+    "REQUEST_URI",
+    "X_MATCHED_ROUTE",
+    "X_FULL_URL",
+    "SERVER_NAME",
+    "SERVER_PORT",
+    "SERVER_PROTOCOL",
+    "SERVER_SOFTWARE",
+    "GATEWAY_INTERFACE",
+    "CONTENT_LENGTH",
+    "CONTENT_TYPE",
+    "REMOTE_ADDR",
+    "REMOTE_HOST",
+    "REMOTE_PORT",
+    "AUTH_TYPE",
+    "REMOTE_USER",
+];
+
+/// Whether `name` is a CGI variable a request sets (or may set: every `HTTP_` name, and
+/// WAGI's `X_` names), so that a configured value could be mistaken for one.
+pub fn is_cgi_variable(name: &str) -> bool {
+    name.starts_with("HTTP_") || name.starts_with("X_") || CGI_VARIABLES.contains(&name)
+}
+
 /// `HTTP_<NAME>` variables, one per header name in order of first appearance; repeated
 /// headers are joined with ", ". Content-Type and Content-Length have their own variables.
 fn push_http_variables(io: &mut GuestIo, http: &frenezulo_core::Request) {
@@ -128,7 +164,7 @@ fn strip_port(host: &[u8]) -> &[u8] {
 }
 
 /// Decodes `%XX` escapes; a `%` not followed by two hex digits is kept as is.
-fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+pub fn percent_decode(raw: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     if !raw.contains(&b'%') {
         return std::borrow::Cow::Borrowed(raw);
     }

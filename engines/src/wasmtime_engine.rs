@@ -5,12 +5,11 @@
 //! A task is the future of an async call: the guest runs on a fiber, and polling the
 //! future once runs it until it finishes or the epoch deadline makes it yield.
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -67,63 +66,6 @@ pub struct WasmtimeEngine {
     linker: Linker<Host>,
     stop_ticker: Arc<AtomicBool>,
     config: EngineConfig,
-    artifacts: ArtifactCache,
-}
-
-/// Bytes of compiled artifacts kept for cold starts.
-pub const ARTIFACT_CACHE_BYTES: usize = 256 << 20;
-
-/// Machine code of modules compiled before, so that the cold start of a service that went
-/// idle deserializes its module (about a millisecond) instead of compiling it again
-/// (Cranelift: about 100 ms for a 50 KB Rust guest). Entries are matched on the full
-/// module bytes; the least recently used go first past [`ARTIFACT_CACHE_BYTES`].
-#[derive(Default)]
-struct ArtifactCache {
-    entries: Mutex<VecDeque<Artifact>>,
-}
-
-struct Artifact {
-    hash: u64,
-    wasm: Arc<[u8]>,
-    code: Vec<u8>,
-}
-
-impl ArtifactCache {
-    fn hash(wasm: &[u8]) -> u64 {
-        let mut h = DefaultHasher::new();
-        wasm.hash(&mut h);
-        h.finish()
-    }
-
-    fn get(&self, engine: &Wasmtime, wasm: &[u8]) -> Option<Module> {
-        let hash = Self::hash(wasm);
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        let at = entries
-            .iter()
-            .position(|a| a.hash == hash && *a.wasm == *wasm)?;
-        let artifact = entries.remove(at)?;
-        // SAFETY: `code` was produced by `Module::serialize` on this same engine, in this
-        // process, and never left memory: exactly what `deserialize` requires.
-        #[allow(unsafe_code)]
-        let module = unsafe { Module::deserialize(engine, &artifact.code) }.ok();
-        entries.push_back(artifact);
-        module
-    }
-
-    fn put(&self, wasm: &[u8], module: &Module) {
-        let Ok(code) = module.serialize() else { return };
-        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
-        entries.push_back(Artifact {
-            hash: Self::hash(wasm),
-            wasm: wasm.into(),
-            code,
-        });
-        let mut total: usize = entries.iter().map(|a| a.wasm.len() + a.code.len()).sum();
-        while total > ARTIFACT_CACHE_BYTES && entries.len() > 1 {
-            let old = entries.pop_front().expect("more than one entry");
-            total -= old.wasm.len() + old.code.len();
-        }
-    }
 }
 
 impl WasmtimeEngine {
@@ -174,7 +116,6 @@ impl WasmtimeEngine {
             linker,
             stop_ticker,
             config: *config,
-            artifacts: ArtifactCache::default(),
         })
     }
 }
@@ -218,16 +159,46 @@ impl Engine for WasmtimeEngine {
     }
 
     fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn CompiledModule>, CompileError> {
+        Ok(self.compile_to_artifact(wasm)?.0)
+    }
+
+    fn artifact_fingerprint(&self) -> Option<String> {
+        // Covers the wasmtime version, the target and CPU features, and the settings that
+        // change machine code; an artifact from any other engine does not match.
+        let mut h = DefaultHasher::new();
+        self.engine.precompile_compatibility_hash().hash(&mut h);
+        Some(format!("wasmtime-{:016x}", h.finish()))
+    }
+
+    fn compile_to_artifact(
+        &self,
+        wasm: &[u8],
+    ) -> Result<(Arc<dyn CompiledModule>, Option<Vec<u8>>), CompileError> {
         crate::shape::check(wasm, &self.config)?;
-        let cached = self.artifacts.get(&self.engine, wasm);
-        let from_cache = cached.is_some();
-        let module = match cached {
-            Some(module) => module,
-            None => Module::new(&self.engine, wasm)
-                .map_err(|e| CompileError::Invalid(format!("{e:#}")))?,
-        };
-        // `shape::check` accepted the imports and exports; what is left is linking the
-        // unimplemented WASI functions to their errno stubs.
+        let module =
+            Module::new(&self.engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+        let prepared = self.prepare(&module)?;
+        Ok((prepared, module.serialize().ok()))
+    }
+
+    #[allow(unsafe_code)]
+    unsafe fn load_artifact(
+        &self,
+        artifact: &[u8],
+    ) -> Result<Arc<dyn CompiledModule>, CompileError> {
+        // SAFETY: the caller vouches that `artifact` is exactly what `compile_to_artifact`
+        // serialized on an engine with this fingerprint; wasmtime checks the rest of its
+        // header (version, settings) itself.
+        let module = unsafe { Module::deserialize(&self.engine, artifact) }
+            .map_err(|e| CompileError::Engine(format!("artifact refused: {e:#}")))?;
+        self.prepare(&module)
+    }
+}
+
+impl WasmtimeEngine {
+    /// Links a compiled module: its WASI imports, and errno stubs for the functions
+    /// `shape::check` accepted but this host does not implement.
+    fn prepare(&self, module: &Module) -> Result<Arc<dyn CompiledModule>, CompileError> {
         let mut linker: Option<Linker<Host>> = None;
         for import in module.imports() {
             let (Provided::Stub(errno), ExternType::Func(ty)) =
@@ -252,11 +223,8 @@ impl Engine for WasmtimeEngine {
         let pre = linker
             .as_ref()
             .unwrap_or(&self.linker)
-            .instantiate_pre(&module)
+            .instantiate_pre(module)
             .map_err(|e| CompileError::ImportSignature(e.to_string()))?;
-        if !from_cache {
-            self.artifacts.put(wasm, &module);
-        }
         Ok(Arc::new(WasmtimeModule {
             engine: self.engine.clone(),
             pre,
@@ -359,7 +327,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_second_compile_of_the_same_bytes_comes_from_the_artifact_cache() {
+    fn an_artifact_loads_back_and_runs() {
         let engine = WasmtimeEngine::new(&EngineConfig {
             max_instances: 2,
             max_memory_bytes: 1 << 20,
@@ -376,12 +344,11 @@ mod tests {
                 (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
         )
         .unwrap();
-        let cached = |e: &WasmtimeEngine| e.artifacts.entries.lock().unwrap().len();
-        engine.compile(&hello).unwrap();
-        assert_eq!(cached(&engine), 1);
-        assert!(engine.artifacts.get(&engine.engine, &hello).is_some());
-        let module = engine.compile(&hello).unwrap();
-        assert_eq!(cached(&engine), 1, "a hit adds nothing");
+        let (_, artifact) = engine.compile_to_artifact(&hello).unwrap();
+        let artifact = artifact.expect("wasmtime serializes");
+        // SAFETY: made just above by this engine.
+        #[allow(unsafe_code)]
+        let module = unsafe { engine.load_artifact(&artifact) }.unwrap();
         let request = frenezulo_core::GuestRequest {
             request: frenezulo_core::Request {
                 method: "GET".into(),
@@ -395,6 +362,7 @@ mod tests {
             path_info: String::new(),
             remote: "127.0.0.1:1".parse().unwrap(),
             local: "127.0.0.1:2".parse().unwrap(),
+            env: Default::default(),
         };
         let limits = RunLimits {
             memory_bytes: 1 << 20,
@@ -405,15 +373,12 @@ mod tests {
             .result
             .unwrap();
         assert_eq!(&out.body[..], b"hi");
-        let mut other = hello.clone();
-        *other.last_mut().unwrap() ^= 1;
-        assert!(
-            engine.artifacts.get(&engine.engine, &other).is_none(),
-            "different bytes never hit"
-        );
-        // A module refused after compiling is not kept.
-        let no_start = wat::parse_str(r#"(module (memory (export "memory") 1))"#).unwrap();
-        assert!(engine.compile(&no_start).is_err());
-        assert_eq!(cached(&engine), 1);
+        let fingerprint = engine.artifact_fingerprint().unwrap();
+        assert!(fingerprint.starts_with("wasmtime-"));
+        assert_eq!(Some(fingerprint), engine.artifact_fingerprint(), "stable");
+        // Bytes wasmtime did not serialize are refused, not run.
+        #[allow(unsafe_code)]
+        let refused = unsafe { engine.load_artifact(b"\x7fELF not an artifact") };
+        assert!(refused.is_err());
     }
 }

@@ -123,6 +123,19 @@ conformance! {
         assert!(text.ends_with("\n\nthe body"), "stdin is the body:\n{text}");
     }
 
+    fn configured_environment_values_are_seen(e) {
+        let mut req = request("GET", "/svc", &[], b"");
+        req.env = vec![
+            ("DATABASE_URL".to_owned(), "postgres://db/x".to_owned()),
+            ("FLAG".to_owned(), String::new()),
+        ]
+        .into();
+        let text = body(&ok(run_with(e, &guest("examples/echo.wat"), &req, limits()).result));
+        for line in ["DATABASE_URL=postgres://db/x", "FLAG=", "REQUEST_METHOD=GET"] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+
     fn host_environment_never_reaches_the_guest(e) {
         // SAFETY-free: tests in this binary only read their own variables.
         let secret = "FRENEZULO_TEST_SECRET";

@@ -48,6 +48,8 @@ enum Op {
         service: u8,
     },
     Shutdown,
+    /// Answers the oldest management call out.
+    Answer,
 }
 
 const SERVICES: [&str; 3] = ["a", "b", "zz"];
@@ -65,6 +67,8 @@ struct Harness {
     out: Option<JobId>,
     next_conn: u64,
     next_version: u64,
+    /// Management calls out, oldest first.
+    calls: Vec<JobId>,
 }
 
 impl Harness {
@@ -93,6 +97,7 @@ impl Harness {
                         self.out = None;
                     }
                 }
+                Output::Manage(call) => self.calls.push(call.call),
                 _ => {}
             }
         }
@@ -140,6 +145,7 @@ impl Harness {
             module,
             wasm: Bytes::new(),
             limits,
+            env: Default::default(),
         }));
     }
 
@@ -180,6 +186,7 @@ fuzz_target!(|ops: Vec<Op>| {
         out: None,
         next_conn: 0,
         next_version: 1,
+        calls: Vec::new(),
     };
     for name in &SERVICES[..2] {
         h.put(name, limits);
@@ -193,7 +200,7 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Get { conn, service } => {
                 let req = format!(
                     "GET /{} HTTP/1.1\r\nHost: f\r\n\r\n",
-                    SERVICES[usize::from(service) % 3]
+                    ["a", "b", "zz", "services"][usize::from(service) % 4]
                 );
                 h.send(conn, req.as_bytes());
             }
@@ -230,6 +237,13 @@ fuzz_target!(|ops: Vec<Op>| {
                 h.input(Input::Registry(RegistryChange::Remove { service }));
             }
             Op::Shutdown => h.input(Input::Shutdown),
+            Op::Answer => {
+                if !h.calls.is_empty() {
+                    let call = h.calls.remove(0);
+                    let response = Response::text(200, "ok");
+                    h.input(Input::Managed { call, response });
+                }
+            }
         }
         assert!(h.server.running() <= MAX_RUNNING);
         assert_eq!(h.server.running(), h.tasks.len(), "the core counts the tasks out");
@@ -241,6 +255,10 @@ fuzz_target!(|ops: Vec<Op>| {
     // Finish everything: no task may stay running, and every connection ends up closed once
     // the keep-alive and request timeouts have passed.
     for _ in 0..20 {
+        for call in std::mem::take(&mut h.calls) {
+            let response = Response::text(200, "ok");
+            h.input(Input::Managed { call, response });
+        }
         h.compile_all(true);
         while h.out.is_some() {
             h.finish(Ok(Response::text(200, "ok")));

@@ -1,17 +1,18 @@
 //! The compile pool: cold starts compile here, off the serving loops, and the compiled
 //! module is shared by every serving thread that asks for the same version.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use frenezulo_core::ModuleKey;
-use frenezulo_engines::{CompileError, CompiledModule, Engine};
+use frenezulo_core::{ModuleKey, ServiceName};
+use frenezulo_engines::{CompileError, CompiledModule};
 use tracing::{error, info};
 
+use crate::artifacts::{Artifacts, Loaded};
 use crate::serve::{Inbox, Message};
 
 /// What a compile produced, as a serving thread receives it.
@@ -22,6 +23,18 @@ pub type Compiled = Result<Arc<dyn CompiledModule>, CompileError>;
 pub struct CompilePool {
     jobs: Sender<Job>,
     shared: Arc<Mutex<HashMap<ModuleKey, Entry>>>,
+    loads: Arc<Mutex<BTreeMap<ServiceName, LoadStats>>>,
+}
+
+/// How a service's modules were made ready, since start: for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LoadStats {
+    /// Compiled from the module's bytes.
+    pub compiled: u64,
+    /// Deserialized from the artifact cache.
+    pub from_artifact: u64,
+    /// Time spent on both, in seconds.
+    pub seconds: f64,
 }
 
 struct Job {
@@ -38,20 +51,37 @@ enum Entry {
 
 impl CompilePool {
     /// Starts `threads` compile threads.
-    pub fn start(engine: Arc<dyn Engine>, threads: usize) -> std::io::Result<Self> {
+    pub fn start(artifacts: Arc<Artifacts>, threads: usize) -> std::io::Result<Self> {
         let (jobs, rx) = std::sync::mpsc::channel::<Job>();
         let rx = Arc::new(Mutex::new(rx));
         let pool = Self {
             jobs,
             shared: Arc::default(),
+            loads: Arc::default(),
         };
         for i in 0..threads.max(1) {
-            let (engine, rx, pool) = (engine.clone(), rx.clone(), pool.clone());
+            let (artifacts, rx, pool) = (artifacts.clone(), rx.clone(), pool.clone());
             std::thread::Builder::new()
                 .name(format!("compile-{i}"))
-                .spawn(move || pool.work(engine.as_ref(), &rx))?;
+                .spawn(move || pool.work(&artifacts, &rx))?;
         }
         Ok(pool)
+    }
+
+    /// Counts a module of `service` made ready, here or elsewhere (start-up, validation).
+    pub fn record(&self, service: &ServiceName, loaded: Loaded, elapsed: Duration) {
+        let mut loads = self.loads.lock().unwrap_or_else(|e| e.into_inner());
+        let stats = loads.entry(service.clone()).or_default();
+        match loaded {
+            Loaded::Compiled => stats.compiled += 1,
+            Loaded::FromArtifact => stats.from_artifact += 1,
+        }
+        stats.seconds += elapsed.as_secs_f64();
+    }
+
+    /// Every service's load counts.
+    pub fn load_stats(&self) -> BTreeMap<ServiceName, LoadStats> {
+        self.loads.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Records a module compiled elsewhere (at start-up), so cold starts of the same
@@ -91,7 +121,7 @@ impl CompilePool {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn work(&self, engine: &dyn Engine, jobs: &Mutex<Receiver<Job>>) {
+    fn work(&self, artifacts: &Artifacts, jobs: &Mutex<Receiver<Job>>) {
         loop {
             let job = {
                 let rx = jobs.lock().unwrap_or_else(|e| e.into_inner());
@@ -101,13 +131,23 @@ impl CompilePool {
                 }
             };
             let started = Instant::now();
-            let result = std::panic::catch_unwind(AssertUnwindSafe(|| engine.compile(&job.wasm)))
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| artifacts.load(&job.wasm)))
                 .unwrap_or_else(|_| {
                     Err(CompileError::Engine(
                         "the engine panicked while compiling".to_owned(),
                     ))
                 });
-            log(&job.module, &result, started.elapsed());
+            let result = match result {
+                Ok((compiled, loaded, elapsed)) => {
+                    self.record(&job.module.service, loaded, elapsed);
+                    log(&job.module, Ok(loaded), elapsed);
+                    Ok(compiled)
+                }
+                Err(e) => {
+                    log(&job.module, Err(&e), started.elapsed());
+                    Err(e)
+                }
+            };
             let waiting = {
                 let mut shared = self.lock();
                 let waiting = match shared.remove(&job.module) {
@@ -130,10 +170,12 @@ impl CompilePool {
     }
 }
 
-fn log(module: &ModuleKey, result: &Compiled, elapsed: Duration) {
+fn log(module: &ModuleKey, result: Result<Loaded, &CompileError>, elapsed: Duration) {
     let ms = elapsed.as_secs_f64() * 1e3;
     match result {
-        Ok(_) => info!(service = %module.service, version = module.version, ms, "compiled"),
+        Ok(loaded) => {
+            info!(service = %module.service, version = module.version, ms, from = loaded.name(), "module ready")
+        }
         Err(e) => {
             error!(service = %module.service, version = module.version, error = %e, "compile failed")
         }

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits};
 use frenezulo_engines::EngineKind;
-use serde::Deserialize;
+
+use crate::registry::manifest::Origin;
+use serde::{Deserialize, Serialize};
 
 /// Everything the server runs with, after merging file, flags and defaults.
 #[derive(Debug, Clone)]
@@ -32,6 +34,20 @@ pub struct Settings {
     pub server: ServerConfig,
     /// Services to register at start.
     pub services: Vec<ServiceSpec>,
+    /// Limits of a service that sets none: `[limits]` over the defaults.
+    pub base_limits: ServiceLimits,
+    /// Where the registry, its modules and the compiled artifacts live.
+    pub data_dir: PathBuf,
+    /// The management API's bearer token, if given (otherwise one is kept in `data_dir`).
+    pub admin_token: Option<String>,
+    /// Largest module the management API takes, uploaded or fetched.
+    pub max_module_bytes: usize,
+    /// How long fetching a module by URL may take, in all.
+    pub fetch_timeout: Duration,
+    /// Directories `file://` sources may name; none by default.
+    pub module_dirs: Vec<PathBuf>,
+    /// One log line per request, at `info` under the `access` target.
+    pub access_log: bool,
 }
 
 /// A service to load at start.
@@ -43,6 +59,10 @@ pub struct ServiceSpec {
     pub module: PathBuf,
     /// Its limits.
     pub limits: ServiceLimits,
+    /// Environment values for its guests.
+    pub env: BTreeMap<String, String>,
+    /// The config file or the command line.
+    pub origin: Origin,
 }
 
 /// The config file, as written. Every key is optional.
@@ -65,6 +85,13 @@ pub struct FileConfig {
     request_timeout: Option<Span>,
     write_timeout: Option<Span>,
     drain_timeout: Option<Span>,
+    data_dir: Option<PathBuf>,
+    admin_token: Option<String>,
+    max_module_size: Option<Size>,
+    fetch_timeout: Option<Span>,
+    #[serde(default)]
+    module_dirs: Vec<PathBuf>,
+    access_log: Option<bool>,
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
@@ -72,19 +99,64 @@ pub struct FileConfig {
 }
 
 /// Per-service limits as written; each unset key falls back to `[limits]`, then the default.
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
+    #[serde(skip_serializing_if = "Option::is_none")]
     memory: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     deadline: Option<Span>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     stdout: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     body: Option<Size>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     concurrency: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<usize>,
 }
 
 impl LimitsConfig {
-    fn apply(&self, mut limits: ServiceLimits) -> ServiceLimits {
+    /// Every key set, to the values of `limits`.
+    pub fn of(limits: &ServiceLimits) -> LimitsConfig {
+        LimitsConfig {
+            memory: Some(Size(limits.memory_bytes)),
+            deadline: Some(Span(limits.deadline)),
+            stdout: Some(Size(limits.stdout_bytes)),
+            body: Some(Size(limits.body_bytes)),
+            concurrency: Some(limits.max_concurrency),
+            queue: Some(limits.max_queued),
+        }
+    }
+
+    /// These keys over `other`'s: a key set here wins.
+    pub fn over(&self, other: &LimitsConfig) -> LimitsConfig {
+        LimitsConfig {
+            memory: self.memory.or(other.memory),
+            deadline: self.deadline.or(other.deadline),
+            stdout: self.stdout.or(other.stdout),
+            body: self.body.or(other.body),
+            concurrency: self.concurrency.or(other.concurrency),
+            queue: self.queue.or(other.queue),
+        }
+    }
+
+    /// Refuses values no service can run with.
+    pub fn check(&self) -> Result<(), String> {
+        if self.memory.is_some_and(|m| m.0 < 64 * 1024) {
+            return Err("memory must be at least 64KiB (one WebAssembly page)".to_owned());
+        }
+        if self.deadline.is_some_and(|d| d.0.is_zero()) {
+            return Err("deadline must be above zero".to_owned());
+        }
+        if self.concurrency == Some(0) {
+            return Err("concurrency must be at least 1".to_owned());
+        }
+        Ok(())
+    }
+
+    /// `limits` with the keys set here applied.
+    pub fn apply(&self, mut limits: ServiceLimits) -> ServiceLimits {
         if let Some(v) = self.memory {
             limits.memory_bytes = v.0;
         }
@@ -112,18 +184,27 @@ impl LimitsConfig {
 enum ServiceEntry {
     /// `name = "path/to/module.wasm"`
     Path(PathBuf),
-    /// `[services.name]` with `module = "..."` and any limit keys.
+    /// `[services.name]` with `module = "..."`, any limit keys, and `env = { KEY = "value" }`.
     Table {
         module: PathBuf,
+        #[serde(default)]
+        env: BTreeMap<String, String>,
         #[serde(flatten)]
         limits: LimitsConfig,
     },
 }
 
 /// A byte size: an integer, or a string with a unit (`"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "SizeRepr")]
+/// Written back as an integer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "SizeRepr", into = "usize")]
 pub struct Size(pub usize);
+
+impl From<Size> for usize {
+    fn from(s: Size) -> usize {
+        s.0
+    }
+}
 
 #[derive(Deserialize)]
 #[serde(untagged)]
@@ -144,9 +225,25 @@ impl TryFrom<SizeRepr> for Size {
 }
 
 /// A duration: an integer number of seconds, or a string with a unit (`"250ms"`, `"10s"`, `"5m"`, `"1h"`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(try_from = "SizeRepr")]
+/// Written back as a string: whole seconds as `"10s"`, anything finer in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "SizeRepr", into = "String")]
 pub struct Span(pub Duration);
+
+impl From<Span> for String {
+    fn from(s: Span) -> String {
+        format_duration(s.0)
+    }
+}
+
+/// `"10s"` for whole seconds, `"250ms"` otherwise: what [`parse_duration`] reads back.
+pub fn format_duration(d: Duration) -> String {
+    if d.subsec_millis() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
+}
 
 impl TryFrom<SizeRepr> for Span {
     type Error = String;
@@ -222,6 +319,63 @@ pub struct Overrides {
     pub idle_timeout: Option<Duration>,
     /// `--service NAME=PATH`, in order; a name here replaces the file's service of that name.
     pub services: Vec<(String, PathBuf)>,
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--admin-token` or `FRENEZULO_ADMIN_TOKEN`
+    pub admin_token: Option<String>,
+    /// `--no-access-log`
+    pub no_access_log: bool,
+}
+
+/// The data directory when none is given: `$XDG_DATA_HOME/frenezulo`, else
+/// `$HOME/.local/share/frenezulo`, else `frenezulo-data` in the working directory.
+pub fn default_data_dir() -> PathBuf {
+    let non_empty = |v: &str| {
+        std::env::var_os(v)
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+    };
+    non_empty("XDG_DATA_HOME")
+        .map(|d| d.join("frenezulo"))
+        .or_else(|| non_empty("HOME").map(|h| h.join(".local/share/frenezulo")))
+        .unwrap_or_else(|| PathBuf::from("frenezulo-data"))
+}
+
+/// A service's environment values, by name.
+pub type EnvValues = BTreeMap<String, String>;
+
+/// Largest module the management API takes, by default (as the seed had it).
+pub const DEFAULT_MAX_MODULE_BYTES: usize = 5 << 20;
+
+/// Checks an environment value's name: what a shell would take, and not a CGI variable
+/// a request sets (those always come from the request).
+pub fn check_env_name(name: &str) -> Result<(), String> {
+    let valid = name
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+    if name.is_empty() || !valid {
+        return Err(format!(
+            "environment name `{name}` must match [A-Za-z_][A-Za-z0-9_]*"
+        ));
+    }
+    if frenezulo_engines::wagi::is_cgi_variable(name) {
+        return Err(format!(
+            "environment name `{name}` is a CGI variable that each request sets"
+        ));
+    }
+    Ok(())
+}
+
+/// Checks every name and value of a service's environment.
+pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+    for (name, value) in env {
+        check_env_name(name)?;
+        if value.contains('\0') {
+            return Err(format!("environment value of `{name}` contains a NUL byte"));
+        }
+    }
+    Ok(())
 }
 
 /// The default listen address.
@@ -235,6 +389,15 @@ pub fn share(total: usize, workers: usize) -> usize {
     total.div_ceil(workers.max(1)).max(1)
 }
 
+/// One serving thread's share of a service's limits, with `workers` threads.
+pub fn per_thread_limits(limits: ServiceLimits, workers: usize) -> ServiceLimits {
+    ServiceLimits {
+        max_concurrency: share(limits.max_concurrency, workers),
+        max_queued: share(limits.max_queued, workers),
+        ..limits
+    }
+}
+
 impl Settings {
     /// One serving thread's core settings: each server-wide count and byte budget divided
     /// between the threads, each share rounded up.
@@ -245,16 +408,6 @@ impl Settings {
             max_queued: share(self.server.max_queued, n),
             max_queued_bytes: share(self.server.max_queued_bytes, n),
             ..self.server.clone()
-        }
-    }
-
-    /// One serving thread's share of a service's limits: concurrency and queue divided
-    /// like the server-wide ones; the per-request limits stay as they are.
-    pub fn per_thread_limits(&self, limits: ServiceLimits) -> ServiceLimits {
-        ServiceLimits {
-            max_concurrency: share(limits.max_concurrency, self.workers),
-            max_queued: share(limits.max_queued, self.workers),
-            ..limits
         }
     }
 
@@ -322,33 +475,54 @@ impl Settings {
                 .or(file.idle_timeout.map(|s| s.0))
                 .unwrap_or(defaults.idle_timeout),
         };
+        file.limits
+            .check()
+            .map_err(|e| anyhow::anyhow!("[limits]: {e}"))?;
         let base_limits = file.limits.apply(ServiceLimits {
             body_bytes: framing.max_body_bytes,
             ..ServiceLimits::default()
         });
-        let mut services: Vec<ServiceSpec> = file
-            .services
-            .into_iter()
-            .map(|(name, entry)| {
-                let (module, limits) = match entry {
-                    ServiceEntry::Path(module) => (module, base_limits),
-                    ServiceEntry::Table { module, limits } => (module, limits.apply(base_limits)),
-                };
-                ServiceSpec {
-                    name,
-                    module: base.join(module),
+        let mut services = Vec::new();
+        for (name, entry) in file.services {
+            let (module, limits, env) = match entry {
+                ServiceEntry::Path(module) => (module, base_limits, BTreeMap::new()),
+                ServiceEntry::Table {
+                    module,
+                    env,
                     limits,
+                } => {
+                    limits
+                        .check()
+                        .and_then(|()| check_env(&env))
+                        .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
+                    (module, limits.apply(base_limits), env)
                 }
-            })
-            .collect();
+            };
+            services.push(ServiceSpec {
+                name,
+                module: base.join(module),
+                limits,
+                env,
+                origin: Origin::Config,
+            });
+        }
         for (name, module) in overrides.services {
             services.retain(|s| s.name != name);
             services.push(ServiceSpec {
                 name,
                 module,
                 limits: base_limits,
+                env: BTreeMap::new(),
+                origin: Origin::Cli,
             });
         }
+        let max_module_bytes = file
+            .max_module_size
+            .map_or(DEFAULT_MAX_MODULE_BYTES, |s| s.0);
+        // Uploads come through the same framing as requests: let a module of the largest
+        // size through; each service's own body limit still applies to its requests.
+        let mut server = server;
+        server.framing.max_body_bytes = server.framing.max_body_bytes.max(max_module_bytes);
         Ok(Settings {
             engine,
             listen: overrides
@@ -362,6 +536,19 @@ impl Settings {
             drain_timeout: file.drain_timeout.map_or(Duration::from_secs(30), |s| s.0),
             server,
             services,
+            base_limits,
+            data_dir: overrides
+                .data_dir
+                .or(file.data_dir.map(|d| base.join(d)))
+                .unwrap_or_else(default_data_dir),
+            admin_token: overrides
+                .admin_token
+                .or(file.admin_token)
+                .filter(|t| !t.is_empty()),
+            max_module_bytes,
+            fetch_timeout: file.fetch_timeout.map_or(Duration::from_secs(30), |s| s.0),
+            module_dirs: file.module_dirs.into_iter().map(|d| base.join(d)).collect(),
+            access_log: !overrides.no_access_log && file.access_log.unwrap_or(true),
         })
     }
 }
@@ -404,7 +591,7 @@ mod tests {
         let one = s.per_thread();
         assert_eq!(one.max_running, DEFAULT_RUNNING_PER_WORKER);
         assert_eq!(one.max_queued, 342, "1024 over 3 threads, rounded up");
-        let shop = s.per_thread_limits(s.services[1].limits);
+        let shop = per_thread_limits(s.services[1].limits, s.workers);
         assert_eq!((shop.max_queued, shop.max_concurrency), (2, 22));
         assert_eq!(s.server.idle_timeout, Duration::from_millis(250));
         assert_eq!(s.services.len(), 2);
@@ -443,6 +630,19 @@ mod tests {
         assert!(parse("engine = \"v8\"", Overrides::default()).is_err());
         assert!(parse("[limits]\nmemory = \"12 parsecs\"", Overrides::default()).is_err());
         assert!(parse("workers = 0", Overrides::default()).is_err());
+        assert!(parse("[limits]\nconcurrency = 0", Overrides::default()).is_err());
+        let cgi = "[services.a]\nmodule = \"a.wat\"\nenv = { REQUEST_METHOD = \"GET\" }";
+        assert!(
+            parse(cgi, Overrides::default()).is_err(),
+            "CGI variables cannot be configured"
+        );
+        assert!(
+            parse(
+                "[services.a]\nmodule = \"a.wat\"\nenv = { \"A-B\" = \"x\" }",
+                Overrides::default()
+            )
+            .is_err()
+        );
     }
 
     #[test]

@@ -11,18 +11,26 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use bytes::Bytes;
 use clap::Parser;
-use frenezulo_core::{ModuleKey, RegistryChange, ServiceLimits, ServiceName};
-use frenezulo_engines::{CompiledModule, Engine, EngineConfig, EngineKind};
+use frenezulo_core::{RegistryChange, ServiceLimits, ServiceName};
+use frenezulo_engines::{EngineConfig, EngineKind};
 use tracing::{error, info, warn};
 
+mod admin;
+mod artifacts;
+mod client;
 mod compile;
 mod config;
+mod metrics;
+mod registry;
 mod serve;
 
+use artifacts::{Artifacts, Loaded};
 use compile::CompilePool;
 use config::{Overrides, Settings};
+use registry::manifest::Origin;
+use registry::store::{Digest, LocalStore};
+use registry::{Registry, Service, Static};
 use serve::{Inbox, Message, Setup};
 
 /// The module served as `hello` when no service is configured.
@@ -37,9 +45,34 @@ const BUILTIN_HELLO: &str = include_str!("../../examples/hello.wat");
 ///
 /// Logs go to stderr; set RUST_LOG (e.g. `RUST_LOG=debug`) for more or less detail.
 /// SIGINT or SIGTERM stops accepting and finishes requests in flight.
+///
+/// `frenezulo services ...` is the client of a running server's management API.
 #[derive(Debug, Parser)]
-#[command(name = "frenezulo", version, about, long_about, verbatim_doc_comment)]
+#[command(
+    name = "frenezulo",
+    version,
+    about,
+    long_about,
+    verbatim_doc_comment,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Lists, shows, adds, changes and removes the services of a running server, through
+    /// its management API.
+    Services(client::ServicesArgs),
+}
+
+/// How to serve.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
     /// WebAssembly engine: `wasmtime` (JIT compiler) or `wasmi` (interpreter, for platforms
     /// that forbid JIT). Default: wasmtime when compiled in.
     #[arg(long, value_name = "ENGINE")]
@@ -79,6 +112,26 @@ struct Cli {
     /// Default: 60s.
     #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
+
+    /// Directory for the registry of services added through the management API, their
+    /// modules and compiled artifacts. Default: $XDG_DATA_HOME/frenezulo, else
+    /// ~/.local/share/frenezulo.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+
+    /// Bearer token for the management API under /services. Default: generated on first
+    /// start, kept in the data directory (file `admin-token`) and printed once in the log.
+    #[arg(
+        long,
+        env = "FRENEZULO_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    admin_token: Option<String>,
+
+    /// Do not log a line per request (the access log, target `access`, at info level).
+    #[arg(long)]
+    no_access_log: bool,
 }
 
 fn parse_service(s: &str) -> Result<(String, PathBuf), String> {
@@ -94,6 +147,9 @@ fn parse_service(s: &str) -> Result<(String, PathBuf), String> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::Services(args)) = cli.command {
+        return client::run(args);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -102,7 +158,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
-    match run(cli) {
+    match run(cli.serve) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
@@ -112,7 +168,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         engine: cli.engine,
         listen: cli.listen,
@@ -121,46 +177,67 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         max_running: cli.max_running,
         idle_timeout: cli.idle_timeout,
         services: cli.services,
+        data_dir: cli.data_dir,
+        admin_token: cli.admin_token,
+        no_access_log: cli.no_access_log,
     };
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
     let per_thread = settings.per_thread();
-    let max_memory = settings
-        .services
-        .iter()
-        .map(|s| s.limits.memory_bytes)
-        .chain([ServiceLimits::default().memory_bytes])
-        .max()
-        .unwrap_or_default();
+    let store = LocalStore::open(&settings.data_dir).context("opening the data directory")?;
+    info!(dir = %settings.data_dir.display(), "data directory");
+    let (token, _) = admin::token::resolve(settings.admin_token.clone(), &settings.data_dir)?;
     let engine_config = EngineConfig {
         // Every thread's running tasks; slack covers a compile that instantiates nothing.
         max_instances: u32::try_from(per_thread.max_running * settings.workers + 2)
             .unwrap_or(u32::MAX),
-        max_memory_bytes: max_memory,
+        // Services added later may ask for up to the largest limit configured.
+        max_memory_bytes: settings
+            .services
+            .iter()
+            .map(|s| s.limits.memory_bytes)
+            .chain([
+                settings.base_limits.memory_bytes,
+                ServiceLimits::default().memory_bytes,
+            ])
+            .max()
+            .unwrap_or_default(),
     };
     let engine = frenezulo_engines::create(settings.engine, &engine_config)?;
-    let services = load_services(&settings, engine.as_ref())?;
+    let artifacts = Arc::new(Artifacts::open(engine, &settings.data_dir));
+    let statics = load_services(&settings, &artifacts)?;
+    let loads: Vec<(ServiceName, Loaded, Duration)> = statics
+        .iter()
+        .map(|(s, loaded, elapsed)| (s.service.name.clone(), *loaded, *elapsed))
+        .collect();
+    let mut registry = Registry::open(
+        Box::new(store),
+        statics.into_iter().map(|(s, _, _)| s).collect(),
+        settings.base_limits,
+        settings.workers,
+    )
+    .context("loading the registry")?;
+    artifacts.retain(&registry.digests());
     let listeners = serve::bind(settings.listen, settings.backlog, settings.workers)
         .with_context(|| format!("listening on {}", settings.listen))?;
     let local = listeners[0].local_addr()?;
-    let compile = CompilePool::start(engine.clone(), settings.workers.div_ceil(4))?;
-    for s in &services {
-        compile.insert(s.module.clone(), &s.compiled);
+    let compile = CompilePool::start(artifacts.clone(), settings.workers.div_ceil(4))?;
+    for (service, loaded, elapsed) in &loads {
+        compile.record(service, *loaded, *elapsed);
+    }
+    for message in registry.initial_messages() {
+        if let Message::Registry {
+            change: RegistryChange::Put { module, .. },
+            compiled: Some(compiled),
+        } = message
+        {
+            compile.insert(module, &compiled);
+        }
     }
     let (events_tx, events) = mpsc::channel();
     watch_signals(events_tx.clone())?;
+    let (admin_tx, admin_rx) = mpsc::sync_channel(admin::QUEUE);
     let mut inboxes = Vec::new();
     for (id, listener) in listeners.into_iter().enumerate() {
-        let initial = services
-            .iter()
-            .map(|s| Message::Registry {
-                change: RegistryChange::Put {
-                    module: s.module.clone(),
-                    wasm: s.wasm.clone(),
-                    limits: settings.per_thread_limits(s.limits),
-                },
-                compiled: Some(s.compiled.clone()),
-            })
-            .collect();
         let exited = events_tx.clone();
         inboxes.push(serve::spawn(Setup {
             id,
@@ -169,13 +246,36 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             max_connections: config::share(settings.max_connections, settings.workers),
             write_timeout: settings.write_timeout,
             compile: compile.clone(),
-            initial,
+            initial: registry.initial_messages(),
+            admin: admin_tx.clone(),
+            access_log: settings.access_log,
             on_exit: Box::new(move |clean| {
                 let _ = exited.send(Event::Exited { id, clean });
             }),
         })?);
     }
-    drop(services);
+    registry.attach(inboxes.clone());
+    let admin_exited = events_tx.clone();
+    admin::spawn(
+        admin::Setup {
+            registry,
+            token,
+            artifacts,
+            compile,
+            fetch: admin::fetch::FetchLimits {
+                max_bytes: settings.max_module_bytes,
+                timeout: settings.fetch_timeout,
+                module_dirs: settings.module_dirs.clone(),
+            },
+            engine: settings.engine,
+            inboxes: inboxes.clone(),
+        },
+        admin_rx,
+        admin_tx,
+        Box::new(move || {
+            let _ = admin_exited.send(Event::AdminExited);
+        }),
+    )?;
     info!(engine = %settings.engine, workers = settings.workers, backlog = settings.backlog, "listening on http://{local}");
     // A machine-readable line on stdout, for scripts and tests that pick a free port.
     println!("frenezulo listening on http://{local}");
@@ -189,6 +289,8 @@ enum Event {
     Signal(i32),
     /// A serving thread ended; `clean` is false if it panicked.
     Exited { id: usize, clean: bool },
+    /// The management thread ended, which it does only if it failed.
+    AdminExited,
 }
 
 fn watch_signals(events: mpsc::Sender<Event>) -> anyhow::Result<()> {
@@ -263,6 +365,12 @@ fn supervise(
                 phase = Phase::Stopping;
             }
             (Event::Signal(_), Phase::Stopping) => {}
+            (Event::AdminExited, _) => {
+                error!("the management thread ended unexpectedly; stopping");
+                failed = true;
+                broadcast(|| Message::Stop);
+                phase = Phase::Stopping;
+            }
             (Event::Exited { id, clean }, _) => {
                 running -= 1;
                 if !clean || matches!(phase, Phase::Serving) {
@@ -280,52 +388,63 @@ fn supervise(
     Ok(())
 }
 
-/// A service validated and compiled at start.
-struct Loaded {
-    module: ModuleKey,
-    wasm: Bytes,
-    limits: ServiceLimits,
-    compiled: Arc<dyn CompiledModule>,
-}
-
 /// Reads, validates and compiles every configured service (or the built-in hello), so a
 /// bad module stops start-up with a reason instead of failing its first request.
-fn load_services(settings: &Settings, engine: &dyn Engine) -> anyhow::Result<Vec<Loaded>> {
+/// Returns each with how it was made ready, for the metrics.
+fn load_services(
+    settings: &Settings,
+    artifacts: &Artifacts,
+) -> anyhow::Result<Vec<(Static, Loaded, Duration)>> {
     let mut specs = Vec::new();
     if settings.services.is_empty() {
         let wasm = wat::parse_str(BUILTIN_HELLO).context("built-in hello module")?;
-        specs.push((
-            "hello".to_owned(),
+        let spec = (
             wasm,
-            ServiceLimits::default(),
             "built-in".to_owned(),
-        ));
+            Origin::BuiltIn,
+            Default::default(),
+        );
+        specs.push(("hello".to_owned(), settings.base_limits, spec));
     }
-    for spec in &settings.services {
-        let wasm = load_module(&spec.module)?;
-        specs.push((
-            spec.name.clone(),
+    for s in &settings.services {
+        let wasm = load_module(&s.module)?;
+        let spec = (
             wasm,
-            spec.limits,
-            spec.module.display().to_string(),
-        ));
+            s.module.display().to_string(),
+            s.origin,
+            s.env.clone(),
+        );
+        specs.push((s.name.clone(), s.limits, spec));
     }
-    let mut loaded = Vec::new();
-    for (version, (name, wasm, limits, origin)) in (1u64..).zip(specs) {
-        let started = Instant::now();
-        let compiled = engine
-            .compile(&wasm)
-            .with_context(|| format!("service `{name}` ({origin})"))?;
+    let mut statics = Vec::new();
+    for (name, limits, (wasm, source, origin, env)) in specs {
+        let (compiled, loaded, elapsed) = artifacts
+            .load(&wasm)
+            .with_context(|| format!("service `{name}` ({source})"))?;
         let service = ServiceName::new(&name).with_context(|| format!("service `{name}`"))?;
-        info!(service = %service, module = origin, compile_ms = started.elapsed().as_secs_f64() * 1e3, "service registered at /{name}");
-        loaded.push(Loaded {
-            module: ModuleKey { service, version },
-            wasm: wasm.into(),
-            limits,
+        let rule = match origin {
+            Origin::BuiltIn => "the API may add a service of this name in its place",
+            _ => "the API may not change it",
+        };
+        info!(service = %service, module = source, origin = origin.name(), ms = elapsed.as_secs_f64() * 1e3, from = loaded.name(), "service registered at /{name} ({rule})");
+        let service = Static {
+            service: Service {
+                name: service,
+                origin,
+                source,
+                digest: Digest::of(&wasm),
+                wasm: wasm.into(),
+                limits_set: Default::default(),
+                limits,
+                env,
+                version: 0,
+                updated_unix: 0,
+            },
             compiled,
-        });
+        };
+        statics.push((service, loaded, elapsed));
     }
-    Ok(loaded)
+    Ok(statics)
 }
 
 /// Reads a `.wasm` or `.wat` module (text is recognised by content, not by extension).

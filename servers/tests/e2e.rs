@@ -57,7 +57,11 @@ fn every_route_shape() {
     for path in ["/", "/echoes", "/nothing/here", "/ECHO"] {
         assert_eq!(server.get(path).status, 404, "{path}");
     }
-    assert_eq!(server.get("/services").status, 501);
+    assert_eq!(
+        server.get("/services").status,
+        401,
+        "the management API wants a token"
+    );
     assert_eq!(server.get("/teapot").status, 418);
     let r = server.get("/go");
     assert_eq!((r.status, r.header("Location")), (302, Some("/hello")));

@@ -7,14 +7,19 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{ConnId, JobId, LazyTimer, Output, Server, Timer};
+use super::{ConnId, JobId, LazyTimer, Output, Responded, Server, Timer};
 use crate::http::{ParseEvent, RequestParser};
 use crate::response::{self, Response};
+use crate::route::ServiceName;
 
 /// One response owed on a connection, in request order.
 pub(super) struct Slot {
     pub(super) seq: u64,
     pub(super) job: Option<JobId>,
+    /// The service the request was routed to, for [`Responded`].
+    pub(super) service: Option<ServiceName>,
+    /// When the request was parsed.
+    arrived: Instant,
     head_only: bool,
     pub(super) close: bool,
     ready: Option<(Bytes, Bytes)>,
@@ -43,12 +48,14 @@ impl Conn {
     }
 
     /// Adds the slot for the next response; returns its sequence number.
-    pub(super) fn push_slot(&mut self, head_only: bool, close: bool) -> u64 {
+    pub(super) fn push_slot(&mut self, now: Instant, head_only: bool, close: bool) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pipeline.push_back(Slot {
             seq,
             job: None,
+            service: None,
+            arrived: now,
             head_only,
             close,
             ready: None,
@@ -126,12 +133,12 @@ impl Server {
                     if close {
                         c.stop_parsing = true;
                     }
-                    let seq = c.push_slot(request.is_head(), close);
+                    let seq = c.push_slot(now, request.is_head(), close);
                     self.admit(now, conn, seq, request);
                 }
                 Err(e) => {
                     c.stop_parsing = true;
-                    let seq = c.push_slot(false, true);
+                    let seq = c.push_slot(now, false, true);
                     self.respond(now, conn, seq, Response::text(e.status(), &e.to_string()));
                     break;
                 }
@@ -184,12 +191,16 @@ impl Server {
         let Some(slot) = c.slot_mut(seq) else {
             return;
         };
-        slot.ready = Some(response::serialize(
-            &response,
-            slot.head_only,
-            slot.close,
-            &self.date,
-        ));
+        let (head, body) = response::serialize(&response, slot.head_only, slot.close, &self.date);
+        self.outputs.push_back(Output::Responded(Responded {
+            conn,
+            service: slot.service.take(),
+            job: slot.job,
+            status: response.status,
+            bytes: head.len() + body.len(),
+            elapsed: now.saturating_duration_since(slot.arrived),
+        }));
+        slot.ready = Some((head, body));
         let mut close = false;
         while c.pipeline.front().is_some_and(|s| s.ready.is_some()) {
             let slot = c.pipeline.pop_front().expect("checked front");
@@ -267,7 +278,7 @@ impl Server {
         c.deadline = None;
         if c.parser.is_mid_request() {
             c.stop_parsing = true;
-            let seq = c.push_slot(false, true);
+            let seq = c.push_slot(now, false, true);
             self.respond(
                 now,
                 conn,

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::guest::{GuestFailure, GuestRequest, ModuleKey, RunLimits};
-use crate::http::FramingLimits;
+use crate::guest::{GuestEnv, GuestFailure, GuestRequest, ModuleKey, RunLimits};
+use crate::http::{FramingLimits, Request};
 use crate::response::Response;
 use crate::route::ServiceName;
 
@@ -114,6 +114,8 @@ pub enum RegistryChange {
         wasm: Bytes,
         /// The service's limits.
         limits: ServiceLimits,
+        /// Environment values for its guests.
+        env: GuestEnv,
     },
     /// Removes a service: queued requests get 503, started ones finish, then 404.
     Remove {
@@ -178,6 +180,13 @@ pub enum Input<'a> {
         /// The guest's response, or why there is none.
         result: Result<Response, GuestFailure>,
     },
+    /// The answer to an [`Output::Manage`] call.
+    Managed {
+        /// The call.
+        call: JobId,
+        /// What to send the client.
+        response: Response,
+    },
     /// Stop taking requests, answer those in flight, close connections as they go idle.
     Shutdown,
 }
@@ -228,6 +237,45 @@ pub enum Output {
         /// The module to drop.
         module: ModuleKey,
     },
+    /// A request for the management API (`/services...`): the driver's registry owner
+    /// answers it with [`Input::Managed`]. At most [`MAX_MANAGEMENT_CALLS`] are out at
+    /// once; past that the core answers 503 itself.
+    Manage(Box<ManagementCall>),
+    /// A response was queued for sending: one per request, for the access log and metrics.
+    Responded(Responded),
+}
+
+/// Management calls out with the driver at once, per core.
+pub const MAX_MANAGEMENT_CALLS: usize = 16;
+
+/// A management API request, from [`Output::Manage`].
+#[derive(Debug)]
+pub struct ManagementCall {
+    /// Id to answer under.
+    pub call: JobId,
+    /// The path below `/services` (`""`, `"/"`, `"/shop"`, ...), raw.
+    pub path_info: String,
+    /// The request, body included.
+    pub request: Request,
+    /// The client's address.
+    pub remote: SocketAddr,
+}
+
+/// What was answered to one request, from [`Output::Responded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Responded {
+    /// The connection.
+    pub conn: ConnId,
+    /// The service the request was routed to, if any.
+    pub service: Option<ServiceName>,
+    /// The guest task (or management call) the request became, if any.
+    pub job: Option<JobId>,
+    /// The status code.
+    pub status: u16,
+    /// Bytes of the response, head and body.
+    pub bytes: usize,
+    /// From the request being parsed to its response being queued.
+    pub elapsed: Duration,
 }
 
 /// A guest task to start.
@@ -360,6 +408,8 @@ pub struct Server {
     /// Replaced or removed module versions with tasks still running on them.
     retiring: BTreeMap<ModuleKey, usize>,
     jobs: BTreeMap<JobId, Job>,
+    /// Management calls out with the driver: where to answer them.
+    calls: BTreeMap<JobId, (ConnId, u64)>,
     next_job: u64,
     /// Tasks started and not finished, all services.
     running: usize,
@@ -390,6 +440,7 @@ impl Server {
             services: BTreeMap::new(),
             retiring: BTreeMap::new(),
             jobs: BTreeMap::new(),
+            calls: BTreeMap::new(),
             next_job: 0,
             running: 0,
             queued: 0,
@@ -444,6 +495,11 @@ impl Server {
         self.running
     }
 
+    /// Requests admitted and waiting for a task slot, all services.
+    pub fn queued(&self) -> usize {
+        self.queued
+    }
+
     /// Whether the driver should read more from `conn`. False while the pipeline is full
     /// or the connection will take no more requests; the driver then waits for output.
     pub fn wants_read(&self, conn: ConnId) -> bool {
@@ -484,6 +540,7 @@ impl Server {
             Input::Compiled { module, result } => self.on_compiled(now, module, result),
             Input::Yielded { job } => self.on_yielded(job),
             Input::Executed { job, result } => self.on_executed(now, job, result),
+            Input::Managed { call, response } => self.on_managed(now, call, response),
             Input::Shutdown => self.on_shutdown(now),
         }
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::{JobId, LazyTimer, Lifecycle, Output, RegistryChange, Server, ServiceLimits, Timer};
-use crate::guest::ModuleKey;
+use crate::guest::{GuestEnv, ModuleKey};
 use crate::response::Response;
 use crate::route::ServiceName;
 
@@ -15,6 +15,7 @@ pub(super) struct Service {
     pub(super) key: ModuleKey,
     wasm: Bytes,
     pub(super) limits: ServiceLimits,
+    pub(super) env: GuestEnv,
     pub(super) state: Lifecycle,
     /// Tasks started on `key` and not finished.
     pub(super) running: usize,
@@ -32,12 +33,13 @@ impl Server {
                 module,
                 wasm,
                 limits,
-            } => self.put_service(module, wasm, limits),
+                env,
+            } => self.put_service(module, wasm, limits, env),
             RegistryChange::Remove { service } => self.remove_service(now, &service),
         }
     }
 
-    fn put_service(&mut self, key: ModuleKey, wasm: Bytes, limits: ServiceLimits) {
+    fn put_service(&mut self, key: ModuleKey, wasm: Bytes, limits: ServiceLimits, env: GuestEnv) {
         let limits = self.clamp(limits);
         let name = key.service.clone();
         let Some(service) = self.services.get_mut(&name) else {
@@ -47,6 +49,7 @@ impl Server {
                     key,
                     wasm,
                     limits,
+                    env,
                     state: Lifecycle::Cold,
                     running: 0,
                     queue: VecDeque::new(),
@@ -64,6 +67,7 @@ impl Server {
         let old_running = std::mem::take(&mut service.running);
         service.wasm = wasm;
         service.limits = limits;
+        service.env = env;
         service.idle_since = None;
         let has_queue = !service.queue.is_empty();
         self.retire(old, old_state, old_running);

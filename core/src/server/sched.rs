@@ -24,6 +24,9 @@ pub(super) struct Job {
     state: JobState,
 }
 
+// Boxing the request would cost an allocation per request; jobs are few (bounded by the
+// queues), so the unused bytes of a started one cost little.
+#[allow(clippy::large_enum_variant)]
 enum JobState {
     /// Admitted, waiting for a task slot.
     Queued(GuestRequest),
@@ -46,9 +49,9 @@ impl Server {
     pub(super) fn admit(&mut self, now: Instant, conn: ConnId, seq: u64, request: Request) {
         let (name, path_info) = match route::route(request.path()) {
             Route::Service { name, path_info } => (name, path_info),
-            Route::Management { .. } => {
-                let r = Response::text(501, "the management API is not available in this version");
-                return self.respond(now, conn, seq, r);
+            Route::Management { path_info } => {
+                let path_info = path_info.to_owned();
+                return self.manage(now, conn, seq, path_info, request);
             }
             Route::NotFound => return self.respond(now, conn, seq, not_found()),
         };
@@ -74,6 +77,7 @@ impl Server {
             return self.respond(now, conn, seq, r);
         }
         let service_name = service.key.service.clone();
+        let env = service.env.clone();
         let path_info = path_info.to_owned();
         let c = self
             .conns
@@ -85,11 +89,13 @@ impl Server {
             request,
             remote: c.remote,
             local: c.local,
+            env,
         };
         let job = JobId(self.next_job);
         self.next_job += 1;
         if let Some(slot) = c.slot_mut(seq) {
             slot.job = Some(job);
+            slot.service = Some(service_name.clone());
         }
         let deadline = now + limits.deadline;
         self.queued += 1;
@@ -118,6 +124,47 @@ impl Server {
                 self.mark_ready(&service_name);
                 self.pump();
             }
+        }
+    }
+
+    /// Hands a management request to the driver, unless too many are out already.
+    fn manage(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        seq: u64,
+        path_info: String,
+        request: Request,
+    ) {
+        if self.calls.len() >= super::MAX_MANAGEMENT_CALLS {
+            self.stats.shed += 1;
+            let r = Response::text(503, "too many management calls in progress, retry shortly")
+                .with_header("Retry-After", "1");
+            return self.respond(now, conn, seq, r);
+        }
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .expect("caller holds the connection");
+        let call = JobId(self.next_job);
+        self.next_job += 1;
+        if let Some(slot) = c.slot_mut(seq) {
+            slot.job = Some(call);
+        }
+        self.calls.insert(call, (conn, seq));
+        self.outputs
+            .push_back(Output::Manage(Box::new(super::ManagementCall {
+                call,
+                path_info,
+                request,
+                remote: c.remote,
+            })));
+    }
+
+    pub(super) fn on_managed(&mut self, now: Instant, call: JobId, response: Response) {
+        // A call whose client left meanwhile was forgotten; its answer is dropped.
+        if let Some((conn, seq)) = self.calls.remove(&call) {
+            self.answer(now, conn, seq, response);
         }
     }
 
@@ -278,6 +325,9 @@ impl Server {
 
     /// The job's client is gone: forget it without an answer.
     pub(super) fn drop_job(&mut self, now: Instant, job_id: JobId) {
+        if self.calls.remove(&job_id).is_some() {
+            return;
+        }
         let Some(job) = self.forget_job(job_id) else {
             return;
         };

@@ -32,6 +32,10 @@ struct Harness {
     cancelled: Vec<JobId>,
     /// Tasks that ended (finished or cancelled): each may end once.
     ended: BTreeSet<JobId>,
+    /// Management calls handed out and not answered.
+    calls: Vec<ManagementCall>,
+    /// Every `Responded` report, in order.
+    responded: Vec<Responded>,
 }
 
 impl Harness {
@@ -49,6 +53,8 @@ impl Harness {
             slices: Vec::new(),
             cancelled: Vec::new(),
             ended: BTreeSet::new(),
+            calls: Vec::new(),
+            responded: Vec::new(),
         }
     }
 
@@ -68,6 +74,7 @@ impl Harness {
             module: module.clone(),
             wasm: Bytes::from_static(b"wasm"),
             limits,
+            env: Default::default(),
         }));
         module
     }
@@ -110,6 +117,8 @@ impl Harness {
                     self.cancelled.push(job);
                 }
                 Output::Evict { module } => self.evicted.push(module),
+                Output::Manage(call) => self.calls.push(*call),
+                Output::Responded(r) => self.responded.push(r),
             }
         }
     }
@@ -208,14 +217,98 @@ fn key(name: &str, version: u64) -> ModuleKey {
 }
 
 #[test]
-fn unknown_prefix_is_404_and_management_is_reserved() {
+fn unknown_prefix_is_404_and_management_goes_to_the_driver() {
     let mut h = Harness::new(config()).with_service("shop", ServiceLimits::default());
     let c = h.connect(1);
     h.send(c, &get("/"));
     h.send(c, &get("/shopping"));
-    h.send(c, &get("/services"));
-    assert_eq!(h.statuses(c), vec![404, 404, 501]);
-    assert!(h.compiles.is_empty());
+    h.send(c, &get("/services/shop?x=1"));
+    h.send(c, &get("/shop"));
+    assert_eq!(h.statuses(c), vec![404, 404]);
+    assert!(
+        h.compiles.len() == 1,
+        "the request after the call is admitted meanwhile"
+    );
+    assert_eq!(h.calls.len(), 1);
+    let call = h.calls.pop().unwrap();
+    assert_eq!(call.path_info, "/shop");
+    assert_eq!(call.request.query(), "x=1");
+    h.input(Input::Managed {
+        call: call.call,
+        response: Response::text(202, "managed"),
+    });
+    assert_eq!(h.statuses(c), vec![404, 404, 202]);
+    // An answer for a call that is gone, or given twice, is dropped.
+    h.input(Input::Managed {
+        call: call.call,
+        response: Response::text(200, "again"),
+    });
+    assert_eq!(h.statuses(c), vec![404, 404, 202]);
+}
+
+#[test]
+fn management_calls_are_bounded_and_forgotten_with_their_client() {
+    let mut h = Harness::new(config());
+    let conns: Vec<ConnId> = (0..MAX_MANAGEMENT_CALLS as u64 + 1)
+        .map(|i| h.connect(i))
+        .collect();
+    for c in &conns {
+        h.send(*c, &get("/services"));
+    }
+    assert_eq!(h.calls.len(), MAX_MANAGEMENT_CALLS);
+    assert_eq!(h.statuses(*conns.last().unwrap()), vec![503]);
+    let first = h.calls.remove(0);
+    h.input(Input::Disconnected { conn: conns[0] });
+    h.input(Input::Managed {
+        call: first.call,
+        response: Response::text(200, "late"),
+    });
+    assert!(
+        !h.sent.contains_key(&conns[0]),
+        "nothing for a client that left"
+    );
+    // Its place is free again.
+    let c = h.connect(100);
+    h.send(c, &get("/services/health"));
+    assert_eq!(h.calls.len(), MAX_MANAGEMENT_CALLS);
+}
+
+#[test]
+fn every_response_is_reported_with_its_service_and_time() {
+    let mut h = Harness::new(config()).with_service("shop", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &get("/shop/a"));
+    h.send(c, &get("/nope"));
+    h.compile_all();
+    h.now += Duration::from_millis(7);
+    let job = h.out.unwrap();
+    h.finish();
+    let reports: Vec<_> = h
+        .responded
+        .iter()
+        .map(|r| {
+            (
+                r.service.as_ref().map(|s| s.to_string()),
+                r.job,
+                r.status,
+                r.elapsed,
+            )
+        })
+        .collect();
+    assert_eq!(
+        reports,
+        vec![
+            (None, None, 404, Duration::ZERO),
+            (
+                Some("shop".to_owned()),
+                Some(job),
+                200,
+                Duration::from_millis(7)
+            ),
+        ]
+    );
+    let sent = h.text(c).len();
+    assert_eq!(h.responded.iter().map(|r| r.bytes).sum::<usize>(), sent);
 }
 
 #[test]
@@ -565,6 +658,7 @@ fn replace_lets_running_requests_finish_on_the_old_version() {
         module: old,
         wasm: Bytes::new(),
         limits: ServiceLimits::default(),
+        env: Default::default(),
     }));
     assert_eq!(h.server.services().next().unwrap().module, new);
 }
@@ -717,19 +811,34 @@ fn a_full_pipeline_stops_reading() {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Request { conn: u8, service: u8 },
-    Finish { fail: bool },
+    Request {
+        conn: u8,
+        service: u8,
+    },
+    Finish {
+        fail: bool,
+    },
     Yield,
     Compile,
-    Advance { millis: u16 },
-    Disconnect { conn: u8 },
-    Replace { service: u8 },
-    Remove { service: u8 },
+    Advance {
+        millis: u16,
+    },
+    Disconnect {
+        conn: u8,
+    },
+    Replace {
+        service: u8,
+    },
+    Remove {
+        service: u8,
+    },
+    /// Answers the oldest management call out.
+    Answer,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0u8..4, 0u8..3).prop_map(|(conn, service)| Op::Request { conn, service }),
+        4 => (0u8..4, 0u8..4).prop_map(|(conn, service)| Op::Request { conn, service }),
         3 => any::<bool>().prop_map(|fail| Op::Finish { fail }),
         2 => Just(Op::Yield),
         1 => Just(Op::Compile),
@@ -737,6 +846,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..4).prop_map(|conn| Op::Disconnect { conn }),
         1 => (0u8..3).prop_map(|service| Op::Replace { service }),
         1 => (0u8..3).prop_map(|service| Op::Remove { service }),
+        1 => Just(Op::Answer),
     ]
 }
 
@@ -757,7 +867,8 @@ proptest! {
         config.max_queued = 5;
         config.idle_timeout = Duration::from_secs(4);
         let mut h = Harness::new(config);
-        let names = ["a", "b", "zz"];
+        // "services" is the management API: its calls go to the harness, answered by `Answer`.
+        let names = ["a", "b", "zz", "services"];
         for name in &names[..2] {
             h.put(name, limits);
         }
@@ -801,6 +912,12 @@ proptest! {
                         h.put(names[service as usize], limits);
                     }
                 }
+                Op::Answer => {
+                    if !h.calls.is_empty() {
+                        let call = h.calls.remove(0).call;
+                        h.input(Input::Managed { call, response: Response::text(200, "ok") });
+                    }
+                }
                 Op::Remove { service } => {
                     h.input(Input::Registry(RegistryChange::Remove {
                         service: ServiceName::new(names[service as usize]).unwrap(),
@@ -819,6 +936,9 @@ proptest! {
         }
         // Let everything finish.
         for _ in 0..50 {
+            for call in std::mem::take(&mut h.calls) {
+                h.input(Input::Managed { call: call.call, response: Response::text(200, "ok") });
+            }
             h.compile_all();
             while h.out.is_some() {
                 h.finish();

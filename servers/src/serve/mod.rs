@@ -14,19 +14,21 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 use std::time::{Duration, Instant, SystemTime};
 
 use frenezulo_core::{
-    ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Server,
-    ServerConfig,
+    ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Responded,
+    Response, Server, ServerConfig,
 };
 use frenezulo_engines::{CompiledModule, GuestTask, RunOutput, Slice};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, error, info, warn};
 
+use crate::admin;
 use crate::compile::{CompilePool, Compiled};
+use crate::metrics::{ThreadMetrics, ThreadSnapshot};
 
 mod net;
 
@@ -49,6 +51,15 @@ pub enum Message {
         /// The compiled module, or why not.
         result: Compiled,
     },
+    /// The answer to a management call this thread handed over.
+    Managed {
+        /// The call.
+        call: JobId,
+        /// What to send the client.
+        response: Response,
+    },
+    /// Send a snapshot of this thread's state and counters.
+    Snapshot(Sender<ThreadSnapshot>),
     /// Stop accepting, finish what is in flight, then exit.
     Shutdown,
     /// Exit now.
@@ -87,6 +98,10 @@ pub struct Setup {
     pub compile: CompilePool,
     /// Messages to take before the first connection: the registry as it is at start.
     pub initial: Vec<Message>,
+    /// Where management calls go.
+    pub admin: SyncSender<admin::Event>,
+    /// Whether to log a line per request.
+    pub access_log: bool,
     /// Called as the thread ends, with false if it panicked.
     pub on_exit: Box<dyn FnOnce(bool) + Send>,
 }
@@ -183,6 +198,11 @@ struct Loop {
     modules: BTreeMap<ModuleKey, Arc<dyn CompiledModule>>,
     tasks: HashMap<JobId, Task>,
     pending: Option<Pending>,
+    /// The task that ended last and the guest time it used, for its response's log line.
+    last_ended: Option<(JobId, Duration)>,
+    admin: SyncSender<admin::Event>,
+    access_log: bool,
+    metrics: ThreadMetrics,
     /// This turn of the loop runs no more slices after this instant, or after one that
     /// yielded: then the sockets are polled again.
     turn_ends: Instant,
@@ -220,6 +240,10 @@ impl Loop {
             modules: BTreeMap::new(),
             tasks: HashMap::new(),
             pending: None,
+            last_ended: None,
+            admin: setup.admin,
+            access_log: setup.access_log,
+            metrics: ThreadMetrics::default(),
             turn_ends: Instant::now(),
             turn_yielded: false,
             shutting_down: false,
@@ -348,6 +372,7 @@ impl Loop {
                 }
                 Output::Compile { module, wasm } => {
                     info!(service = %module.service, version = module.version, thread = self.id, "cold start");
+                    self.metrics.cold_start(&module.service);
                     if let Some(result) =
                         self.compile.request(module.clone(), wasm, &self.own_inbox)
                     {
@@ -367,6 +392,7 @@ impl Loop {
                     }
                     if let Some(task) = self.tasks.remove(&job) {
                         debug!(service = %task.module.service, job = job.0, ms = task.started.elapsed().as_secs_f64() * 1e3, "task cancelled");
+                        self.last_ended = Some((job, task.busy));
                     }
                 }
                 Output::Evict { module } => {
@@ -374,8 +400,57 @@ impl Loop {
                         info!(service = %module.service, version = module.version, thread = self.id, "evicted");
                     }
                 }
+                Output::Manage(call) => {
+                    let id = call.call;
+                    let event = admin::Event::Call {
+                        thread: self.id,
+                        call,
+                    };
+                    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
+                        self.admin.try_send(event)
+                    {
+                        let response =
+                            Response::text(503, "the management API is busy, retry shortly")
+                                .with_header("Retry-After", "1");
+                        self.handle(Input::Managed { call: id, response });
+                    }
+                }
+                Output::Responded(r) => self.responded(&r),
                 other => warn!(?other, "output not understood by this driver"),
             }
+        }
+    }
+
+    /// Counts a response and writes its access log line.
+    fn responded(&mut self, r: &Responded) {
+        let guest = match self.last_ended {
+            Some((job, busy)) if Some(job) == r.job => busy,
+            _ => Duration::ZERO,
+        };
+        self.metrics.record(r, guest);
+        if self.access_log {
+            let service = r.service.as_ref().map_or("", |s| s.as_str());
+            info!(
+                target: "access",
+                service,
+                status = r.status,
+                bytes = r.bytes,
+                us = r.elapsed.as_micros() as u64,
+                guest_us = guest.as_micros() as u64,
+                thread = self.id,
+            );
+        }
+    }
+
+    fn snapshot(&self) -> ThreadSnapshot {
+        ThreadSnapshot {
+            thread: self.id,
+            stats: self.core.stats(),
+            running: self.core.running(),
+            queued: self.core.queued(),
+            connections: self.core.connection_count(),
+            services: self.core.services().collect(),
+            metrics: self.metrics.clone(),
         }
     }
 
@@ -438,6 +513,7 @@ impl Loop {
             }
             Slice::Finished(output) => {
                 log_run(self.id, job, &task, &output);
+                self.last_ended = Some((job, task.busy));
                 drop(task);
                 self.handle(Input::Executed {
                     job,
@@ -472,6 +548,10 @@ impl Loop {
                 }
             }
             Message::Compiled { module, result } => self.on_compiled(module, result),
+            Message::Managed { call, response } => self.handle(Input::Managed { call, response }),
+            Message::Snapshot(reply) => {
+                let _ = reply.send(self.snapshot());
+            }
             Message::Shutdown => {
                 self.shutting_down = true;
                 if let Some(mut listener) = self.listener.take() {

@@ -54,12 +54,51 @@ impl Drop for ConfigFile {
     }
 }
 
+/// A temporary directory, removed when dropped.
+pub struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    /// A fresh, empty directory named after `name`.
+    pub fn new(name: &str) -> Self {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("frenezulo-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        Self { path }
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+
+    /// The directory, as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.path.to_str().expect("temporary paths are UTF-8")
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The management API token test servers run with, unless a test says otherwise.
+pub const TOKEN: &str = "test-token-0123456789abcdef";
+
 /// A running server, killed when dropped.
 pub struct Frenezulo {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
     log: Arc<Mutex<String>>,
+    /// Its data directory, when the test did not give one.
+    _data: Option<TempDir>,
 }
 
 impl Frenezulo {
@@ -68,12 +107,20 @@ impl Frenezulo {
         Self::start_with_env(args, &[])
     }
 
-    /// As [`Frenezulo::start`], with extra environment variables.
+    /// As [`Frenezulo::start`], with extra environment variables. The server gets a fresh
+    /// data directory unless `args` name one, and the token [`TOKEN`] unless `env` sets
+    /// `FRENEZULO_ADMIN_TOKEN` (an empty value: none, so the server makes one).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_frenezulo"))
-            .args(args)
+        let data = (!args.contains(&"--data-dir")).then(|| TempDir::new("data"));
+        let mut command = Command::new(env!("CARGO_BIN_EXE_frenezulo"));
+        command.args(args);
+        if let Some(data) = &data {
+            command.args(["--data-dir", data.arg()]);
+        }
+        let mut child = command
             .args(["--listen", "127.0.0.1:0"])
             .env("RUST_LOG", "info")
+            .env("FRENEZULO_ADMIN_TOKEN", TOKEN)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -99,7 +146,44 @@ impl Frenezulo {
             panic!("server did not start: {line:?}\n{}", log.lock().unwrap());
         };
         let addr = addr.parse().expect("listen address");
-        Self { child, addr, log }
+        Self {
+            child,
+            addr,
+            log,
+            _data: data,
+        }
+    }
+
+    /// Sends a request with `method`, `path`, optional body, and the token [`TOKEN`]
+    /// (or `token`, if given: `Some("")` sends none).
+    pub fn admin(&self, method: &str, path: &str, body: &[u8]) -> HttpResponse {
+        self.admin_with(method, path, body, Some(TOKEN))
+    }
+
+    /// As [`Frenezulo::admin`], with the token chosen.
+    pub fn admin_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: &[u8],
+        token: Option<&str>,
+    ) -> HttpResponse {
+        let mut c = self.connect();
+        let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: test\r\n{auth}Content-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.send(head.as_bytes());
+        // A server that refuses the body (413) may close before reading all of it.
+        let _ = c.stream.write_all(body);
+        c.response()
+    }
+
+    /// Sends SIGKILL and waits for the process to be gone.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// What the server logged so far.
@@ -121,15 +205,7 @@ impl Frenezulo {
 
     /// A new keep-alive connection.
     pub fn connect(&self) -> Client {
-        let stream = TcpStream::connect(self.addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        Client::connect_to(self.addr)
     }
 
     /// `GET path` on a new connection.
@@ -217,6 +293,29 @@ impl HttpResponse {
 }
 
 impl Client {
+    /// A new connection to `addr`.
+    pub fn connect_to(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        stream.set_nodelay(true).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    /// Reads one response, or `None` if the connection closes first.
+    pub fn try_response(&mut self) -> Option<HttpResponse> {
+        while !self.buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            if self.fill() == 0 {
+                return None;
+            }
+        }
+        Some(self.response())
+    }
+
     /// Writes raw bytes.
     pub fn send(&mut self, raw: &[u8]) {
         self.stream.write_all(raw).expect("write");

@@ -1,0 +1,748 @@
+//! The management API under `/services`, answered on a thread of its own.
+//!
+//! Serving threads hand each call over through a bounded channel (a full one answers 503
+//! at once) and get the response back through their inbox, so nothing a management call
+//! does (fetching a module, compiling it, an fsync) ever runs on a serving loop. This
+//! thread owns the [`Registry`]; fetching and compiling a new module happen on a short-lived
+//! worker thread each (a few at once), so the API keeps answering meanwhile.
+//!
+//! | Call | What it does |
+//! |---|---|
+//! | `GET /services/health` | liveness, no token |
+//! | `GET /services` | every service, with state and counters |
+//! | `GET /services/metrics` | Prometheus text format |
+//! | `POST /services/add` | `{"prefix", "source", "limits"?, "env"?}`: fetch and add or replace |
+//! | `PUT /services/{prefix}` | the module as the body; limits and `env=KEY=VALUE` in the query |
+//! | `GET /services/{prefix}` | one service (`?show_env=true` shows environment values) |
+//! | `PATCH /services/{prefix}` | `{"limits"?, "env"?}`: change without uploading again |
+//! | `DELETE /services/{prefix}` | remove; requests in flight finish |
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use frenezulo_core::{JobId, ManagementCall, ModuleKey, Response, ServiceName};
+use frenezulo_engines::EngineKind;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tracing::{info, warn};
+
+use crate::artifacts::{Artifacts, Loaded};
+use crate::compile::CompilePool;
+use crate::config::{EnvValues, LimitsConfig, check_env};
+use crate::metrics::{self, ThreadSnapshot};
+use crate::registry::store::Digest;
+use crate::registry::{ChangeError, NewModule, Registry, Service};
+use crate::serve::{Inbox, Message};
+
+pub mod fetch;
+pub mod token;
+
+use fetch::{FetchError, FetchLimits};
+
+/// Calls waiting for this thread, all serving threads together; past it, 503.
+pub const QUEUE: usize = 64;
+/// Modules fetched and compiled at once; past it, 503.
+pub const MAX_PREPARING: usize = 4;
+/// How long a listing or the metrics wait for a busy serving thread's snapshot.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(1);
+
+/// What the management thread takes.
+pub enum Event {
+    /// A management request from serving thread `thread`.
+    Call {
+        /// The serving thread to answer through.
+        thread: usize,
+        /// The request.
+        call: Box<ManagementCall>,
+    },
+    /// A module finished fetching and compiling on a worker thread.
+    Prepared(Box<Prepared>),
+}
+
+/// A new module, fetched and compiled (or why not), and the change it is for.
+pub struct Prepared {
+    origin: CallOrigin,
+    name: ServiceName,
+    limits: Option<LimitsConfig>,
+    env: Option<EnvValues>,
+    result: Result<(NewModule, Loaded, Duration), PrepareError>,
+}
+
+/// Who asked, so the answer can find them and the log say who it was.
+struct CallOrigin {
+    thread: usize,
+    call: JobId,
+    remote: SocketAddr,
+    method: String,
+    path: String,
+    started: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum PrepareError {
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error("the module is empty")]
+    Empty,
+    #[error("not a WebAssembly module or WAT text: {0}")]
+    Parse(String),
+    #[error("module is larger than the limit of {0} bytes")]
+    TooLarge(usize),
+    #[error("module refused: {0}")]
+    Compile(#[from] frenezulo_engines::CompileError),
+}
+
+impl PrepareError {
+    fn status(&self) -> u16 {
+        match self {
+            PrepareError::TooLarge(_) | PrepareError::Fetch(FetchError::TooLarge(_)) => 413,
+            PrepareError::Fetch(FetchError::Status(_) | FetchError::Transfer(_)) => 502,
+            _ => 400,
+        }
+    }
+}
+
+/// What the management thread runs with.
+pub struct Setup {
+    /// The registry it owns.
+    pub registry: Registry,
+    /// The bearer token every call but health must carry.
+    pub token: String,
+    /// Where modules are compiled (and their artifacts kept).
+    pub artifacts: Arc<Artifacts>,
+    /// The compile pool, told about modules compiled here.
+    pub compile: CompilePool,
+    /// Limits on fetching and uploads.
+    pub fetch: FetchLimits,
+    /// The engine, for health.
+    pub engine: EngineKind,
+    /// Every serving thread's inbox, by index.
+    pub inboxes: Vec<Inbox>,
+}
+
+/// Starts the management thread; `on_exit` runs when it ends.
+pub fn spawn(
+    mut setup: Setup,
+    events: Receiver<Event>,
+    sender: SyncSender<Event>,
+    on_exit: Box<dyn FnOnce() + Send>,
+) -> std::io::Result<()> {
+    setup.registry.attach(setup.inboxes.clone());
+    let mut admin = Admin {
+        token: Sha256::digest(setup.token.as_bytes()).into(),
+        setup,
+        sender,
+        preparing: 0,
+        started: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("admin".to_owned())
+        .spawn(move || {
+            struct Exit(Option<Box<dyn FnOnce() + Send>>);
+            impl Drop for Exit {
+                fn drop(&mut self) {
+                    if let Some(f) = self.0.take() {
+                        f();
+                    }
+                }
+            }
+            let _exit = Exit(Some(on_exit));
+            while let Ok(event) = events.recv() {
+                match event {
+                    Event::Call { thread, call } => admin.on_call(thread, *call),
+                    Event::Prepared(prepared) => admin.on_prepared(*prepared),
+                }
+            }
+        })?;
+    Ok(())
+}
+
+struct Admin {
+    setup: Setup,
+    /// SHA-256 of the token: compared in constant time, whatever the length given.
+    token: [u8; 32],
+    sender: SyncSender<Event>,
+    preparing: usize,
+    started: Instant,
+}
+
+/// A response now, or later (a worker is preparing a module).
+enum Reply {
+    Now(Response),
+    Later,
+}
+
+impl Admin {
+    fn on_call(&mut self, thread: usize, call: ManagementCall) {
+        let origin = CallOrigin {
+            thread,
+            call: call.call,
+            remote: call.remote,
+            method: call.request.method.clone(),
+            path: format!("/services{}", call.path_info),
+            started: Instant::now(),
+        };
+        match self.route(&origin, &call) {
+            Reply::Now(response) => self.answer(&origin, response),
+            Reply::Later => {}
+        }
+    }
+
+    fn route(&mut self, origin: &CallOrigin, call: &ManagementCall) -> Reply {
+        let method = call.request.method.as_str();
+        let tail = call.path_info.trim_start_matches('/');
+        if tail == "health" && method == "GET" {
+            return Reply::Now(self.health());
+        }
+        if !self.authorized(call) {
+            return Reply::Now(
+                error(
+                    401,
+                    "missing or wrong token: send `Authorization: Bearer <token>`",
+                )
+                .with_header("WWW-Authenticate", "Bearer"),
+            );
+        }
+        let query = call.request.query();
+        match (method, tail) {
+            ("GET", "") => Reply::Now(self.list()),
+            ("GET", "metrics") => Reply::Now(self.metrics()),
+            ("POST", "add") => self.add(origin, &call.request.body),
+            (_, "" | "metrics" | "health" | "add") => Reply::Now(method_not_allowed(tail)),
+            (_, name) if name.contains('/') => {
+                Reply::Now(error(404, "no such management resource"))
+            }
+            (method, name) => {
+                let name = match ServiceName::new(name) {
+                    Ok(name) => name,
+                    Err(e) => return Reply::Now(error(400, &format!("prefix `{name}`: {e}"))),
+                };
+                match method {
+                    "GET" => Reply::Now(self.show(&name, query)),
+                    "PUT" => self.upload(origin, name, query, &call.request.body),
+                    "PATCH" => Reply::Now(self.configure(&name, &call.request.body)),
+                    "DELETE" => Reply::Now(self.remove(&name)),
+                    _ => Reply::Now(
+                        error(405, "use GET, PUT, PATCH or DELETE on a service")
+                            .with_header("Allow", "GET, PUT, PATCH, DELETE"),
+                    ),
+                }
+            }
+        }
+    }
+
+    fn authorized(&self, call: &ManagementCall) -> bool {
+        let Some(value) = call.request.header("authorization") else {
+            return false;
+        };
+        let given = value.strip_prefix(b"Bearer ").unwrap_or(b"");
+        let given: [u8; 32] = Sha256::digest(given).into();
+        // Constant time: every byte is compared whatever the first difference.
+        given
+            .iter()
+            .zip(self.token)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    fn answer(&self, origin: &CallOrigin, response: Response) {
+        info!(
+            target: "admin",
+            remote = %origin.remote,
+            method = origin.method,
+            path = origin.path,
+            status = response.status,
+            ms = origin.started.elapsed().as_secs_f64() * 1e3,
+            "management call"
+        );
+        if let Some(inbox) = self.setup.inboxes.get(origin.thread) {
+            inbox.send(Message::Managed {
+                call: origin.call,
+                response,
+            });
+        }
+    }
+
+    fn health(&self) -> Response {
+        json_response(
+            200,
+            &json!({
+                "status": "ok",
+                "engine": self.setup.engine.name(),
+                "workers": self.setup.inboxes.len(),
+                "services": self.setup.registry.services().count(),
+                "uptime_seconds": self.started.elapsed().as_secs(),
+            }),
+        )
+    }
+
+    /// Every serving thread's snapshot; a thread that does not answer in time is left out.
+    fn snapshots(&self) -> Vec<ThreadSnapshot> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        for inbox in &self.setup.inboxes {
+            inbox.send(Message::Snapshot(tx.clone()));
+        }
+        drop(tx);
+        let deadline = Instant::now() + SNAPSHOT_WAIT;
+        let mut snapshots = Vec::new();
+        while snapshots.len() < self.setup.inboxes.len() {
+            match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(s) => snapshots.push(s),
+                Err(_) => {
+                    warn!("a serving thread did not send its snapshot in time");
+                    break;
+                }
+            }
+        }
+        snapshots.sort_by_key(|s| s.thread);
+        snapshots
+    }
+
+    fn list(&self) -> Response {
+        let snapshots = self.snapshots();
+        let loads = self.setup.compile.load_stats();
+        let services: Vec<Value> = self
+            .setup
+            .registry
+            .services()
+            .map(|s| service_json(s, &snapshots, &loads, false))
+            .collect();
+        json_response(200, &json!({ "services": services }))
+    }
+
+    fn metrics(&self) -> Response {
+        let text = metrics::render(&self.snapshots(), &self.setup.compile.load_stats());
+        Response {
+            status: 200,
+            headers: vec![(
+                "Content-Type".to_owned(),
+                Bytes::from_static(b"text/plain; version=0.0.4; charset=utf-8"),
+            )],
+            body: text.into(),
+        }
+    }
+
+    fn show(&self, name: &ServiceName, query: &str) -> Response {
+        let Some(service) = self.setup.registry.service(name) else {
+            return error(404, &format!("no service named `{name}`"));
+        };
+        let show_env = query_pairs(query).any(|(k, v)| k == "show_env" && v == "true");
+        let snapshots = self.snapshots();
+        let loads = self.setup.compile.load_stats();
+        json_response(200, &service_json(service, &snapshots, &loads, show_env))
+    }
+
+    fn add(&mut self, origin: &CallOrigin, body: &[u8]) -> Reply {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Add {
+            prefix: String,
+            source: String,
+            #[serde(default)]
+            limits: Option<LimitsConfig>,
+            #[serde(default)]
+            env: Option<EnvValues>,
+        }
+        let add: Add = match serde_json::from_slice(body) {
+            Ok(add) => add,
+            Err(e) => {
+                return Reply::Now(error(
+                    400,
+                    &format!(
+                        "body must be JSON like {{\"prefix\": \"shop\", \"source\": \"https://host/shop.wasm\"}}: {e}"
+                    ),
+                ));
+            }
+        };
+        let name = match self.check_change(&add.prefix, add.limits.as_ref(), add.env.as_ref()) {
+            Ok(name) => name,
+            Err(response) => return Reply::Now(response),
+        };
+        let fetch = self.setup.fetch.clone();
+        let source = add.source;
+        self.prepare(origin, name, add.limits, add.env, move || {
+            Ok((fetch::fetch(&source, &fetch)?, source))
+        })
+    }
+
+    fn upload(
+        &mut self,
+        origin: &CallOrigin,
+        name: ServiceName,
+        query: &str,
+        body: &Bytes,
+    ) -> Reply {
+        let (limits, env) = match config_from_query(query) {
+            Ok(parsed) => parsed,
+            Err(e) => return Reply::Now(error(400, &e)),
+        };
+        if let Err(response) = self.check_change(name.as_str(), limits.as_ref(), env.as_ref()) {
+            return Reply::Now(response);
+        }
+        let body = body.clone();
+        self.prepare(origin, name, limits, env, move || {
+            Ok((body.to_vec(), "upload".to_owned()))
+        })
+    }
+
+    /// Checks what a change asks for before any work is done.
+    fn check_change(
+        &self,
+        prefix: &str,
+        limits: Option<&LimitsConfig>,
+        env: Option<&EnvValues>,
+    ) -> Result<ServiceName, Response> {
+        let name =
+            ServiceName::new(prefix).map_err(|e| error(400, &format!("prefix `{prefix}`: {e}")))?;
+        if let Some(limits) = limits {
+            limits.check().map_err(|e| error(400, &e))?;
+        }
+        if let Some(env) = env {
+            check_env(env).map_err(|e| error(400, &e))?;
+        }
+        if let Some(s) = self.setup.registry.service(&name) {
+            let owned = ChangeError::NotApiDefined {
+                name: name.clone(),
+                origin: s.origin,
+            };
+            if !matches!(
+                s.origin,
+                crate::registry::manifest::Origin::Api | crate::registry::manifest::Origin::BuiltIn
+            ) {
+                return Err(error(409, &owned.to_string()));
+            }
+        }
+        Ok(name)
+    }
+
+    /// Fetches (by `get`) and compiles a module on a worker thread; the answer follows in
+    /// [`Admin::on_prepared`].
+    fn prepare(
+        &mut self,
+        origin: &CallOrigin,
+        name: ServiceName,
+        limits: Option<LimitsConfig>,
+        env: Option<EnvValues>,
+        get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
+    ) -> Reply {
+        if self.preparing >= MAX_PREPARING {
+            return Reply::Now(
+                error(503, "too many modules being added at once, retry shortly")
+                    .with_header("Retry-After", "1"),
+            );
+        }
+        self.preparing += 1;
+        let origin = CallOrigin {
+            method: origin.method.clone(),
+            path: origin.path.clone(),
+            ..*origin
+        };
+        let artifacts = self.setup.artifacts.clone();
+        let max = self.setup.fetch.max_bytes;
+        let sender = self.sender.clone();
+        let spawned = std::thread::Builder::new()
+            .name("admin-prepare".to_owned())
+            .spawn(move || {
+                let result = get()
+                    .map_err(PrepareError::from)
+                    .and_then(|(bytes, source)| prepare_module(&artifacts, bytes, source, max));
+                let prepared = Prepared {
+                    origin,
+                    name,
+                    limits,
+                    env,
+                    result,
+                };
+                let _ = sender.send(Event::Prepared(Box::new(prepared)));
+            });
+        match spawned {
+            Ok(_) => Reply::Later,
+            Err(e) => {
+                self.preparing -= 1;
+                Reply::Now(error(
+                    503,
+                    &format!("could not start preparing the module: {e}"),
+                ))
+            }
+        }
+    }
+
+    fn on_prepared(&mut self, p: Prepared) {
+        self.preparing -= 1;
+        let response = match p.result {
+            Err(e) => {
+                info!(target: "admin", service = %p.name, error = %e, "module refused");
+                error(e.status(), &e.to_string())
+            }
+            Ok((module, loaded, elapsed)) => {
+                let compiled = module.compiled.clone();
+                let registry = &mut self.setup.registry;
+                let limits = p.limits.map(|l| {
+                    let old = registry.service(&p.name).map(|s| s.limits_set.clone());
+                    l.over(&old.unwrap_or_default())
+                });
+                match registry.put(&p.name, module, limits, p.env) {
+                    Ok(new) => {
+                        let service = registry.service(&p.name).expect("just put");
+                        let key = ModuleKey {
+                            service: p.name.clone(),
+                            version: service.version,
+                        };
+                        self.setup.compile.insert(key, &compiled);
+                        self.setup.compile.record(&p.name, loaded, elapsed);
+                        info!(target: "admin", service = %p.name, version = service.version, digest = %service.digest, source = service.source, "service {}", if new { "added" } else { "replaced" });
+                        let loads = self.setup.compile.load_stats();
+                        json_response(
+                            if new { 201 } else { 200 },
+                            &service_json(service, &[], &loads, false),
+                        )
+                    }
+                    Err(e) => change_error(&e),
+                }
+            }
+        };
+        self.answer(&p.origin, response);
+    }
+
+    fn configure(&mut self, name: &ServiceName, body: &[u8]) -> Response {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Configure {
+            #[serde(default)]
+            limits: Option<LimitsConfig>,
+            #[serde(default)]
+            env: Option<EnvValues>,
+        }
+        let c: Configure = match serde_json::from_slice(body) {
+            Ok(c) => c,
+            Err(e) => {
+                return error(
+                    400,
+                    &format!(
+                        "body must be JSON like {{\"limits\": {{\"memory\": \"32MiB\"}}, \"env\": {{\"KEY\": \"value\"}}}}: {e}"
+                    ),
+                );
+            }
+        };
+        if let Err(response) = self.check_change(name.as_str(), c.limits.as_ref(), c.env.as_ref()) {
+            return response;
+        }
+        let registry = &mut self.setup.registry;
+        let limits = c.limits.map(|l| {
+            let old = registry.service(name).map(|s| s.limits_set.clone());
+            l.over(&old.unwrap_or_default())
+        });
+        match registry.configure(name, limits, c.env) {
+            Ok(()) => {
+                let service = registry.service(name).expect("configured");
+                info!(target: "admin", service = %name, version = service.version, "service reconfigured");
+                json_response(200, &service_json(service, &[], &BTreeMap::new(), false))
+            }
+            Err(e) => change_error(&e),
+        }
+    }
+
+    fn remove(&mut self, name: &ServiceName) -> Response {
+        match self.setup.registry.remove(name) {
+            Ok(()) => {
+                info!(target: "admin", service = %name, "service removed");
+                json_response(200, &json!({ "removed": name.as_str() }))
+            }
+            Err(e) => change_error(&e),
+        }
+    }
+}
+
+/// Parses (WAT to binary), checks the size, compiles and hashes a module.
+fn prepare_module(
+    artifacts: &Artifacts,
+    bytes: Vec<u8>,
+    source: String,
+    max: usize,
+) -> Result<(NewModule, Loaded, Duration), PrepareError> {
+    if bytes.is_empty() {
+        return Err(PrepareError::Empty);
+    }
+    if bytes.len() > max {
+        return Err(PrepareError::TooLarge(max));
+    }
+    let wasm = wat::parse_bytes(&bytes)
+        .map_err(|e| PrepareError::Parse(e.to_string()))?
+        .into_owned();
+    if wasm.len() > max {
+        return Err(PrepareError::TooLarge(max));
+    }
+    let (compiled, loaded, elapsed) = artifacts.load(&wasm)?;
+    Ok((
+        NewModule {
+            digest: Digest::of(&wasm),
+            wasm: wasm.into(),
+            source,
+            compiled,
+        },
+        loaded,
+        elapsed,
+    ))
+}
+
+/// Limits (`memory=32MiB&deadline=2s&...`) and environment values (`env=KEY=VALUE`,
+/// repeatable) from an upload's query string.
+fn config_from_query(query: &str) -> Result<(Option<LimitsConfig>, Option<EnvValues>), String> {
+    let mut limits = serde_json::Map::new();
+    let mut env: Option<EnvValues> = None;
+    for (key, value) in query_pairs(query) {
+        match key.as_str() {
+            "env" => {
+                let (k, v) = value
+                    .split_once('=')
+                    .ok_or_else(|| format!("`env={value}` is not env=KEY=VALUE"))?;
+                env.get_or_insert_default()
+                    .insert(k.to_owned(), v.to_owned());
+            }
+            "concurrency" | "queue" => {
+                let n: u64 = value
+                    .parse()
+                    .map_err(|_| format!("`{key}` must be a whole number, not `{value}`"))?;
+                limits.insert(key, n.into());
+            }
+            _ => {
+                limits.insert(key, value.into());
+            }
+        }
+    }
+    let limits = if limits.is_empty() {
+        None
+    } else {
+        Some(
+            serde_json::from_value(Value::Object(limits))
+                .map_err(|e| format!("query string: {e}"))?,
+        )
+    };
+    Ok((limits, env))
+}
+
+/// `key=value` pairs of a query string, percent-decoded (`+` is a space).
+fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
+    let decode = |s: &str| {
+        let spaced = s.replace('+', " ");
+        String::from_utf8_lossy(&frenezulo_engines::wagi::percent_decode(spaced.as_bytes()))
+            .into_owned()
+    };
+    query.split('&').filter(|p| !p.is_empty()).map(move |pair| {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        (decode(k), decode(v))
+    })
+}
+
+fn service_json(
+    s: &Service,
+    snapshots: &[ThreadSnapshot],
+    loads: &BTreeMap<ServiceName, crate::compile::LoadStats>,
+    show_env: bool,
+) -> Value {
+    let env = if show_env {
+        json!(s.env)
+    } else {
+        json!(s.env.keys().collect::<Vec<_>>())
+    };
+    let mut view = json!({
+        "prefix": s.name.as_str(),
+        "origin": s.origin.name(),
+        "source": s.source,
+        "digest": s.digest.to_string(),
+        "size": s.wasm.len(),
+        "version": s.version,
+        "updated_unix": s.updated_unix,
+        "limits": LimitsConfig::of(&s.limits),
+        "limits_set": s.limits_set,
+        "env": env,
+    });
+    if !snapshots.is_empty() {
+        let totals = metrics::service_totals(snapshots, &s.name);
+        let infos = || {
+            snapshots
+                .iter()
+                .flat_map(|t| &t.services)
+                .filter(|i| i.module.service == s.name)
+        };
+        view["state"] = json!(metrics::service_state(snapshots, &s.name).map(metrics::state_name));
+        view["counters"] = json!({
+            "requests": totals.count(),
+            "by_status": totals.by_status,
+            "running": infos().map(|i| i.running).sum::<usize>(),
+            "queued": infos().map(|i| i.queued).sum::<usize>(),
+            "cold_starts": totals.cold_starts,
+        });
+    }
+    if let Some(l) = loads.get(&s.name) {
+        view["loads"] =
+            json!({ "compiled": l.compiled, "artifact": l.from_artifact, "seconds": l.seconds });
+    }
+    view
+}
+
+fn change_error(e: &ChangeError) -> Response {
+    let status = match e {
+        ChangeError::NotApiDefined { .. } => 409,
+        ChangeError::NotFound(_) => 404,
+        _ => 500,
+    };
+    if status == 500 {
+        warn!(target: "admin", error = %e, "registry change failed");
+    }
+    error(status, &e.to_string())
+}
+
+fn method_not_allowed(tail: &str) -> Response {
+    let allow = match tail {
+        "add" => "POST",
+        _ => "GET",
+    };
+    error(405, &format!("use {allow} on /services/{tail}")).with_header("Allow", allow)
+}
+
+fn json_response(status: u16, value: &Value) -> Response {
+    let mut body = serde_json::to_vec_pretty(value).expect("JSON values serialize");
+    body.push(b'\n');
+    Response {
+        status,
+        headers: vec![(
+            "Content-Type".to_owned(),
+            Bytes::from_static(b"application/json"),
+        )],
+        body: body.into(),
+    }
+}
+
+fn error(status: u16, message: &str) -> Response {
+    json_response(status, &json!({ "error": message }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_strings_give_limits_and_environment() {
+        let (limits, env) =
+            config_from_query("memory=32MiB&deadline=250ms&queue=3&env=DB%3Durl=x&env=FLAG=")
+                .unwrap();
+        let limits = limits.unwrap();
+        let applied = limits.apply(frenezulo_core::ServiceLimits::default());
+        assert_eq!(applied.memory_bytes, 32 << 20);
+        assert_eq!(applied.deadline, Duration::from_millis(250));
+        assert_eq!(applied.max_queued, 3);
+        let env = env.unwrap();
+        assert_eq!(env["DB"], "url=x");
+        assert_eq!(env["FLAG"], "");
+        assert_eq!(config_from_query("").unwrap(), (None, None));
+        assert!(config_from_query("queue=many").is_err());
+        assert!(config_from_query("colour=blue").is_err());
+        assert!(config_from_query("env=NOEQUALS").is_err());
+    }
+}

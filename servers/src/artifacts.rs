@@ -1,0 +1,185 @@
+//! The artifact cache on disk: machine code wasmtime compiled, kept in the data directory
+//! so that a cold start after a restart (or after a service idled out) deserializes in a
+//! millisecond instead of compiling for a hundred.
+//!
+//! Files live under `artifacts/<engine fingerprint>/<module sha256>.cwasm`, so that a new
+//! wasmtime version or other settings never meet old code. Each file starts with a magic
+//! line and the SHA-256 of the code after it; a file whose checksum does not match is
+//! deleted and the module compiled again, because deserializing is the one step that trusts
+//! its input.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use frenezulo_engines::{CompileError, CompiledModule, Engine};
+use tracing::{debug, info, warn};
+
+use crate::registry::store::{Digest, create_private_dir, remove_temporaries, write_atomic};
+
+const MAGIC: &[u8; 8] = b"FRZART1\n";
+
+/// How a module came to be ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loaded {
+    /// Compiled from its bytes.
+    Compiled,
+    /// Deserialized from the artifact cache.
+    FromArtifact,
+}
+
+impl Loaded {
+    /// The name used in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Loaded::Compiled => "compiled",
+            Loaded::FromArtifact => "artifact",
+        }
+    }
+}
+
+/// Compiles modules through the artifact cache. Shared by the compile pool and the
+/// management API's validation.
+pub struct Artifacts {
+    engine: Arc<dyn Engine>,
+    /// `None` when the engine keeps no artifacts (wasmi).
+    dir: Option<PathBuf>,
+}
+
+impl Artifacts {
+    /// The cache under `data_dir/artifacts` for this engine. Directories of other engine
+    /// fingerprints (an older wasmtime) are removed.
+    pub fn open(engine: Arc<dyn Engine>, data_dir: &Path) -> Self {
+        let Some(fingerprint) = engine.artifact_fingerprint() else {
+            return Self { engine, dir: None };
+        };
+        let root = data_dir.join("artifacts");
+        let dir = root.join(&fingerprint);
+        if let Err(e) = create_private_dir(&dir) {
+            warn!(error = %e, "artifact cache unavailable; modules are compiled on every cold start");
+            return Self { engine, dir: None };
+        }
+        remove_temporaries(&dir);
+        if let Ok(entries) = fs::read_dir(&root) {
+            for entry in entries.filter_map(Result::ok) {
+                if entry.file_name() != fingerprint.as_str() {
+                    info!(dir = %entry.path().display(), "removing artifacts of another engine version");
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+        Self {
+            engine,
+            dir: Some(dir),
+        }
+    }
+
+    fn path(&self, digest: Digest) -> Option<PathBuf> {
+        Some(self.dir.as_ref()?.join(format!("{}.cwasm", digest.hex())))
+    }
+
+    /// The module for `wasm`: from its artifact when there is a sound one, otherwise
+    /// compiled (and its artifact written for next time).
+    pub fn load(
+        &self,
+        wasm: &[u8],
+    ) -> Result<(Arc<dyn CompiledModule>, Loaded, Duration), CompileError> {
+        let started = Instant::now();
+        let path = self.path(Digest::of(wasm));
+        if let Some(path) = &path
+            && let Some(code) = read_checked(path)
+        {
+            // SAFETY: `code` is byte for byte what `compile_to_artifact` serialized on an
+            // engine with this fingerprint (the directory's name): its SHA-256 was written
+            // beside it and matches.
+            #[allow(unsafe_code)]
+            match unsafe { self.engine.load_artifact(&code) } {
+                Ok(module) => return Ok((module, Loaded::FromArtifact, started.elapsed())),
+                Err(e) => {
+                    warn!(path = %path.display(), error = %e, "artifact refused; compiling");
+                    let _ = fs::remove_file(path);
+                }
+            }
+        }
+        let (module, code) = self.engine.compile_to_artifact(wasm)?;
+        let elapsed = started.elapsed();
+        if let (Some(path), Some(code)) = (path, code) {
+            let mut file = Vec::with_capacity(MAGIC.len() + 32 + code.len());
+            file.extend_from_slice(MAGIC);
+            file.extend_from_slice(&Digest::of(&code).0);
+            file.extend_from_slice(&code);
+            if let Err(e) = write_atomic(&path, &file) {
+                warn!(error = %e, "could not keep the compiled artifact");
+            }
+        }
+        Ok((module, Loaded::Compiled, elapsed))
+    }
+
+    /// Deletes the artifacts of modules not in `keep`.
+    pub fn retain(&self, keep: &[Digest]) {
+        let Some(dir) = &self.dir else { return };
+        let Ok(entries) = fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.filter_map(Result::ok) {
+            let name = entry.file_name();
+            let digest = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".cwasm"))
+                .and_then(Digest::parse);
+            if digest.is_none_or(|d| !keep.contains(&d)) {
+                debug!(path = %entry.path().display(), "removing unused artifact");
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+/// The code in an artifact file, if the file is whole and its checksum matches; a
+/// damaged file is deleted.
+fn read_checked(path: &Path) -> Option<Vec<u8>> {
+    let file = fs::read(path).ok()?;
+    let sound = file.len() >= MAGIC.len() + 32
+        && file.starts_with(MAGIC)
+        && Digest::of(&file[MAGIC.len() + 32..]).0[..] == file[MAGIC.len()..MAGIC.len() + 32];
+    if !sound {
+        warn!(path = %path.display(), "artifact checksum does not match; deleting it and compiling");
+        let _ = fs::remove_file(path);
+        return None;
+    }
+    Some(file[MAGIC.len() + 32..].to_vec())
+}
+
+#[cfg(all(test, feature = "wasmtime"))]
+mod tests {
+    use super::*;
+    use frenezulo_engines::{EngineConfig, EngineKind};
+
+    #[test]
+    fn artifacts_are_reused_and_damaged_ones_recompiled() {
+        let dir = std::env::temp_dir().join(format!("frenezulo-artifacts-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let engine =
+            frenezulo_engines::create(EngineKind::Wasmtime, &EngineConfig::default()).unwrap();
+        let wasm = wat::parse_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/hello.wat"
+        ))
+        .unwrap();
+        let artifacts = Artifacts::open(engine.clone(), &dir);
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
+        // A flipped bit in the code: the checksum catches it, the module is compiled again.
+        let path = artifacts.path(Digest::of(&wasm)).unwrap();
+        let mut file = fs::read(&path).unwrap();
+        let last = file.len() - 1;
+        file[last] ^= 1;
+        fs::write(&path, &file).unwrap();
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
+        artifacts.retain(&[]);
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -1,0 +1,403 @@
+//! `frenezulo services ...`: the management API's client, for people (tables) and scripts
+//! (`--json`).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use serde_json::{Value, json};
+
+use crate::config;
+
+/// Talk to a running server's management API.
+#[derive(Debug, clap::Args)]
+pub struct ServicesArgs {
+    /// The server's address.
+    #[arg(
+        long,
+        global = true,
+        env = "FRENEZULO_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    server: String,
+
+    /// The management API token. Default: the one a local server generated, read from its
+    /// data directory (`--data-dir`).
+    #[arg(
+        long,
+        global = true,
+        env = "FRENEZULO_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    token: Option<String>,
+
+    /// Data directory to read a generated token from. Default: the server's default.
+    #[arg(long, global = true, value_name = "DIR")]
+    data_dir: Option<std::path::PathBuf>,
+
+    /// Print the server's JSON as it is, for scripts.
+    #[arg(long, global = true)]
+    json: bool,
+
+    #[command(subcommand)]
+    action: Action,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Action {
+    /// List the services, with their state and counters.
+    List,
+    /// Show one service.
+    Show {
+        /// The service's prefix.
+        name: String,
+        /// Show environment values, not just their names.
+        #[arg(long)]
+        show_env: bool,
+    },
+    /// Add a service, or replace its module. SOURCE is a local `.wasm`/`.wat` file
+    /// (uploaded) or an http://, https:// or file:// URL (fetched by the server).
+    Add {
+        /// The service's prefix.
+        name: String,
+        /// The module: a local file or a URL.
+        source: String,
+        /// A limit, as in the config file's [limits]: memory=32MiB, deadline=2s,
+        /// stdout=1MiB, body=1MiB, concurrency=8, queue=16. Repeatable.
+        #[arg(long = "limit", value_name = "KEY=VALUE")]
+        limits: Vec<String>,
+        /// An environment value for the guest. Repeatable; replaces all of them.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+    },
+    /// Change a service's limits or environment without uploading its module again.
+    Set {
+        /// The service's prefix.
+        name: String,
+        /// A limit to change (see `add`). Repeatable; other limits stay.
+        #[arg(long = "limit", value_name = "KEY=VALUE")]
+        limits: Vec<String>,
+        /// An environment value. Repeatable; replaces all of them.
+        #[arg(long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// Remove every environment value.
+        #[arg(long, conflicts_with = "env")]
+        clear_env: bool,
+    },
+    /// Remove a service; requests in flight finish first.
+    Rm {
+        /// The service's prefix.
+        name: String,
+    },
+    /// Print the server's metrics (Prometheus text format).
+    Metrics,
+}
+
+/// Runs a client command; prints what it got and returns the exit status.
+pub fn run(args: ServicesArgs) -> ExitCode {
+    match execute(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("frenezulo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
+    let api = Api::new(args)?;
+    match &args.action {
+        Action::List => {
+            let body = api.call("GET", "", None)?;
+            if args.json {
+                return print_json(&body);
+            }
+            print_table(body["services"].as_array().map_or(&[][..], |v| v));
+        }
+        Action::Show { name, show_env } => {
+            let query = if *show_env { "?show_env=true" } else { "" };
+            let body = api.call("GET", &format!("/{name}{query}"), None)?;
+            if args.json {
+                return print_json(&body);
+            }
+            print_service(&body);
+        }
+        Action::Add {
+            name,
+            source,
+            limits,
+            env,
+        } => {
+            let limits = pairs(limits, "--limit")?;
+            let env = pairs(env, "--env")?;
+            let is_url = ["http://", "https://", "file://"]
+                .iter()
+                .any(|s| source.starts_with(s));
+            let body = if is_url {
+                let mut request = json!({ "prefix": name, "source": source });
+                if !limits.is_empty() {
+                    request["limits"] = limits_json(&limits);
+                }
+                if !env.is_empty() {
+                    request["env"] = json!(env);
+                }
+                api.call("POST", "/add", Some(Body::Json(request)))?
+            } else {
+                let module =
+                    std::fs::read(source).map_err(|e| anyhow::anyhow!("reading {source}: {e}"))?;
+                let query: Vec<String> = limits
+                    .iter()
+                    .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                    .chain(
+                        env.iter()
+                            .map(|(k, v)| format!("env={}", encode(&format!("{k}={v}")))),
+                    )
+                    .collect();
+                let path = if query.is_empty() {
+                    format!("/{name}")
+                } else {
+                    format!("/{name}?{}", query.join("&"))
+                };
+                api.call("PUT", &path, Some(Body::Module(module)))?
+            };
+            if args.json {
+                return print_json(&body);
+            }
+            println!(
+                "{name}: {} ({} bytes, {})",
+                body["digest"].as_str().unwrap_or("?"),
+                body["size"],
+                body["source"].as_str().unwrap_or("?")
+            );
+        }
+        Action::Set {
+            name,
+            limits,
+            env,
+            clear_env,
+        } => {
+            let limits = pairs(limits, "--limit")?;
+            let env = pairs(env, "--env")?;
+            let mut request = json!({});
+            if !limits.is_empty() {
+                request["limits"] = limits_json(&limits);
+            }
+            if !env.is_empty() || *clear_env {
+                request["env"] = json!(env);
+            }
+            anyhow::ensure!(
+                request != json!({}),
+                "nothing to change: give --limit, --env or --clear-env"
+            );
+            let body = api.call("PATCH", &format!("/{name}"), Some(Body::Json(request)))?;
+            if args.json {
+                return print_json(&body);
+            }
+            print_service(&body);
+        }
+        Action::Rm { name } => {
+            let body = api.call("DELETE", &format!("/{name}"), None)?;
+            if args.json {
+                return print_json(&body);
+            }
+            println!("{name}: removed");
+        }
+        Action::Metrics => print!("{}", api.text("/metrics")?),
+    }
+    Ok(())
+}
+
+enum Body {
+    Json(Value),
+    Module(Vec<u8>),
+}
+
+struct Api {
+    agent: ureq::Agent,
+    base: String,
+    token: String,
+}
+
+impl Api {
+    fn new(args: &ServicesArgs) -> anyhow::Result<Self> {
+        let token = match &args.token {
+            Some(t) => t.clone(),
+            None => {
+                let dir = args
+                    .data_dir
+                    .clone()
+                    .unwrap_or_else(config::default_data_dir);
+                let path = dir.join(crate::admin::token::FILE);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "no token: give --token or FRENEZULO_ADMIN_TOKEN (reading {}: {e})",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_owned()
+            }
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(120)))
+            .build()
+            .into();
+        Ok(Self {
+            agent,
+            base: format!("{}/services", args.server.trim_end_matches('/')),
+            token,
+        })
+    }
+
+    fn send(&self, method: &str, path: &str, body: Option<Body>) -> anyhow::Result<(u16, String)> {
+        let url = format!("{}{path}", self.base);
+        let auth = format!("Bearer {}", self.token);
+        let request = ureq::http::Request::builder()
+            .method(method)
+            .uri(&url)
+            .header("Authorization", auth);
+        let result = match body {
+            None => self.agent.run(request.body(())?),
+            Some(Body::Json(v)) => self.agent.run(
+                request
+                    .header("Content-Type", "application/json")
+                    .body(serde_json::to_vec(&v)?)?,
+            ),
+            Some(Body::Module(bytes)) => self.agent.run(
+                request
+                    .header("Content-Type", "application/wasm")
+                    .body(bytes)?,
+            ),
+        };
+        let mut response =
+            result.map_err(|e| anyhow::anyhow!("cannot reach the server at {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string()?;
+        Ok((status, text))
+    }
+
+    /// A call whose answer is JSON; an error status becomes an error with the server's message.
+    fn call(&self, method: &str, path: &str, body: Option<Body>) -> anyhow::Result<Value> {
+        let (status, text) = self.send(method, path, body)?;
+        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        if !(200..300).contains(&status) {
+            let message = value["error"]
+                .as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| value.to_string());
+            anyhow::bail!("{message} (HTTP {status})");
+        }
+        Ok(value)
+    }
+
+    fn text(&self, path: &str) -> anyhow::Result<String> {
+        let (status, text) = self.send("GET", path, None)?;
+        anyhow::ensure!(
+            (200..300).contains(&status),
+            "HTTP {status}: {}",
+            text.trim()
+        );
+        Ok(text)
+    }
+}
+
+fn pairs(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|item| {
+            item.split_once('=')
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .ok_or_else(|| anyhow::anyhow!("{flag} {item}: expected KEY=VALUE"))
+        })
+        .collect()
+}
+
+/// Limits as the API takes them: counts as numbers, sizes and durations as text.
+fn limits_json(limits: &BTreeMap<String, String>) -> Value {
+    let map = limits
+        .iter()
+        .map(|(k, v)| {
+            let value = match (k.as_str(), v.parse::<u64>()) {
+                ("concurrency" | "queue", Ok(n)) => json!(n),
+                _ => json!(v),
+            };
+            (k.clone(), value)
+        })
+        .collect();
+    Value::Object(map)
+}
+
+/// Percent-encodes a query component.
+fn encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+fn print_json(value: &Value) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn print_table(services: &[Value]) {
+    let rows: Vec<[String; 6]> = services
+        .iter()
+        .map(|s| {
+            [
+                s["prefix"].as_str().unwrap_or("").to_owned(),
+                s["origin"].as_str().unwrap_or("").to_owned(),
+                s["state"].as_str().unwrap_or("-").to_owned(),
+                s["counters"]["requests"]
+                    .as_u64()
+                    .map_or("-".to_owned(), |n| n.to_string()),
+                s["size"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
+                s["source"].as_str().unwrap_or("").to_owned(),
+            ]
+        })
+        .collect();
+    let header = ["PREFIX", "ORIGIN", "STATE", "REQUESTS", "BYTES", "SOURCE"].map(str::to_owned);
+    let mut widths = header.clone().map(|h| h.len());
+    for row in &rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    for row in std::iter::once(&header).chain(&rows) {
+        let line: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        println!("{}", line.join("  ").trim_end());
+    }
+}
+
+fn print_service(s: &Value) {
+    let field = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".to_owned(),
+        other => other.to_string(),
+    };
+    for key in [
+        "prefix", "origin", "state", "source", "digest", "size", "version",
+    ] {
+        println!("{key:<10} {}", field(&s[key]));
+    }
+    if let Some(limits) = s["limits"].as_object() {
+        let text: Vec<String> = limits
+            .iter()
+            .map(|(k, v)| format!("{k}={}", field(v)))
+            .collect();
+        println!("{:<10} {}", "limits", text.join(" "));
+    }
+    println!("{:<10} {}", "env", field(&s["env"]));
+    if s["counters"].is_object() {
+        println!("{:<10} {}", "counters", s["counters"]);
+    }
+}

@@ -1,0 +1,80 @@
+//! The manifest: the services the management API added, as stored. Services from the
+//! command line and the config file are not in it: those files are their record.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::LimitsConfig;
+
+/// Format version written into every manifest.
+pub const FORMAT: u32 = 1;
+
+/// Every service the API added, by prefix.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// [`FORMAT`] when written.
+    pub format: u32,
+    /// The services, by prefix.
+    pub services: BTreeMap<String, Entry>,
+}
+
+impl Default for Manifest {
+    fn default() -> Self {
+        Self {
+            format: FORMAT,
+            services: BTreeMap::new(),
+        }
+    }
+}
+
+/// One service as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Entry {
+    /// `sha256:<hex>` of the module, which names it in the blob store.
+    pub digest: String,
+    /// Size of the module in bytes.
+    pub size: usize,
+    /// Where the module came from: a URL, or `upload`.
+    pub source: String,
+    /// Who defined the service.
+    pub origin: Origin,
+    /// The limits set for this service; unset keys follow the server's `[limits]`.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Environment values for its guests.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// When it last changed, in seconds since the Unix epoch.
+    pub updated_unix: u64,
+}
+
+/// Who defined a service, which decides who may change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum Origin {
+    /// The management API; it may replace, reconfigure and remove it.
+    Api,
+    /// The config file; changed by editing the file and restarting.
+    Config,
+    /// A `--service` flag; changed by restarting with other flags.
+    Cli,
+    /// The built-in `hello`, served when nothing else is configured; the API may add a
+    /// service of the same name, which then takes its place.
+    BuiltIn,
+}
+
+impl Origin {
+    /// The name shown in listings.
+    pub fn name(self) -> &'static str {
+        match self {
+            Origin::Api => "api",
+            Origin::Config => "config",
+            Origin::Cli => "cli",
+            Origin::BuiltIn => "built-in",
+        }
+    }
+}

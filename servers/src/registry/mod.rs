@@ -1,0 +1,447 @@
+//! The registry: which services exist, with which module, limits and environment, and
+//! who defined each. Owned by the management thread; every change is made durable in the
+//! store first, then published once to every serving thread as a
+//! [`RegistryChange`](frenezulo_core::RegistryChange).
+//!
+//! Services come from three places. The command line and the config file define services
+//! the API may read but not change (those files are their record). The management API
+//! adds services to the manifest in the store. The built-in `hello`, served when nothing
+//! else is configured, gives way to an API service of the same name.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use frenezulo_core::{GuestEnv, ModuleKey, RegistryChange, ServiceLimits, ServiceName};
+use frenezulo_engines::CompiledModule;
+use thiserror::Error;
+use tracing::{error, info, warn};
+
+use crate::config::{EnvValues, LimitsConfig, per_thread_limits};
+use crate::serve::{Inbox, Message};
+
+pub mod manifest;
+pub mod store;
+
+use manifest::{Entry, Manifest, Origin};
+use store::{BlobStore, Digest, ManifestStore, StoreError};
+
+/// Both halves of a store.
+pub trait Store: ManifestStore + BlobStore {}
+impl<T: ManifestStore + BlobStore> Store for T {}
+
+/// A service as served.
+#[derive(Clone)]
+pub struct Service {
+    /// Its name, which is its prefix.
+    pub name: ServiceName,
+    /// Who defined it.
+    pub origin: Origin,
+    /// Where its module came from: a URL, `upload`, or a file path.
+    pub source: String,
+    /// Its module's digest.
+    pub digest: Digest,
+    /// The module bytes.
+    pub wasm: Bytes,
+    /// The limits set for it (the rest follow the server's `[limits]`).
+    pub limits_set: LimitsConfig,
+    /// The limits it runs with, server-wide (each serving thread gets its share).
+    pub limits: ServiceLimits,
+    /// Environment values for its guests.
+    pub env: EnvValues,
+    /// The version serving threads know it by; every change moves it forward.
+    pub version: u64,
+    /// When it last changed, in seconds since the Unix epoch.
+    pub updated_unix: u64,
+}
+
+/// A service from the command line, the config file or the built-in, compiled at start.
+pub struct Static {
+    /// The service, version unset.
+    pub service: Service,
+    /// Its compiled module.
+    pub compiled: Arc<dyn CompiledModule>,
+}
+
+/// Why a change to the registry was refused or failed.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ChangeError {
+    /// The service is defined by the config file or the command line.
+    #[error(
+        "service `{name}` is defined by the {origin}; change it there and restart frenezulo",
+        origin = origin_text(*.origin)
+    )]
+    NotApiDefined {
+        /// The service.
+        name: ServiceName,
+        /// Who defined it.
+        origin: Origin,
+    },
+    /// No such service.
+    #[error("no service named `{0}`")]
+    NotFound(ServiceName),
+    /// The store failed; nothing changed.
+    #[error("the registry could not be saved: {0}")]
+    Store(#[from] StoreError),
+}
+
+fn origin_text(origin: Origin) -> &'static str {
+    match origin {
+        Origin::Config => "config file",
+        Origin::Cli => "command line (--service)",
+        Origin::BuiltIn => "built-in example",
+        _ => "management API",
+    }
+}
+
+/// A new module for a service, validated and compiled.
+pub struct NewModule {
+    /// The module bytes.
+    pub wasm: Bytes,
+    /// Their digest.
+    pub digest: Digest,
+    /// Where they came from.
+    pub source: String,
+    /// The compiled module, handed to every serving thread with the change.
+    pub compiled: Arc<dyn CompiledModule>,
+}
+
+/// The registry and where it publishes.
+pub struct Registry {
+    store: Box<dyn Store>,
+    manifest: Manifest,
+    /// Command line, config file and built-in services, by name.
+    statics: BTreeMap<ServiceName, Static>,
+    /// What is served, by name.
+    services: BTreeMap<ServiceName, Service>,
+    next_version: u64,
+    base_limits: ServiceLimits,
+    workers: usize,
+    inboxes: Vec<Inbox>,
+}
+
+impl Registry {
+    /// Loads the manifest and joins it with the static services. A manifest entry whose
+    /// module is missing or damaged is logged and not served (the manifest keeps it). Module
+    /// files no entry names (left by a crash between writing a module and the manifest) are
+    /// removed.
+    pub fn open(
+        store: Box<dyn Store>,
+        statics: Vec<Static>,
+        base_limits: ServiceLimits,
+        workers: usize,
+    ) -> Result<Self, StoreError> {
+        let manifest = store.load()?;
+        let mut this = Self {
+            store,
+            manifest,
+            statics: BTreeMap::new(),
+            services: BTreeMap::new(),
+            next_version: 1,
+            base_limits,
+            workers,
+            inboxes: Vec::new(),
+        };
+        for mut s in statics {
+            s.service.version = this.next_version();
+            this.statics.insert(s.service.name.clone(), s);
+        }
+        for (name, s) in &this.statics {
+            this.services.insert(name.clone(), s.service.clone());
+        }
+        let entries: Vec<(String, Entry)> = this.manifest.services.clone().into_iter().collect();
+        for (name, entry) in entries {
+            match this.load_entry(&name, &entry) {
+                Ok(service) => {
+                    if let Some(s) = this.statics.get(&service.name)
+                        && s.service.origin != Origin::BuiltIn
+                    {
+                        warn!(
+                            service = name,
+                            origin = s.service.origin.name(),
+                            "the API's service of this name is hidden by the one the {} defines",
+                            origin_text(s.service.origin)
+                        );
+                        continue;
+                    }
+                    this.services.insert(service.name.clone(), service);
+                }
+                Err(e) => error!(service = name, error = %e, "stored service not served"),
+            }
+        }
+        this.collect_garbage();
+        Ok(this)
+    }
+
+    fn load_entry(&mut self, name: &str, entry: &Entry) -> anyhow::Result<Service> {
+        let name = ServiceName::new(name)?;
+        let digest = Digest::parse(&entry.digest)
+            .ok_or_else(|| anyhow::anyhow!("bad digest `{}`", entry.digest))?;
+        let wasm = self.store.get(digest)?;
+        Ok(Service {
+            limits: entry.limits.apply(self.base_limits),
+            name,
+            origin: Origin::Api,
+            source: entry.source.clone(),
+            digest,
+            wasm,
+            limits_set: entry.limits.clone(),
+            env: entry.env.clone(),
+            version: self.next_version(),
+            updated_unix: entry.updated_unix,
+        })
+    }
+
+    fn next_version(&mut self) -> u64 {
+        let v = self.next_version;
+        self.next_version += 1;
+        v
+    }
+
+    /// Removes module files the manifest does not name.
+    fn collect_garbage(&mut self) {
+        let named: Vec<Digest> = self.api_digests();
+        match self.store.list() {
+            Ok(stored) => {
+                for digest in stored.into_iter().filter(|d| !named.contains(d)) {
+                    info!(%digest, "removing a module no service uses");
+                    if let Err(e) = self.store.remove(digest) {
+                        warn!(error = %e, "could not remove an unused module");
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "could not list stored modules"),
+        }
+    }
+
+    fn api_digests(&self) -> Vec<Digest> {
+        self.manifest
+            .services
+            .values()
+            .filter_map(|e| Digest::parse(&e.digest))
+            .collect()
+    }
+
+    /// Digests of every module served: their compiled artifacts are worth keeping.
+    pub fn digests(&self) -> Vec<Digest> {
+        let mut all = self.api_digests();
+        all.extend(self.statics.values().map(|s| s.service.digest));
+        all
+    }
+
+    /// The serving threads to publish changes to, once they exist.
+    pub fn attach(&mut self, inboxes: Vec<Inbox>) {
+        self.inboxes = inboxes;
+    }
+
+    /// The messages that give a new serving thread the registry as it is.
+    pub fn initial_messages(&self) -> Vec<Message> {
+        self.services
+            .values()
+            .map(|s| {
+                let compiled = self
+                    .statics
+                    .get(&s.name)
+                    .filter(|st| st.service.version == s.version)
+                    .map(|st| st.compiled.clone());
+                Message::Registry {
+                    change: self.put_change(s),
+                    compiled,
+                }
+            })
+            .collect()
+    }
+
+    /// Every service served, by name.
+    pub fn services(&self) -> impl Iterator<Item = &Service> {
+        self.services.values()
+    }
+
+    /// The service named `name`.
+    pub fn service(&self, name: &ServiceName) -> Option<&Service> {
+        self.services.get(name)
+    }
+
+    /// Refuses a change to a service the API does not own.
+    fn check_api_owned(&self, name: &ServiceName) -> Result<(), ChangeError> {
+        match self.services.get(name) {
+            Some(s) if s.origin != Origin::Api && s.origin != Origin::BuiltIn => {
+                Err(ChangeError::NotApiDefined {
+                    name: name.clone(),
+                    origin: s.origin,
+                })
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Adds a service or replaces its module; `limits` and `env`, when given, replace the
+    /// service's (otherwise it keeps what it had). Returns whether the service is new.
+    pub fn put(
+        &mut self,
+        name: &ServiceName,
+        module: NewModule,
+        limits: Option<LimitsConfig>,
+        env: Option<EnvValues>,
+    ) -> Result<bool, ChangeError> {
+        self.check_api_owned(name)?;
+        let old = self.manifest.services.get(name.as_str()).cloned();
+        let entry = Entry {
+            digest: module.digest.to_string(),
+            size: module.wasm.len(),
+            source: module.source.clone(),
+            origin: Origin::Api,
+            limits: limits
+                .or_else(|| old.as_ref().map(|o| o.limits.clone()))
+                .unwrap_or_default(),
+            env: env
+                .or_else(|| old.as_ref().map(|o| o.env.clone()))
+                .unwrap_or_default(),
+            updated_unix: unix_now(),
+        };
+        // The module is durable before a manifest names it.
+        self.store.put(module.digest, &module.wasm)?;
+        self.commit(name, Some(entry.clone()))?;
+        let service = Service {
+            name: name.clone(),
+            origin: Origin::Api,
+            source: module.source,
+            digest: module.digest,
+            wasm: module.wasm,
+            limits: entry.limits.apply(self.base_limits),
+            limits_set: entry.limits,
+            env: entry.env,
+            version: self.next_version(),
+            updated_unix: entry.updated_unix,
+        };
+        self.publish_put(&service, Some(module.compiled));
+        let new = self.services.insert(name.clone(), service).is_none();
+        if let Some(old) = old {
+            self.forget_module(&old.digest);
+        }
+        Ok(new)
+    }
+
+    /// Changes a service's limits or environment, keeping its module.
+    pub fn configure(
+        &mut self,
+        name: &ServiceName,
+        limits: Option<LimitsConfig>,
+        env: Option<EnvValues>,
+    ) -> Result<(), ChangeError> {
+        self.check_api_owned(name)?;
+        let Some(mut entry) = self.manifest.services.get(name.as_str()).cloned() else {
+            return Err(ChangeError::NotFound(name.clone()));
+        };
+        if let Some(limits) = limits {
+            entry.limits = limits;
+        }
+        if let Some(env) = env {
+            entry.env = env;
+        }
+        entry.updated_unix = unix_now();
+        self.commit(name, Some(entry.clone()))?;
+        let version = self.next_version();
+        let base = self.base_limits;
+        let service = self
+            .services
+            .get_mut(name)
+            .expect("in the manifest, so served");
+        service.limits = entry.limits.apply(base);
+        service.limits_set = entry.limits;
+        service.env = entry.env;
+        service.version = version;
+        service.updated_unix = entry.updated_unix;
+        let service = service.clone();
+        // Threads load the module again, from the artifact cache.
+        self.publish_put(&service, None);
+        Ok(())
+    }
+
+    /// Removes a service: requests in flight finish, then its prefix answers 404 (or the
+    /// built-in it hid comes back).
+    pub fn remove(&mut self, name: &ServiceName) -> Result<(), ChangeError> {
+        self.check_api_owned(name)?;
+        let Some(old) = self.manifest.services.get(name.as_str()).cloned() else {
+            return Err(ChangeError::NotFound(name.clone()));
+        };
+        self.commit(name, None)?;
+        self.services.remove(name);
+        match self.statics.get(name).map(|s| s.service.clone()) {
+            Some(mut builtin) => {
+                builtin.version = self.next_version();
+                self.publish_put(&builtin, None);
+                self.services.insert(name.clone(), builtin);
+            }
+            None => {
+                for inbox in &self.inboxes {
+                    inbox.send(Message::Registry {
+                        change: RegistryChange::Remove {
+                            service: name.clone(),
+                        },
+                        compiled: None,
+                    });
+                }
+            }
+        }
+        self.forget_module(&old.digest);
+        Ok(())
+    }
+
+    /// Writes the manifest with `name` set to `entry` (or removed); on failure nothing changes.
+    fn commit(&mut self, name: &ServiceName, entry: Option<Entry>) -> Result<(), StoreError> {
+        let mut next = self.manifest.clone();
+        match entry {
+            Some(entry) => next.services.insert(name.to_string(), entry),
+            None => next.services.remove(name.as_str()),
+        };
+        self.store.commit(&next)?;
+        self.manifest = next;
+        Ok(())
+    }
+
+    /// Deletes a module file once no service names it (after the manifest stopped naming it).
+    fn forget_module(&mut self, digest: &str) {
+        let still_used = self.manifest.services.values().any(|e| e.digest == digest);
+        if let (false, Some(digest)) = (still_used, Digest::parse(digest))
+            && let Err(e) = self.store.remove(digest)
+        {
+            warn!(error = %e, "could not remove an unused module");
+        }
+    }
+
+    fn put_change(&self, s: &Service) -> RegistryChange {
+        let env: GuestEnv = s
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect::<Vec<_>>()
+            .into();
+        RegistryChange::Put {
+            module: ModuleKey {
+                service: s.name.clone(),
+                version: s.version,
+            },
+            wasm: s.wasm.clone(),
+            limits: per_thread_limits(s.limits, self.workers),
+            env,
+        }
+    }
+
+    fn publish_put(&self, s: &Service, compiled: Option<Arc<dyn CompiledModule>>) {
+        for inbox in &self.inboxes {
+            inbox.send(Message::Registry {
+                change: self.put_change(s),
+                compiled: compiled.clone(),
+            });
+        }
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

@@ -1,0 +1,723 @@
+//! End-to-end tests of the management API, the durable registry and the client, against
+//! the real binary.
+
+mod support;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Frenezulo, TOKEN, TempDir, repo};
+
+/// One test per engine compiled in, so they run side by side.
+macro_rules! per_engine {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[cfg(feature = "wasmtime")]
+                #[test]
+                fn wasmtime() {
+                    super::$body("wasmtime");
+                }
+                #[cfg(feature = "wasmi")]
+                #[test]
+                fn wasmi() {
+                    super::$body("wasmi");
+                }
+            }
+        )*
+    };
+}
+
+per_engine! {
+    add_list_show_call_configure_and_remove => lifecycle,
+    replace_while_a_request_runs_finishes_it_on_the_old_version => replace_in_flight,
+    the_registry_survives_a_restart => restart,
+}
+
+const DEFAULT_ENGINE: &str = support::ENGINES[0];
+
+/// A guest that spins as many times as the little-endian u32 in its body says, then
+/// answers `marker`.
+fn versioned(marker: &str) -> String {
+    let body = format!("Content-Type: text/plain\n\n{marker}");
+    format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) "{body}")
+          (func (export "_start")
+            (local $i i32) (local $n i32)
+            (i32.store (i32.const 16) (i32.const 200))
+            (i32.store (i32.const 20) (i32.const 4))
+            (drop (call $r (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+            (local.set $n (i32.load (i32.const 200)))
+            (block $done (loop $l
+              (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $l)))
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const {len}))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        body = body.replace('\n', "\\n"),
+        len = body.len()
+    )
+}
+
+fn json(r: &support::HttpResponse) -> Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}
+
+/// A loopback HTTP server that answers `/m.wasm` with `module`, `/moved` with a redirect
+/// to it, and 404 otherwise; it serves until the test process ends.
+fn module_server(module: Vec<u8>) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut header = String::new();
+                if reader.read_line(&mut header).unwrap_or(0) == 0 || header == "\r\n" {
+                    break;
+                }
+            }
+            let path = line.split(' ').nth(1).unwrap_or("");
+            let mut stream = stream;
+            let _ = match path {
+                "/m.wasm" => stream
+                    .write_all(
+                        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", module.len())
+                            .as_bytes(),
+                    )
+                    .and_then(|()| stream.write_all(&module)),
+                "/moved" => stream.write_all(
+                    b"HTTP/1.1 302 Found\r\nLocation: /m.wasm\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                ),
+                _ => stream.write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+            };
+        }
+    });
+    format!("http://{addr}")
+}
+
+fn lifecycle(engine: &str) {
+    let server = Frenezulo::start(&["--engine", engine, "--workers", "2"]);
+    let hello = std::fs::read(repo("examples/hello.wat")).unwrap();
+    let origin = module_server(hello);
+
+    // Add by URL, through a redirect.
+    let add = format!(r#"{{"prefix": "greet", "source": "{origin}/moved"}}"#);
+    let r = server.admin("POST", "/services/add", add.as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(json(&r)["source"], format!("{origin}/moved"));
+    assert_eq!(server.get("/greet").text(), "Hello from frenezulo!\n");
+    for _ in 0..8 {
+        assert_eq!(
+            server.get("/greet/x").status,
+            200,
+            "every serving thread has it"
+        );
+    }
+
+    // Add by upload (WAT text), with limits and environment in the query.
+    let echo = std::fs::read(repo("examples/echo.wat")).unwrap();
+    let r = server.admin(
+        "PUT",
+        "/services/echo?memory=32MiB&env=GREETING%3Dhi",
+        &echo,
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let text = server.get("/echo").text();
+    assert!(text.lines().any(|l| l == "GREETING=hi"), "{text}");
+
+    // List and show.
+    let list = json(&server.admin("GET", "/services", b""));
+    let names: Vec<&str> = list["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["prefix"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["echo", "greet", "hello"]);
+    let hello = &list["services"][2];
+    assert_eq!(hello["origin"], "built-in");
+    let greet = json(&server.admin("GET", "/services/greet", b""));
+    assert_eq!(greet["origin"], "api");
+    assert!(greet["digest"].as_str().unwrap().starts_with("sha256:"));
+    assert_eq!(greet["state"], "warm");
+    assert_eq!(greet["counters"]["requests"], 9);
+    let echo_info = json(&server.admin("GET", "/services/echo", b""));
+    assert_eq!(
+        echo_info["env"],
+        serde_json::json!(["GREETING"]),
+        "values hidden by default"
+    );
+    assert_eq!(echo_info["limits"]["memory"], 32 << 20);
+    let shown = json(&server.admin("GET", "/services/echo?show_env=true", b""));
+    assert_eq!(shown["env"]["GREETING"], "hi");
+
+    // Change limits and environment without uploading again.
+    let r = server.admin(
+        "PATCH",
+        "/services/echo",
+        br#"{"limits": {"deadline": "2s"}, "env": {"GREETING": "bye"}}"#,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let changed = json(&r);
+    assert_eq!(changed["limits"]["deadline"], "2s");
+    assert_eq!(
+        changed["limits"]["memory"],
+        32 << 20,
+        "limits not given are kept"
+    );
+    assert_eq!(changed["digest"], echo_info["digest"]);
+    let text = server.get("/echo").text();
+    assert!(text.lines().any(|l| l == "GREETING=bye"), "{text}");
+
+    // Remove.
+    let r = server.admin("DELETE", "/services/greet", b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(server.get("/greet").status, 404);
+    assert_eq!(server.admin("DELETE", "/services/greet", b"").status, 404);
+    assert_eq!(server.admin("GET", "/services/greet", b"").status, 404);
+
+    // Every call was logged, with its result.
+    let log = server.wait_for_log("path=\"/services/greet\" status=404");
+    assert!(
+        log.contains("method=\"POST\" path=\"/services/add\" status=201"),
+        "{log}"
+    );
+}
+
+#[test]
+fn bad_requests_get_reasons_and_change_nothing() {
+    let server = Frenezulo::start(&[
+        "--engine",
+        DEFAULT_ENGINE,
+        "--service",
+        &format!("fixed={}", repo("examples/hello.wat")),
+    ]);
+    let hello = std::fs::read(repo("examples/hello.wat")).unwrap();
+    assert_eq!(server.admin("PUT", "/services/ok", &hello).status, 201);
+
+    // No token, a wrong one: 401 with nothing done.
+    let r = server.admin_with("PUT", "/services/ok", b"garbage", None);
+    assert_eq!(r.status, 401);
+    assert_eq!(r.header("WWW-Authenticate"), Some("Bearer"));
+    assert_eq!(
+        server
+            .admin_with("GET", "/services", b"", Some("wrong"))
+            .status,
+        401
+    );
+    assert_eq!(
+        server
+            .admin_with("GET", "/services/metrics", b"", Some(""))
+            .status,
+        401
+    );
+    // Health needs none.
+    let health = server.admin_with("GET", "/services/health", b"", None);
+    assert_eq!(
+        (health.status, json(&health)["status"].as_str()),
+        (200, Some("ok"))
+    );
+
+    let error =
+        |r: support::HttpResponse| (r.status, json(&r)["error"].as_str().unwrap().to_owned());
+    let (status, why) = error(server.admin("PUT", "/services/ok", b"garbage"));
+    assert_eq!(status, 400);
+    assert!(why.contains("not a WebAssembly module"), "{why}");
+    let import = br#"(module (import "env" "f" (func)) (memory (export "memory") 1) (func (export "_start")))"#;
+    let (status, why) = error(server.admin("PUT", "/services/ok", import));
+    assert_eq!(status, 400);
+    assert!(why.contains("unsupported import `env::f`"), "{why}");
+    let (status, why) = error(server.admin(
+        "POST",
+        "/services/add",
+        br#"{"prefix": "services", "source": "http://127.0.0.1:1/x"}"#,
+    ));
+    assert_eq!(status, 400);
+    assert!(why.contains("reserved"), "{why}");
+    let (status, _) = error(server.admin(
+        "POST",
+        "/services/add",
+        br#"{"prefix": "Bad!", "source": "http://127.0.0.1:1/x"}"#,
+    ));
+    assert_eq!(status, 400);
+    assert_eq!(error(server.admin("PUT", "/services/Bad!", &hello)).0, 400);
+    assert_eq!(
+        error(server.admin("POST", "/services/add", b"{not json")).0,
+        400
+    );
+    let (status, why) = error(server.admin(
+        "POST",
+        "/services/add",
+        br#"{"prefix": "x", "source": "gopher://x"}"#,
+    ));
+    assert_eq!(status, 400);
+    assert!(why.contains("http://, https:// or file://"), "{why}");
+    let (status, why) = error(server.admin(
+        "POST",
+        "/services/add",
+        br#"{"prefix": "x", "source": "file:///etc/passwd"}"#,
+    ));
+    assert_eq!(status, 400);
+    assert!(why.contains("module_dirs"), "{why}");
+    let missing = module_server(hello.clone());
+    let (status, why) = error(server.admin(
+        "POST",
+        "/services/add",
+        format!(r#"{{"prefix": "x", "source": "{missing}/nope"}}"#).as_bytes(),
+    ));
+    assert_eq!(status, 502);
+    assert!(why.contains("404"), "{why}");
+    let (status, why) =
+        error(server.admin("PUT", "/services/ok?env=REQUEST_METHOD%3DPOST", &hello));
+    assert_eq!(status, 400);
+    assert!(why.contains("CGI variable"), "{why}");
+    // The config file's service is not the API's to change.
+    let (status, why) = error(server.admin("DELETE", "/services/fixed", b""));
+    assert_eq!(status, 409);
+    assert!(why.contains("command line"), "{why}");
+    assert_eq!(server.admin("PUT", "/services/fixed", &hello).status, 409);
+    // Too large: 413, from the framing limit or the module limit.
+    let huge = vec![0u8; 6 << 20];
+    assert_eq!(server.admin("PUT", "/services/ok", &huge).status, 413);
+    assert_eq!(server.admin("DELETE", "/services", b"").status, 405);
+
+    // The version already serving kept serving through all of it.
+    assert_eq!(server.get("/ok").text(), "Hello from frenezulo!\n");
+    assert_eq!(server.get("/fixed").status, 200);
+}
+
+fn replace_in_flight(engine: &str) {
+    let server = Frenezulo::start(&["--engine", engine, "--workers", "2"]);
+    let r = server.admin("PUT", "/services/slow", versioned("v1").as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    // About a second of spinning on either engine.
+    let spins: u32 = if engine == "wasmi" {
+        150_000_000
+    } else {
+        1_000_000_000
+    };
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || {
+        let mut c = support::Client::connect_to(addr);
+        let body = spins.to_le_bytes();
+        c.send(
+            format!(
+                "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.send(&body);
+        c.response()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = json(&server.admin("GET", "/services/slow", b""));
+        if info["counters"]["running"] == 1 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never started: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let r = server.admin("PUT", "/services/slow", versioned("v2").as_bytes());
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        server.get("/slow").text(),
+        "v2",
+        "new requests run the new version"
+    );
+    let old = slow.join().unwrap();
+    assert_eq!(
+        (old.status, old.text()),
+        (200, "v1".to_owned()),
+        "the request in flight finished on the old version"
+    );
+
+    // Removing lets a request in flight finish too.
+    let slow = std::thread::spawn(move || {
+        let mut c = support::Client::connect_to(addr);
+        let body = spins.to_le_bytes();
+        c.send(
+            format!(
+                "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.send(&body);
+        c.response()
+    });
+    loop {
+        let info = json(&server.admin("GET", "/services/slow", b""));
+        if info["counters"]["running"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(server.admin("DELETE", "/services/slow", b"").status, 200);
+    assert_eq!(server.get("/slow").status, 404);
+    let old = slow.join().unwrap();
+    assert_eq!((old.status, old.text()), (200, "v2".to_owned()));
+}
+
+fn restart(engine: &str) {
+    let data = TempDir::new("restart");
+    let args = ["--engine", engine, "--data-dir", data.arg()];
+    let mut server = Frenezulo::start(&args);
+    let echo = std::fs::read(repo("examples/echo.wat")).unwrap();
+    assert_eq!(
+        server
+            .admin("PUT", "/services/echo?queue=7&env=A%3D1", &echo)
+            .status,
+        201
+    );
+    assert_eq!(server.admin("PUT", "/services/gone", &echo).status, 201);
+    assert_eq!(server.admin("DELETE", "/services/gone", b"").status, 200);
+    let before = json(&server.admin("GET", "/services/echo?show_env=true", b""));
+    server.kill();
+
+    let server = Frenezulo::start(&args);
+    let after = json(&server.admin("GET", "/services/echo?show_env=true", b""));
+    for key in [
+        "digest",
+        "size",
+        "source",
+        "origin",
+        "limits",
+        "limits_set",
+        "env",
+        "updated_unix",
+    ] {
+        assert_eq!(after[key], before[key], "{key}");
+    }
+    assert_eq!(server.admin("GET", "/services/gone", b"").status, 404);
+    let text = server.get("/echo").text();
+    assert!(text.lines().any(|l| l == "A=1"), "{text}");
+    let metrics = server.admin("GET", "/services/metrics", b"").text();
+    let loads = |from: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!(
+                    "frenezulo_module_loads_total{{service=\"echo\",from=\"{from}\"}}"
+                ))
+            })
+            .map(|l| l.rsplit(' ').next().unwrap().to_owned())
+    };
+    if engine == "wasmtime" {
+        assert_eq!(loads("artifact").as_deref(), Some("1"), "{metrics}");
+        assert_eq!(
+            loads("compiled").as_deref(),
+            Some("0"),
+            "no compile after the restart:\n{metrics}"
+        );
+    } else {
+        assert_eq!(loads("compiled").as_deref(), Some("1"), "{metrics}");
+    }
+    let modules = std::fs::read_dir(data.path().join("modules"))
+        .unwrap()
+        .count();
+    assert_eq!(modules, 1, "the removed service's module was deleted");
+}
+
+/// `kill -9` at random moments while the registry is written; after each restart the
+/// service answers with the version last acknowledged or the one being written, never
+/// anything else, and the server always starts.
+#[test]
+fn a_crash_at_any_moment_leaves_the_old_registry_or_the_new() {
+    let data = TempDir::new("crash");
+    let args = [
+        "--engine",
+        DEFAULT_ENGINE,
+        "--data-dir",
+        data.arg(),
+        "--no-access-log",
+    ];
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    eprintln!("crash test seed {seed}");
+    let mut rng = seed | 1;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // The version last acknowledged with a 200 or 201, and the one being written at the kill.
+    let mut durable: Option<u32> = None;
+    let mut in_flight: Option<u32> = None;
+    let kills = 20;
+    // How the kills landed: before the write was acknowledged and it was lost, before it
+    // was acknowledged yet it was durable, or after.
+    let (mut lost, mut unacknowledged_but_kept, mut after) = (0, 0, 0);
+    for round in 0..kills {
+        let mut server = Frenezulo::start(&args);
+        let served = server.get("/svc");
+        let now = (served.status != 404).then(|| {
+            let text = served.text();
+            text.strip_prefix('v')
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or_else(|| panic!("round {round}: served {text:?} (seed {seed})"))
+        });
+        assert!(
+            now == durable || (now.is_some() && now == in_flight),
+            "round {round}: serves {now:?}; acknowledged {durable:?}, in flight {in_flight:?} (seed {seed})"
+        );
+        if in_flight.is_some() {
+            match (now == in_flight, now == durable) {
+                (true, true) => after += 1,
+                (true, false) => unacknowledged_but_kept += 1,
+                _ => lost += 1,
+            }
+        }
+        durable = now;
+        let version = durable.map_or(0, |v| v + 1);
+        let module = versioned(&format!("v{version}"));
+        let addr = server.addr;
+        let writer = std::thread::spawn(move || {
+            let mut c = support::Client::connect_to(addr);
+            let head = format!(
+                "PUT /services/svc HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer {TOKEN}\r\nContent-Length: {}\r\n\r\n",
+                module.len()
+            );
+            // The server may die mid-upload: a failed write is an answer too.
+            let sent = c
+                .stream
+                .write_all(head.as_bytes())
+                .and_then(|()| c.stream.write_all(module.as_bytes()));
+            sent.ok().and_then(|()| c.try_response()).map(|r| r.status)
+        });
+        // A write takes 10-60 ms on a debug build: most kills land during one, some after.
+        std::thread::sleep(Duration::from_micros(next() % 100_000));
+        server.kill();
+        in_flight = Some(version);
+        if matches!(writer.join().unwrap(), Some(200 | 201)) {
+            durable = Some(version);
+        }
+    }
+    eprintln!(
+        "crash test: {kills} kills during registry writes, every restart consistent; \
+         write lost {lost}, kept unacknowledged {unacknowledged_but_kept}, acknowledged before the kill {after}"
+    );
+}
+
+#[test]
+fn metrics_parse_as_prometheus_text() {
+    let server = Frenezulo::start(&["--engine", DEFAULT_ENGINE, "--workers", "2"]);
+    for _ in 0..5 {
+        assert_eq!(server.get("/hello").status, 200);
+    }
+    assert_eq!(server.get("/nothing").status, 404);
+    let r = server.admin("GET", "/services/metrics", b"");
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("Content-Type")
+            .unwrap()
+            .starts_with("text/plain; version=0.0.4")
+    );
+    let text = r.text();
+    let lines = text.lines().map(|l| Ok(l.to_owned()));
+    let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition format");
+    let sample = |name: &str, labels: &[(&str, &str)]| {
+        scrape
+            .samples
+            .iter()
+            .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+            .map(|s| s.value.clone())
+    };
+    let value = |v: Option<prometheus_parse::Value>| match v {
+        Some(
+            prometheus_parse::Value::Counter(n)
+            | prometheus_parse::Value::Gauge(n)
+            | prometheus_parse::Value::Untyped(n),
+        ) => n,
+        other => panic!("not a number: {other:?}\n{text}"),
+    };
+    assert_eq!(
+        value(sample(
+            "frenezulo_requests_total",
+            &[("service", "hello"), ("status", "200")]
+        )),
+        5.0
+    );
+    assert_eq!(
+        value(sample(
+            "frenezulo_requests_total",
+            &[("service", ""), ("status", "404")]
+        )),
+        1.0
+    );
+    match sample(
+        "frenezulo_request_duration_seconds",
+        &[("service", "hello")],
+    ) {
+        Some(prometheus_parse::Value::Histogram(buckets)) => {
+            assert_eq!(buckets.last().unwrap().count, 5.0, "{text}");
+        }
+        other => panic!("no histogram: {other:?}\n{text}"),
+    }
+    for thread in ["0", "1"] {
+        assert!(
+            sample("frenezulo_instances_running", &[("thread", thread)]).is_some(),
+            "{text}"
+        );
+        assert!(
+            sample("frenezulo_rejected_total", &[("thread", thread)]).is_some(),
+            "{text}"
+        );
+    }
+    assert!(
+        text.contains("frenezulo_module_loads_total{service=\"hello\""),
+        "{text}"
+    );
+}
+
+#[test]
+fn the_access_log_has_a_line_per_request_and_can_be_turned_off() {
+    let server = Frenezulo::start(&["--engine", DEFAULT_ENGINE]);
+    assert_eq!(server.get("/hello").status, 200);
+    assert_eq!(server.get("/nope").status, 404);
+    let log = server.wait_for_log("status=404");
+    let access: Vec<&str> = log.lines().filter(|l| l.contains(" access:")).collect();
+    assert_eq!(access.len(), 2, "{log}");
+    assert!(
+        access[0].contains("service=\"hello\" status=200 bytes="),
+        "{log}"
+    );
+    assert!(access[0].contains("guest_us="), "{log}");
+    let quiet = Frenezulo::start(&["--engine", DEFAULT_ENGINE, "--no-access-log"]);
+    assert_eq!(quiet.get("/hello").status, 200);
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!quiet.log().contains(" access:"), "{}", quiet.log());
+}
+
+#[test]
+fn a_generated_token_is_kept_private_and_printed_once() {
+    let data = TempDir::new("token");
+    let args = ["--engine", DEFAULT_ENGINE, "--data-dir", data.arg()];
+    let server = Frenezulo::start_with_env(&args, &[("FRENEZULO_ADMIN_TOKEN", "")]);
+    let path = data.path().join("admin-token");
+    let token = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(token.len(), 64);
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(server.log().contains(&token), "printed at first start");
+    assert_eq!(
+        server
+            .admin_with("GET", "/services", b"", Some(&token))
+            .status,
+        200
+    );
+    assert_eq!(
+        server.admin("GET", "/services", b"").status,
+        401,
+        "the test token is not it"
+    );
+    drop(server);
+    let server = Frenezulo::start_with_env(&args, &[("FRENEZULO_ADMIN_TOKEN", "")]);
+    assert_eq!(
+        server
+            .admin_with("GET", "/services", b"", Some(&token))
+            .status,
+        200
+    );
+    assert!(!server.log().contains(&token), "not printed again");
+}
+
+#[test]
+fn the_binary_is_also_the_client() {
+    let server = Frenezulo::start(&["--engine", DEFAULT_ENGINE]);
+    let url = format!("http://{}", server.addr);
+    let client = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+            .arg("services")
+            .args(args)
+            .args(["--server", &url])
+            .env("FRENEZULO_ADMIN_TOKEN", TOKEN)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = client(&[
+        "add",
+        "echo",
+        &repo("examples/echo.wat"),
+        "--env",
+        "COLOUR=blue",
+        "--limit",
+        "memory=16MiB",
+    ]);
+    assert!(ok, "{out}");
+    assert!(out.starts_with("echo: sha256:"), "{out}");
+    assert!(
+        server
+            .get("/echo")
+            .text()
+            .lines()
+            .any(|l| l == "COLOUR=blue")
+    );
+    let (ok, out) = client(&["list"]);
+    assert!(ok, "{out}");
+    let mut lines = out.lines();
+    assert!(lines.next().unwrap().starts_with("PREFIX"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("echo ") && l.contains(" api ")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("hello ") && l.contains("built-in")),
+        "{out}"
+    );
+    let (ok, out) = client(&["list", "--json"]);
+    assert!(ok, "{out}");
+    let parsed: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(parsed["services"].as_array().unwrap().len(), 2);
+    let (ok, out) = client(&["set", "echo", "--env", "COLOUR=red"]);
+    assert!(ok, "{out}");
+    assert!(
+        server
+            .get("/echo")
+            .text()
+            .lines()
+            .any(|l| l == "COLOUR=red")
+    );
+    let (ok, out) = client(&["show", "echo"]);
+    assert!(ok && out.contains("memory=16777216"), "{out}");
+    let (ok, out) = client(&["metrics"]);
+    assert!(ok && out.contains("frenezulo_requests_total"), "{out}");
+    let (ok, out) = client(&["rm", "echo"]);
+    assert!(ok, "{out}");
+    assert_eq!(server.get("/echo").status, 404);
+    let (ok, out) = client(&["rm", "echo"]);
+    assert!(
+        !ok && out.contains("no service named `echo` (HTTP 404)"),
+        "{out}"
+    );
+    let (ok, out) = client(&["list", "--token", "wrong"]);
+    assert!(!ok && out.contains("HTTP 401"), "{out}");
+}
