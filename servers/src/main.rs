@@ -21,6 +21,7 @@ mod artifacts;
 mod client;
 mod compile;
 mod config;
+mod logbuf;
 mod metrics;
 mod registry;
 mod serve;
@@ -46,7 +47,9 @@ const BUILTIN_HELLO: &str = include_str!("../../examples/hello.wat");
 /// Logs go to stderr; set RUST_LOG (e.g. `RUST_LOG=debug`) for more or less detail.
 /// SIGINT or SIGTERM stops accepting and finishes requests in flight.
 ///
-/// `frenezulo services ...` is the client of a running server's management API.
+/// Services can also be added, replaced and removed while the server runs, through the
+/// management API under /services (a bearer token guards it); they are kept in the data
+/// directory and come back on restart. `frenezulo services ...` is its client.
 #[derive(Debug, Parser)]
 #[command(
     name = "frenezulo",
@@ -155,7 +158,7 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(logbuf::Stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli.serve) {

@@ -146,6 +146,9 @@ impl LocalStore {
             Err(fs::TryLockError::WouldBlock) => return Err(StoreError::Locked(dir.to_owned())),
             Err(fs::TryLockError::Error(e)) => return Err(io_error(&lock_path)(e)),
         }
+        // Left by a crash mid-write; the lock says no other process is writing them.
+        remove_temporaries(dir);
+        remove_temporaries(&modules);
         Ok(Self {
             dir: dir.to_owned(),
             modules,
@@ -242,7 +245,10 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
-    let tmp = dir.join(format!(".tmp-{name}-{}", std::process::id()));
+    // Unique per write: two threads may write the same file (one artifact for two services).
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = dir.join(format!(".tmp-{name}-{}-{n}", std::process::id()));
     let write = || -> io::Result<()> {
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut file = OpenOptions::new()

@@ -111,6 +111,7 @@ struct ExitGuard(Option<Box<dyn FnOnce(bool) + Send>>);
 
 impl Drop for ExitGuard {
     fn drop(&mut self) {
+        crate::logbuf::flush();
         if let Some(on_exit) = self.0.take() {
             on_exit(!std::thread::panicking());
         }
@@ -145,6 +146,7 @@ pub fn spawn(mut setup: Setup) -> io::Result<Inbox> {
         .stack_size(STACK)
         .spawn(move || {
             let _exit = ExitGuard(Some(on_exit));
+            crate::logbuf::batch_this_thread();
             let id = setup.id;
             match Loop::new(setup, poll, rx, own) {
                 Ok(mut l) => l.run(),
@@ -306,6 +308,7 @@ impl Loop {
             }
             self.run_slices();
             self.flush_unflushed();
+            crate::logbuf::flush();
             if self.shutting_down && self.core.is_drained() && self.open == 0 {
                 info!(thread = self.id, "all connections closed");
                 return;
