@@ -101,6 +101,7 @@ fn whole_request(c: &mut Criterion) {
                         },
                     ),
                     Output::Transmit { head, body, .. } => sent += head.len() + body.len(),
+                    Output::Responded(r) => assert_eq!(r.status, 200),
                     other => panic!("{other:?}"),
                 }
             }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use frenezulo_core::{RegistryChange, ServiceLimits, ServiceName};
+use frenezulo_core::{ServiceLimits, ServiceName};
 use frenezulo_engines::{EngineConfig, EngineKind};
 use tracing::{error, info, warn};
 
@@ -212,7 +212,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(s, loaded, elapsed)| (s.service.name.clone(), *loaded, *elapsed))
         .collect();
-    let mut registry = Registry::open(
+    let registry = Registry::open(
         Box::new(store),
         statics.into_iter().map(|(s, _, _)| s).collect(),
         settings.base_limits,
@@ -227,14 +227,8 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
     for (service, loaded, elapsed) in &loads {
         compile.record(service, *loaded, *elapsed);
     }
-    for message in registry.initial_messages() {
-        if let Message::Registry {
-            change: RegistryChange::Put { module, .. },
-            compiled: Some(compiled),
-        } = message
-        {
-            compile.insert(module, &compiled);
-        }
+    for (module, compiled) in registry.compiled() {
+        compile.insert(module, &compiled);
     }
     let (events_tx, events) = mpsc::channel();
     watch_signals(events_tx.clone())?;
@@ -257,7 +251,6 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
             }),
         })?);
     }
-    registry.attach(inboxes.clone());
     let admin_exited = events_tx.clone();
     admin::spawn(
         admin::Setup {
@@ -271,6 +264,8 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
                 module_dirs: settings.module_dirs.clone(),
             },
             engine: settings.engine,
+            base_limits: settings.base_limits,
+            max_memory_bytes: engine_config.max_memory_bytes,
             inboxes: inboxes.clone(),
         },
         admin_rx,

@@ -24,7 +24,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use frenezulo_core::{JobId, ManagementCall, ModuleKey, Response, ServiceName};
+use frenezulo_core::{JobId, ManagementCall, ModuleKey, Response, ServiceLimits, ServiceName};
 use frenezulo_engines::EngineKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -121,6 +121,10 @@ pub struct Setup {
     pub fetch: FetchLimits,
     /// The engine, for health.
     pub engine: EngineKind,
+    /// Limits of a service that sets none, for checking the ones a call sets.
+    pub base_limits: ServiceLimits,
+    /// The largest memory limit the engine was sized for.
+    pub max_memory_bytes: usize,
     /// Every serving thread's inbox, by index.
     pub inboxes: Vec<Inbox>,
 }
@@ -401,6 +405,16 @@ impl Admin {
             ServiceName::new(prefix).map_err(|e| error(400, &format!("prefix `{prefix}`: {e}")))?;
         if let Some(limits) = limits {
             limits.check().map_err(|e| error(400, &e))?;
+            let memory = limits.apply(self.setup.base_limits).memory_bytes;
+            if memory > self.setup.max_memory_bytes {
+                return Err(error(
+                    400,
+                    &format!(
+                        "memory limit {memory} bytes is above the {} this server was started for; raise [limits] memory in its config",
+                        self.setup.max_memory_bytes
+                    ),
+                ));
+            }
         }
         if let Some(env) = env {
             check_env(env).map_err(|e| error(400, &e))?;

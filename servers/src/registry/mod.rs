@@ -231,6 +231,24 @@ impl Registry {
         all
     }
 
+    /// The compiled modules of the services that have one (those loaded at start), by
+    /// the version serving threads know them by.
+    pub fn compiled(&self) -> Vec<(ModuleKey, Arc<dyn CompiledModule>)> {
+        self.statics
+            .values()
+            .filter(|s| {
+                self.services.get(&s.service.name).map(|x| x.version) == Some(s.service.version)
+            })
+            .map(|s| {
+                let key = ModuleKey {
+                    service: s.service.name.clone(),
+                    version: s.service.version,
+                };
+                (key, s.compiled.clone())
+            })
+            .collect()
+    }
+
     /// The serving threads to publish changes to, once they exist.
     pub fn attach(&mut self, inboxes: Vec<Inbox>) {
         self.inboxes = inboxes;
@@ -444,4 +462,129 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use frenezulo_core::{GuestRequest, RunLimits};
+    use frenezulo_engines::GuestTask;
+    use store::LocalStore;
+
+    struct NoModule;
+    impl CompiledModule for NoModule {
+        fn start(&self, _: &GuestRequest, _: &RunLimits) -> Box<dyn GuestTask> {
+            unreachable!("these tests run nothing")
+        }
+    }
+
+    fn service(name: &str, origin: Origin, bytes: &'static [u8]) -> Static {
+        Static {
+            service: Service {
+                name: ServiceName::new(name).unwrap(),
+                origin,
+                source: "test".to_owned(),
+                digest: Digest::of(bytes),
+                wasm: Bytes::from_static(bytes),
+                limits_set: LimitsConfig::default(),
+                limits: ServiceLimits::default(),
+                env: EnvValues::new(),
+                version: 0,
+                updated_unix: 0,
+            },
+            compiled: Arc::new(NoModule),
+        }
+    }
+
+    fn module(bytes: &'static [u8]) -> NewModule {
+        NewModule {
+            wasm: Bytes::from_static(bytes),
+            digest: Digest::of(bytes),
+            source: "upload".to_owned(),
+            compiled: Arc::new(NoModule),
+        }
+    }
+
+    fn open(dir: &std::path::Path) -> Registry {
+        let statics = vec![
+            service("fixed", Origin::Config, b"fixed"),
+            service("hello", Origin::BuiltIn, b"builtin"),
+        ];
+        let store = Box::new(LocalStore::open(dir).unwrap());
+        Registry::open(store, statics, ServiceLimits::default(), 2).unwrap()
+    }
+
+    fn names(r: &Registry) -> Vec<(String, Origin)> {
+        r.services()
+            .map(|s| (s.name.to_string(), s.origin))
+            .collect()
+    }
+
+    #[test]
+    fn changes_are_durable_owned_and_versioned() {
+        let dir = std::env::temp_dir().join(format!("frenezulo-registry-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let mut r = open(&dir);
+        let shop = ServiceName::new("shop").unwrap();
+        let hello = ServiceName::new("hello").unwrap();
+        let fixed = ServiceName::new("fixed").unwrap();
+        assert!(r.put(&shop, module(b"v1"), None, None).unwrap(), "new");
+        let v1 = r.service(&shop).unwrap().version;
+        let env = EnvValues::from([("A".to_owned(), "1".to_owned())]);
+        assert!(
+            !r.put(&shop, module(b"v2"), None, Some(env.clone()))
+                .unwrap(),
+            "replaced"
+        );
+        assert!(
+            r.service(&shop).unwrap().version > v1,
+            "versions move forward"
+        );
+        r.configure(&shop, None, None).unwrap();
+        assert_eq!(r.service(&shop).unwrap().env, env, "kept when not given");
+        // The API's hello takes the built-in's place; removing it brings the built-in back.
+        r.put(&hello, module(b"mine"), None, None).unwrap();
+        assert!(matches!(
+            r.put(&fixed, module(b"x"), None, None),
+            Err(ChangeError::NotApiDefined {
+                origin: Origin::Config,
+                ..
+            })
+        ));
+        assert!(matches!(
+            r.remove(&fixed),
+            Err(ChangeError::NotApiDefined { .. })
+        ));
+        assert!(matches!(
+            r.remove(&ServiceName::new("nope").unwrap()),
+            Err(ChangeError::NotFound(_))
+        ));
+        let before: Vec<_> = r
+            .services()
+            .map(|s| (s.name.clone(), s.digest, s.env.clone()))
+            .collect();
+        drop(r);
+
+        let mut r = open(&dir);
+        let after: Vec<_> = r
+            .services()
+            .map(|s| (s.name.clone(), s.digest, s.env.clone()))
+            .collect();
+        assert_eq!(before, after, "a restart brings back what was there");
+        assert_eq!(r.service(&hello).unwrap().origin, Origin::Api);
+        r.remove(&hello).unwrap();
+        assert_eq!(r.service(&hello).unwrap().origin, Origin::BuiltIn);
+        r.remove(&shop).unwrap();
+        assert_eq!(
+            names(&r),
+            [
+                ("fixed".to_owned(), Origin::Config),
+                ("hello".to_owned(), Origin::BuiltIn)
+            ]
+        );
+        // Module files follow the manifest: the replaced and removed ones are gone.
+        let stored = std::fs::read_dir(dir.join("modules")).unwrap().count();
+        assert_eq!(stored, 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

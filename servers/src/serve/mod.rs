@@ -14,7 +14,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
+use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 use frenezulo_core::{
@@ -409,9 +409,8 @@ impl Loop {
                         thread: self.id,
                         call,
                     };
-                    if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) =
-                        self.admin.try_send(event)
-                    {
+                    // A full queue is answered at once rather than waited on.
+                    if self.admin.try_send(event).is_err() {
                         let response =
                             Response::text(503, "the management API is busy, retry shortly")
                                 .with_header("Retry-After", "1");
