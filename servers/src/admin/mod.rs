@@ -419,18 +419,10 @@ impl Admin {
         if let Some(env) = env {
             check_env(env).map_err(|e| error(400, &e))?;
         }
-        if let Some(s) = self.setup.registry.service(&name) {
-            let owned = ChangeError::NotApiDefined {
-                name: name.clone(),
-                origin: s.origin,
-            };
-            if !matches!(
-                s.origin,
-                crate::registry::manifest::Origin::Api | crate::registry::manifest::Origin::BuiltIn
-            ) {
-                return Err(error(409, &owned.to_string()));
-            }
-        }
+        self.setup
+            .registry
+            .check_api_owned(&name)
+            .map_err(|e| change_error(&e))?;
         Ok(name)
     }
 
@@ -667,6 +659,8 @@ fn service_json(
     let mut view = json!({
         "prefix": s.name.as_str(),
         "origin": s.origin.name(),
+        // The command line's and the config file's services are read-only here.
+        "changeable_by_api": s.origin.api_may_change(),
         "source": s.source,
         "digest": s.digest.to_string(),
         "size": s.wasm.len(),

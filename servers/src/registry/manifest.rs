@@ -68,6 +68,11 @@ pub enum Origin {
 }
 
 impl Origin {
+    /// Whether the management API may replace, reconfigure or remove such a service.
+    pub fn api_may_change(self) -> bool {
+        matches!(self, Origin::Api | Origin::BuiltIn)
+    }
+
     /// The name shown in listings.
     pub fn name(self) -> &'static str {
         match self {

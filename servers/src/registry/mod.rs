@@ -283,14 +283,12 @@ impl Registry {
     }
 
     /// Refuses a change to a service the API does not own.
-    fn check_api_owned(&self, name: &ServiceName) -> Result<(), ChangeError> {
+    pub fn check_api_owned(&self, name: &ServiceName) -> Result<(), ChangeError> {
         match self.services.get(name) {
-            Some(s) if s.origin != Origin::Api && s.origin != Origin::BuiltIn => {
-                Err(ChangeError::NotApiDefined {
-                    name: name.clone(),
-                    origin: s.origin,
-                })
-            }
+            Some(s) if !s.origin.api_may_change() => Err(ChangeError::NotApiDefined {
+                name: name.clone(),
+                origin: s.origin,
+            }),
             _ => Ok(()),
         }
     }
