@@ -66,5 +66,5 @@ pub use response::Response;
 pub use route::{NameError, ServiceName};
 pub use server::{
     ConnId, Execution, Input, JobId, Lifecycle, MAX_MANAGEMENT_CALLS, ManagementCall, Output,
-    RegistryChange, Responded, Server, ServerConfig, ServiceInfo, ServiceLimits, Stats,
+    RegistryChange, Responded, Server, ServerConfig, ServiceInfo, ServiceLimits, Stats, share,
 };

@@ -384,31 +384,10 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Guest instances running at once per serving thread, by default.
 pub const DEFAULT_RUNNING_PER_WORKER: usize = 64;
 
-/// One thread's share of a server-wide limit: rounded up, and at least one.
-pub fn share(total: usize, workers: usize) -> usize {
-    total.div_ceil(workers.max(1)).max(1)
-}
-
-/// One serving thread's share of a service's limits, with `workers` threads.
-pub fn per_thread_limits(limits: ServiceLimits, workers: usize) -> ServiceLimits {
-    ServiceLimits {
-        max_concurrency: share(limits.max_concurrency, workers),
-        max_queued: share(limits.max_queued, workers),
-        ..limits
-    }
-}
-
 impl Settings {
-    /// One serving thread's core settings: each server-wide count and byte budget divided
-    /// between the threads, each share rounded up.
+    /// One serving thread's core settings.
     pub fn per_thread(&self) -> ServerConfig {
-        let n = self.workers;
-        ServerConfig {
-            max_running: share(self.server.max_running, n),
-            max_queued: share(self.server.max_queued, n),
-            max_queued_bytes: share(self.server.max_queued_bytes, n),
-            ..self.server.clone()
-        }
+        self.server.per_thread(self.workers)
     }
 
     /// Merges the config file at `path` (if any) with command-line overrides.
@@ -591,7 +570,7 @@ mod tests {
         let one = s.per_thread();
         assert_eq!(one.max_running, DEFAULT_RUNNING_PER_WORKER);
         assert_eq!(one.max_queued, 342, "1024 over 3 threads, rounded up");
-        let shop = per_thread_limits(s.services[1].limits, s.workers);
+        let shop = s.services[1].limits.per_thread(s.workers);
         assert_eq!((shop.max_queued, shop.max_concurrency), (2, 22));
         assert_eq!(s.server.idle_timeout, Duration::from_millis(250));
         assert_eq!(s.services.len(), 2);

@@ -240,7 +240,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
             id,
             listener,
             core: per_thread.clone(),
-            max_connections: config::share(settings.max_connections, settings.workers),
+            max_connections: frenezulo_core::share(settings.max_connections, settings.workers),
             write_timeout: settings.write_timeout,
             compile: compile.clone(),
             initial: registry.initial_messages(),

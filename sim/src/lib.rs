@@ -1,4 +1,17 @@
-//! frenezulo-sim: deterministic simulation of `frenezulo-core` in virtual time.
+//! frenezulo-sim: the real `frenezulo_core::Server`, one per modelled serving thread,
+//! driven in virtual time, to answer what an operator asks before deploying: what an
+//! `idle_timeout` costs in cold starts and saves in memory, what happens past capacity
+//! with and without admission control, what one slow or hostile service does to the others.
 //!
-//! Not built yet: the scale-to-zero and accept-queue scenarios are their own issue. The
-//! crate exists so the workspace has its final shape and the core is shaped for a second driver.
+//! [`model`] is the simulation (what the core does not contain: clients, the kernel's accept
+//! queue, serving threads as CPUs, compiles); [`scenarios`] the questions it answers;
+//! [`report`] tables, JSON and SVG. One seed fans out to a random stream per subsystem
+//! ([`rng`]); the same seed and options give the same bytes. Invariants are checked as a run
+//! goes ([`model::Violation`]). No wall clock is read: the model keeps virtual time.
+
+pub mod model;
+pub mod profile;
+pub mod report;
+pub mod rng;
+pub mod scenarios;
+pub mod stats;

@@ -68,6 +68,24 @@ impl Default for ServerConfig {
     }
 }
 
+impl ServerConfig {
+    /// One of `threads` serving threads' settings, when these are server-wide: each count
+    /// and byte budget divided between the threads, each share rounded up.
+    pub fn per_thread(&self, threads: usize) -> ServerConfig {
+        ServerConfig {
+            max_running: share(self.max_running, threads),
+            max_queued: share(self.max_queued, threads),
+            max_queued_bytes: share(self.max_queued_bytes, threads),
+            ..self.clone()
+        }
+    }
+}
+
+/// One thread's share of a server-wide limit: rounded up, and at least one.
+pub fn share(total: usize, threads: usize) -> usize {
+    total.div_ceil(threads.max(1)).max(1)
+}
+
 /// Limits for one service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ServiceLimits {
@@ -94,6 +112,18 @@ impl Default for ServiceLimits {
             body_bytes: 4 * 1024 * 1024,
             max_concurrency: 64,
             max_queued: 128,
+        }
+    }
+}
+
+impl ServiceLimits {
+    /// One of `threads` serving threads' share, when these are server-wide: concurrency
+    /// and queue divided like [`ServerConfig::per_thread`]; per-request limits stay.
+    pub fn per_thread(&self, threads: usize) -> ServiceLimits {
+        ServiceLimits {
+            max_concurrency: share(self.max_concurrency, threads),
+            max_queued: share(self.max_queued, threads),
+            ..*self
         }
     }
 }

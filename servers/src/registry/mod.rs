@@ -18,7 +18,7 @@ use frenezulo_engines::CompiledModule;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use crate::config::{EnvValues, LimitsConfig, per_thread_limits};
+use crate::config::{EnvValues, LimitsConfig};
 use crate::serve::{Inbox, Message};
 
 pub mod manifest;
@@ -441,7 +441,7 @@ impl Registry {
                 version: s.version,
             },
             wasm: s.wasm.clone(),
-            limits: per_thread_limits(s.limits, self.workers),
+            limits: s.limits.per_thread(self.workers),
             env,
         }
     }
