@@ -9,8 +9,8 @@ use serde::{Deserialize, Serialize};
 pub struct Profile {
     /// Serving-thread CPU time for one connection that carries one request, guest aside:
     /// accept, read, parse, route, answer, close, the kernel's share included. Measured:
-    /// 50 us, from `bash bench/load` (`Connection: close`, wasmtime `hello.wat`: 19.7k req/s
-    /// on one pinned serving thread, the guest's 9 us included).
+    /// 45-48 us, `bash bench/sim-validate` (one pinned serving thread's capacity with a
+    /// connection per request, less the mean guest time its access log reports).
     pub connection_us: f64,
     /// Starting a fresh instance and dropping it, on top of the guest's own run time.
     /// Measured: 9.2 us, `cargo bench -p frenezulo-engines` (wasmtime, `hello.wat`).
