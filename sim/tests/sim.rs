@@ -208,3 +208,29 @@ fn model_code_reads_no_clock() {
         }
     }
 }
+
+#[test]
+fn sweeps_draw_to_svg_with_labelled_axes() {
+    let o = scenarios::Faults {
+        shares: vec![0.0, 0.1],
+        kind: FaultKind::Trap,
+        deadline_s: 1.0,
+    };
+    let report = scenarios::faults(&common(4, 1.0), &o).unwrap();
+    let path = std::env::temp_dir().join(format!("frenezulo-sim-{}.svg", std::process::id()));
+    report.svg(&path).unwrap();
+    let svg = std::fs::read_to_string(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(svg.starts_with("<svg"), "{}", &svg[..100.min(svg.len())]);
+    for label in [
+        "share of guests that fail",
+        "2xx responses per second",
+        "2xx p99 latency (ms)",
+    ] {
+        assert!(svg.contains(label), "{label} missing");
+    }
+    let table = report.table();
+    assert!(table.starts_with("# faults (seed 4)\n"), "{table}");
+    let noisy = scenarios::noisy_neighbour(&common(4, 1.0), &[Neighbour::None]).unwrap();
+    assert!(noisy.svg(&path).is_err(), "no sweep, no plot");
+}

@@ -271,14 +271,15 @@ impl Loop {
             self.refresh_date();
             self.turn_ends = Instant::now() + TURN_BUDGET;
             self.turn_yielded = false;
+            // The inbox first, whatever woke the poll: a registry change published before a
+            // client's connection arrived is in force for that connection's request.
+            if !self.read_inbox() {
+                return;
+            }
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept(),
-                    WAKER => {
-                        if !self.read_inbox() {
-                            return;
-                        }
-                    }
+                    WAKER => {}
                     Token(t) => {
                         let slot = t - FIRST_CONN;
                         if event.is_writable() {
