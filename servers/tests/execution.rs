@@ -1,6 +1,7 @@
 //! End-to-end tests of the execution model: serving loops per core, guests that run
 //! inline and yield, cancellation at the deadline, connections spread over threads.
 
+#[macro_use]
 mod support;
 
 use std::collections::BTreeSet;
@@ -8,34 +9,14 @@ use std::thread;
 
 use support::{ConfigFile, Frenezulo, repo};
 
-/// `/hello` gets its 200 while guests that loop forever hold every serving thread, three
-/// per thread, with default settings: the loops yield between time slices.
-/// One test per engine compiled in, so they run side by side.
-macro_rules! per_engine {
-    ($($name:ident => $body:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[cfg(feature = "wasmtime")]
-                #[test]
-                fn wasmtime() {
-                    super::$body("wasmtime");
-                }
-                #[cfg(feature = "wasmi")]
-                #[test]
-                fn wasmi() {
-                    super::$body("wasmi");
-                }
-            }
-        )*
-    };
-}
-
 per_engine! {
     hello_answers_while_looping_guests_hold_every_thread => loops_hold_every_thread,
     a_guest_cancelled_at_its_deadline_frees_its_slot => cancelled_at_deadline,
     many_connections_spread_over_threads_get_every_response_in_order => spread_in_order,
 }
 
+/// `/hello` gets its 200 while guests that loop forever hold every serving thread, three
+/// per thread, with default settings: the loops yield between time slices.
 fn loops_hold_every_thread(engine: &str) {
     let file = ConfigFile::new(
         &format!("loops-{engine}"),

@@ -1,6 +1,7 @@
 //! End-to-end tests of the management API, the durable registry and the client, against
 //! the real binary.
 
+#[macro_use]
 mod support;
 
 use std::io::{BufRead, BufReader, Write};
@@ -10,26 +11,6 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use support::{Frenezulo, TOKEN, TempDir, repo};
-
-/// One test per engine compiled in, so they run side by side.
-macro_rules! per_engine {
-    ($($name:ident => $body:ident),* $(,)?) => {
-        $(
-            mod $name {
-                #[cfg(feature = "wasmtime")]
-                #[test]
-                fn wasmtime() {
-                    super::$body("wasmtime");
-                }
-                #[cfg(feature = "wasmi")]
-                #[test]
-                fn wasmi() {
-                    super::$body("wasmi");
-                }
-            }
-        )*
-    };
-}
 
 per_engine! {
     add_list_show_call_configure_and_remove => lifecycle,
@@ -298,6 +279,35 @@ fn bad_requests_get_reasons_and_change_nothing() {
     assert_eq!(server.get("/fixed").status, 200);
 }
 
+/// Sends `/slow` a request that spins `spins` times, on a thread of its own; returns once
+/// the server reports it running.
+fn slow_request(server: &Frenezulo, spins: u32) -> std::thread::JoinHandle<support::HttpResponse> {
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || {
+        let mut c = support::Client::connect_to(addr);
+        let body = spins.to_le_bytes();
+        let head = format!(
+            "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.send(head.as_bytes());
+        c.send(&body);
+        c.response()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = json(&server.admin("GET", "/services/slow", b""));
+        if info["counters"]["running"] == 1 {
+            return slow;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never started: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 fn replace_in_flight(engine: &str) {
     let server = Frenezulo::start(&["--engine", engine, "--workers", "2"]);
     let r = server.admin("PUT", "/services/slow", versioned("v1").as_bytes());
@@ -308,32 +318,7 @@ fn replace_in_flight(engine: &str) {
     } else {
         1_000_000_000
     };
-    let addr = server.addr;
-    let slow = std::thread::spawn(move || {
-        let mut c = support::Client::connect_to(addr);
-        let body = spins.to_le_bytes();
-        c.send(
-            format!(
-                "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        c.send(&body);
-        c.response()
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = json(&server.admin("GET", "/services/slow", b""));
-        if info["counters"]["running"] == 1 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never started: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let slow = slow_request(&server, spins);
     let r = server.admin("PUT", "/services/slow", versioned("v2").as_bytes());
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(
@@ -349,26 +334,7 @@ fn replace_in_flight(engine: &str) {
     );
 
     // Removing lets a request in flight finish too.
-    let slow = std::thread::spawn(move || {
-        let mut c = support::Client::connect_to(addr);
-        let body = spins.to_le_bytes();
-        c.send(
-            format!(
-                "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-                body.len()
-            )
-            .as_bytes(),
-        );
-        c.send(&body);
-        c.response()
-    });
-    loop {
-        let info = json(&server.admin("GET", "/services/slow", b""));
-        if info["counters"]["running"] == 1 {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let slow = slow_request(&server, spins);
     assert_eq!(server.admin("DELETE", "/services/slow", b"").status, 200);
     assert_eq!(server.get("/slow").status, 404);
     let old = slow.join().unwrap();

@@ -528,14 +528,7 @@ impl Sim<'_> {
     fn step(&mut self, i: usize) -> Result<(), Violation> {
         let now = self.now;
         for module in std::mem::take(&mut self.threads[i].inbox) {
-            self.hold(&module);
-            self.input(
-                i,
-                Input::Compiled {
-                    module,
-                    result: Ok(()),
-                },
-            )?;
+            self.loaded(i, module)?;
         }
         if self.threads[i]
             .core
@@ -794,14 +787,7 @@ impl Sim<'_> {
             }
         }
         for module in compiled_now {
-            self.hold(&module);
-            self.input(
-                i,
-                Input::Compiled {
-                    module,
-                    result: Ok(()),
-                },
-            )?;
+            self.loaded(i, module)?;
         }
         let th = &self.threads[i];
         let cfg = &self.per_thread;
@@ -850,10 +836,17 @@ impl Sim<'_> {
         self.push(done, Event::Compiled { module });
     }
 
-    /// A thread holds a compiled `module`.
-    fn hold(&mut self, module: &ModuleKey) {
+    /// Thread `i` holds the compiled `module` from now: its core is told.
+    fn loaded(&mut self, i: usize, module: ModuleKey) -> Result<(), Violation> {
         self.count_memory(self.now);
         *self.holders.entry(module.clone()).or_default() += 1;
+        self.input(
+            i,
+            Input::Compiled {
+                module,
+                result: Ok(()),
+            },
+        )
     }
 
     /// A thread dropped `module`.

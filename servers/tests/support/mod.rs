@@ -1,5 +1,5 @@
 //! Starts the real `frenezulo` binary on a free loopback port and speaks raw HTTP to it.
-#![allow(dead_code)]
+#![allow(dead_code, unused_macros)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,6 +7,27 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// One test per engine compiled in, so they run side by side: `name => body` makes
+/// `name::wasmtime` and `name::wasmi`, each calling `body(engine)`.
+macro_rules! per_engine {
+    ($($name:ident => $body:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[cfg(feature = "wasmtime")]
+                #[test]
+                fn wasmtime() {
+                    super::$body("wasmtime");
+                }
+                #[cfg(feature = "wasmi")]
+                #[test]
+                fn wasmi() {
+                    super::$body("wasmi");
+                }
+            }
+        )*
+    };
+}
 
 /// The engines this build of the binary carries, the JIT first.
 pub const ENGINES: &[&str] = &[
