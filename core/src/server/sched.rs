@@ -58,6 +58,10 @@ impl Server {
         let Some(service) = self.services.get(name) else {
             return self.respond(now, conn, seq, not_found());
         };
+        // Counted under its service whatever the answer, a refusal (413, 503) included.
+        if let Some(slot) = self.conns.get_mut(&conn).and_then(|c| c.slot_mut(seq)) {
+            slot.service = Some(service.key.service.clone());
+        }
         let limits = service.limits;
         if request.body.len() > limits.body_bytes {
             let r = Response::text(413, "request body too large");
@@ -95,7 +99,6 @@ impl Server {
         self.next_job += 1;
         if let Some(slot) = c.slot_mut(seq) {
             slot.job = Some(job);
-            slot.service = Some(service_name.clone());
         }
         let deadline = now + limits.deadline;
         self.queued += 1;

@@ -309,6 +309,22 @@ fn every_response_is_reported_with_its_service_and_time() {
     );
     let sent = h.text(c).len();
     assert_eq!(h.responded.iter().map(|r| r.bytes).sum::<usize>(), sent);
+    // A refusal counts under the service it was for.
+    let small = ServiceLimits {
+        body_bytes: 1,
+        ..ServiceLimits::default()
+    };
+    h.put("tiny", small);
+    let c = h.connect(2);
+    h.send(
+        c,
+        "POST /tiny HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nab",
+    );
+    let last = h.responded.last().unwrap();
+    assert_eq!(
+        (last.status, last.service.as_ref().map(|s| s.as_str())),
+        (413, Some("tiny"))
+    );
 }
 
 #[test]
