@@ -349,20 +349,33 @@ impl MemoryLimiter {
         }
     }
 
-    /// Whether a memory may grow to `desired` bytes.
-    pub fn allow_memory(&mut self, desired: usize) -> bool {
-        let ok = desired <= self.max_bytes;
-        self.refused |= !ok;
-        ok
+    /// Whether a memory whose own maximum is `maximum` may grow to `desired` bytes.
+    pub fn allow_memory(&mut self, desired: usize, maximum: Option<usize>) -> bool {
+        self.allow(desired, self.max_bytes, maximum.unwrap_or(MEMORY32_BYTES))
     }
 
-    /// Whether a table may grow to `desired` elements.
-    pub fn allow_table(&mut self, desired: usize) -> bool {
-        let ok = desired <= crate::shape::MAX_TABLE_ELEMENTS;
+    /// Whether a table whose own maximum is `maximum` may grow to `desired` elements.
+    pub fn allow_table(&mut self, desired: usize, maximum: Option<usize>) -> bool {
+        let limit = crate::shape::MAX_TABLE_ELEMENTS;
+        self.allow(desired, limit, maximum.unwrap_or(u32::MAX as usize))
+    }
+
+    /// A growth past what the memory or table itself allows fails in every engine
+    /// whatever the limit, and some engines ask the limiter first and some do not: only a
+    /// growth this limiter alone refuses counts as running out of memory, so that both
+    /// engines report the same failure.
+    fn allow(&mut self, desired: usize, limit: usize, own_maximum: usize) -> bool {
+        if desired > own_maximum {
+            return false;
+        }
+        let ok = desired <= limit;
         self.refused |= !ok;
         ok
     }
 }
+
+/// The largest a 32-bit linear memory can be: 65536 pages of 64 KiB.
+const MEMORY32_BYTES: usize = 1 << 32;
 
 #[cfg(test)]
 mod tests {
@@ -437,6 +450,23 @@ mod tests {
         assert_eq!(strip_port(b"example.com:8080"), b"example.com");
         assert_eq!(strip_port(b"example.com"), b"example.com");
         assert_eq!(strip_port(b"[::1]:80"), b"[::1]");
+    }
+
+    #[test]
+    fn only_this_limiters_refusals_count() {
+        let mut l = MemoryLimiter::new(2 << 20);
+        assert!(l.allow_memory(1 << 20, None));
+        assert!(!l.allow_memory(usize::MAX / 2, None), "past 4 GiB");
+        assert!(
+            !l.allow_memory(3 << 20, Some(1 << 20)),
+            "past its own maximum"
+        );
+        assert!(!l.refused, "both fail in every engine, whatever the limit");
+        assert!(!l.allow_memory(3 << 20, None));
+        assert!(l.refused);
+        let mut l = MemoryLimiter::new(0);
+        assert!(!l.allow_table(10, Some(5)) && !l.refused);
+        assert!(!l.allow_table(crate::shape::MAX_TABLE_ELEMENTS + 1, None) && l.refused);
     }
 
     #[test]

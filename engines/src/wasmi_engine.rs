@@ -32,18 +32,18 @@ impl wasmi::ResourceLimiter for MemoryLimiter {
         &mut self,
         _current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> Result<bool, wasmi_core::LimiterError> {
-        Ok(self.allow_memory(desired))
+        Ok(self.allow_memory(desired, max))
     }
 
     fn table_growing(
         &mut self,
         _current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> Result<bool, wasmi_core::LimiterError> {
-        Ok(self.allow_table(desired))
+        Ok(self.allow_table(desired, max))
     }
 
     fn instances(&self) -> usize {

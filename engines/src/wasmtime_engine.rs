@@ -44,18 +44,18 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
         &mut self,
         _current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.allow_memory(desired))
+        Ok(self.allow_memory(desired, max))
     }
 
     fn table_growing(
         &mut self,
         _current: usize,
         desired: usize,
-        _max: Option<usize>,
+        max: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        Ok(self.allow_table(desired))
+        Ok(self.allow_table(desired, max))
     }
 }
 

@@ -210,6 +210,19 @@ conformance! {
         assert_eq!(err, GuestFailure::OutOfMemory);
     }
 
+    fn an_impossible_grow_then_a_trap_is_a_trap_not_out_of_memory(e) {
+        // Found by the differential fuzzer: wasmtime asked the limiter about a grow past
+        // 4 GiB and wasmi did not, so one engine reported out-of-memory and the other a trap.
+        let wasm = wat::parse_str(
+            r#"(module (memory (export "memory") 1)
+              (func (export "_start")
+                (drop (memory.grow (i32.const -268435456)))
+                (drop (i64.load8_s (i32.const 2000000)))))"#,
+        )
+        .unwrap();
+        assert!(matches!(run(e, &wasm), Err(GuestFailure::Trap(_))));
+    }
+
     fn stack_overflow_is_a_trap(e) {
         let err = run(e, &guest("engines/tests/guests/recurse.wat")).unwrap_err();
         assert!(matches!(err, GuestFailure::Trap(_)), "{err:?}");
