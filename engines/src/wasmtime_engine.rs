@@ -293,7 +293,14 @@ async fn run(
 ) -> Ending {
     let instance = match pre.instantiate_async(&mut *store).await {
         Ok(instance) => instance,
-        Err(e) => return Ending::Instantiate(format!("{e:#}")),
+        // A start function may exit (`proc_exit`) as `_start` may: that is an ending, not a
+        // failure to instantiate (wasmi sees it the same way).
+        Err(e) => {
+            return match e.downcast_ref::<HostStop>() {
+                Some(stop) => Ending::Stopped(*stop),
+                None => Ending::Instantiate(format!("{e:#}")),
+            };
+        }
     };
     if let Some(Extern::Memory(m)) = instance.get_module_export(&mut *store, &memory) {
         store.data_mut().memory = Some(m);

@@ -223,6 +223,21 @@ conformance! {
         assert!(matches!(run(e, &wasm), Err(GuestFailure::Trap(_))));
     }
 
+    fn a_start_function_that_exits_ends_the_run(e) {
+        // Found by the differential fuzzer: wasmtime called this a failure to instantiate,
+        // wasmi an exit. It is an exit: the run ends there, with no output (502).
+        let wasm = wat::parse_str(
+            r#"(module
+              (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+              (memory (export "memory") 1)
+              (func $main (call $exit (i32.const 0)))
+              (start $main)
+              (func (export "_start") unreachable))"#,
+        )
+        .unwrap();
+        assert_eq!(run(e, &wasm), Err(GuestFailure::BadOutput("no output".to_owned())));
+    }
+
     fn stack_overflow_is_a_trap(e) {
         let err = run(e, &guest("engines/tests/guests/recurse.wat")).unwrap_err();
         assert!(matches!(err, GuestFailure::Trap(_)), "{err:?}");
