@@ -48,6 +48,8 @@ pub struct Settings {
     pub module_dirs: Vec<PathBuf>,
     /// One log line per request, at `info` under the `access` target.
     pub access_log: bool,
+    /// Environment values for every service's guests, under each service's own.
+    pub env: EnvValues,
 }
 
 /// A service to load at start.
@@ -92,6 +94,9 @@ pub struct FileConfig {
     #[serde(default)]
     module_dirs: Vec<PathBuf>,
     access_log: Option<bool>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    env_file: Option<PathBuf>,
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
@@ -325,6 +330,29 @@ pub struct Overrides {
     pub admin_token: Option<String>,
     /// `--no-access-log`
     pub no_access_log: bool,
+    /// `--env KEY=VALUE`, in order.
+    pub env: Vec<(String, String)>,
+    /// `--env-file FILE`
+    pub env_file: Option<PathBuf>,
+}
+
+/// Reads an environment file as WAGI takes it: `KEY=VALUE` lines; blank lines and lines
+/// starting with `#` are skipped; the value is the rest of the line, as written.
+pub fn read_env_file(path: &Path) -> anyhow::Result<EnvValues> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading environment file {}", path.display()))?;
+    let mut env = EnvValues::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (key, value) = line
+            .split_once('=')
+            .with_context(|| format!("{}:{}: expected KEY=VALUE", path.display(), n + 1))?;
+        env.insert(key.trim_end().to_owned(), value.to_owned());
+    }
+    Ok(env)
 }
 
 /// The data directory when none is given: `$XDG_DATA_HOME/frenezulo`, else
@@ -495,6 +523,19 @@ impl Settings {
                 origin: Origin::Cli,
             });
         }
+        // Lowest first: the environment file (the command line's, else the config file's),
+        // then the config file's `env`, then `--env`.
+        let env_file = overrides
+            .env_file
+            .clone()
+            .or(file.env_file.as_ref().map(|f| base.join(f)));
+        let mut env = match &env_file {
+            Some(path) => read_env_file(path)?,
+            None => EnvValues::new(),
+        };
+        env.extend(file.env.clone());
+        env.extend(overrides.env.iter().cloned());
+        check_env(&env).map_err(|e| anyhow::anyhow!("server-wide environment: {e}"))?;
         let max_module_bytes = file
             .max_module_size
             .map_or(DEFAULT_MAX_MODULE_BYTES, |s| s.0);
@@ -528,6 +569,7 @@ impl Settings {
             fetch_timeout: file.fetch_timeout.map_or(Duration::from_secs(30), |s| s.0),
             module_dirs: file.module_dirs.into_iter().map(|d| base.join(d)).collect(),
             access_log: !overrides.no_access_log && file.access_log.unwrap_or(true),
+            env,
         })
     }
 }
@@ -622,6 +664,36 @@ mod tests {
             )
             .is_err()
         );
+    }
+
+    #[test]
+    fn environment_values_layer_file_config_and_command_line() {
+        let dir = std::env::temp_dir().join(format!("frenezulo-envfile-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("vars.env");
+        std::fs::write(&file, "# shared\nA=file\nB=file\n\n  C=x=y\n").unwrap();
+        let text = format!(
+            "env_file = {:?}\n[env]\nB = \"config\"\n",
+            file.display().to_string()
+        );
+        let s = parse(
+            &text,
+            Overrides {
+                env: vec![("A".into(), "cli".into())],
+                ..Overrides::default()
+            },
+        )
+        .unwrap();
+        let want: EnvValues = [("A", "cli"), ("B", "config"), ("C", "x=y")]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        assert_eq!(s.env, want);
+        std::fs::write(&file, "A=1\nNO_EQUALS\n").unwrap();
+        let err = parse(&text, Overrides::default()).unwrap_err().to_string();
+        assert!(err.contains("vars.env:2"), "{err}");
+        assert!(parse("[env]\nHTTP_HOST = \"x\"", Overrides::default()).is_err());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

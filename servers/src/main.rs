@@ -135,6 +135,23 @@ struct ServeArgs {
     /// Do not log a line per request (the access log, target `access`, at info level).
     #[arg(long)]
     no_access_log: bool,
+
+    /// An environment value for every service's guests, as KEY=VALUE. Repeatable. A
+    /// service's own values win over these; CGI variables cannot be set.
+    #[arg(long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+
+    /// A file of KEY=VALUE lines (# comments) for every service's guests, under `--env`.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<PathBuf>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    let (key, value) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
+    config::check_env_name(key)?;
+    Ok((key.to_owned(), value.to_owned()))
 }
 
 fn parse_service(s: &str) -> Result<(String, PathBuf), String> {
@@ -183,6 +200,8 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         data_dir: cli.data_dir,
         admin_token: cli.admin_token,
         no_access_log: cli.no_access_log,
+        env: cli.env,
+        env_file: cli.env_file,
     };
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
     let per_thread = settings.per_thread();
@@ -216,6 +235,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         Box::new(store),
         statics.into_iter().map(|(s, _, _)| s).collect(),
         settings.base_limits,
+        settings.env.clone(),
         settings.workers,
     )
     .context("loading the registry")?;

@@ -415,3 +415,57 @@ fn a_jit_free_build_says_wasmtime_is_not_compiled_in() {
     let server = Frenezulo::start(&["--engine", "wasmi"]);
     assert_eq!(server.get("/hello").status, 200);
 }
+
+#[test]
+fn environment_values_reach_guests_with_service_values_on_top() {
+    let dir = support::TempDir::new("envfile");
+    let vars = dir.path().join("vars.env");
+    std::fs::write(&vars, "# shared by every service\nREGION=eu\nTIER=file\n").unwrap();
+    let echo = repo("examples/echo.wat");
+    let config = ConfigFile::new(
+        "env",
+        &format!(
+            "[services.echo]\nmodule = {echo:?}\nenv = {{ TIER = \"service\" }}\n[services.plain]\nmodule = {echo:?}\n"
+        ),
+    );
+    let vars_arg = vars.to_str().unwrap();
+    let server = Frenezulo::start(&[
+        "--engine",
+        DEFAULT_ENGINE,
+        "--config",
+        config.path(),
+        "--env-file",
+        vars_arg,
+        "--env",
+        "REGION=us",
+    ]);
+    let lines = |path: &str| {
+        server
+            .get(path)
+            .text()
+            .lines()
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let echo = lines("/echo");
+    assert!(
+        echo.contains(&"REGION=us".to_owned()) && echo.contains(&"TIER=service".to_owned()),
+        "{echo:?}"
+    );
+    let plain = lines("/plain");
+    assert!(
+        plain.contains(&"REGION=us".to_owned()) && plain.contains(&"TIER=file".to_owned()),
+        "{plain:?}"
+    );
+    assert!(
+        !server.log().contains("REGION=us"),
+        "values stay out of the log"
+    );
+    // A CGI variable is the request's: it cannot be configured.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+        .args(["--env", "REQUEST_METHOD=POST", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CGI variable"));
+}

@@ -118,6 +118,8 @@ pub struct Registry {
     services: BTreeMap<ServiceName, Service>,
     next_version: u64,
     base_limits: ServiceLimits,
+    /// Server-wide environment values, under each service's own.
+    env: EnvValues,
     workers: usize,
     inboxes: Vec<Inbox>,
 }
@@ -131,6 +133,7 @@ impl Registry {
         store: Box<dyn Store>,
         statics: Vec<Static>,
         base_limits: ServiceLimits,
+        env: EnvValues,
         workers: usize,
     ) -> Result<Self, StoreError> {
         let manifest = store.load()?;
@@ -141,6 +144,7 @@ impl Registry {
             services: BTreeMap::new(),
             next_version: 1,
             base_limits,
+            env,
             workers,
             inboxes: Vec::new(),
         };
@@ -429,12 +433,9 @@ impl Registry {
     }
 
     fn put_change(&self, s: &Service) -> RegistryChange {
-        let env: GuestEnv = s
-            .env
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect::<Vec<_>>()
-            .into();
+        let mut merged = self.env.clone();
+        merged.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env: GuestEnv = merged.into_iter().collect::<Vec<_>>().into();
         RegistryChange::Put {
             module: ModuleKey {
                 service: s.name.clone(),
@@ -509,7 +510,14 @@ mod tests {
             service("hello", Origin::BuiltIn, b"builtin"),
         ];
         let store = Box::new(LocalStore::open(dir).unwrap());
-        Registry::open(store, statics, ServiceLimits::default(), 2).unwrap()
+        Registry::open(
+            store,
+            statics,
+            ServiceLimits::default(),
+            EnvValues::new(),
+            2,
+        )
+        .unwrap()
     }
 
     fn names(r: &Registry) -> Vec<(String, Origin)> {
