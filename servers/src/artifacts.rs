@@ -139,16 +139,18 @@ impl Artifacts {
 /// The code in an artifact file, if the file is whole and its checksum matches; a
 /// damaged file is deleted.
 fn read_checked(path: &Path) -> Option<Vec<u8>> {
-    let file = fs::read(path).ok()?;
-    let sound = file.len() >= MAGIC.len() + 32
+    const HEADER: usize = MAGIC.len() + 32;
+    let mut file = fs::read(path).ok()?;
+    let sound = file.len() >= HEADER
         && file.starts_with(MAGIC)
-        && Digest::of(&file[MAGIC.len() + 32..]).0[..] == file[MAGIC.len()..MAGIC.len() + 32];
+        && Digest::of(&file[HEADER..]).0[..] == file[MAGIC.len()..HEADER];
     if !sound {
         warn!(path = %path.display(), "artifact checksum does not match; deleting it and compiling");
         let _ = fs::remove_file(path);
         return None;
     }
-    Some(file[MAGIC.len() + 32..].to_vec())
+    file.drain(..HEADER);
+    Some(file)
 }
 
 #[cfg(all(test, feature = "wasmtime"))]

@@ -36,6 +36,11 @@ pub fn resolve(given: Option<String>, data_dir: &Path) -> anyhow::Result<(String
     let path = data_dir.join(FILE);
     match std::fs::read_to_string(&path) {
         Ok(text) if !text.trim().is_empty() => {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(&path).map_or(0, |m| m.permissions().mode());
+            if mode & 0o077 != 0 {
+                warn!(path = %path.display(), mode = format!("{mode:o}"), "the token file is readable by others; chmod 600 it");
+            }
             info!(path = %path.display(), "management API token read from the data directory");
             return Ok((text.trim().to_owned(), Source::Stored));
         }
@@ -48,9 +53,12 @@ pub fn resolve(given: Option<String>, data_dir: &Path) -> anyhow::Result<(String
     let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
     let mut file = {
         use std::os::unix::fs::OpenOptionsExt as _;
+        // The data directory is locked: no other process writes here. An empty file left by
+        // an interrupted start is written over.
         std::fs::OpenOptions::new()
             .write(true)
-            .create_new(true)
+            .create(true)
+            .truncate(true)
             .mode(0o600)
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?
@@ -59,4 +67,28 @@ pub fn resolve(given: Option<String>, data_dir: &Path) -> anyhow::Result<(String
     file.sync_all()?;
     info!(path = %path.display(), "generated a management API token (shown once; it is kept in that file): {token}");
     Ok((token, Source::Generated))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_once_then_read_back_and_an_empty_file_is_replaced() {
+        let dir = std::env::temp_dir().join(format!("frenezulo-token-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(FILE), "").unwrap();
+        let (token, source) = resolve(None, &dir).unwrap();
+        assert_eq!((token.len(), source), (64, Source::Generated));
+        assert_eq!(
+            resolve(None, &dir).unwrap(),
+            (token.clone(), Source::Stored)
+        );
+        let given = "given-token-0123456789".to_owned();
+        assert_eq!(
+            resolve(Some(given.clone()), &dir).unwrap(),
+            (given, Source::Given)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
