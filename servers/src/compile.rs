@@ -91,6 +91,14 @@ impl CompilePool {
         shared.insert(module, Entry::Ready(Arc::downgrade(compiled)));
     }
 
+    /// The compiled `module`, if a serving thread still holds it.
+    pub fn cached(&self, module: &ModuleKey) -> Option<Arc<dyn CompiledModule>> {
+        match self.lock().get(module) {
+            Some(Entry::Ready(weak)) => weak.upgrade(),
+            _ => None,
+        }
+    }
+
     /// Asks for `module`: returns it at once if a serving thread holds it already,
     /// otherwise compiles it (once, however many threads ask) and answers each asker's
     /// inbox with [`Message::Compiled`].

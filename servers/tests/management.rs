@@ -161,6 +161,12 @@ fn lifecycle(engine: &str) {
     assert_eq!(changed["digest"], echo_info["digest"]);
     let text = server.get("/echo").text();
     assert!(text.lines().any(|l| l == "GREETING=bye"), "{text}");
+    let after = json(&server.admin("GET", "/services/echo", b""));
+    assert_eq!(after["state"], "warm");
+    assert_eq!(
+        after["loads"], echo_info["loads"],
+        "the module was not loaded again"
+    );
 
     // Remove.
     let r = server.admin("DELETE", "/services/greet", b"");

@@ -543,9 +543,24 @@ impl Admin {
             let old = registry.service(name).map(|s| s.limits_set.clone());
             l.over(&old.unwrap_or_default())
         });
-        match registry.configure(name, limits, c.env) {
+        // The module stays: hand over the compiled one if a thread holds it, so no thread
+        // has to load it again.
+        let compiled = registry.service(name).and_then(|s| {
+            self.setup.compile.cached(&ModuleKey {
+                service: name.clone(),
+                version: s.version,
+            })
+        });
+        match registry.configure(name, limits, c.env, compiled.clone()) {
             Ok(()) => {
                 let service = registry.service(name).expect("configured");
+                if let Some(compiled) = &compiled {
+                    let key = ModuleKey {
+                        service: name.clone(),
+                        version: service.version,
+                    };
+                    self.setup.compile.insert(key, compiled);
+                }
                 info!(target: "admin", service = %name, version = service.version, "service reconfigured");
                 json_response(200, &service_json(service, &[], &BTreeMap::new(), false))
             }

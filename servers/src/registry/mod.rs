@@ -344,12 +344,14 @@ impl Registry {
         Ok(new)
     }
 
-    /// Changes a service's limits or environment, keeping its module.
+    /// Changes a service's limits or environment, keeping its module; `compiled` is that
+    /// module if the caller holds it (threads stay warm), else they load it again.
     pub fn configure(
         &mut self,
         name: &ServiceName,
         limits: Option<LimitsConfig>,
         env: Option<EnvValues>,
+        compiled: Option<Arc<dyn CompiledModule>>,
     ) -> Result<(), ChangeError> {
         self.check_api_owned(name)?;
         let Some(mut entry) = self.manifest.services.get(name.as_str()).cloned() else {
@@ -375,8 +377,7 @@ impl Registry {
         service.version = version;
         service.updated_unix = entry.updated_unix;
         let service = service.clone();
-        // Threads load the module again, from the artifact cache.
-        self.publish_put(&service, None);
+        self.publish_put(&service, compiled);
         Ok(())
     }
 
@@ -546,7 +547,7 @@ mod tests {
             r.service(&shop).unwrap().version > v1,
             "versions move forward"
         );
-        r.configure(&shop, None, None).unwrap();
+        r.configure(&shop, None, None, None).unwrap();
         assert_eq!(r.service(&shop).unwrap().env, env, "kept when not given");
         // The API's hello takes the built-in's place; removing it brings the built-in back.
         r.put(&hello, module(b"mine"), None, None).unwrap();
