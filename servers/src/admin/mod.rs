@@ -488,11 +488,7 @@ impl Admin {
             Ok((module, loaded, elapsed)) => {
                 let compiled = module.compiled.clone();
                 let registry = &mut self.setup.registry;
-                let limits = p.limits.map(|l| {
-                    let old = registry.service(&p.name).map(|s| s.limits_set.clone());
-                    l.over(&old.unwrap_or_default())
-                });
-                match registry.put(&p.name, module, limits, p.env) {
+                match registry.put(&p.name, module, p.limits, p.env) {
                     Ok(new) => {
                         let service = registry.service(&p.name).expect("just put");
                         let key = ModuleKey {
@@ -539,10 +535,6 @@ impl Admin {
             return response;
         }
         let registry = &mut self.setup.registry;
-        let limits = c.limits.map(|l| {
-            let old = registry.service(name).map(|s| s.limits_set.clone());
-            l.over(&old.unwrap_or_default())
-        });
         // The module stays: hand over the compiled one if a thread holds it, so no thread
         // has to load it again.
         let compiled = registry.service(name).and_then(|s| {
@@ -551,7 +543,7 @@ impl Admin {
                 version: s.version,
             })
         });
-        match registry.configure(name, limits, c.env, compiled.clone()) {
+        match registry.configure(name, c.limits, c.env, compiled.clone()) {
             Ok(()) => {
                 let service = registry.service(name).expect("configured");
                 if let Some(compiled) = &compiled {

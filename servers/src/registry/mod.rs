@@ -297,8 +297,9 @@ impl Registry {
         }
     }
 
-    /// Adds a service or replaces its module; `limits` and `env`, when given, replace the
-    /// service's (otherwise it keeps what it had). Returns whether the service is new.
+    /// Adds a service or replaces its module. Limits given are set over the service's (a
+    /// key not given keeps its value); an environment given replaces the service's. Returns
+    /// whether the service is new.
     pub fn put(
         &mut self,
         name: &ServiceName,
@@ -313,9 +314,12 @@ impl Registry {
             size: module.wasm.len(),
             source: module.source.clone(),
             origin: Origin::Api,
-            limits: limits
-                .or_else(|| old.as_ref().map(|o| o.limits.clone()))
-                .unwrap_or_default(),
+            limits: match (limits, old.as_ref()) {
+                (Some(given), Some(old)) => given.over(&old.limits),
+                (given, old) => given
+                    .or_else(|| old.map(|o| o.limits.clone()))
+                    .unwrap_or_default(),
+            },
             env: env
                 .or_else(|| old.as_ref().map(|o| o.env.clone()))
                 .unwrap_or_default(),
@@ -344,8 +348,9 @@ impl Registry {
         Ok(new)
     }
 
-    /// Changes a service's limits or environment, keeping its module; `compiled` is that
-    /// module if the caller holds it (threads stay warm), else they load it again.
+    /// Changes a service's limits (the keys given) or environment (all of it), keeping its
+    /// module; `compiled` is that module if the caller holds it (threads stay warm), else
+    /// they load it again.
     pub fn configure(
         &mut self,
         name: &ServiceName,
@@ -358,7 +363,7 @@ impl Registry {
             return Err(ChangeError::NotFound(name.clone()));
         };
         if let Some(limits) = limits {
-            entry.limits = limits;
+            entry.limits = limits.over(&entry.limits);
         }
         if let Some(env) = env {
             entry.env = env;
