@@ -258,6 +258,7 @@ pub fn run(cfg: &SimConfig, epoch: Instant) -> Result<Outcome, Violation> {
         .map(|_| {
             let mut core = Server::new(per_thread.clone());
             for (i, s) in cfg.services.iter().enumerate() {
+                // The version is the service's index + 1, which `start_slice` relies on.
                 let module = ModuleKey {
                     service: ServiceName::new(&s.name).expect("scenario names are valid"),
                     version: 1 + i as u64,
@@ -574,13 +575,10 @@ impl Sim<'_> {
         let th = &mut self.threads[i];
         let (job, overhead) = match th.pending.take().expect("caller checked") {
             Pending::Start(e) => {
-                let service = self
-                    .cfg
-                    .services
-                    .iter()
-                    .position(|s| s.name == e.module.service.as_str())
-                    .expect("a configured service");
+                // `run` registers service `i` as version `i + 1`: no lookup by name per task.
+                let service = (e.module.version - 1) as usize;
                 let spec = &self.cfg.services[service];
+                debug_assert_eq!(spec.name, e.module.service.as_str());
                 let faults = &mut self.faults[service];
                 let hang = faults.chance(spec.hang_share);
                 let trap = !hang && faults.chance(spec.trap_share);
