@@ -57,7 +57,7 @@ fn whole_request(c: &mut Criterion) {
             module: module.clone(),
             wasm: Bytes::new(),
             limits: ServiceLimits::default(),
-            env: Default::default(),
+            setup: Default::default(),
         }),
     );
     server.handle(

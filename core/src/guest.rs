@@ -11,6 +11,7 @@ use thiserror::Error;
 use crate::http::Request;
 use crate::response::Response;
 use crate::route::ServiceName;
+use crate::subroute::SubRoutes;
 
 /// One compiled version of a service's module. A replaced service gets a new key, so
 /// in-flight requests finish on the module they started on.
@@ -35,13 +36,57 @@ pub struct GuestRequest {
     pub remote: SocketAddr,
     /// The local address the connection was accepted on.
     pub local: SocketAddr,
-    /// Environment values the operator configured for the service, set before the CGI
-    /// variables (which the publisher keeps them from naming).
-    pub env: GuestEnv,
+    /// The exported function to run: the service's entrypoint, or a sub-route's.
+    pub entrypoint: Arc<str>,
+    /// Whether the route matched is a wildcard (`X_MATCHED_ROUTE` ends in `/...`).
+    pub wildcard: bool,
+    /// How the operator set the service's guests up.
+    pub setup: Arc<GuestSetup>,
 }
 
-/// A service's configured environment values, shared by all its requests.
-pub type GuestEnv = Arc<[(String, String)]>;
+/// How a service's guests run, as the operator configured it; shared by all its requests.
+#[derive(Debug, Clone)]
+pub struct GuestSetup {
+    /// Environment values, set before the CGI variables (which the publisher keeps them
+    /// from naming).
+    pub env: Vec<(String, String)>,
+    /// The exported function run for the service's own route.
+    pub entrypoint: Arc<str>,
+    /// The argv template: `${SCRIPT_NAME}` and `${ARGS}` (the query's `&`-separated
+    /// items) are replaced, then the result is split at spaces.
+    pub argv: String,
+    /// Sub-routes below the prefix, from the module's `_routes` export.
+    pub routes: SubRoutes,
+    /// Directories the guest may read, as WASI preopens.
+    pub volumes: Vec<Volume>,
+}
+
+/// The entrypoint a WASI command starts at.
+pub const DEFAULT_ENTRYPOINT: &str = "_start";
+
+/// WAGI's argv template.
+pub const DEFAULT_ARGV: &str = "${SCRIPT_NAME} ${ARGS}";
+
+impl Default for GuestSetup {
+    fn default() -> Self {
+        Self {
+            env: Vec::new(),
+            entrypoint: DEFAULT_ENTRYPOINT.into(),
+            argv: DEFAULT_ARGV.to_owned(),
+            routes: SubRoutes::default(),
+            volumes: Vec::new(),
+        }
+    }
+}
+
+/// A host directory a guest may read, opened once by the operator's side.
+#[derive(Debug, Clone)]
+pub struct Volume {
+    /// Where the guest sees it: an absolute guest path such as `/static`.
+    pub guest_path: String,
+    /// The directory, opened read-only; every path a guest names is resolved beneath it.
+    pub dir: Arc<std::fs::File>,
+}
 
 /// Limits on one guest run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -59,8 +59,12 @@ pub mod http;
 pub mod response;
 pub mod route;
 mod server;
+pub mod subroute;
 
-pub use guest::{GuestEnv, GuestFailure, GuestRequest, ModuleKey, RunLimits};
+pub use guest::{
+    DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup, ModuleKey, RunLimits,
+    Volume,
+};
 pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;
 pub use route::{NameError, ServiceName};

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::{guest, request};
 use criterion::{Criterion, criterion_group, criterion_main};
-use frenezulo_core::RunLimits;
+use frenezulo_core::{GuestSetup, RunLimits, Volume};
 use frenezulo_engines::{EngineConfig, EngineKind, run_to_completion};
 
 fn bench(c: &mut Criterion) {
@@ -54,9 +54,42 @@ fn bench(c: &mut Criterion) {
         }
         g.finish();
     }
+    // What a service's grants add per request: one environment value and one volume
+    // (a preopened directory) against none, on the hello guest.
+    let wasm = guest("examples/hello.wat");
+    let mut granted = request.clone();
+    granted.setup = std::sync::Arc::new(GuestSetup {
+        env: vec![(
+            "DATABASE_URL".to_owned(),
+            "postgres://db:5432/app".to_owned(),
+        )],
+        volumes: vec![Volume {
+            guest_path: "/static".to_owned(),
+            dir: std::sync::Arc::new(std::fs::File::open(common::repo("examples")).unwrap()),
+        }],
+        ..Default::default()
+    });
+    let mut g = c.benchmark_group("grants");
+    for kind in EngineKind::compiled_in() {
+        let engine = frenezulo_engines::create(kind, &config).unwrap();
+        let compiled = engine.compile(&wasm).unwrap();
+        for (name, req) in [("none", &request), ("env+volume", &granted)] {
+            g.bench_function(format!("{}/{name}", kind.name()), |b| {
+                b.iter(|| {
+                    let limits = RunLimits {
+                        memory_bytes: 64 << 20,
+                        stdout_bytes: 1 << 20,
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    run_to_completion(compiled.as_ref(), req, &limits, deadline)
+                })
+            });
+        }
+    }
+    g.finish();
     let wasm = guest("examples/rust-hello.wasm");
-    // Compiling the same bytes again: on wasmtime this is a hit in the engine's artifact
-    // cache (what a cold start after idling costs); the first Cranelift compile is ~110 ms.
+    // Compiling the same bytes again: the engine keeps no cache (the server's artifact
+    // cache on disk is what spares a cold start this).
     let mut g = c.benchmark_group("recompile-rust");
     g.sample_size(10);
     for kind in EngineKind::compiled_in() {

@@ -24,7 +24,8 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use frenezulo_core::{GuestFailure, GuestRequest, RunLimits};
+use frenezulo_core::subroute::SubRoutes;
+use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, RunLimits};
 use thiserror::Error;
 
 pub mod shape;
@@ -93,6 +94,75 @@ pub trait CompiledModule: Send + Sync {
     /// Prepares a run of `request` in a fresh instance, within `limits`. The guest runs
     /// when [`GuestTask::run_slice`] is called, on the thread that holds the task.
     fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask>;
+
+    /// The exported functions that take and return nothing: what an entrypoint or a
+    /// sub-route may name.
+    fn entrypoints(&self) -> &[String];
+}
+
+/// Checks that every export `setup` names (its entrypoint and its sub-routes') is one
+/// `module` can run.
+pub fn check_entrypoints(module: &dyn CompiledModule, setup: &GuestSetup) -> Result<(), String> {
+    let names = std::iter::once(&setup.entrypoint)
+        .chain(setup.routes.routes().iter().map(|r| &r.entrypoint));
+    for name in names {
+        if !module.entrypoints().iter().any(|e| e == &**name) {
+            return Err(format!(
+                "the module has no exported function `{name}` taking and returning nothing"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Why a module's sub-routes could not be learned.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum RoutesError {
+    /// `_routes` failed or ran past its time.
+    #[error("`_routes` failed: {0}")]
+    Failed(GuestFailure),
+    /// What `_routes` wrote is not a route list.
+    #[error("`_routes` output refused: {0}")]
+    Refused(#[from] frenezulo_core::subroute::RoutesError),
+}
+
+/// Most time a module's `_routes` export may run.
+pub const ROUTES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Runs a module's `_routes` export, as WAGI does when a module loads, and parses the
+/// sub-routes it writes; none when the module has no such export.
+pub fn discover_routes(
+    module: &dyn CompiledModule,
+    limits: &RunLimits,
+) -> Result<SubRoutes, RoutesError> {
+    use frenezulo_core::subroute::ROUTES_EXPORT;
+    if !module.entrypoints().iter().any(|e| e == ROUTES_EXPORT) {
+        return Ok(SubRoutes::default());
+    }
+    let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let request = GuestRequest {
+        request: frenezulo_core::Request {
+            method: "GET".to_owned(),
+            target: "/".to_owned(),
+            version: frenezulo_core::Version::Http11,
+            headers: Vec::new(),
+            body: bytes::Bytes::new(),
+            keep_alive: false,
+        },
+        script_name: String::new(),
+        path_info: String::new(),
+        remote: loopback,
+        local: loopback,
+        entrypoint: ROUTES_EXPORT.into(),
+        wildcard: false,
+        setup: Default::default(),
+    };
+    let deadline = Instant::now() + ROUTES_DEADLINE;
+    let output = run_to_completion(module, &request, limits, deadline)
+        .result
+        .map_err(RoutesError::Failed)?;
+    Ok(SubRoutes::parse(&output.body)?)
 }
 
 /// One request's run in its own instance, a time slice at a time. Dropping a task that

@@ -2,6 +2,7 @@
 //! gets, and the parsing of its stdout into a response.
 
 use bytes::Bytes;
+use frenezulo_core::subroute::ROUTES_EXPORT;
 use frenezulo_core::{GuestFailure, GuestRequest, Response};
 
 use crate::wasi::{GuestIo, HostStop};
@@ -18,14 +19,15 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
         .iter()
         .map(|h| h.name.len() + h.value.len() + 8)
         .sum();
-    let env_len: usize = request.env.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
+    let configured = &request.setup.env;
+    let env_len: usize = configured.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     let mut io = GuestIo::new(
         http.body.clone(),
         stdout_cap,
         640 + headers_len + 3 * http.target.len() + env_len,
     );
     // Configured values first; the publisher refuses names the CGI variables below use.
-    for (key, value) in request.env.iter() {
+    for (key, value) in configured {
         io.push_env(key.as_bytes(), value.as_bytes());
     }
     let local = request.local;
@@ -42,7 +44,9 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
     io.push_env(b"REQUEST_URI", http.target.as_bytes());
     io.begin_env(b"X_MATCHED_ROUTE");
     io.env_value_part(request.script_name.as_bytes());
-    io.env_value_part(b"/...");
+    if request.wildcard {
+        io.env_value_part(b"/...");
+    }
     io.end_env();
     match host {
         Some(host) => {
@@ -76,12 +80,34 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
     io.push_env(b"AUTH_TYPE", b"");
     io.push_env(b"REMOTE_USER", b"");
     push_http_variables(&mut io, http);
-    // argv as WAGI does it: the path, then each query item.
-    io.push_arg(http.path().as_bytes());
-    for item in http.query().split('&').filter(|s| !s.is_empty()) {
-        io.push_arg(item.as_bytes());
-    }
+    push_argv(
+        &mut io,
+        &request.setup.argv,
+        &request.script_name,
+        http.query(),
+    );
+    io.grant_volumes(&request.setup.volumes);
+    // `_routes` writes route lines, not a CGI response.
+    io.raw_output = &*request.entrypoint == ROUTES_EXPORT;
     io
+}
+
+/// argv from a WAGI template: `${SCRIPT_NAME}` becomes the script name, `${ARGS}` the
+/// query's `&`-separated items; the result is split at spaces, as WAGI splits it.
+fn push_argv(io: &mut GuestIo, template: &str, script_name: &str, query: &str) {
+    let args = || query.split('&').filter(|s| !s.is_empty());
+    if template == frenezulo_core::DEFAULT_ARGV {
+        // Every request takes this path: no string is built.
+        io.push_arg(script_name.as_bytes());
+        args().for_each(|a| io.push_arg(a.as_bytes()));
+        return;
+    }
+    let expanded = template
+        .replace("${SCRIPT_NAME}", script_name)
+        .replace("${ARGS}", &args().collect::<Vec<_>>().join(" "));
+    for word in expanded.split(' ').filter(|w| !w.is_empty()) {
+        io.push_arg(word.as_bytes());
+    }
 }
 
 /// The variables [`guest_io`] sets for every request, which configured values may not name.
@@ -309,6 +335,11 @@ pub struct RunOutput {
 /// the engine-independent result.
 pub fn finish(mut io: GuestIo, ending: Ending, memory_refused: bool) -> RunOutput {
     let result = match ending {
+        Ending::Returned | Ending::Stopped(HostStop::Exit(0)) if io.raw_output => Ok(Response {
+            status: 200,
+            headers: Vec::new(),
+            body: Bytes::from(io.take_stdout()),
+        }),
         Ending::Returned | Ending::Stopped(HostStop::Exit(0)) => {
             parse_cgi_output(Bytes::from(io.take_stdout())).map_err(GuestFailure::BadOutput)
         }

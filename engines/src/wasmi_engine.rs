@@ -108,10 +108,20 @@ impl Engine for WasmiEngine {
                 )
                 .map_err(|e| CompileError::Engine(e.to_string()))?;
         }
+        let entrypoints = module
+            .exports()
+            .filter_map(|e| match e.ty() {
+                ExternType::Func(f) if f.params().is_empty() && f.results().is_empty() => {
+                    Some(e.name().to_owned())
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Arc::new(WasmiModule {
             engine: self.engine.clone(),
             module,
             linker,
+            entrypoints,
         }))
     }
 }
@@ -147,6 +157,7 @@ struct WasmiModule {
     engine: Wasmi,
     module: Module,
     linker: Linker<Host>,
+    entrypoints: Vec<String>,
 }
 
 impl CompiledModule for WasmiModule {
@@ -158,17 +169,21 @@ impl CompiledModule for WasmiModule {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        let phase = self.instantiate(&mut store);
+        let phase = self.instantiate(&mut store, &request.entrypoint);
         Box::new(WasmiTask {
             store: Some(store),
             phase,
         })
     }
+
+    fn entrypoints(&self) -> &[String] {
+        &self.entrypoints
+    }
 }
 
 impl WasmiModule {
     /// Instantiates the module; a start function must finish within one slice of fuel.
-    fn instantiate(&self, store: &mut Store<Host>) -> Phase {
+    fn instantiate(&self, store: &mut Store<Host>, entrypoint: &str) -> Phase {
         if store.set_fuel(FUEL_SLICE).is_err() {
             return Phase::Ended(Ending::Instantiate("fuel metering is off".to_owned()));
         }
@@ -180,7 +195,7 @@ impl WasmiModule {
             Err(e) => return Phase::Ended(classify(&e, true)),
         };
         store.data_mut().memory = instance.get_memory(&*store, "memory");
-        match instance.get_typed_func::<(), ()>(&*store, "_start") {
+        match instance.get_typed_func::<(), ()>(&*store, entrypoint) {
             Ok(start) => Phase::Ready(start),
             Err(e) => Phase::Ended(Ending::Trapped(e.to_string())),
         }
@@ -195,11 +210,11 @@ struct WasmiTask {
 }
 
 enum Phase {
-    /// Instantiated; `_start` not called yet.
+    /// Instantiated; the entrypoint not called yet.
     Ready(TypedFunc<(), ()>),
     /// Out of fuel mid-call.
     Suspended(TypedResumableCallOutOfFuel<()>),
-    /// Ended before `_start` could run.
+    /// Ended before the entrypoint could run.
     Ended(Ending),
     /// Finished and reported.
     Done,

@@ -225,11 +225,21 @@ impl WasmtimeEngine {
             .unwrap_or(&self.linker)
             .instantiate_pre(module)
             .map_err(|e| CompileError::ImportSignature(e.to_string()))?;
+        let entrypoints = module
+            .exports()
+            .filter_map(|e| match e.ty() {
+                ExternType::Func(f) if f.params().len() == 0 && f.results().len() == 0 => {
+                    Some(e.name().to_owned())
+                }
+                _ => None,
+            })
+            .collect();
         Ok(Arc::new(WasmtimeModule {
             engine: self.engine.clone(),
             pre,
             start,
             memory,
+            entrypoints,
         }))
     }
 }
@@ -239,6 +249,7 @@ struct WasmtimeModule {
     pre: InstancePre<Host>,
     start: ModuleExport,
     memory: ModuleExport,
+    entrypoints: Vec<String>,
 }
 
 impl CompiledModule for WasmtimeModule {
@@ -252,9 +263,14 @@ impl CompiledModule for WasmtimeModule {
         store.limiter(|h| &mut h.limiter);
         store.set_epoch_deadline(SLICE_TICKS);
         store.epoch_deadline_async_yield_and_update(SLICE_TICKS);
-        let (pre, start, memory) = (self.pre.clone(), self.start, self.memory);
+        // `_start`'s export is looked up once per module; any other entrypoint by name.
+        let entry = match &*request.entrypoint {
+            frenezulo_core::DEFAULT_ENTRYPOINT => Entry::Start(self.start),
+            _ => Entry::Named(request.entrypoint.clone()),
+        };
+        let (pre, memory) = (self.pre.clone(), self.memory);
         let run = async move {
-            let ending = run(&pre, &mut store, start, memory).await;
+            let ending = run(&pre, &mut store, entry, memory).await;
             let host = store.into_data();
             wagi::finish(host.io, ending, host.limiter.refused)
         };
@@ -262,6 +278,18 @@ impl CompiledModule for WasmtimeModule {
             run: Some(Box::pin(run)),
         })
     }
+
+    fn entrypoints(&self) -> &[String] {
+        &self.entrypoints
+    }
+}
+
+/// The export a task runs.
+enum Entry {
+    /// `_start`, found when the module was prepared.
+    Start(ModuleExport),
+    /// Another export, found by name.
+    Named(Arc<str>),
 }
 
 /// A run in progress: the future owns the store, so dropping it drops the instance.
@@ -288,7 +316,7 @@ impl GuestTask for WasmtimeTask {
 async fn run(
     pre: &InstancePre<Host>,
     store: &mut Store<Host>,
-    start: ModuleExport,
+    entry: Entry,
     memory: ModuleExport,
 ) -> Ending {
     let instance = match pre.instantiate_async(&mut *store).await {
@@ -305,8 +333,12 @@ async fn run(
     if let Some(Extern::Memory(m)) = instance.get_module_export(&mut *store, &memory) {
         store.data_mut().memory = Some(m);
     }
-    let Some(Extern::Func(start)) = instance.get_module_export(&mut *store, &start) else {
-        return Ending::Trapped("`_start` export vanished".to_owned());
+    let export = match &entry {
+        Entry::Start(start) => instance.get_module_export(&mut *store, start),
+        Entry::Named(name) => instance.get_export(&mut *store, name),
+    };
+    let Some(Extern::Func(start)) = export else {
+        return Ending::Trapped("the entrypoint is not an exported function".to_owned());
     };
     let start = match start.typed::<(), ()>(&*store) {
         Ok(f) => f,
@@ -369,7 +401,9 @@ mod tests {
             path_info: String::new(),
             remote: "127.0.0.1:1".parse().unwrap(),
             local: "127.0.0.1:2".parse().unwrap(),
-            env: Default::default(),
+            entrypoint: frenezulo_core::DEFAULT_ENTRYPOINT.into(),
+            wildcard: true,
+            setup: Default::default(),
         };
         let limits = RunLimits {
             memory_bytes: 1 << 20,

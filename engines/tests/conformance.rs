@@ -8,9 +8,10 @@ mod common;
 
 use bytes::Bytes;
 use common::{guest, printer, repo, request};
-use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
+use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
 use frenezulo_engines::{
-    CompileError, Engine, EngineConfig, EngineKind, RunOutput, Slice, run_to_completion,
+    CompileError, Engine, EngineConfig, EngineKind, RoutesError, RunOutput, Slice,
+    check_entrypoints, discover_routes, run_to_completion,
 };
 
 fn engine(kind: EngineKind) -> Arc<dyn Engine> {
@@ -65,6 +66,40 @@ fn body(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
 }
 
+/// A volume directory with a file, a subdirectory and two symlinks (one inside, one
+/// leaving it), next to a file the guest must not reach; removed on drop.
+struct Fixture(std::path::PathBuf);
+
+impl Fixture {
+    fn new() -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let root = std::env::temp_dir().join(format!(
+            "frenezulo-volume-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let volume = root.join("volume");
+        std::fs::create_dir_all(volume.join("sub")).unwrap();
+        std::fs::write(volume.join("hello.txt"), "hello from a volume\n").unwrap();
+        std::fs::write(volume.join("sub/inner.txt"), "inner").unwrap();
+        std::fs::write(root.join("secret.txt"), "secret").unwrap();
+        std::os::unix::fs::symlink("hello.txt", volume.join("inside")).unwrap();
+        std::os::unix::fs::symlink("..", volume.join("escape")).unwrap();
+        Fixture(root)
+    }
+
+    fn volume(&self) -> std::path::PathBuf {
+        self.0.join("volume")
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 macro_rules! conformance {
     ($($(#[$meta:meta])* fn $name:ident($engine:ident) $body:block)*) => {
         #[cfg(feature = "wasmtime")]
@@ -113,7 +148,7 @@ conformance! {
             "REMOTE_ADDR=10.1.2.3",
             "HTTP_HOST=example.com:8080",
             "HTTP_X_CUSTOM=one, two",
-            "ARG=/svc/a%20b/c",
+            "ARG=/svc",
             "ARG=x=1",
             "ARG=y=two",
         ] {
@@ -125,15 +160,102 @@ conformance! {
 
     fn configured_environment_values_are_seen(e) {
         let mut req = request("GET", "/svc", &[], b"");
-        req.env = vec![
-            ("DATABASE_URL".to_owned(), "postgres://db/x".to_owned()),
-            ("FLAG".to_owned(), String::new()),
-        ]
-        .into();
+        req.setup = Arc::new(GuestSetup {
+            env: vec![
+                ("DATABASE_URL".to_owned(), "postgres://db/x".to_owned()),
+                ("FLAG".to_owned(), String::new()),
+            ],
+            ..Default::default()
+        });
         let text = body(&ok(run_with(e, &guest("examples/echo.wat"), &req, limits()).result));
         for line in ["DATABASE_URL=postgres://db/x", "FLAG=", "REQUEST_METHOD=GET"] {
             assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
         }
+    }
+
+    fn argv_follows_the_template(e) {
+        let mut req = request("GET", "/svc/x?a=1&b=2", &[], b"");
+        req.setup = Arc::new(GuestSetup {
+            argv: "tool --name ${SCRIPT_NAME} -- ${ARGS} end".to_owned(),
+            ..Default::default()
+        });
+        let text = body(&ok(run_with(e, &guest("examples/echo.wat"), &req, limits()).result));
+        let args: Vec<&str> = text.lines().filter_map(|l| l.strip_prefix("ARG=")).collect();
+        assert_eq!(args, ["tool", "--name", "/svc", "--", "a=1", "b=2", "end"]);
+    }
+
+    fn an_exact_sub_route_is_named_as_matched(e) {
+        let mut req = request("GET", "/svc/hello/x", &[], b"");
+        req.script_name = "/svc/hello".to_owned();
+        req.path_info = "/x".to_owned();
+        req.wildcard = false;
+        let text = body(&ok(run_with(e, &guest("examples/echo.wat"), &req, limits()).result));
+        for line in ["SCRIPT_NAME=/svc/hello", "PATH_INFO=/x", "X_MATCHED_ROUTE=/svc/hello"] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in:\n{text}");
+        }
+    }
+
+    fn the_entrypoint_chosen_is_run(e) {
+        let module = e.compile(&guest("engines/tests/guests/routes.wat")).unwrap();
+        let mut names = module.entrypoints().to_vec();
+        names.sort();
+        assert_eq!(names, ["_routes", "_start", "files", "hello"]);
+        for (entry, expected) in [("_start", "start"), ("hello", "hello"), ("files", "files")] {
+            let mut req = request("GET", "/svc", &[], b"");
+            req.entrypoint = entry.into();
+            let out = run_to_completion(module.as_ref(), &req, &limits(), deadline());
+            assert_eq!(body(&ok(out.result)), expected);
+        }
+        let mut req = request("GET", "/svc", &[], b"");
+        req.entrypoint = "takes_one".into();
+        let out = run_to_completion(module.as_ref(), &req, &limits(), deadline());
+        assert!(matches!(out.result, Err(GuestFailure::Trap(_))), "{:?}", out.result);
+    }
+
+    fn routes_are_learned_from_the_routes_export(e) {
+        let module = e.compile(&guest("engines/tests/guests/routes.wat")).unwrap();
+        let routes = discover_routes(module.as_ref(), &limits()).unwrap();
+        let text: Vec<String> = routes.routes().iter().map(|r| format!("{} {}", r.pattern, r.entrypoint)).collect();
+        assert_eq!(text, ["/hello hello", "/files/... files"]);
+        let setup = GuestSetup { routes, ..Default::default() };
+        assert_eq!(check_entrypoints(module.as_ref(), &setup), Ok(()));
+        let setup = GuestSetup { entrypoint: "nope".into(), ..Default::default() };
+        assert!(check_entrypoints(module.as_ref(), &setup).unwrap_err().contains("`nope`"));
+        // A module without `_routes` has none; one whose `_routes` traps is refused.
+        let plain = e.compile(&guest("examples/hello.wat")).unwrap();
+        assert!(discover_routes(plain.as_ref(), &limits()).unwrap().is_empty());
+        let bad = e.compile(&wat::parse_str(r#"(module (memory (export "memory") 1)
+            (func (export "_start")) (func (export "_routes") unreachable))"#).unwrap()).unwrap();
+        assert!(matches!(discover_routes(bad.as_ref(), &limits()), Err(RoutesError::Failed(_))));
+    }
+
+    fn volumes_are_read_only_and_cannot_be_escaped(e) {
+        let fixture = Fixture::new();
+        let volume = frenezulo_core::Volume {
+            guest_path: "/static".to_owned(),
+            dir: Arc::new(std::fs::File::open(fixture.volume()).unwrap()),
+        };
+        let setup = Arc::new(GuestSetup { volumes: vec![volume], ..Default::default() });
+        let module = e.compile(&guest("engines/tests/guests/volume.wat")).unwrap();
+        let open = |path: &str| {
+            let mut req = request("POST", "/svc", &[], path.as_bytes());
+            req.setup = setup.clone();
+            let r = ok(run_to_completion(module.as_ref(), &req, &limits(), deadline()).result);
+            (r.body[0], String::from_utf8_lossy(&r.body[1..]).into_owned())
+        };
+        assert_eq!(open("hello.txt"), (0, "hello from a volume\n".to_owned()));
+        assert_eq!(open("sub/inner.txt").0, 0);
+        assert_eq!(open("./sub/../hello.txt").0, 0, "`..` that stays inside is fine");
+        assert_eq!(open("inside").0, 0, "a symlink that stays inside is followed");
+        assert_eq!(open("missing").0, 44, "ENOENT");
+        for escape in ["../secret.txt", "/etc/passwd", "sub/../../secret.txt", "escape/secret.txt", "escape"] {
+            assert_eq!(open(escape), (76, String::new()), "{escape} must be ENOTCAPABLE");
+        }
+        // Without the volume, fd 3 does not exist.
+        let mut req = request("POST", "/svc", &[], b"hello.txt");
+        req.setup = Arc::new(GuestSetup::default());
+        let r = ok(run_to_completion(module.as_ref(), &req, &limits(), deadline()).result);
+        assert_eq!(r.body[0], 8, "EBADF");
     }
 
     fn host_environment_never_reaches_the_guest(e) {
@@ -253,7 +375,9 @@ conformance! {
 
     fn no_files_no_sockets_no_preopens(e) {
         let r = ok(run(e, &guest("engines/tests/guests/capabilities.wat")));
-        assert_eq!(&r.body[..], &[8, 76, 76, 8, 58]);
+        // path_open on fd 3 is EBADF: with no volume granted there is no directory to
+        // resolve a path beneath.
+        assert_eq!(&r.body[..], &[8, 8, 76, 8, 58]);
     }
 
     fn every_request_gets_a_fresh_instance(e) {

@@ -145,7 +145,7 @@ impl Harness {
             module,
             wasm: Bytes::new(),
             limits,
-            env: Default::default(),
+            setup: Default::default(),
         }));
     }
 

@@ -22,6 +22,11 @@ pub fn request() -> GuestRequest {
         path_info: "/a".to_owned(),
         remote: "127.0.0.1:1".parse().unwrap(),
         local: "127.0.0.1:2".parse().unwrap(),
-        env: vec![("FUZZ_VALUE".to_owned(), "1".to_owned())].into(),
+        entrypoint: frenezulo_core::DEFAULT_ENTRYPOINT.into(),
+        wildcard: true,
+        setup: std::sync::Arc::new(frenezulo_core::GuestSetup {
+            env: vec![("FUZZ_VALUE".to_owned(), "1".to_owned())],
+            ..Default::default()
+        }),
     }
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits};
 use frenezulo_engines::EngineKind;
 
+use crate::guest::GuestConfig;
 use crate::registry::manifest::Origin;
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +64,9 @@ pub struct ServiceSpec {
     pub limits: ServiceLimits,
     /// Environment values for its guests.
     pub env: BTreeMap<String, String>,
+    /// Entrypoint, argv template and volumes (host paths already joined to the config
+    /// file's directory).
+    pub guest: GuestConfig,
     /// The config file or the command line.
     pub origin: Origin,
 }
@@ -97,6 +101,7 @@ pub struct FileConfig {
     #[serde(default)]
     env: BTreeMap<String, String>,
     env_file: Option<PathBuf>,
+    wagi_config: Option<PathBuf>,
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
@@ -189,11 +194,18 @@ impl LimitsConfig {
 enum ServiceEntry {
     /// `name = "path/to/module.wasm"`
     Path(PathBuf),
-    /// `[services.name]` with `module = "..."`, any limit keys, and `env = { KEY = "value" }`.
+    /// `[services.name]` with `module = "..."`, any limit keys, `env = { KEY = "value" }`,
+    /// `entrypoint`, `argv` and `volumes = { "/guest/path" = "host/dir" }`.
     Table {
         module: PathBuf,
         #[serde(default)]
         env: BTreeMap<String, String>,
+        #[serde(default)]
+        entrypoint: Option<String>,
+        #[serde(default)]
+        argv: Option<String>,
+        #[serde(default)]
+        volumes: BTreeMap<String, PathBuf>,
         #[serde(flatten)]
         limits: LimitsConfig,
     },
@@ -332,6 +344,8 @@ pub struct Overrides {
     pub no_access_log: bool,
     /// `--env KEY=VALUE`, in order.
     pub env: Vec<(String, String)>,
+    /// `--wagi-config FILE`
+    pub wagi_config: Option<PathBuf>,
     /// `--env-file FILE`
     pub env_file: Option<PathBuf>,
 }
@@ -491,18 +505,32 @@ impl Settings {
         });
         let mut services = Vec::new();
         for (name, entry) in file.services {
-            let (module, limits, env) = match entry {
-                ServiceEntry::Path(module) => (module, base_limits, BTreeMap::new()),
+            let (module, limits, env, guest) = match entry {
+                ServiceEntry::Path(module) => {
+                    (module, base_limits, BTreeMap::new(), GuestConfig::default())
+                }
                 ServiceEntry::Table {
                     module,
                     env,
+                    entrypoint,
+                    argv,
+                    volumes,
                     limits,
                 } => {
+                    let guest = GuestConfig {
+                        entrypoint,
+                        argv,
+                        volumes: volumes
+                            .into_iter()
+                            .map(|(g, h)| (g, base.join(h)))
+                            .collect(),
+                    };
                     limits
                         .check()
                         .and_then(|()| check_env(&env))
+                        .and_then(|()| guest.check())
                         .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
-                    (module, limits.apply(base_limits), env)
+                    (module, limits.apply(base_limits), env, guest)
                 }
             };
             services.push(ServiceSpec {
@@ -510,8 +538,25 @@ impl Settings {
                 module: base.join(module),
                 limits,
                 env,
+                guest,
                 origin: Origin::Config,
             });
+        }
+        let wagi_config = overrides
+            .wagi_config
+            .clone()
+            .or(file.wagi_config.as_ref().map(|f| base.join(f)));
+        if let Some(path) = wagi_config {
+            for spec in crate::wagi_config::read(&path, base_limits)? {
+                if services.iter().any(|s| s.name == spec.name) {
+                    bail!(
+                        "service `{}` is defined both in the config file and in {}",
+                        spec.name,
+                        path.display()
+                    );
+                }
+                services.push(spec);
+            }
         }
         for (name, module) in overrides.services {
             services.retain(|s| s.name != name);
@@ -520,6 +565,7 @@ impl Settings {
                 module,
                 limits: base_limits,
                 env: BTreeMap::new(),
+                guest: GuestConfig::default(),
                 origin: Origin::Cli,
             });
         }

@@ -21,14 +21,17 @@ mod artifacts;
 mod client;
 mod compile;
 mod config;
+mod guest;
 mod logbuf;
 mod metrics;
 mod registry;
 mod serve;
+mod wagi_config;
 
 use artifacts::{Artifacts, Loaded};
 use compile::CompilePool;
 use config::{Overrides, Settings};
+use guest::GuestConfig;
 use registry::manifest::Origin;
 use registry::store::{Digest, LocalStore};
 use registry::{Registry, Service, Static};
@@ -144,6 +147,12 @@ struct ServeArgs {
     /// A file of KEY=VALUE lines (# comments) for every service's guests, under `--env`.
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf>,
+
+    /// WAGI's modules.toml: each [[module]] whose route is /NAME or /NAME/... is served as
+    /// service NAME, with its entrypoint, argv, volumes and environment. A route that
+    /// cannot map onto one prefix is reported by name and the server does not start.
+    #[arg(long, value_name = "FILE")]
+    wagi_config: Option<PathBuf>,
 }
 
 fn parse_env(s: &str) -> Result<(String, String), String> {
@@ -202,6 +211,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         no_access_log: cli.no_access_log,
         env: cli.env,
         env_file: cli.env_file,
+        wagi_config: cli.wagi_config,
     };
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
     let per_thread = settings.per_thread();
@@ -421,6 +431,7 @@ fn load_services(
             "built-in".to_owned(),
             Origin::BuiltIn,
             Default::default(),
+            GuestConfig::default(),
         );
         specs.push(("hello".to_owned(), settings.base_limits, spec));
     }
@@ -431,14 +442,26 @@ fn load_services(
             s.module.display().to_string(),
             s.origin,
             s.env.clone(),
+            s.guest.clone(),
         );
         specs.push((s.name.clone(), s.limits, spec));
     }
     let mut statics = Vec::new();
-    for (name, limits, (wasm, source, origin, env)) in specs {
-        let (compiled, loaded, elapsed) = artifacts
-            .load(&wasm)
-            .with_context(|| format!("service `{name}` ({source})"))?;
+    for (name, limits, (wasm, source, origin, env, guest)) in specs {
+        let context = || format!("service `{name}` ({source})");
+        let (compiled, loaded, elapsed) = artifacts.load(&wasm).with_context(context)?;
+        let routes = frenezulo_engines::discover_routes(compiled.as_ref(), &limits.run_limits())
+            .with_context(context)?;
+        let volumes = guest
+            .open_volumes(Path::new(""))
+            .map_err(anyhow::Error::msg)
+            .with_context(context)?;
+        frenezulo_engines::check_entrypoints(
+            compiled.as_ref(),
+            &guest.setup(Vec::new(), routes.clone(), Vec::new()),
+        )
+        .map_err(anyhow::Error::msg)
+        .with_context(context)?;
         let service = ServiceName::new(&name).with_context(|| format!("service `{name}`"))?;
         let rule = match origin {
             Origin::BuiltIn => "the API may add a service of this name in its place",
@@ -455,6 +478,9 @@ fn load_services(
                 limits_set: Default::default(),
                 limits,
                 env,
+                guest,
+                volumes,
+                routes,
                 version: 0,
                 updated_unix: 0,
             },

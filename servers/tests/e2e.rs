@@ -469,3 +469,105 @@ fn environment_values_reach_guests_with_service_values_on_top() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CGI variable"));
 }
+
+/// WAGI's modules.toml: sub-routes from `_routes`, an entrypoint, a read-only volume and
+/// environment values, on each engine; and sub-routes of a module added through the API.
+#[test]
+fn a_wagi_module_map_serves_routes_entrypoints_and_volumes() {
+    let dir = support::TempDir::new("wagi");
+    let volume = dir.path().join("static");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("page.html"), "<p>from a volume</p>").unwrap();
+    std::fs::write(dir.path().join("secret.txt"), "secret").unwrap();
+    let map = format!(
+        r#"
+        [[module]]
+        route = "/routed/..."
+        module = "{routes}"
+
+        [[module]]
+        route = "/entry"
+        module = "{routes}"
+        entrypoint = "hello"
+
+        [[module]]
+        route = "/files"
+        module = "{volume}"
+        volumes = {{ "/static" = "static" }}
+
+        [[module]]
+        route = "/echo"
+        module = "file://{echo}"
+        environment = {{ GREETING = "hi" }}
+        argv = "echo ${{ARGS}}"
+        "#,
+        routes = repo("engines/tests/guests/routes.wat"),
+        volume = repo("engines/tests/guests/volume.wat"),
+        echo = repo("examples/echo.wat"),
+    );
+    let path = dir.path().join("modules.toml");
+    std::fs::write(&path, map).unwrap();
+    for engine in ENGINES {
+        let server =
+            Frenezulo::start(&["--engine", engine, "--wagi-config", path.to_str().unwrap()]);
+        for (target, body) in [
+            ("/routed", "start"),
+            ("/routed/hello", "hello"),
+            ("/routed/hello/x", "start"),
+            ("/routed/files", "files"),
+            ("/routed/files/a/b", "files"),
+            ("/entry", "hello"),
+            ("/entry/other", "hello"),
+            ("/entry/files/x", "files"),
+        ] {
+            let r = server.get(target);
+            assert_eq!(
+                (r.status, r.text()),
+                (200, body.to_owned()),
+                "{engine} {target}"
+            );
+        }
+        let page = server.admin("POST", "/files", b"page.html");
+        assert_eq!(page.body[0], 0, "{engine}");
+        assert_eq!(&page.body[1..], b"<p>from a volume</p>");
+        let escape = server.admin("POST", "/files", b"../secret.txt");
+        assert_eq!(&escape.body[..], [76], "{engine}: ENOTCAPABLE");
+        let echo = server.get("/echo/x?a=1").text();
+        for line in [
+            "GREETING=hi",
+            "ARG=echo",
+            "ARG=a=1",
+            "X_MATCHED_ROUTE=/echo/...",
+        ] {
+            assert!(
+                echo.lines().any(|l| l == line),
+                "{engine}: {line} in\n{echo}"
+            );
+        }
+        // A module added through the API gets its sub-routes too, and lists them.
+        let wat = std::fs::read(repo("engines/tests/guests/routes.wat")).unwrap();
+        let put = server.admin("PUT", "/services/api?entrypoint=files", &wat);
+        assert_eq!(put.status, 201, "{}", put.text());
+        assert_eq!(server.get("/api/hello").text(), "hello");
+        assert_eq!(server.get("/api").text(), "files");
+        let shown = server.admin("GET", "/services/api", b"").text();
+        assert!(shown.contains(r#""route": "/api/files/...""#), "{shown}");
+        let refused = server.admin("PUT", "/services/api2?entrypoint=missing", &wat);
+        assert_eq!(refused.status, 400, "{}", refused.text());
+        assert!(refused.text().contains("`missing`"), "{}", refused.text());
+    }
+    // A route that cannot be one service stops the server with the module named.
+    std::fs::write(&path, "[[module]]\nroute = \"/a/b\"\nmodule = \"x.wasm\"\n").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
+        .args([
+            "--wagi-config",
+            path.to_str().unwrap(),
+            "--data-dir",
+            dir.arg(),
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`x.wasm` at route `/a/b`"), "{stderr}");
+}

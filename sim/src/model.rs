@@ -269,7 +269,7 @@ pub fn run(cfg: &SimConfig, epoch: Instant) -> Result<Outcome, Violation> {
                         module,
                         wasm: Bytes::new(),
                         limits: s.limits.per_thread(cfg.threads),
-                        env: Default::default(),
+                        setup: Default::default(),
                     }),
                 );
             }

@@ -4,11 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::guest::{GuestEnv, GuestFailure, GuestRequest, ModuleKey, RunLimits};
+use crate::guest::{GuestFailure, GuestRequest, GuestSetup, ModuleKey, RunLimits};
 use crate::http::{FramingLimits, Request};
 use crate::response::Response;
 use crate::route::ServiceName;
@@ -103,6 +104,16 @@ pub struct ServiceLimits {
     pub max_queued: usize,
 }
 
+impl ServiceLimits {
+    /// The limits one guest run gets.
+    pub fn run_limits(&self) -> RunLimits {
+        RunLimits {
+            memory_bytes: self.memory_bytes,
+            stdout_bytes: self.stdout_bytes,
+        }
+    }
+}
+
 impl Default for ServiceLimits {
     fn default() -> Self {
         Self {
@@ -144,8 +155,8 @@ pub enum RegistryChange {
         wasm: Bytes,
         /// The service's limits.
         limits: ServiceLimits,
-        /// Environment values for its guests.
-        env: GuestEnv,
+        /// How its guests run: environment, entrypoint, argv, sub-routes, volumes.
+        setup: Arc<GuestSetup>,
     },
     /// Removes a service: queued requests get 503, started ones finish, then 404.
     Remove {

@@ -2,12 +2,13 @@
 //! lifecycle (`Cold` -> `Loading` -> `Warm` -> idle -> `Cold`).
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
 
 use super::{JobId, LazyTimer, Lifecycle, Output, RegistryChange, Server, ServiceLimits, Timer};
-use crate::guest::{GuestEnv, ModuleKey};
+use crate::guest::{GuestSetup, ModuleKey};
 use crate::response::Response;
 use crate::route::ServiceName;
 
@@ -15,7 +16,7 @@ pub(super) struct Service {
     pub(super) key: ModuleKey,
     wasm: Bytes,
     pub(super) limits: ServiceLimits,
-    pub(super) env: GuestEnv,
+    pub(super) setup: Arc<GuestSetup>,
     pub(super) state: Lifecycle,
     /// Tasks started on `key` and not finished.
     pub(super) running: usize,
@@ -33,13 +34,19 @@ impl Server {
                 module,
                 wasm,
                 limits,
-                env,
-            } => self.put_service(module, wasm, limits, env),
+                setup,
+            } => self.put_service(module, wasm, limits, setup),
             RegistryChange::Remove { service } => self.remove_service(now, &service),
         }
     }
 
-    fn put_service(&mut self, key: ModuleKey, wasm: Bytes, limits: ServiceLimits, env: GuestEnv) {
+    fn put_service(
+        &mut self,
+        key: ModuleKey,
+        wasm: Bytes,
+        limits: ServiceLimits,
+        setup: Arc<GuestSetup>,
+    ) {
         let limits = self.clamp(limits);
         let name = key.service.clone();
         let Some(service) = self.services.get_mut(&name) else {
@@ -49,7 +56,7 @@ impl Server {
                     key,
                     wasm,
                     limits,
-                    env,
+                    setup,
                     state: Lifecycle::Cold,
                     running: 0,
                     queue: VecDeque::new(),
@@ -67,7 +74,7 @@ impl Server {
         let old_running = std::mem::take(&mut service.running);
         service.wasm = wasm;
         service.limits = limits;
-        service.env = env;
+        service.setup = setup;
         service.idle_since = None;
         let has_queue = !service.queue.is_empty();
         self.retire(old, old_state, old_running);

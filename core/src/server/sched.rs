@@ -11,10 +11,11 @@ use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::{ConnId, Execution, JobId, Lifecycle, Output, Server, Timer};
-use crate::guest::{GuestFailure, GuestRequest, ModuleKey, RunLimits};
+use crate::guest::{GuestFailure, GuestRequest, ModuleKey};
 use crate::http::Request;
 use crate::response::Response;
 use crate::route::{self, Route, ServiceName};
+use crate::subroute::RoutePattern;
 
 pub(super) struct Job {
     conn: ConnId,
@@ -81,19 +82,30 @@ impl Server {
             return self.respond(now, conn, seq, r);
         }
         let service_name = service.key.service.clone();
-        let env = service.env.clone();
-        let path_info = path_info.to_owned();
+        let setup = service.setup.clone();
+        let sub = setup.routes.resolve(path_info);
+        let (entrypoint, wildcard) = match sub.route {
+            Some(r) => (
+                r.entrypoint.clone(),
+                matches!(r.pattern, RoutePattern::Wildcard(_)),
+            ),
+            None => (setup.entrypoint.clone(), true),
+        };
+        let script_name = format!("/{service_name}{}", sub.matched);
+        let path_info = sub.rest.to_owned();
         let c = self
             .conns
             .get_mut(&conn)
             .expect("caller holds the connection");
         let guest = GuestRequest {
-            script_name: format!("/{service_name}"),
+            script_name,
             path_info,
             request,
             remote: c.remote,
             local: c.local,
-            env,
+            entrypoint,
+            wildcard,
+            setup,
         };
         let job = JobId(self.next_job);
         self.next_job += 1;
@@ -246,10 +258,7 @@ impl Server {
             job: job_id,
             module: service.key.clone(),
             request,
-            limits: RunLimits {
-                memory_bytes: service.limits.memory_bytes,
-                stdout_bytes: service.limits.stdout_bytes,
-            },
+            limits: service.limits.run_limits(),
         })));
     }
 

@@ -74,7 +74,7 @@ impl Harness {
             module: module.clone(),
             wasm: Bytes::from_static(b"wasm"),
             limits,
-            env: Default::default(),
+            setup: Default::default(),
         }));
         module
     }
@@ -674,7 +674,7 @@ fn replace_lets_running_requests_finish_on_the_old_version() {
         module: old,
         wasm: Bytes::new(),
         limits: ServiceLimits::default(),
-        env: Default::default(),
+        setup: Default::default(),
     }));
     assert_eq!(h.server.services().next().unwrap().module, new);
 }
@@ -1015,4 +1015,43 @@ proptest! {
             seen_since.insert(service.as_str(), BTreeMap::new());
         }
     }
+}
+
+#[test]
+fn sub_routes_choose_the_entrypoint_and_split_the_path() {
+    let mut h = Harness::new(config());
+    let routes = crate::subroute::SubRoutes::parse(b"/hello hello\n/files/... files").unwrap();
+    h.input(Input::Registry(RegistryChange::Put {
+        module: key("s", 1),
+        wasm: Bytes::from_static(b"wasm"),
+        limits: ServiceLimits::default(),
+        setup: Arc::new(GuestSetup {
+            entrypoint: "main".into(),
+            routes,
+            ..Default::default()
+        }),
+    }));
+    let c = h.connect(1);
+    for (path, entry, script, rest, wildcard) in [
+        ("/s/hello", "hello", "/s/hello", "", false),
+        ("/s/hello/x", "main", "/s", "/hello/x", true),
+        ("/s/files/a/b", "files", "/s/files", "/a/b", true),
+        ("/s", "main", "/s", "", true),
+    ] {
+        h.send(c, &get(path));
+        h.compile_all();
+        let r = &h.out_task().request;
+        assert_eq!(
+            (
+                &*r.entrypoint,
+                r.script_name.as_str(),
+                r.path_info.as_str(),
+                r.wildcard
+            ),
+            (entry, script, rest, wildcard),
+            "{path}"
+        );
+        h.finish();
+    }
+    assert_eq!(h.statuses(c), [200, 200, 200, 200]);
 }

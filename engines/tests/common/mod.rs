@@ -59,6 +59,8 @@ pub fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]
         path_info: path_info.to_owned(),
         remote: "10.1.2.3:4567".parse().unwrap(),
         local: "127.0.0.1:8080".parse().unwrap(),
-        env: Default::default(),
+        entrypoint: frenezulo_core::DEFAULT_ENTRYPOINT.into(),
+        wildcard: true,
+        setup: Default::default(),
     }
 }

@@ -24,7 +24,9 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use frenezulo_core::{JobId, ManagementCall, ModuleKey, Response, ServiceLimits, ServiceName};
+use frenezulo_core::{
+    JobId, ManagementCall, ModuleKey, Response, RunLimits, ServiceLimits, ServiceName,
+};
 use frenezulo_engines::EngineKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -34,6 +36,7 @@ use tracing::{info, warn};
 use crate::artifacts::{Artifacts, Loaded};
 use crate::compile::CompilePool;
 use crate::config::{EnvValues, LimitsConfig, check_env};
+use crate::guest::GuestConfig;
 use crate::metrics::{self, ThreadSnapshot};
 use crate::registry::store::Digest;
 use crate::registry::{ChangeError, NewModule, Registry, Service};
@@ -70,6 +73,7 @@ pub struct Prepared {
     name: ServiceName,
     limits: Option<LimitsConfig>,
     env: Option<EnvValues>,
+    guest: GuestConfig,
     result: Result<(NewModule, Loaded, Duration), PrepareError>,
 }
 
@@ -95,6 +99,8 @@ enum PrepareError {
     TooLarge(usize),
     #[error("module refused: {0}")]
     Compile(#[from] frenezulo_engines::CompileError),
+    #[error("module refused: {0}")]
+    Routes(String),
 }
 
 impl PrepareError {
@@ -351,6 +357,10 @@ impl Admin {
             limits: Option<LimitsConfig>,
             #[serde(default)]
             env: Option<EnvValues>,
+            #[serde(default)]
+            entrypoint: Option<String>,
+            #[serde(default)]
+            argv: Option<String>,
         }
         let add: Add = match serde_json::from_slice(body) {
             Ok(add) => add,
@@ -363,13 +373,21 @@ impl Admin {
                 ));
             }
         };
+        let guest = GuestConfig {
+            entrypoint: add.entrypoint,
+            argv: add.argv,
+            volumes: Default::default(),
+        };
         let name = match self.check_change(&add.prefix, add.limits.as_ref(), add.env.as_ref()) {
             Ok(name) => name,
             Err(response) => return Reply::Now(response),
         };
+        if let Err(e) = guest.check() {
+            return Reply::Now(error(400, &e));
+        }
         let fetch = self.setup.fetch.clone();
         let source = add.source;
-        self.prepare(origin, name, add.limits, add.env, move || {
+        self.prepare(origin, name, add.limits, add.env, guest, move || {
             Ok((fetch::fetch(&source, &fetch)?, source))
         })
     }
@@ -381,7 +399,7 @@ impl Admin {
         query: &str,
         body: &Bytes,
     ) -> Reply {
-        let (limits, env) = match config_from_query(query) {
+        let (limits, env, guest) = match config_from_query(query) {
             Ok(parsed) => parsed,
             Err(e) => return Reply::Now(error(400, &e)),
         };
@@ -389,7 +407,7 @@ impl Admin {
             return Reply::Now(response);
         }
         let body = body.clone();
-        self.prepare(origin, name, limits, env, move || {
+        self.prepare(origin, name, limits, env, guest, move || {
             Ok((body.to_vec(), "upload".to_owned()))
         })
     }
@@ -434,6 +452,7 @@ impl Admin {
         name: ServiceName,
         limits: Option<LimitsConfig>,
         env: Option<EnvValues>,
+        guest: GuestConfig,
         get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
     ) -> Reply {
         if self.preparing >= MAX_PREPARING {
@@ -450,18 +469,26 @@ impl Admin {
         };
         let artifacts = self.setup.artifacts.clone();
         let max = self.setup.fetch.max_bytes;
+        // `_routes` runs within the limits the service will have.
+        let run_limits = limits
+            .as_ref()
+            .map_or(self.setup.base_limits, |l| l.apply(self.setup.base_limits))
+            .run_limits();
         let sender = self.sender.clone();
         let spawned = std::thread::Builder::new()
             .name("admin-prepare".to_owned())
             .spawn(move || {
                 let result = get()
                     .map_err(PrepareError::from)
-                    .and_then(|(bytes, source)| prepare_module(&artifacts, bytes, source, max));
+                    .and_then(|(bytes, source)| {
+                        prepare_module(&artifacts, bytes, source, max, &run_limits)
+                    });
                 let prepared = Prepared {
                     origin,
                     name,
                     limits,
                     env,
+                    guest,
                     result,
                 };
                 let _ = sender.send(Event::Prepared(Box::new(prepared)));
@@ -488,7 +515,7 @@ impl Admin {
             Ok((module, loaded, elapsed)) => {
                 let compiled = module.compiled.clone();
                 let registry = &mut self.setup.registry;
-                match registry.put(&p.name, module, p.limits, p.env) {
+                match registry.put(&p.name, module, p.limits, p.env, p.guest) {
                     Ok(new) => {
                         let service = registry.service(&p.name).expect("just put");
                         let key = ModuleKey {
@@ -571,12 +598,14 @@ impl Admin {
     }
 }
 
-/// Parses (WAT to binary), checks the size, compiles and hashes a module.
+/// Parses (WAT to binary), checks the size, compiles and hashes a module, and learns its
+/// sub-routes.
 fn prepare_module(
     artifacts: &Artifacts,
     bytes: Vec<u8>,
     source: String,
     max: usize,
+    run_limits: &RunLimits,
 ) -> Result<(NewModule, Loaded, Duration), PrepareError> {
     if bytes.is_empty() {
         return Err(PrepareError::Empty);
@@ -591,25 +620,34 @@ fn prepare_module(
         return Err(PrepareError::TooLarge(max));
     }
     let (compiled, loaded, elapsed) = artifacts.load(&wasm)?;
+    let routes = frenezulo_engines::discover_routes(compiled.as_ref(), run_limits)
+        .map_err(|e| PrepareError::Routes(e.to_string()))?;
     Ok((
         NewModule {
             digest: Digest::of(&wasm),
             wasm: wasm.into(),
             source,
             compiled,
+            routes,
         },
         loaded,
         elapsed,
     ))
 }
 
-/// Limits (`memory=32MiB&deadline=2s&...`) and environment values (`env=KEY=VALUE`,
-/// repeatable) from an upload's query string.
-fn config_from_query(query: &str) -> Result<(Option<LimitsConfig>, Option<EnvValues>), String> {
+/// Limits (`memory=32MiB&deadline=2s&...`), environment values (`env=KEY=VALUE`,
+/// repeatable), `entrypoint` and `argv` from an upload's query string.
+#[allow(clippy::type_complexity)]
+fn config_from_query(
+    query: &str,
+) -> Result<(Option<LimitsConfig>, Option<EnvValues>, GuestConfig), String> {
     let mut limits = serde_json::Map::new();
     let mut env: Option<EnvValues> = None;
+    let mut guest = GuestConfig::default();
     for (key, value) in query_pairs(query) {
         match key.as_str() {
+            "entrypoint" => guest.entrypoint = Some(value),
+            "argv" => guest.argv = Some(value),
             "env" => {
                 let (k, v) = value
                     .split_once('=')
@@ -636,7 +674,8 @@ fn config_from_query(query: &str) -> Result<(Option<LimitsConfig>, Option<EnvVal
                 .map_err(|e| format!("query string: {e}"))?,
         )
     };
-    Ok((limits, env))
+    guest.check()?;
+    Ok((limits, env, guest))
 }
 
 /// `key=value` pairs of a query string, percent-decoded (`+` is a space).
@@ -676,6 +715,13 @@ fn service_json(
         "limits": LimitsConfig::of(&s.limits),
         "limits_set": s.limits_set,
         "env": env,
+        "entrypoint": s.guest.entrypoint.as_deref().unwrap_or(frenezulo_core::DEFAULT_ENTRYPOINT),
+        "argv": s.guest.argv.as_deref().unwrap_or(frenezulo_core::DEFAULT_ARGV),
+        "routes": s.routes.routes().iter().map(|r| json!({
+            "route": format!("/{}{}", s.name, r.pattern),
+            "entrypoint": &*r.entrypoint,
+        })).collect::<Vec<_>>(),
+        "volumes": s.guest.volumes,
     });
     if !snapshots.is_empty() {
         let totals = metrics::service_totals(snapshots, &s.name);
@@ -705,6 +751,7 @@ fn change_error(e: &ChangeError) -> Response {
     let status = match e {
         ChangeError::NotApiDefined { .. } => 409,
         ChangeError::NotFound(_) => 404,
+        ChangeError::Entrypoint(_) => 400,
         _ => 500,
     };
     if status == 500 {
@@ -744,9 +791,12 @@ mod tests {
 
     #[test]
     fn query_strings_give_limits_and_environment() {
-        let (limits, env) =
-            config_from_query("memory=32MiB&deadline=250ms&queue=3&env=DB%3Durl=x&env=FLAG=")
-                .unwrap();
+        let (limits, env, guest) = config_from_query(
+            "memory=32MiB&deadline=250ms&queue=3&env=DB%3Durl=x&env=FLAG=&entrypoint=main&argv=a+%24%7BARGS%7D",
+        )
+        .unwrap();
+        assert_eq!(guest.entrypoint.as_deref(), Some("main"));
+        assert_eq!(guest.argv.as_deref(), Some("a ${ARGS}"));
         let limits = limits.unwrap();
         let applied = limits.apply(frenezulo_core::ServiceLimits::default());
         assert_eq!(applied.memory_bytes, 32 << 20);
@@ -755,7 +805,11 @@ mod tests {
         let env = env.unwrap();
         assert_eq!(env["DB"], "url=x");
         assert_eq!(env["FLAG"], "");
-        assert_eq!(config_from_query("").unwrap(), (None, None));
+        assert_eq!(
+            config_from_query("").unwrap(),
+            (None, None, GuestConfig::default())
+        );
+        assert!(config_from_query("entrypoint=").is_err());
         assert!(config_from_query("queue=many").is_err());
         assert!(config_from_query("colour=blue").is_err());
         assert!(config_from_query("env=NOEQUALS").is_err());

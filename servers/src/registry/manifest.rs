@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::LimitsConfig;
+use crate::guest::GuestConfig;
 
 /// Format version written into every manifest.
 pub const FORMAT: u32 = 1;
@@ -47,6 +48,16 @@ pub struct Entry {
     /// Environment values for its guests.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The export run for its own route; `_start` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entrypoint: Option<String>,
+    /// Its argv template; WAGI's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub argv: Option<String>,
+    /// The sub-routes its module's `_routes` export declared when it was added, as
+    /// `PATH EXPORT` lines, so a restart serves them before the module is compiled again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub routes: Vec<String>,
     /// When it last changed, in seconds since the Unix epoch.
     pub updated_unix: u64,
 }
@@ -80,6 +91,17 @@ impl Origin {
             Origin::Config => "config",
             Origin::Cli => "cli",
             Origin::BuiltIn => "built-in",
+        }
+    }
+}
+
+impl Entry {
+    /// The entrypoint and argv template stored (the API sets no volumes).
+    pub fn guest(&self) -> GuestConfig {
+        GuestConfig {
+            entrypoint: self.entrypoint.clone(),
+            argv: self.argv.clone(),
+            volumes: BTreeMap::new(),
         }
     }
 }

@@ -13,12 +13,14 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use frenezulo_core::{GuestEnv, ModuleKey, RegistryChange, ServiceLimits, ServiceName};
+use frenezulo_core::subroute::SubRoutes;
+use frenezulo_core::{ModuleKey, RegistryChange, ServiceLimits, ServiceName, Volume};
 use frenezulo_engines::CompiledModule;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
 use crate::config::{EnvValues, LimitsConfig};
+use crate::guest::GuestConfig;
 use crate::serve::{Inbox, Message};
 
 pub mod manifest;
@@ -50,6 +52,12 @@ pub struct Service {
     pub limits: ServiceLimits,
     /// Environment values for its guests.
     pub env: EnvValues,
+    /// Its entrypoint, argv template and volumes.
+    pub guest: GuestConfig,
+    /// Its volumes' directories, opened.
+    pub volumes: Vec<Volume>,
+    /// The sub-routes its module declares.
+    pub routes: SubRoutes,
     /// The version serving threads know it by; every change moves it forward.
     pub version: u64,
     /// When it last changed, in seconds since the Unix epoch.
@@ -82,6 +90,9 @@ pub enum ChangeError {
     /// No such service.
     #[error("no service named `{0}`")]
     NotFound(ServiceName),
+    /// The module does not export what the service's entrypoint or sub-routes name.
+    #[error("{0}")]
+    Entrypoint(String),
     /// The store failed; nothing changed.
     #[error("the registry could not be saved: {0}")]
     Store(#[from] StoreError),
@@ -106,6 +117,8 @@ pub struct NewModule {
     pub source: String,
     /// The compiled module, handed to every serving thread with the change.
     pub compiled: Arc<dyn CompiledModule>,
+    /// The sub-routes its `_routes` export declares.
+    pub routes: SubRoutes,
 }
 
 /// The registry and where it publishes.
@@ -184,6 +197,7 @@ impl Registry {
         let digest = Digest::parse(&entry.digest)
             .ok_or_else(|| anyhow::anyhow!("bad digest `{}`", entry.digest))?;
         let wasm = self.store.get(digest)?;
+        let routes = SubRoutes::parse(entry.routes.join("\n").as_bytes())?;
         Ok(Service {
             limits: entry.limits.apply(self.base_limits),
             name,
@@ -193,6 +207,9 @@ impl Registry {
             wasm,
             limits_set: entry.limits.clone(),
             env: entry.env.clone(),
+            guest: entry.guest(),
+            volumes: Vec::new(),
+            routes,
             version: self.next_version(),
             updated_unix: entry.updated_unix,
         })
@@ -298,17 +315,28 @@ impl Registry {
     }
 
     /// Adds a service or replaces its module. Limits given are set over the service's (a
-    /// key not given keeps its value); an environment given replaces the service's. Returns
-    /// whether the service is new.
+    /// key not given keeps its value); an environment, entrypoint or argv template given
+    /// replaces the service's. The module must export the entrypoint and sub-routes that
+    /// result. Returns whether the service is new.
     pub fn put(
         &mut self,
         name: &ServiceName,
         module: NewModule,
         limits: Option<LimitsConfig>,
         env: Option<EnvValues>,
+        guest: GuestConfig,
     ) -> Result<bool, ChangeError> {
         self.check_api_owned(name)?;
         let old = self.manifest.services.get(name.as_str()).cloned();
+        let old_guest = old.as_ref().map(Entry::guest).unwrap_or_default();
+        let guest = GuestConfig {
+            entrypoint: guest.entrypoint.or(old_guest.entrypoint),
+            argv: guest.argv.or(old_guest.argv),
+            volumes: Default::default(),
+        };
+        let setup = guest.setup(Vec::new(), module.routes.clone(), Vec::new());
+        frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
+            .map_err(ChangeError::Entrypoint)?;
         let entry = Entry {
             digest: module.digest.to_string(),
             size: module.wasm.len(),
@@ -323,6 +351,14 @@ impl Registry {
             env: env
                 .or_else(|| old.as_ref().map(|o| o.env.clone()))
                 .unwrap_or_default(),
+            entrypoint: guest.entrypoint.clone(),
+            argv: guest.argv.clone(),
+            routes: module
+                .routes
+                .routes()
+                .iter()
+                .map(|r| format!("{} {}", r.pattern, r.entrypoint))
+                .collect(),
             updated_unix: unix_now(),
         };
         // The module is durable before a manifest names it.
@@ -337,6 +373,9 @@ impl Registry {
             limits: entry.limits.apply(self.base_limits),
             limits_set: entry.limits,
             env: entry.env,
+            guest,
+            volumes: Vec::new(),
+            routes: module.routes,
             version: self.next_version(),
             updated_unix: entry.updated_unix,
         };
@@ -441,7 +480,11 @@ impl Registry {
     fn put_change(&self, s: &Service) -> RegistryChange {
         let mut merged = self.env.clone();
         merged.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let env: GuestEnv = merged.into_iter().collect::<Vec<_>>().into();
+        let setup = s.guest.setup(
+            merged.into_iter().collect(),
+            s.routes.clone(),
+            s.volumes.clone(),
+        );
         RegistryChange::Put {
             module: ModuleKey {
                 service: s.name.clone(),
@@ -449,14 +492,15 @@ impl Registry {
             },
             wasm: s.wasm.clone(),
             limits: s.limits.per_thread(self.workers),
-            env,
+            setup: Arc::new(setup),
         }
     }
 
     fn publish_put(&self, s: &Service, compiled: Option<Arc<dyn CompiledModule>>) {
+        let change = self.put_change(s);
         for inbox in &self.inboxes {
             inbox.send(Message::Registry {
-                change: self.put_change(s),
+                change: change.clone(),
                 compiled: compiled.clone(),
             });
         }
@@ -481,6 +525,11 @@ mod tests {
         fn start(&self, _: &GuestRequest, _: &RunLimits) -> Box<dyn GuestTask> {
             unreachable!("these tests run nothing")
         }
+
+        fn entrypoints(&self) -> &[String] {
+            static NAMES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+            NAMES.get_or_init(|| vec!["_start".to_owned(), "hello".to_owned()])
+        }
     }
 
     fn service(name: &str, origin: Origin, bytes: &'static [u8]) -> Static {
@@ -494,6 +543,9 @@ mod tests {
                 limits_set: LimitsConfig::default(),
                 limits: ServiceLimits::default(),
                 env: EnvValues::new(),
+                guest: GuestConfig::default(),
+                volumes: Vec::new(),
+                routes: SubRoutes::default(),
                 version: 0,
                 updated_unix: 0,
             },
@@ -507,6 +559,7 @@ mod tests {
             digest: Digest::of(bytes),
             source: "upload".to_owned(),
             compiled: Arc::new(NoModule),
+            routes: SubRoutes::default(),
         }
     }
 
@@ -540,12 +593,22 @@ mod tests {
         let shop = ServiceName::new("shop").unwrap();
         let hello = ServiceName::new("hello").unwrap();
         let fixed = ServiceName::new("fixed").unwrap();
-        assert!(r.put(&shop, module(b"v1"), None, None).unwrap(), "new");
+        assert!(
+            r.put(&shop, module(b"v1"), None, None, GuestConfig::default())
+                .unwrap(),
+            "new"
+        );
         let v1 = r.service(&shop).unwrap().version;
         let env = EnvValues::from([("A".to_owned(), "1".to_owned())]);
         assert!(
-            !r.put(&shop, module(b"v2"), None, Some(env.clone()))
-                .unwrap(),
+            !r.put(
+                &shop,
+                module(b"v2"),
+                None,
+                Some(env.clone()),
+                GuestConfig::default()
+            )
+            .unwrap(),
             "replaced"
         );
         assert!(
@@ -554,10 +617,38 @@ mod tests {
         );
         r.configure(&shop, None, None, None).unwrap();
         assert_eq!(r.service(&shop).unwrap().env, env, "kept when not given");
-        // The API's hello takes the built-in's place; removing it brings the built-in back.
-        r.put(&hello, module(b"mine"), None, None).unwrap();
+        // An entrypoint the module does not export is refused; one it does is kept, with
+        // the module's sub-routes, across a replace that does not name it.
+        let nope = GuestConfig {
+            entrypoint: Some("nope".to_owned()),
+            ..Default::default()
+        };
         assert!(matches!(
-            r.put(&fixed, module(b"x"), None, None),
+            r.put(&shop, module(b"v3"), None, None, nope),
+            Err(ChangeError::Entrypoint(_))
+        ));
+        let entry = GuestConfig {
+            entrypoint: Some("hello".to_owned()),
+            ..Default::default()
+        };
+        let mut routed = module(b"v3");
+        routed.routes = SubRoutes::parse(b"/hi hello").unwrap();
+        r.put(&shop, routed, None, None, entry).unwrap();
+        r.put(&shop, module(b"v4"), None, None, GuestConfig::default())
+            .unwrap();
+        assert_eq!(
+            r.service(&shop).unwrap().guest.entrypoint.as_deref(),
+            Some("hello")
+        );
+        let mut routed = module(b"v5");
+        routed.routes = SubRoutes::parse(b"/hi hello\n/all/... _start").unwrap();
+        r.put(&shop, routed, None, None, GuestConfig::default())
+            .unwrap();
+        // The API's hello takes the built-in's place; removing it brings the built-in back.
+        r.put(&hello, module(b"mine"), None, None, GuestConfig::default())
+            .unwrap();
+        assert!(matches!(
+            r.put(&fixed, module(b"x"), None, None, GuestConfig::default()),
             Err(ChangeError::NotApiDefined {
                 origin: Origin::Config,
                 ..
@@ -583,6 +674,15 @@ mod tests {
             .map(|s| (s.name.clone(), s.digest, s.env.clone()))
             .collect();
         assert_eq!(before, after, "a restart brings back what was there");
+        assert_eq!(
+            r.service(&shop).unwrap().routes,
+            SubRoutes::parse(b"/hi hello\n/all/... _start").unwrap(),
+            "sub-routes are kept, so a restart serves them before compiling"
+        );
+        assert_eq!(
+            r.service(&shop).unwrap().guest.entrypoint.as_deref(),
+            Some("hello")
+        );
         assert_eq!(r.service(&hello).unwrap().origin, Origin::Api);
         r.remove(&hello).unwrap();
         assert_eq!(r.service(&hello).unwrap().origin, Origin::BuiltIn);

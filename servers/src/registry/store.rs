@@ -324,6 +324,9 @@ mod tests {
                 origin: Origin::Api,
                 limits: Default::default(),
                 env: Default::default(),
+                entrypoint: None,
+                argv: None,
+                routes: Vec::new(),
                 updated_unix: 1,
             },
         );

@@ -4,13 +4,16 @@
 //! Each function works on the guest's linear memory as a byte slice and on [`GuestIo`];
 //! the engines only adapt calling conventions. A guest gets stdin (the request body),
 //! stdout (captured, capped), stderr (captured for the log, truncated), its argv and
-//! environment, clocks and random bytes. There are no preopened directories, so no file
-//! can be named; sockets and every other call answer `EBADF`, `ENOTCAPABLE` or `ENOSYS`.
+//! environment, clocks and random bytes, and read-only access to the volumes its service
+//! was granted ([`files`]); with none, no file can be named. Sockets and every other call
+//! answer `EBADF`, `ENOTCAPABLE` or `ENOSYS`.
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+
+pub mod files;
 
 /// The import module name of WASI preview 1.
 pub const MODULE: &str = "wasi_snapshot_preview1";
@@ -94,11 +97,27 @@ macro_rules! for_each_function {
         $m!(clock_time_get(id: i32, precision: i64, out: i32));
         $m!(fd_close(fd: i32));
         $m!(fd_fdstat_get(fd: i32, out: i32));
+        $m!(fd_filestat_get(fd: i32, out: i32));
         $m!(fd_prestat_get(fd: i32, out: i32));
         $m!(fd_prestat_dir_name(fd: i32, path: i32, len: i32));
+        $m!(fd_pread(fd: i32, iovs: i32, iovs_len: i32, offset: i64, out: i32));
         $m!(fd_read(fd: i32, iovs: i32, iovs_len: i32, out: i32));
+        $m!(fd_readdir(fd: i32, buf: i32, buf_len: i32, cookie: i64, out: i32));
         $m!(fd_seek(fd: i32, offset: i64, whence: i32, out: i32));
+        $m!(fd_tell(fd: i32, out: i32));
         $m!(fd_write(fd: i32, iovs: i32, iovs_len: i32, out: i32));
+        $m!(path_filestat_get(fd: i32, flags: i32, path: i32, path_len: i32, out: i32));
+        $m!(path_open(
+            fd: i32,
+            dirflags: i32,
+            path: i32,
+            path_len: i32,
+            oflags: i32,
+            rights_base: i64,
+            rights_inheriting: i64,
+            fdflags: i32,
+            out: i32
+        ));
         $m!(random_get(buf: i32, len: i32));
         $m!(sched_yield());
     };
@@ -188,6 +207,10 @@ pub struct GuestIo {
     stdout: Vec<u8>,
     stdout_cap: usize,
     stderr: Vec<u8>,
+    /// Whether stdout is returned as it is rather than parsed as CGI output.
+    pub(crate) raw_output: bool,
+    /// Volumes and the files opened beneath them.
+    files: files::Files,
 }
 
 impl GuestIo {
@@ -344,9 +367,14 @@ impl GuestIo {
         Ok(errno_of(write_u64(mem, out, nanos)))
     }
 
-    /// `fd_close(fd)`: stdio may be closed (a no-op); nothing else exists.
+    /// Grants the guest these volumes, as preopened directories from fd 3 on.
+    pub fn grant_volumes(&mut self, volumes: &[frenezulo_core::Volume]) {
+        self.files = files::Files::new(volumes);
+    }
+
+    /// `fd_close(fd)`: stdio may be closed (a no-op); so may volumes and opened files.
     pub fn fd_close(&mut self, _mem: &mut [u8], fd: i32) -> Result<i32, HostStop> {
-        Ok(if is_stdio(fd) {
+        Ok(if is_stdio(fd) || self.files.close(fd) {
             errno::SUCCESS
         } else {
             errno::BADF
@@ -356,7 +384,14 @@ impl GuestIo {
     /// `fd_fdstat_get(fd, stat_out)`: stdio are character devices.
     pub fn fd_fdstat_get(&mut self, mem: &mut [u8], fd: i32, out: i32) -> Result<i32, HostStop> {
         if !is_stdio(fd) {
-            return Ok(errno::BADF);
+            return Ok(match (self.files.fdstat(fd), slice_mut(mem, out, 24)) {
+                (None, _) => errno::BADF,
+                (Some(stat), Some(dst)) => {
+                    dst.copy_from_slice(&stat);
+                    errno::SUCCESS
+                }
+                (Some(_), None) => errno::FAULT,
+            });
         }
         // struct fdstat { u8 filetype; u16 flags; u64 rights_base; u64 rights_inheriting }
         const CHARACTER_DEVICE: u8 = 2;
@@ -379,44 +414,26 @@ impl GuestIo {
         })
     }
 
-    /// `fd_prestat_get(fd, out)`: there are no preopened directories.
-    pub fn fd_prestat_get(
-        &mut self,
-        _mem: &mut [u8],
-        _fd: i32,
-        _out: i32,
-    ) -> Result<i32, HostStop> {
-        Ok(errno::BADF)
-    }
-
-    /// `fd_prestat_dir_name(fd, path, len)`: there are no preopened directories.
-    pub fn fd_prestat_dir_name(
-        &mut self,
-        _mem: &mut [u8],
-        _fd: i32,
-        _path: i32,
-        _len: i32,
-    ) -> Result<i32, HostStop> {
-        Ok(errno::BADF)
-    }
-
-    /// `fd_seek(fd, offset, whence, new_offset_out)`: stdio is not seekable.
+    /// `fd_seek(fd, offset, whence, new_offset_out)`: stdio is not seekable; files are.
     pub fn fd_seek(
         &mut self,
-        _mem: &mut [u8],
+        mem: &mut [u8],
         fd: i32,
-        _offset: i64,
-        _whence: i32,
-        _out: i32,
+        offset: i64,
+        whence: i32,
+        out: i32,
     ) -> Result<i32, HostStop> {
-        Ok(if is_stdio(fd) {
-            errno::SPIPE
-        } else {
-            errno::BADF
+        if is_stdio(fd) {
+            return Ok(errno::SPIPE);
+        }
+        Ok(match self.files.seek(fd, offset, whence) {
+            Ok(at) => errno_of(write_u64(mem, out, at)),
+            Err(e) => e,
         })
     }
 
-    /// `fd_read(fd, iovs, iovs_len, nread_out)`: only stdin, which is the request body.
+    /// `fd_read(fd, iovs, iovs_len, nread_out)`: stdin, which is the request body, or a
+    /// file opened from a volume.
     pub fn fd_read(
         &mut self,
         mem: &mut [u8],
@@ -425,6 +442,12 @@ impl GuestIo {
         iovs_len: i32,
         nread: i32,
     ) -> Result<i32, HostStop> {
+        if fd > 2 {
+            return Ok(match self.files.read(mem, fd, iovs, iovs_len) {
+                Ok(n) => errno_of(write_u32(mem, nread, n)),
+                Err(e) => e,
+            });
+        }
         if fd != 0 {
             return Ok(errno::BADF);
         }
@@ -703,9 +726,16 @@ mod tests {
         assert_eq!(io.fd_prestat_get(&mut mem, 3, 0), Ok(errno::BADF));
         assert_eq!(io.fd_write(&mut mem, 3, 0, 0, 0), Ok(errno::BADF));
         assert_eq!(io.fd_read(&mut mem, 1, 0, 0, 0), Ok(errno::BADF));
-        assert_eq!(provided("path_open"), Provided::Stub(errno::NOTCAPABLE));
+        assert_eq!(
+            io.path_open(&mut mem, 3, 0, 0, 1, 0, 0, 0, 0, 0),
+            Ok(errno::BADF)
+        );
+        assert_eq!(
+            provided("path_create_directory"),
+            Provided::Stub(errno::NOTCAPABLE)
+        );
         assert_eq!(provided("sock_accept"), Provided::Stub(errno::NOTCAPABLE));
-        assert_eq!(provided("fd_readdir"), Provided::Stub(errno::BADF));
+        assert_eq!(provided("fd_allocate"), Provided::Stub(errno::BADF));
         assert_eq!(provided("fd_write"), Provided::Implemented);
     }
 }

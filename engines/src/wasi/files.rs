@@ -1,0 +1,730 @@
+//! Read-only directories: the volumes an operator grants a service, as WASI preopens.
+//!
+//! Every path a guest names is resolved by `cap-primitives` beneath the directory it is
+//! relative to (with `openat2(RESOLVE_BENEATH)` where the kernel has it), so `..`,
+//! absolute paths and symlinks that would leave a volume are refused with `ENOTCAPABLE`.
+//! Nothing here writes: opening to create, truncate, append or write answers `EROFS`.
+//! Reads are ordinary blocking reads on the serving thread; volumes are meant for local
+//! files (templates, static assets) that the page cache holds.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::FileExt as _;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+use cap_primitives::fs::{Metadata, MetadataExt as _, OpenOptions};
+use frenezulo_core::Volume;
+
+use super::{GuestIo, HostStop, errno, iovecs, slice, slice_mut, write_u32, write_u64};
+
+/// Files and directories one guest may have open at once, beyond its volumes.
+pub const MAX_OPEN: usize = 64;
+
+/// Entries of one directory a guest can list; the rest are not shown.
+pub const MAX_DIR_ENTRIES: usize = 10_000;
+
+/// Longest path a guest may pass, in bytes.
+const MAX_PATH: u32 = 4096;
+
+/// The first descriptor after stdio: volumes are 3, 4, ... in the order configured.
+const FIRST_FD: i32 = 3;
+
+/// WASI errno values only this module uses.
+mod more_errno {
+    pub const ISDIR: i32 = 31;
+    pub const LOOP: i32 = 32;
+    pub const MFILE: i32 = 33;
+    pub const NAMETOOLONG: i32 = 37;
+    pub const NOENT: i32 = 44;
+    pub const NOTDIR: i32 = 54;
+    pub const ACCES: i32 = 2;
+    pub const PERM: i32 = 63;
+    pub const ILSEQ: i32 = 25;
+    pub const ROFS: i32 = 69;
+}
+use more_errno::*;
+
+/// WASI file types.
+const DIRECTORY: u8 = 3;
+const REGULAR_FILE: u8 = 4;
+const SYMBOLIC_LINK: u8 = 7;
+const UNKNOWN: u8 = 0;
+
+/// WASI rights bits this host grants.
+mod rights {
+    pub const FD_READ: u64 = 1 << 1;
+    pub const FD_SEEK: u64 = 1 << 2;
+    pub const FD_TELL: u64 = 1 << 5;
+    pub const FD_WRITE: u64 = 1 << 6;
+    pub const FD_ADVISE: u64 = 1 << 7;
+    pub const PATH_OPEN: u64 = 1 << 13;
+    pub const FD_READDIR: u64 = 1 << 14;
+    pub const PATH_READLINK: u64 = 1 << 15;
+    pub const PATH_FILESTAT_GET: u64 = 1 << 18;
+    pub const FD_FILESTAT_GET: u64 = 1 << 21;
+    pub const POLL_FD_READWRITE: u64 = 1 << 27;
+    pub const FILE: u64 =
+        FD_READ | FD_SEEK | FD_TELL | FD_ADVISE | FD_FILESTAT_GET | POLL_FD_READWRITE;
+    pub const DIR: u64 =
+        PATH_OPEN | FD_READDIR | PATH_READLINK | PATH_FILESTAT_GET | FD_FILESTAT_GET;
+}
+
+/// `path_open` flags.
+const O_CREAT: i32 = 1;
+const O_DIRECTORY: i32 = 2;
+const O_EXCL: i32 = 4;
+const O_TRUNC: i32 = 8;
+const FDFLAG_APPEND: i32 = 1;
+const LOOKUP_SYMLINK_FOLLOW: i32 = 1;
+
+/// The guest's open descriptors from [`FIRST_FD`] on.
+#[derive(Debug, Default)]
+pub(crate) struct Files {
+    handles: Vec<Option<Handle>>,
+    volumes: usize,
+}
+
+#[derive(Debug)]
+enum Handle {
+    Dir {
+        dir: Arc<File>,
+        /// The guest path, for a volume.
+        preopen: Option<String>,
+        /// Its entries, read on the first `fd_readdir`.
+        listing: Option<Vec<DirEntry>>,
+    },
+    File(File),
+}
+
+#[derive(Debug)]
+struct DirEntry {
+    name: Vec<u8>,
+    kind: u8,
+}
+
+impl Files {
+    /// A guest's descriptors: its volumes, nothing open.
+    pub(crate) fn new(volumes: &[Volume]) -> Self {
+        Files {
+            handles: volumes
+                .iter()
+                .map(|v| {
+                    Some(Handle::Dir {
+                        dir: v.dir.clone(),
+                        preopen: Some(v.guest_path.clone()),
+                        listing: None,
+                    })
+                })
+                .collect(),
+            volumes: volumes.len(),
+        }
+    }
+
+    fn get(&mut self, fd: i32) -> Option<&mut Handle> {
+        let i = usize::try_from(fd.checked_sub(FIRST_FD)?).ok()?;
+        self.handles.get_mut(i)?.as_mut()
+    }
+
+    fn insert(&mut self, handle: Handle) -> Option<i32> {
+        let open = self.handles.iter().filter(|h| h.is_some()).count();
+        if open >= self.volumes + MAX_OPEN {
+            return None;
+        }
+        let i = match self.handles.iter().position(Option::is_none) {
+            Some(i) => {
+                self.handles[i] = Some(handle);
+                i
+            }
+            None => {
+                self.handles.push(Some(handle));
+                self.handles.len() - 1
+            }
+        };
+        Some(FIRST_FD + i as i32)
+    }
+
+    /// Closes `fd`; false if it was not open.
+    pub(crate) fn close(&mut self, fd: i32) -> bool {
+        let Some(i) = fd
+            .checked_sub(FIRST_FD)
+            .and_then(|i| usize::try_from(i).ok())
+        else {
+            return false;
+        };
+        self.handles.get_mut(i).and_then(Option::take).is_some()
+    }
+
+    /// `fd_fdstat_get` of a descriptor past stdio.
+    pub(crate) fn fdstat(&mut self, fd: i32) -> Option<[u8; 24]> {
+        let (kind, base, inheriting) = match self.get(fd)? {
+            Handle::Dir { .. } => (DIRECTORY, rights::DIR, rights::DIR | rights::FILE),
+            Handle::File(_) => (REGULAR_FILE, rights::FILE, 0),
+        };
+        let mut stat = [0u8; 24];
+        stat[0] = kind;
+        stat[8..16].copy_from_slice(&base.to_le_bytes());
+        stat[16..24].copy_from_slice(&inheriting.to_le_bytes());
+        Some(stat)
+    }
+
+    /// `fd_read` of a descriptor past stdio.
+    pub(crate) fn read(
+        &mut self,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        count: i32,
+    ) -> Result<u32, i32> {
+        let Some(handle) = self.get(fd) else {
+            return Err(errno::BADF);
+        };
+        let Handle::File(file) = handle else {
+            return Err(ISDIR);
+        };
+        let list = iovecs(mem, iovs, count).ok_or(errno::FAULT)?;
+        let mut total = 0u32;
+        for (ptr, len) in list {
+            let dst = slice_mut(mem, ptr as i32, len).ok_or(errno::FAULT)?;
+            let n = file.read(dst).map_err(|e| errno_of_io(&e))?;
+            total += n as u32;
+            if n < len as usize {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    /// `fd_seek` of a descriptor past stdio.
+    pub(crate) fn seek(&mut self, fd: i32, offset: i64, whence: i32) -> Result<u64, i32> {
+        let Some(handle) = self.get(fd) else {
+            return Err(errno::BADF);
+        };
+        let Handle::File(file) = handle else {
+            return Err(errno::BADF);
+        };
+        let to = match whence {
+            0 => SeekFrom::Start(u64::try_from(offset).map_err(|_| errno::INVAL)?),
+            1 => SeekFrom::Current(offset),
+            2 => SeekFrom::End(offset),
+            _ => return Err(errno::INVAL),
+        };
+        file.seek(to).map_err(|e| errno_of_io(&e))
+    }
+}
+
+impl GuestIo {
+    /// `fd_prestat_get(fd, out)`: a volume's guest path length.
+    pub fn fd_prestat_get(&mut self, mem: &mut [u8], fd: i32, out: i32) -> Result<i32, HostStop> {
+        let Some(Handle::Dir {
+            preopen: Some(name),
+            ..
+        }) = self.files.get(fd)
+        else {
+            return Ok(errno::BADF);
+        };
+        let mut prestat = [0u8; 8];
+        // tag 0: a directory, then its name's length.
+        prestat[4..8].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        Ok(match slice_mut(mem, out, 8) {
+            Some(dst) => {
+                dst.copy_from_slice(&prestat);
+                errno::SUCCESS
+            }
+            None => errno::FAULT,
+        })
+    }
+
+    /// `fd_prestat_dir_name(fd, path, len)`: a volume's guest path.
+    pub fn fd_prestat_dir_name(
+        &mut self,
+        mem: &mut [u8],
+        fd: i32,
+        path: i32,
+        len: i32,
+    ) -> Result<i32, HostStop> {
+        let Some(Handle::Dir {
+            preopen: Some(name),
+            ..
+        }) = self.files.get(fd)
+        else {
+            return Ok(errno::BADF);
+        };
+        if (len as u32 as usize) < name.len() {
+            return Ok(NAMETOOLONG);
+        }
+        Ok(match slice_mut(mem, path, name.len() as u32) {
+            Some(dst) => {
+                dst.copy_from_slice(name.as_bytes());
+                errno::SUCCESS
+            }
+            None => errno::FAULT,
+        })
+    }
+
+    /// `path_open(dirfd, dirflags, path, path_len, oflags, rights_base, rights_inheriting,
+    /// fdflags, fd_out)`: opens a file or directory beneath `dirfd`, read-only.
+    #[allow(clippy::too_many_arguments)]
+    pub fn path_open(
+        &mut self,
+        mem: &mut [u8],
+        dirfd: i32,
+        dirflags: i32,
+        path: i32,
+        path_len: i32,
+        oflags: i32,
+        rights_base: i64,
+        _rights_inheriting: i64,
+        fdflags: i32,
+        out: i32,
+    ) -> Result<i32, HostStop> {
+        let dir = match self.dir(dirfd) {
+            Ok(dir) => dir,
+            Err(e) => return Ok(e),
+        };
+        let path = match guest_path(mem, path, path_len) {
+            Ok(p) => p,
+            Err(e) => return Ok(e),
+        };
+        let writes = oflags & (O_CREAT | O_EXCL | O_TRUNC) != 0
+            || fdflags & FDFLAG_APPEND != 0
+            || rights_base as u64 & rights::FD_WRITE != 0;
+        if writes {
+            return Ok(ROFS);
+        }
+        let mut options = OpenOptions::new();
+        options.read(true).maybe_dir(true).follow(follow(dirflags));
+        let file = match cap_primitives::fs::open(&dir, Path::new(&path), &options) {
+            Ok(f) => f,
+            Err(e) => return Ok(errno_of_io(&e)),
+        };
+        let is_dir = match file.metadata() {
+            Ok(m) => m.is_dir(),
+            Err(e) => return Ok(errno_of_io(&e)),
+        };
+        if oflags & O_DIRECTORY != 0 && !is_dir {
+            return Ok(NOTDIR);
+        }
+        let handle = if is_dir {
+            Handle::Dir {
+                dir: Arc::new(file),
+                preopen: None,
+                listing: None,
+            }
+        } else {
+            Handle::File(file)
+        };
+        let Some(fd) = self.files.insert(handle) else {
+            return Ok(MFILE);
+        };
+        Ok(super::errno_of(write_u32(mem, out, fd as u32)))
+    }
+
+    /// `fd_filestat_get(fd, out)`.
+    pub fn fd_filestat_get(&mut self, mem: &mut [u8], fd: i32, out: i32) -> Result<i32, HostStop> {
+        let metadata = match self.files.get(fd) {
+            Some(Handle::File(file)) => Metadata::from_file(file),
+            Some(Handle::Dir { dir, .. }) => Metadata::from_file(dir),
+            None if super::is_stdio(fd) => {
+                // A character device with nothing else known.
+                let mut stat = [0u8; 64];
+                stat[16] = 2;
+                return Ok(match slice_mut(mem, out, 64) {
+                    Some(dst) => {
+                        dst.copy_from_slice(&stat);
+                        errno::SUCCESS
+                    }
+                    None => errno::FAULT,
+                });
+            }
+            None => return Ok(errno::BADF),
+        };
+        Ok(match metadata {
+            Ok(m) => write_filestat(mem, out, &m),
+            Err(e) => errno_of_io(&e),
+        })
+    }
+
+    /// `path_filestat_get(dirfd, flags, path, path_len, out)`.
+    pub fn path_filestat_get(
+        &mut self,
+        mem: &mut [u8],
+        dirfd: i32,
+        flags: i32,
+        path: i32,
+        path_len: i32,
+        out: i32,
+    ) -> Result<i32, HostStop> {
+        let dir = match self.dir(dirfd) {
+            Ok(dir) => dir,
+            Err(e) => return Ok(e),
+        };
+        let path = match guest_path(mem, path, path_len) {
+            Ok(p) => p,
+            Err(e) => return Ok(e),
+        };
+        Ok(
+            match cap_primitives::fs::stat(&dir, Path::new(&path), follow(flags)) {
+                Ok(m) => write_filestat(mem, out, &m),
+                Err(e) => errno_of_io(&e),
+            },
+        )
+    }
+
+    /// `fd_readdir(fd, buf, buf_len, cookie, bufused_out)`: entries from `cookie` on, the
+    /// last one cut off when the buffer is full (the guest then asks again from it).
+    pub fn fd_readdir(
+        &mut self,
+        mem: &mut [u8],
+        fd: i32,
+        buf: i32,
+        buf_len: i32,
+        cookie: i64,
+        out: i32,
+    ) -> Result<i32, HostStop> {
+        let Some(handle) = self.files.get(fd) else {
+            return Ok(errno::BADF);
+        };
+        let Handle::Dir { dir, listing, .. } = handle else {
+            return Ok(NOTDIR);
+        };
+        if listing.is_none() || cookie == 0 {
+            match list(dir) {
+                Ok(entries) => *listing = Some(entries),
+                Err(e) => return Ok(errno_of_io(&e)),
+            }
+        }
+        let entries = listing.as_ref().expect("listed above");
+        let Some(dst) = slice_mut(mem, buf, buf_len as u32) else {
+            return Ok(errno::FAULT);
+        };
+        let mut used = 0usize;
+        let start = usize::try_from(cookie).unwrap_or(usize::MAX);
+        for (i, entry) in entries.iter().enumerate().skip(start) {
+            let mut head = [0u8; 24];
+            head[0..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+            head[16..20].copy_from_slice(&(entry.name.len() as u32).to_le_bytes());
+            head[20] = entry.kind;
+            for part in [&head[..], &entry.name] {
+                let n = part.len().min(dst.len() - used);
+                dst[used..used + n].copy_from_slice(&part[..n]);
+                used += n;
+            }
+            if used == dst.len() {
+                break;
+            }
+        }
+        Ok(super::errno_of(write_u32(mem, out, used as u32)))
+    }
+
+    /// `fd_tell(fd, offset_out)`.
+    pub fn fd_tell(&mut self, mem: &mut [u8], fd: i32, out: i32) -> Result<i32, HostStop> {
+        if super::is_stdio(fd) {
+            return Ok(errno::SPIPE);
+        }
+        Ok(match self.files.seek(fd, 0, 1) {
+            Ok(at) => super::errno_of(write_u64(mem, out, at)),
+            Err(e) => e,
+        })
+    }
+
+    /// `fd_pread(fd, iovs, iovs_len, offset, nread_out)`: reads at `offset` without moving.
+    pub fn fd_pread(
+        &mut self,
+        mem: &mut [u8],
+        fd: i32,
+        iovs: i32,
+        iovs_len: i32,
+        offset: i64,
+        out: i32,
+    ) -> Result<i32, HostStop> {
+        let file = match self.files.get(fd) {
+            Some(Handle::File(file)) => file,
+            Some(Handle::Dir { .. }) => return Ok(ISDIR),
+            None if super::is_stdio(fd) => return Ok(errno::SPIPE),
+            None => return Ok(errno::BADF),
+        };
+        let Ok(mut at) = u64::try_from(offset) else {
+            return Ok(errno::INVAL);
+        };
+        let Some(list) = iovecs(mem, iovs, iovs_len) else {
+            return Ok(errno::FAULT);
+        };
+        let mut total = 0u32;
+        for (ptr, len) in list {
+            let Some(dst) = slice_mut(mem, ptr as i32, len) else {
+                return Ok(errno::FAULT);
+            };
+            let n = match file.read_at(dst, at) {
+                Ok(n) => n,
+                Err(e) => return Ok(errno_of_io(&e)),
+            };
+            total += n as u32;
+            at += n as u64;
+            if n < len as usize {
+                break;
+            }
+        }
+        Ok(super::errno_of(write_u32(mem, out, total)))
+    }
+
+    /// The directory `fd` names, for resolving a path beneath it.
+    fn dir(&mut self, fd: i32) -> Result<Arc<File>, i32> {
+        match self.files.get(fd) {
+            Some(Handle::Dir { dir, .. }) => Ok(dir.clone()),
+            Some(Handle::File(_)) => Err(NOTDIR),
+            None => Err(errno::BADF),
+        }
+    }
+}
+
+fn follow(flags: i32) -> FollowSymlinks {
+    if flags & LOOKUP_SYMLINK_FOLLOW != 0 {
+        FollowSymlinks::Yes
+    } else {
+        FollowSymlinks::No
+    }
+}
+
+/// A path from guest memory: UTF-8, not empty, at most [`MAX_PATH`] bytes.
+fn guest_path(mem: &[u8], ptr: i32, len: i32) -> Result<String, i32> {
+    let len = len as u32;
+    if len > MAX_PATH {
+        return Err(NAMETOOLONG);
+    }
+    let bytes = slice(mem, ptr, len).ok_or(errno::FAULT)?;
+    let path = std::str::from_utf8(bytes).map_err(|_| ILSEQ)?;
+    if path.is_empty() {
+        return Err(NOENT);
+    }
+    Ok(path.to_owned())
+}
+
+/// A directory's entries, at most [`MAX_DIR_ENTRIES`].
+fn list(dir: &File) -> std::io::Result<Vec<DirEntry>> {
+    let mut entries = Vec::new();
+    for entry in cap_primitives::fs::read_base_dir(dir)?.take(MAX_DIR_ENTRIES) {
+        let entry = entry?;
+        let kind = match entry.file_type() {
+            Ok(t) if t.is_dir() => DIRECTORY,
+            Ok(t) if t.is_file() => REGULAR_FILE,
+            Ok(t) if t.is_symlink() => SYMBOLIC_LINK,
+            _ => UNKNOWN,
+        };
+        entries.push(DirEntry {
+            name: entry.file_name().into_encoded_bytes(),
+            kind,
+        });
+    }
+    Ok(entries)
+}
+
+fn write_filestat(mem: &mut [u8], out: i32, m: &Metadata) -> i32 {
+    let nanos = |t: std::io::Result<cap_primitives::time::SystemTime>| {
+        t.ok()
+            .and_then(|t| t.into_std().duration_since(SystemTime::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos() as u64)
+    };
+    let kind = if m.is_dir() {
+        DIRECTORY
+    } else if m.is_file() {
+        REGULAR_FILE
+    } else if m.is_symlink() {
+        SYMBOLIC_LINK
+    } else {
+        UNKNOWN
+    };
+    let mut stat = [0u8; 64];
+    stat[0..8].copy_from_slice(&m.dev().to_le_bytes());
+    stat[8..16].copy_from_slice(&m.ino().to_le_bytes());
+    stat[16] = kind;
+    stat[24..32].copy_from_slice(&m.nlink().to_le_bytes());
+    stat[32..40].copy_from_slice(&m.len().to_le_bytes());
+    stat[40..48].copy_from_slice(&nanos(m.accessed()).to_le_bytes());
+    stat[48..56].copy_from_slice(&nanos(m.modified()).to_le_bytes());
+    stat[56..64].copy_from_slice(&nanos(m.created()).to_le_bytes());
+    match slice_mut(mem, out, 64) {
+        Some(dst) => {
+            dst.copy_from_slice(&stat);
+            errno::SUCCESS
+        }
+        None => errno::FAULT,
+    }
+}
+
+/// The errno a guest sees for a host I/O error. A path that would leave its volume is
+/// `ENOTCAPABLE`, whichever way cap-primitives noticed it.
+fn errno_of_io(e: &std::io::Error) -> i32 {
+    match e.raw_os_error() {
+        Some(libc_errno::ENOENT) => NOENT,
+        Some(libc_errno::ENOTDIR) => NOTDIR,
+        Some(libc_errno::EISDIR) => ISDIR,
+        Some(libc_errno::ELOOP) => LOOP,
+        Some(libc_errno::EACCES) => ACCES,
+        Some(libc_errno::EPERM) => PERM,
+        Some(libc_errno::ENAMETOOLONG) => NAMETOOLONG,
+        Some(libc_errno::EXDEV) => errno::NOTCAPABLE,
+        Some(_) => errno::IO,
+        None => match e.kind() {
+            std::io::ErrorKind::PermissionDenied => errno::NOTCAPABLE,
+            std::io::ErrorKind::NotFound => NOENT,
+            _ => errno::IO,
+        },
+    }
+}
+
+/// Linux errno values (the same on every Linux architecture Rust supports).
+mod libc_errno {
+    pub const EPERM: i32 = 1;
+    pub const ENOENT: i32 = 2;
+    pub const EACCES: i32 = 13;
+    pub const EXDEV: i32 = 18;
+    pub const ENOTDIR: i32 = 20;
+    pub const EISDIR: i32 = 21;
+    pub const ENAMETOOLONG: i32 = 36;
+    pub const ELOOP: i32 = 40;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn volume(name: &str) -> (Dir, GuestIo) {
+        let root =
+            std::env::temp_dir().join(format!("frenezulo-files-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("a.txt"), "0123456789").unwrap();
+        std::fs::write(root.join("sub/b.txt"), "b").unwrap();
+        let mut io = GuestIo::new(Bytes::new(), 64, 0);
+        io.grant_volumes(&[Volume {
+            guest_path: "/data".to_owned(),
+            dir: Arc::new(File::open(&root).unwrap()),
+        }]);
+        (Dir(root), io)
+    }
+
+    /// Puts `path` in memory at 512 and opens it beneath fd 3 with `oflags` and `rights`.
+    fn open(
+        io: &mut GuestIo,
+        mem: &mut [u8],
+        path: &str,
+        oflags: i32,
+        rights: i64,
+    ) -> Result<i32, i32> {
+        mem[512..512 + path.len()].copy_from_slice(path.as_bytes());
+        match io
+            .path_open(mem, 3, 1, 512, path.len() as i32, oflags, rights, 0, 0, 0)
+            .unwrap()
+        {
+            0 => Ok(i32::from_le_bytes(mem[0..4].try_into().unwrap())),
+            e => Err(e),
+        }
+    }
+
+    #[test]
+    fn a_volume_is_a_preopen_with_its_guest_path() {
+        let (_d, mut io) = volume("prestat");
+        let mut mem = vec![0u8; 1024];
+        assert_eq!(io.fd_prestat_get(&mut mem, 3, 0), Ok(0));
+        assert_eq!(mem[0], 0, "a directory");
+        assert_eq!(u32::from_le_bytes(mem[4..8].try_into().unwrap()), 5);
+        assert_eq!(io.fd_prestat_dir_name(&mut mem, 3, 100, 4), Ok(NAMETOOLONG));
+        assert_eq!(io.fd_prestat_dir_name(&mut mem, 3, 100, 5), Ok(0));
+        assert_eq!(&mem[100..105], b"/data");
+        assert_eq!(io.fd_prestat_get(&mut mem, 4, 0), Ok(errno::BADF));
+    }
+
+    #[test]
+    fn files_read_seek_and_stat() {
+        let (_d, mut io) = volume("read");
+        let mut mem = vec![0u8; 1024];
+        let fd = open(&mut io, &mut mem, "a.txt", 0, rights::FD_READ as i64).unwrap();
+        assert_eq!(fd, 4);
+        assert_eq!(io.fd_seek(&mut mem, fd, 4, 0, 8), Ok(0));
+        mem[16..20].copy_from_slice(&200u32.to_le_bytes());
+        mem[20..24].copy_from_slice(&3u32.to_le_bytes());
+        assert_eq!(io.fd_read(&mut mem, fd, 16, 1, 24), Ok(0));
+        assert_eq!(&mem[200..203], b"456");
+        assert_eq!(io.fd_pread(&mut mem, fd, 16, 1, 8, 24), Ok(0));
+        assert_eq!(u32::from_le_bytes(mem[24..28].try_into().unwrap()), 2);
+        assert_eq!(&mem[200..202], b"89");
+        assert_eq!(io.fd_tell(&mut mem, fd, 32), Ok(0));
+        assert_eq!(u64::from_le_bytes(mem[32..40].try_into().unwrap()), 7);
+        assert_eq!(io.fd_filestat_get(&mut mem, fd, 300), Ok(0));
+        assert_eq!(mem[316], REGULAR_FILE);
+        assert_eq!(u64::from_le_bytes(mem[332..340].try_into().unwrap()), 10);
+        mem[512..517].copy_from_slice(b"sub/b");
+        assert_eq!(io.path_filestat_get(&mut mem, 3, 1, 512, 3, 300), Ok(0));
+        assert_eq!(mem[316], DIRECTORY);
+        assert_eq!(io.fd_close(&mut mem, fd), Ok(0));
+        assert_eq!(io.fd_close(&mut mem, fd), Ok(errno::BADF));
+    }
+
+    #[test]
+    fn nothing_can_be_written() {
+        let (_d, mut io) = volume("write");
+        let mut mem = vec![0u8; 1024];
+        let read = rights::FD_READ as i64;
+        assert_eq!(open(&mut io, &mut mem, "new.txt", O_CREAT, read), Err(ROFS));
+        assert_eq!(open(&mut io, &mut mem, "a.txt", O_TRUNC, read), Err(ROFS));
+        let write = rights::FD_WRITE as i64;
+        assert_eq!(open(&mut io, &mut mem, "a.txt", 0, write), Err(ROFS));
+        let fd = open(&mut io, &mut mem, "a.txt", 0, read).unwrap();
+        assert_eq!(io.fd_write(&mut mem, fd, 0, 0, 0), Ok(errno::BADF));
+        assert_eq!(
+            open(&mut io, &mut mem, "a.txt", O_DIRECTORY, read),
+            Err(NOTDIR)
+        );
+    }
+
+    #[test]
+    fn directories_list_in_pieces() {
+        let (_d, mut io) = volume("list");
+        let mut mem = vec![0u8; 1024];
+        let mut names = Vec::new();
+        let mut cookie = 0i64;
+        // A buffer too small for two entries makes the guest come back for the rest.
+        loop {
+            assert_eq!(io.fd_readdir(&mut mem, 3, 600, 40, cookie, 0), Ok(0));
+            let used = u32::from_le_bytes(mem[0..4].try_into().unwrap()) as usize;
+            if used < 24 {
+                break;
+            }
+            let next = u64::from_le_bytes(mem[600..608].try_into().unwrap());
+            let len = u32::from_le_bytes(mem[616..620].try_into().unwrap()) as usize;
+            names.push(String::from_utf8(mem[624..624 + len].to_vec()).unwrap());
+            cookie = next as i64;
+        }
+        names.sort();
+        assert_eq!(names, ["a.txt", "sub"]);
+        let fd = open(&mut io, &mut mem, "a.txt", 0, 2).unwrap();
+        assert_eq!(io.fd_readdir(&mut mem, fd, 600, 40, 0, 0), Ok(NOTDIR));
+    }
+
+    #[test]
+    fn open_files_are_bounded() {
+        let (_d, mut io) = volume("bounded");
+        let mut mem = vec![0u8; 1024];
+        for _ in 0..MAX_OPEN {
+            open(&mut io, &mut mem, "a.txt", 0, 2).unwrap();
+        }
+        assert_eq!(open(&mut io, &mut mem, "a.txt", 0, 2), Err(MFILE));
+        assert_eq!(io.fd_close(&mut mem, 10), Ok(0));
+        assert_eq!(
+            open(&mut io, &mut mem, "a.txt", 0, 2),
+            Ok(10),
+            "a closed slot is reused"
+        );
+    }
+}
