@@ -106,6 +106,11 @@ pub fn check_entrypoints(module: &dyn CompiledModule, setup: &GuestSetup) -> Res
     let names = std::iter::once(&setup.entrypoint)
         .chain(setup.routes.routes().iter().map(|r| &r.entrypoint));
     for name in names {
+        if &**name == frenezulo_core::subroute::ROUTES_EXPORT {
+            return Err(format!(
+                "`{name}` lists the routes; it cannot answer requests"
+            ));
+        }
         if !module.entrypoints().iter().any(|e| e == &**name) {
             return Err(format!(
                 "the module has no exported function `{name}` taking and returning nothing"
@@ -118,7 +123,7 @@ pub fn check_entrypoints(module: &dyn CompiledModule, setup: &GuestSetup) -> Res
 /// Why a module's sub-routes could not be learned.
 #[derive(Debug, Error)]
 #[non_exhaustive]
-pub enum RoutesError {
+pub enum DiscoverRoutesError {
     /// `_routes` failed or ran past its time.
     #[error("`_routes` failed: {0}")]
     Failed(GuestFailure),
@@ -135,7 +140,7 @@ pub const ROUTES_DEADLINE: std::time::Duration = std::time::Duration::from_secs(
 pub fn discover_routes(
     module: &dyn CompiledModule,
     limits: &RunLimits,
-) -> Result<SubRoutes, RoutesError> {
+) -> Result<SubRoutes, DiscoverRoutesError> {
     use frenezulo_core::subroute::ROUTES_EXPORT;
     if !module.entrypoints().iter().any(|e| e == ROUTES_EXPORT) {
         return Ok(SubRoutes::default());
@@ -161,7 +166,7 @@ pub fn discover_routes(
     let deadline = Instant::now() + ROUTES_DEADLINE;
     let output = run_to_completion(module, &request, limits, deadline)
         .result
-        .map_err(RoutesError::Failed)?;
+        .map_err(DiscoverRoutesError::Failed)?;
     Ok(SubRoutes::parse(&output.body)?)
 }
 

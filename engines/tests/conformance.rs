@@ -10,7 +10,7 @@ use bytes::Bytes;
 use common::{guest, printer, repo, request};
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
 use frenezulo_engines::{
-    CompileError, Engine, EngineConfig, EngineKind, RoutesError, RunOutput, Slice,
+    CompileError, DiscoverRoutesError, Engine, EngineConfig, EngineKind, RunOutput, Slice,
     check_entrypoints, discover_routes, run_to_completion,
 };
 
@@ -221,12 +221,14 @@ conformance! {
         assert_eq!(check_entrypoints(module.as_ref(), &setup), Ok(()));
         let setup = GuestSetup { entrypoint: "nope".into(), ..Default::default() };
         assert!(check_entrypoints(module.as_ref(), &setup).unwrap_err().contains("`nope`"));
+        let setup = GuestSetup { entrypoint: "_routes".into(), ..Default::default() };
+        assert!(check_entrypoints(module.as_ref(), &setup).is_err(), "`_routes` answers no request");
         // A module without `_routes` has none; one whose `_routes` traps is refused.
         let plain = e.compile(&guest("examples/hello.wat")).unwrap();
         assert!(discover_routes(plain.as_ref(), &limits()).unwrap().is_empty());
         let bad = e.compile(&wat::parse_str(r#"(module (memory (export "memory") 1)
             (func (export "_start")) (func (export "_routes") unreachable))"#).unwrap()).unwrap();
-        assert!(matches!(discover_routes(bad.as_ref(), &limits()), Err(RoutesError::Failed(_))));
+        assert!(matches!(discover_routes(bad.as_ref(), &limits()), Err(DiscoverRoutesError::Failed(_))));
     }
 
     fn volumes_are_read_only_and_cannot_be_escaped(e) {

@@ -467,7 +467,7 @@ fn load_services(
             Origin::BuiltIn => "the API may add a service of this name in its place",
             _ => "the API may not change it",
         };
-        info!(service = %service, module = source, origin = origin.name(), ms = elapsed.as_secs_f64() * 1e3, from = loaded.name(), "service registered at /{name} ({rule})");
+        info!(service = %service, module = source, origin = origin.name(), ms = elapsed.as_secs_f64() * 1e3, from = loaded.name(), sub_routes = routes.routes().len(), volumes = volumes.len(), "service registered at /{name} ({rule})");
         let service = Static {
             service: Service {
                 name: service,
