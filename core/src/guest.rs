@@ -44,9 +44,13 @@ pub struct GuestRequest {
     pub setup: Arc<GuestSetup>,
 }
 
-/// How a service's guests run, as the operator configured it; shared by all its requests.
+/// How a service's guests run, as the operator configured it; shared by all its requests
+/// on one serving thread (each thread gets its own copy, so requests touch no reference
+/// count another core writes).
 #[derive(Debug, Clone)]
 pub struct GuestSetup {
+    /// The service's name, for the log.
+    pub name: String,
     /// Environment values, set before the CGI variables (which the publisher keeps them
     /// from naming).
     pub env: Vec<(String, String)>,
@@ -59,6 +63,21 @@ pub struct GuestSetup {
     pub routes: SubRoutes,
     /// Directories the guest may read, as WASI preopens.
     pub volumes: Vec<Volume>,
+    /// Outbound HTTP, if granted.
+    pub outbound: Option<Arc<OutboundGrant>>,
+}
+
+/// What a service's guests may call over HTTP (WAGI's `allowed_hosts` and
+/// `http_max_concurrency`), and how many of its calls are out right now, server-wide.
+#[derive(Debug)]
+pub struct OutboundGrant {
+    /// The origins allowed, each `scheme://host:port` in lower case; `None` allows any
+    /// (WAGI's `insecure:allow-all`).
+    pub allowed: Option<Vec<String>>,
+    /// Most calls of this service in flight at once, all serving threads together.
+    pub max_in_flight: usize,
+    /// Calls in flight now, shared by every serving thread's copy of the grant.
+    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The entrypoint a WASI command starts at.
@@ -70,11 +89,13 @@ pub const DEFAULT_ARGV: &str = "${SCRIPT_NAME} ${ARGS}";
 impl Default for GuestSetup {
     fn default() -> Self {
         Self {
+            name: String::new(),
             env: Vec::new(),
             entrypoint: DEFAULT_ENTRYPOINT.into(),
             argv: DEFAULT_ARGV.to_owned(),
             routes: SubRoutes::default(),
             volumes: Vec::new(),
+            outbound: None,
         }
     }
 }

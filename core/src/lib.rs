@@ -34,8 +34,10 @@
 //! The core is the scheduler. At most one slice is out with the driver at a time: after an
 //! [`Output::Execute`] (start a task and run its first slice) or an [`Output::Resume`] (run
 //! one more slice of a task that yielded), the core asks for nothing else to run until the
-//! driver answers [`Input::Yielded`] (the slice ran out with the guest still running) or
-//! [`Input::Executed`] (the guest finished). The next slice is then already queued as an
+//! driver answers [`Input::Yielded`] (the slice ran out with the guest still running),
+//! [`Input::Waiting`] (the guest waits on an outbound call the driver makes for it) or
+//! [`Input::Executed`] (the guest finished). A waiting task keeps its slot and is not run
+//! again until the driver reports [`Input::Woken`]. The next slice is then already queued as an
 //! output: services with work take turns, so a looping guest delays the others by a slice,
 //! never stops them. A driver should poll its sockets between slices that yielded, so
 //! that new requests join the round.
@@ -62,8 +64,8 @@ mod server;
 pub mod subroute;
 
 pub use guest::{
-    DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup, ModuleKey, RunLimits,
-    Volume,
+    DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup, ModuleKey,
+    OutboundGrant, RunLimits, Volume,
 };
 pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;

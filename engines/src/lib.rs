@@ -28,6 +28,7 @@ use frenezulo_core::subroute::SubRoutes;
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, RunLimits};
 use thiserror::Error;
 
+pub mod outbound;
 pub mod shape;
 pub mod wagi;
 pub mod wasi;
@@ -173,9 +174,14 @@ pub fn discover_routes(
 /// One request's run in its own instance, a time slice at a time. Dropping a task that
 /// has not finished cancels it and frees its instance.
 pub trait GuestTask {
-    /// Runs the guest until it finishes or its time slice (about [`SLICE`]) runs out.
-    /// Once it returned [`Slice::Finished`], further calls return a trap.
+    /// Runs the guest until it finishes, its time slice (about [`SLICE`]) runs out, or it
+    /// waits on an outbound call. Once it returned [`Slice::Finished`], further calls
+    /// return a trap.
     fn run_slice(&mut self) -> Slice;
+
+    /// Gives a task that returned [`Slice::Waiting`] the result of its call; the guest sees
+    /// it when the next slice runs. A slice run without it gives the guest a runtime error.
+    fn deliver(&mut self, result: outbound::OutboundResult);
 }
 
 /// Roughly how long one time slice lets a guest run before it yields: wasmtime counts it
@@ -187,6 +193,9 @@ pub const SLICE: std::time::Duration = std::time::Duration::from_millis(2);
 pub enum Slice {
     /// The slice ran out with the guest still running; run another to continue.
     Yielded,
+    /// The guest waits on this outbound call: make it, [`GuestTask::deliver`] the result,
+    /// then run another slice.
+    Waiting(outbound::OutboundRequest),
     /// The guest finished: its response, or why there is none.
     Finished(RunOutput),
 }
@@ -211,6 +220,11 @@ pub fn run_to_completion(
                 };
             }
             Slice::Yielded => {}
+            // Tools and tests make no outbound calls: the guest is told the host could not.
+            Slice::Waiting(_) => task.deliver(Err(outbound::OutboundError {
+                code: outbound::code::RUNTIME_ERROR,
+                reason: "run_to_completion makes no outbound calls".to_owned(),
+            })),
         }
     }
 }
@@ -326,8 +340,8 @@ pub enum CompileError {
     /// The bytes are not a valid WebAssembly module.
     #[error("not a valid WebAssembly module: {0}")]
     Invalid(String),
-    /// The module imports something other than a WASI preview-1 function.
-    #[error("unsupported import `{module}::{name}`: only {wasi} functions are provided", wasi = wasi::MODULE)]
+    /// The module imports something other than a WASI preview-1 or outbound HTTP function.
+    #[error("unsupported import `{module}::{name}`: only {wasi} and {http} functions are provided", wasi = wasi::MODULE, http = outbound::MODULE)]
     UnsupportedImport {
         /// Import module name.
         module: String,

@@ -63,12 +63,17 @@ pub fn check(wasm: &[u8], config: &EngineConfig) -> Result<(), CompileError> {
                     let TypeRef::Func(t) = import.ty else {
                         return Err(unsupported());
                     };
-                    if import.module != wasi::MODULE {
-                        return Err(unsupported());
-                    }
                     let (params, results) = signature(&types, t).ok_or_else(bad_index)?;
-                    wasi::check_import(import.name, &params, &results)
-                        .map_err(CompileError::ImportSignature)?;
+                    match import.module {
+                        wasi::MODULE => wasi::check_import(import.name, &params, &results)
+                            .map(drop)
+                            .map_err(CompileError::ImportSignature)?,
+                        crate::outbound::MODULE => {
+                            crate::outbound::check_import(import.name, &params, &results)
+                                .map_err(CompileError::ImportSignature)?
+                        }
+                        _ => return Err(unsupported()),
+                    }
                     funcs.push(t);
                 }
             }

@@ -86,7 +86,7 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
         &request.script_name,
         http.query(),
     );
-    io.grant_volumes(&request.setup.volumes);
+    io.grant(&request.setup);
     // `_routes` writes route lines, not a CGI response.
     io.raw_output = &*request.entrypoint == ROUTES_EXPORT;
     io
@@ -345,8 +345,8 @@ pub fn finish(mut io: GuestIo, ending: Ending, memory_refused: bool) -> RunOutpu
         }
         Ending::Stopped(HostStop::Exit(code)) => Err(GuestFailure::Exit(code)),
         Ending::Stopped(HostStop::StdoutFull) => Err(GuestFailure::OutputTooLarge),
-        Ending::Stopped(HostStop::NoMemory) => {
-            Err(GuestFailure::Trap(HostStop::NoMemory.to_string()))
+        Ending::Stopped(stop @ (HostStop::NoMemory | HostStop::Waiting)) => {
+            Err(GuestFailure::Trap(stop.to_string()))
         }
         Ending::Interrupted => Err(GuestFailure::Timeout),
         Ending::Trapped(_) | Ending::Instantiate(_) if memory_refused => {

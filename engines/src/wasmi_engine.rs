@@ -8,9 +8,10 @@ use frenezulo_core::{GuestRequest, RunLimits};
 use wasmi::errors::HostError;
 use wasmi::{
     Caller, Config, Engine as Wasmi, ExternType, Linker, Memory, Module, Store, TypedFunc,
-    TypedResumableCall, TypedResumableCallOutOfFuel, Val,
+    TypedResumableCall, TypedResumableCallHostTrap, TypedResumableCallOutOfFuel, Val,
 };
 
+use crate::outbound::{self, OutboundResult, not_delivered};
 use crate::wagi::{self, Ending, MemoryLimiter};
 use crate::wasi::{self, GuestIo, HostStop, Provided};
 use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineKind, GuestTask, Slice};
@@ -90,7 +91,7 @@ impl Engine for WasmiEngine {
             wasi_linker(&self.engine).map_err(|e| CompileError::Engine(e.to_string()))?;
         // `shape::check` accepted the imports and exports; what is left is linking the
         // unimplemented WASI functions to their errno stubs.
-        for import in module.imports() {
+        for import in module.imports().filter(|i| i.module() == wasi::MODULE) {
             let (Provided::Stub(errno), ExternType::Func(ty)) =
                 (wasi::provided(import.name()), import.ty())
             else {
@@ -150,7 +151,108 @@ fn wasi_linker(engine: &Wasmi) -> Result<Linker<Host>, wasmi::errors::LinkerErro
             Err(wasmi::Error::host(caller.data_mut().io.proc_exit(code)))
         },
     )?;
+    http_functions(&mut linker)?;
     Ok(linker)
+}
+
+/// `wasi_experimental_http`. `req` stops the call with [`HostStop::Waiting`]: the task
+/// resumes it with the result once the driver has made the call.
+fn http_functions(linker: &mut Linker<Host>) -> Result<(), wasmi::errors::LinkerError> {
+    fn memory(caller: &Caller<'_, Host>) -> Result<Memory, wasmi::Error> {
+        caller
+            .data()
+            .memory
+            .ok_or(wasmi::Error::host(HostStop::NoMemory))
+    }
+    #[allow(clippy::too_many_arguments)]
+    linker.func_wrap(
+        outbound::MODULE,
+        "req",
+        |mut caller: Caller<'_, Host>,
+         url: i32,
+         url_len: i32,
+         method: i32,
+         method_len: i32,
+         headers: i32,
+         headers_len: i32,
+         body: i32,
+         body_len: i32,
+         status_out: i32,
+         handle_out: i32|
+         -> Result<i32, wasmi::Error> {
+            let memory = memory(&caller)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            let now = host.io.http_req(
+                mem,
+                (url, url_len),
+                (method, method_len),
+                (headers, headers_len),
+                (body, body_len),
+                (status_out, handle_out),
+            );
+            now.ok_or(wasmi::Error::host(HostStop::Waiting))
+        },
+    )?;
+    linker.func_wrap(
+        outbound::MODULE,
+        "close",
+        |mut caller: Caller<'_, Host>, handle: i32| -> i32 {
+            caller.data_mut().io.http.close(handle)
+        },
+    )?;
+    linker.func_wrap(
+        outbound::MODULE,
+        "header_get",
+        |mut caller: Caller<'_, Host>,
+         handle: i32,
+         name: i32,
+         name_len: i32,
+         buf: i32,
+         buf_len: i32,
+         written: i32|
+         -> Result<i32, wasmi::Error> {
+            let memory = memory(&caller)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            Ok(host
+                .io
+                .http
+                .header_get(mem, handle, (name, name_len), (buf, buf_len), written))
+        },
+    )?;
+    for name in ["headers_get_all", "header_get_all"] {
+        linker.func_wrap(
+            outbound::MODULE,
+            name,
+            |mut caller: Caller<'_, Host>,
+             handle: i32,
+             buf: i32,
+             buf_len: i32,
+             written: i32|
+             -> Result<i32, wasmi::Error> {
+                let memory = memory(&caller)?;
+                let (mem, host) = memory.data_and_store_mut(&mut caller);
+                Ok(host
+                    .io
+                    .http
+                    .headers_get_all(mem, handle, (buf, buf_len), written))
+            },
+        )?;
+    }
+    linker.func_wrap(
+        outbound::MODULE,
+        "body_read",
+        |mut caller: Caller<'_, Host>,
+         handle: i32,
+         buf: i32,
+         buf_len: i32,
+         written: i32|
+         -> Result<i32, wasmi::Error> {
+            let memory = memory(&caller)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            Ok(host.io.http.body_read(mem, handle, (buf, buf_len), written))
+        },
+    )?;
+    Ok(())
 }
 
 struct WasmiModule {
@@ -214,6 +316,8 @@ enum Phase {
     Ready(TypedFunc<(), ()>),
     /// Out of fuel mid-call.
     Suspended(TypedResumableCallOutOfFuel<()>),
+    /// Stopped in `req`, waiting for its result.
+    Waiting(TypedResumableCallHostTrap<()>),
     /// Ended before the entrypoint could run.
     Ended(Ending),
     /// Finished and reported.
@@ -221,6 +325,10 @@ enum Phase {
 }
 
 impl GuestTask for WasmiTask {
+    fn deliver(&mut self, result: OutboundResult) {
+        self.deliver_to_store(result);
+    }
+
     fn run_slice(&mut self) -> Slice {
         let Some(store) = self.store.as_mut() else {
             return crate::finished_twice();
@@ -237,11 +345,36 @@ impl GuestTask for WasmiTask {
                     Err(e) => return self.finish(Ending::Trapped(e.to_string())),
                 }
             }
+            Phase::Waiting(trap) => {
+                let Some(memory) = store.data().memory else {
+                    return self.finish(Ending::Stopped(HostStop::NoMemory));
+                };
+                let (mem, host) = memory.data_and_store_mut(&mut *store);
+                if host.io.http.is_waiting() {
+                    host.io.http.deliver(Err(not_delivered()));
+                }
+                let code = host.io.http.finish(mem);
+                match store.set_fuel(FUEL_SLICE) {
+                    Ok(()) => trap.resume(&mut *store, &[Val::I32(code)]),
+                    Err(e) => return self.finish(Ending::Trapped(e.to_string())),
+                }
+            }
             Phase::Ended(ending) => return self.finish(ending),
             Phase::Done => return crate::finished_twice(),
         };
         let ending = match call {
             Ok(TypedResumableCall::Finished(())) => Ending::Returned,
+            Ok(TypedResumableCall::HostTrap(trap))
+                if trap.host_error().downcast_ref::<HostStop>() == Some(&HostStop::Waiting) =>
+            {
+                match store.data_mut().io.http.take_request() {
+                    Some(request) => {
+                        self.phase = Phase::Waiting(trap);
+                        return Slice::Waiting(request);
+                    }
+                    None => Ending::Stopped(HostStop::Waiting),
+                }
+            }
             Ok(TypedResumableCall::HostTrap(trap)) => classify(trap.host_error(), false),
             Ok(TypedResumableCall::OutOfFuel(out)) => {
                 self.phase = Phase::Suspended(out);
@@ -254,6 +387,12 @@ impl GuestTask for WasmiTask {
 }
 
 impl WasmiTask {
+    fn deliver_to_store(&mut self, result: OutboundResult) {
+        if let Some(store) = self.store.as_mut() {
+            store.data_mut().io.http.deliver(result);
+        }
+    }
+
     fn finish(&mut self, ending: Ending) -> Slice {
         let Some(store) = self.store.take() else {
             return crate::finished_twice();

@@ -5,6 +5,7 @@
 //! A task is the future of an async call: the guest runs on a fiber, and polling the
 //! future once runs it until it finishes or the epoch deadline makes it yield.
 
+use std::cell::RefCell;
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use wasmtime::{
     InstancePre, Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, Val,
 };
 
+use crate::outbound::{self, OutboundRequest, OutboundResult, not_delivered};
 use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
 use crate::wasi::{self, GuestIo, HostStop, Provided};
 use crate::{
@@ -150,7 +152,127 @@ fn wasi_linker(engine: &Wasmtime) -> wasmtime::Result<Linker<Host>> {
             Err(wasmtime::Error::new(caller.data_mut().io.proc_exit(code)))
         },
     )?;
+    http_functions(&mut linker)?;
     Ok(linker)
+}
+
+thread_local! {
+    /// The call `req` set aside in the slice just polled, for the task to hand out.
+    static CALL_MADE: RefCell<Option<OutboundRequest>> = const { RefCell::new(None) };
+    /// The result the task was given, for the `req` it resumes.
+    static CALL_RESULT: RefCell<Option<OutboundResult>> = const { RefCell::new(None) };
+}
+
+/// `wasi_experimental_http`. `req` is async: it hands its call to the task through
+/// `CALL_MADE` and stays pending, suspending the guest's fiber, until the task is polled
+/// again with the result in `CALL_RESULT`. A thread polls one task at a time, so the two
+/// slots are only ever the polled task's.
+fn http_functions(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
+    linker.func_wrap_async(
+        outbound::MODULE,
+        "req",
+        |mut caller: Caller<'_, Host>,
+         (
+            url,
+            url_len,
+            method,
+            method_len,
+            headers,
+            headers_len,
+            body,
+            body_len,
+            status_out,
+            handle_out,
+        ): (i32, i32, i32, i32, i32, i32, i32, i32, i32, i32)| {
+            Box::new(async move {
+                let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
+                let (mem, host) = memory.data_and_store_mut(&mut caller);
+                let now = host.io.http_req(
+                    mem,
+                    (url, url_len),
+                    (method, method_len),
+                    (headers, headers_len),
+                    (body, body_len),
+                    (status_out, handle_out),
+                );
+                if let Some(code) = now {
+                    return Ok(code);
+                }
+                let call = host.io.http.take_request();
+                CALL_MADE.with(|slot| *slot.borrow_mut() = call);
+                let result = std::future::poll_fn(|_| {
+                    match CALL_RESULT.with(|slot| slot.borrow_mut().take()) {
+                        Some(result) => Poll::Ready(result),
+                        None => Poll::Pending,
+                    }
+                })
+                .await;
+                let (mem, host) = memory.data_and_store_mut(&mut caller);
+                host.io.http.deliver(result);
+                Ok(host.io.http.finish(mem))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        outbound::MODULE,
+        "close",
+        |mut caller: Caller<'_, Host>, handle: i32| -> i32 {
+            caller.data_mut().io.http.close(handle)
+        },
+    )?;
+    linker.func_wrap(
+        outbound::MODULE,
+        "header_get",
+        |mut caller: Caller<'_, Host>,
+         handle: i32,
+         name: i32,
+         name_len: i32,
+         buf: i32,
+         buf_len: i32,
+         written: i32|
+         -> wasmtime::Result<i32> {
+            let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            Ok(host
+                .io
+                .http
+                .header_get(mem, handle, (name, name_len), (buf, buf_len), written))
+        },
+    )?;
+    for name in ["headers_get_all", "header_get_all"] {
+        linker.func_wrap(
+            outbound::MODULE,
+            name,
+            |mut caller: Caller<'_, Host>,
+             handle: i32,
+             buf: i32,
+             buf_len: i32,
+             written: i32|
+             -> wasmtime::Result<i32> {
+                let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
+                let (mem, host) = memory.data_and_store_mut(&mut caller);
+                Ok(host
+                    .io
+                    .http
+                    .headers_get_all(mem, handle, (buf, buf_len), written))
+            },
+        )?;
+    }
+    linker.func_wrap(
+        outbound::MODULE,
+        "body_read",
+        |mut caller: Caller<'_, Host>,
+         handle: i32,
+         buf: i32,
+         buf_len: i32,
+         written: i32|
+         -> wasmtime::Result<i32> {
+            let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
+            let (mem, host) = memory.data_and_store_mut(&mut caller);
+            Ok(host.io.http.body_read(mem, handle, (buf, buf_len), written))
+        },
+    )?;
+    Ok(())
 }
 
 impl Engine for WasmtimeEngine {
@@ -200,7 +322,7 @@ impl WasmtimeEngine {
     /// `shape::check` accepted but this host does not implement.
     fn prepare(&self, module: &Module) -> Result<Arc<dyn CompiledModule>, CompileError> {
         let mut linker: Option<Linker<Host>> = None;
-        for import in module.imports() {
+        for import in module.imports().filter(|i| i.module() == wasi::MODULE) {
             let (Provided::Stub(errno), ExternType::Func(ty)) =
                 (wasi::provided(import.name()), import.ty())
             else {
@@ -276,6 +398,8 @@ impl CompiledModule for WasmtimeModule {
         };
         Box::new(WasmtimeTask {
             run: Some(Box::pin(run)),
+            waiting: false,
+            result: None,
         })
     }
 
@@ -295,6 +419,10 @@ enum Entry {
 /// A run in progress: the future owns the store, so dropping it drops the instance.
 struct WasmtimeTask {
     run: Option<Pin<Box<dyn Future<Output = RunOutput>>>>,
+    /// Whether the guest waits in `req`.
+    waiting: bool,
+    /// The result of its call, once delivered.
+    result: Option<OutboundResult>,
 }
 
 impl GuestTask for WasmtimeTask {
@@ -302,14 +430,30 @@ impl GuestTask for WasmtimeTask {
         let Some(run) = self.run.as_mut() else {
             return crate::finished_twice();
         };
+        if std::mem::take(&mut self.waiting) {
+            let result = self.result.take().unwrap_or(Err(not_delivered()));
+            CALL_RESULT.with(|slot| *slot.borrow_mut() = Some(result));
+        }
         // Nothing wakes a task: the serving loop resumes it on its next turn.
-        match run.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Pending => Slice::Yielded,
-            Poll::Ready(output) => {
+        let polled = run.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        // Left by nobody's fault only if the guest trapped first; never for another task.
+        CALL_RESULT.with(|slot| slot.borrow_mut().take());
+        let call = CALL_MADE.with(|slot| slot.borrow_mut().take());
+        match (polled, call) {
+            (Poll::Pending, Some(call)) => {
+                self.waiting = true;
+                Slice::Waiting(call)
+            }
+            (Poll::Pending, None) => Slice::Yielded,
+            (Poll::Ready(output), _) => {
                 self.run = None;
                 Slice::Finished(output)
             }
         }
+    }
+
+    fn deliver(&mut self, result: OutboundResult) {
+        self.result = Some(result);
     }
 }
 

@@ -9,6 +9,7 @@ mod common;
 use bytes::Bytes;
 use common::{guest, printer, repo, request};
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
+use frenezulo_engines::outbound::{OutboundError, OutboundResponse, OutboundResult, origin_of};
 use frenezulo_engines::{
     CompileError, DiscoverRoutesError, Engine, EngineConfig, EngineKind, RunOutput, Slice,
     check_entrypoints, discover_routes, run_to_completion,
@@ -64,6 +65,27 @@ fn ok(result: Result<Response, GuestFailure>) -> Response {
 
 fn body(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
+}
+
+/// A setup that grants outbound calls to `allowed` (any origin when `None`).
+fn outbound_setup(allowed: Option<&[&str]>, max: usize) -> Arc<GuestSetup> {
+    Arc::new(GuestSetup {
+        outbound: Some(Arc::new(frenezulo_core::OutboundGrant {
+            allowed: allowed.map(|a| a.iter().map(|u| origin_of(u).unwrap()).collect()),
+            max_in_flight: max,
+            in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+        })),
+        ..Default::default()
+    })
+}
+
+fn in_flight(setup: &GuestSetup) -> usize {
+    setup
+        .outbound
+        .as_ref()
+        .unwrap()
+        .in_flight
+        .load(std::sync::atomic::Ordering::Acquire)
 }
 
 /// A volume directory with a file, a subdirectory and two symlinks (one inside, one
@@ -258,6 +280,75 @@ conformance! {
         req.setup = Arc::new(GuestSetup::default());
         let r = ok(run_to_completion(module.as_ref(), &req, &limits(), deadline()).result);
         assert_eq!(r.body[0], 8, "EBADF");
+    }
+
+    fn an_outbound_call_waits_for_its_result(e) {
+        let module = e.compile(&guest("engines/tests/guests/outbound.wat")).unwrap();
+        let setup = outbound_setup(Some(&["http://127.0.0.1:9"]), 2);
+        let mut req = request("POST", "/svc", &[], b"http://127.0.0.1:9/path?q=1");
+        req.setup = setup.clone();
+        let mut task = module.start(&req, &limits());
+        let call = loop {
+            match task.run_slice() {
+                Slice::Waiting(call) => break call,
+                Slice::Yielded => continue,
+                Slice::Finished(out) => panic!("finished without waiting: {:?}", out.result),
+            }
+        };
+        assert_eq!((call.method.as_str(), call.url.as_str()), ("GET", "http://127.0.0.1:9/path?q=1"));
+        assert_eq!(call.origin, "http://127.0.0.1:9");
+        assert_eq!(call.headers, [("x-test".to_owned(), "1".to_owned())]);
+        assert_eq!(in_flight(&setup), 1, "the call holds its permit while out");
+        drop(call);
+        task.deliver(Ok(OutboundResponse {
+            status: 203,
+            headers: vec![],
+            body: Bytes::from_static(b"upstream says hi"),
+        }));
+        let body = loop {
+            match task.run_slice() {
+                Slice::Finished(out) => break ok(out.result).body,
+                Slice::Yielded => continue,
+                Slice::Waiting(_) => panic!("waited twice"),
+            }
+        };
+        assert_eq!(body[0], 0);
+        assert_eq!(u16::from_le_bytes([body[1], body[2]]), 203);
+        assert_eq!(&body[3..], b"upstream says hi");
+        assert_eq!(in_flight(&setup), 0);
+    }
+
+    fn outbound_calls_are_refused_or_fail_with_the_modules_codes(e) {
+        let module = e.compile(&guest("engines/tests/guests/outbound.wat")).unwrap();
+        let code = |setup: &Arc<GuestSetup>, url: &str, result: Option<OutboundResult>| {
+            let mut req = request("POST", "/svc", &[], url.as_bytes());
+            req.setup = setup.clone();
+            let mut task = module.start(&req, &limits());
+            let mut result = result;
+            loop {
+                match task.run_slice() {
+                    Slice::Finished(out) => return ok(out.result).body[0],
+                    Slice::Yielded => {}
+                    Slice::Waiting(_) => task.deliver(result.take().expect("a call was expected")),
+                }
+            }
+        };
+        let none = Arc::new(GuestSetup::default());
+        assert_eq!(code(&none, "http://127.0.0.1:9/", None), 7, "nothing granted");
+        let only = outbound_setup(Some(&["http://127.0.0.1:9"]), 1);
+        assert_eq!(code(&only, "http://127.0.0.1:10/", None), 7, "another origin");
+        assert_eq!(code(&only, "ftp://127.0.0.1:9/", None), 10, "not an http URL");
+        let timeout = Err(OutboundError { code: 11, reason: "timed out".into() });
+        assert_eq!(code(&only, "http://127.0.0.1:9/", Some(timeout)), 11);
+        // At the concurrency limit, a second call is refused at once.
+        let busy = outbound_setup(None, 1);
+        busy.outbound.as_ref().unwrap().in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        assert_eq!(code(&busy, "http://anywhere/", None), 13);
+        // run_to_completion makes no calls: the guest hears the host could not.
+        let mut req = request("POST", "/svc", &[], b"http://anywhere/");
+        req.setup = outbound_setup(None, 1);
+        let out = run_to_completion(module.as_ref(), &req, &limits(), deadline());
+        assert_eq!(ok(out.result).body[0], 12);
     }
 
     fn host_environment_never_reaches_the_guest(e) {
@@ -456,6 +547,7 @@ conformance! {
             match task.run_slice() {
                 Slice::Yielded => yields += 1,
                 Slice::Finished(output) => break output,
+                Slice::Waiting(_) => panic!("spin.wat makes no calls"),
             }
         };
         assert_eq!(body(&ok(output.result)), "spun\n");
@@ -501,6 +593,7 @@ conformance! {
                         interleaved[i] = Some(wire(out));
                         *slot = None;
                     }
+                    Slice::Waiting(_) => panic!("these guests make no calls"),
                 }
             }
         }

@@ -29,6 +29,12 @@ enum Op {
         outcome: u8,
     },
     Yield,
+    /// The slice out ends with its guest waiting on an outbound call.
+    Wait,
+    /// A waiting task's call finished (possibly for a task cancelled meanwhile).
+    Wake {
+        which: u8,
+    },
     Compile {
         ok: bool,
     },
@@ -69,6 +75,8 @@ struct Harness {
     next_version: u64,
     /// Management calls out, oldest first.
     calls: Vec<JobId>,
+    /// Tasks reported waiting and not woken yet (some may be cancelled since).
+    waiting: Vec<JobId>,
 }
 
 impl Harness {
@@ -187,6 +195,7 @@ fuzz_target!(|ops: Vec<Op>| {
         next_conn: 0,
         next_version: 1,
         calls: Vec::new(),
+        waiting: Vec::new(),
     };
     for name in &SERVICES[..2] {
         h.put(name, limits);
@@ -215,6 +224,18 @@ fuzz_target!(|ops: Vec<Op>| {
             Op::Yield => {
                 if let Some(job) = h.out.take() {
                     h.input(Input::Yielded { job });
+                }
+            }
+            Op::Wait => {
+                if let Some(job) = h.out.take() {
+                    h.waiting.push(job);
+                    h.input(Input::Waiting { job });
+                }
+            }
+            Op::Wake { which } => {
+                if !h.waiting.is_empty() {
+                    let job = h.waiting.remove(usize::from(which) % h.waiting.len());
+                    h.input(Input::Woken { job });
                 }
             }
             Op::Compile { ok } => h.compile_all(ok),
@@ -258,6 +279,9 @@ fuzz_target!(|ops: Vec<Op>| {
         for call in std::mem::take(&mut h.calls) {
             let response = Response::text(200, "ok");
             h.input(Input::Managed { call, response });
+        }
+        for job in std::mem::take(&mut h.waiting) {
+            h.input(Input::Woken { job });
         }
         h.compile_all(true);
         while h.out.is_some() {

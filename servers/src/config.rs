@@ -10,6 +10,7 @@ use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits};
 use frenezulo_engines::EngineKind;
 
 use crate::guest::GuestConfig;
+use crate::outbound::OutboundLimits;
 use crate::registry::manifest::Origin;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,8 @@ pub struct Settings {
     pub access_log: bool,
     /// Environment values for every service's guests, under each service's own.
     pub env: EnvValues,
+    /// How guests' outbound HTTP calls are made.
+    pub outbound: OutboundLimits,
 }
 
 /// A service to load at start.
@@ -102,6 +105,9 @@ pub struct FileConfig {
     env: BTreeMap<String, String>,
     env_file: Option<PathBuf>,
     wagi_config: Option<PathBuf>,
+    outbound_timeout: Option<Span>,
+    outbound_max_response: Option<Size>,
+    outbound_workers: Option<usize>,
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
@@ -189,13 +195,16 @@ impl LimitsConfig {
     }
 }
 
+// Read once at start: the size of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
 enum ServiceEntry {
     /// `name = "path/to/module.wasm"`
     Path(PathBuf),
     /// `[services.name]` with `module = "..."`, any limit keys, `env = { KEY = "value" }`,
-    /// `entrypoint`, `argv` and `volumes = { "/guest/path" = "host/dir" }`.
+    /// `entrypoint`, `argv`, `volumes = { "/guest/path" = "host/dir" }`, `allowed_hosts`
+    /// and `http_max_concurrency`.
     Table {
         module: PathBuf,
         #[serde(default)]
@@ -206,6 +215,10 @@ enum ServiceEntry {
         argv: Option<String>,
         #[serde(default)]
         volumes: BTreeMap<String, PathBuf>,
+        #[serde(default)]
+        allowed_hosts: Vec<String>,
+        #[serde(default)]
+        http_max_concurrency: Option<usize>,
         #[serde(flatten)]
         limits: LimitsConfig,
     },
@@ -515,6 +528,8 @@ impl Settings {
                     entrypoint,
                     argv,
                     volumes,
+                    allowed_hosts,
+                    http_max_concurrency,
                     limits,
                 } => {
                     let guest = GuestConfig {
@@ -524,6 +539,8 @@ impl Settings {
                             .into_iter()
                             .map(|(g, h)| (g, base.join(h)))
                             .collect(),
+                        allowed_hosts,
+                        http_max_concurrency,
                     };
                     limits
                         .check()
@@ -616,6 +633,17 @@ impl Settings {
             module_dirs: file.module_dirs.into_iter().map(|d| base.join(d)).collect(),
             access_log: !overrides.no_access_log && file.access_log.unwrap_or(true),
             env,
+            outbound: {
+                let d = OutboundLimits::default();
+                OutboundLimits {
+                    workers: file.outbound_workers.unwrap_or(d.workers).clamp(1, 1024),
+                    timeout: file.outbound_timeout.map_or(d.timeout, |s| s.0),
+                    max_response_bytes: file
+                        .outbound_max_response
+                        .map_or(d.max_response_bytes, |s| s.0),
+                    ..d
+                }
+            },
         })
     }
 }

@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use frenezulo_core::Volume;
+use std::sync::atomic::AtomicUsize;
+
+use frenezulo_core::{OutboundGrant, Volume};
 use serde::{Deserialize, Serialize};
 
 /// Most volumes one service may have.
@@ -27,7 +29,23 @@ pub struct GuestConfig {
     /// Read-only directories: guest path to host directory.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, PathBuf>,
+    /// Origins outbound calls may go to (`https://api.example.com`, `http://10.0.0.5:8080`),
+    /// or [`ALLOW_ALL`]; none by default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Outbound calls of the service in flight at once, server-wide.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_max_concurrency: Option<usize>,
 }
+
+/// WAGI's spelling of "any origin".
+pub const ALLOW_ALL: &str = "insecure:allow-all";
+
+/// Outbound calls of one service in flight at once when `http_max_concurrency` is unset.
+pub const DEFAULT_HTTP_MAX_CONCURRENCY: usize = 32;
+
+/// Most entries in `allowed_hosts`.
+pub const MAX_ALLOWED_HOSTS: usize = 64;
 
 impl GuestConfig {
     /// Checks the names, template and guest paths (not whether host directories exist:
@@ -53,7 +71,41 @@ impl GuestConfig {
         for guest in self.volumes.keys() {
             check_guest_path(guest)?;
         }
+        if self.allowed_hosts.len() > MAX_ALLOWED_HOSTS {
+            return Err(format!("at most {MAX_ALLOWED_HOSTS} allowed_hosts"));
+        }
+        for host in &self.allowed_hosts {
+            if host != ALLOW_ALL && frenezulo_engines::outbound::origin_of(host).is_none() {
+                return Err(format!(
+                    "allowed_hosts entry `{host}` is not an http:// or https:// URL (or `{ALLOW_ALL}`)"
+                ));
+            }
+        }
+        if self.http_max_concurrency == Some(0) {
+            return Err("http_max_concurrency must be at least 1".to_owned());
+        }
         Ok(())
+    }
+
+    /// The outbound grant, if any host is allowed; `in_flight` is the service's counter,
+    /// shared by every serving thread's copy.
+    pub fn outbound(&self, in_flight: &Arc<AtomicUsize>) -> Option<Arc<OutboundGrant>> {
+        if self.allowed_hosts.is_empty() {
+            return None;
+        }
+        let allowed = (!self.allowed_hosts.iter().any(|h| h == ALLOW_ALL)).then(|| {
+            self.allowed_hosts
+                .iter()
+                .filter_map(|h| frenezulo_engines::outbound::origin_of(h))
+                .collect()
+        });
+        Some(Arc::new(OutboundGrant {
+            allowed,
+            max_in_flight: self
+                .http_max_concurrency
+                .unwrap_or(DEFAULT_HTTP_MAX_CONCURRENCY),
+            in_flight: in_flight.clone(),
+        }))
     }
 
     /// Opens every volume's host directory, read-only, relative to `base`.
@@ -79,15 +131,19 @@ impl GuestConfig {
             .collect()
     }
 
-    /// The core's view, with the module's sub-routes, volumes opened and environment merged.
+    /// The core's view, with the module's sub-routes, volumes opened, environment merged
+    /// and the outbound grant.
     pub fn setup(
         &self,
         env: Vec<(String, String)>,
         routes: frenezulo_core::subroute::SubRoutes,
         volumes: Vec<Volume>,
+        outbound: Option<Arc<OutboundGrant>>,
     ) -> frenezulo_core::GuestSetup {
         let defaults = frenezulo_core::GuestSetup::default();
         frenezulo_core::GuestSetup {
+            name: String::new(),
+            outbound,
             env,
             entrypoint: self
                 .entrypoint
@@ -149,6 +205,31 @@ mod tests {
             .map(|i| (format!("/v{i}"), PathBuf::from(".")))
             .collect();
         assert!(g.check().unwrap_err().contains("at most"));
+    }
+
+    #[test]
+    fn allowed_hosts_become_origins() {
+        let counter = Arc::new(AtomicUsize::new(0));
+        let mut g = GuestConfig::default();
+        assert!(g.outbound(&counter).is_none(), "nothing allowed by default");
+        g.allowed_hosts = vec![
+            "https://API.example.com/v1".into(),
+            "http://10.0.0.5:8080".into(),
+        ];
+        assert!(g.check().is_ok());
+        let grant = g.outbound(&counter).unwrap();
+        assert_eq!(
+            grant.allowed.as_deref().unwrap(),
+            ["https://api.example.com:443", "http://10.0.0.5:8080"]
+        );
+        assert_eq!(grant.max_in_flight, DEFAULT_HTTP_MAX_CONCURRENCY);
+        g.allowed_hosts.push(ALLOW_ALL.into());
+        assert_eq!(g.outbound(&counter).unwrap().allowed, None);
+        g.allowed_hosts = vec!["api.example.com".into()];
+        assert!(g.check().unwrap_err().contains("api.example.com"));
+        g.allowed_hosts = vec![ALLOW_ALL.into()];
+        g.http_max_concurrency = Some(0);
+        assert!(g.check().is_err());
     }
 
     #[test]

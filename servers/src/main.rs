@@ -24,6 +24,7 @@ mod config;
 mod guest;
 mod logbuf;
 mod metrics;
+mod outbound;
 mod registry;
 mod serve;
 mod wagi_config;
@@ -260,6 +261,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
     for (module, compiled) in registry.compiled() {
         compile.insert(module, &compiled);
     }
+    let outbound = outbound::OutboundPool::start(settings.outbound)?;
     let (events_tx, events) = mpsc::channel();
     watch_signals(events_tx.clone())?;
     let (admin_tx, admin_rx) = mpsc::sync_channel(admin::QUEUE);
@@ -273,6 +275,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
             max_connections: frenezulo_core::share(settings.max_connections, settings.workers),
             write_timeout: settings.write_timeout,
             compile: compile.clone(),
+            outbound: outbound.clone(),
             initial: registry.initial_messages(),
             admin: admin_tx.clone(),
             access_log: settings.access_log,
@@ -458,7 +461,7 @@ fn load_services(
             .with_context(context)?;
         frenezulo_engines::check_entrypoints(
             compiled.as_ref(),
-            &guest.setup(Vec::new(), routes.clone(), Vec::new()),
+            &guest.setup(Vec::new(), routes.clone(), Vec::new(), None),
         )
         .map_err(anyhow::Error::msg)
         .with_context(context)?;
@@ -481,6 +484,7 @@ fn load_services(
                 guest,
                 volumes,
                 routes,
+                outbound_in_flight: Default::default(),
                 version: 0,
                 updated_unix: 0,
             },

@@ -28,6 +28,8 @@ pub struct ServiceMetrics {
     pub guest_seconds: f64,
     /// Compiles (or artifact loads) this service's requests waited for.
     pub cold_starts: u64,
+    /// Outbound HTTP calls its guests made (handed to a worker).
+    pub outbound_calls: u64,
 }
 
 impl ServiceMetrics {
@@ -46,6 +48,7 @@ impl ServiceMetrics {
         self.latency_sum += other.latency_sum;
         self.guest_seconds += other.guest_seconds;
         self.cold_starts += other.cold_starts;
+        self.outbound_calls += other.outbound_calls;
     }
 }
 
@@ -78,6 +81,12 @@ impl ThreadMetrics {
     pub fn cold_start(&mut self, service: &ServiceName) {
         let key = Some(service.clone());
         self.services.entry(key).or_default().cold_starts += 1;
+    }
+
+    /// Counts an outbound call a guest of `service` made.
+    pub fn outbound_call(&mut self, service: &ServiceName) {
+        let key = Some(service.clone());
+        self.services.entry(key).or_default().outbound_calls += 1;
     }
 }
 
@@ -206,6 +215,17 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
             (
                 format!("service=\"{}\"", escape(s)),
                 m.cold_starts.to_string(),
+            )
+        }),
+    );
+    counter(
+        &mut out,
+        "frenezulo_outbound_calls_total",
+        "Outbound HTTP calls guests made (wasi_experimental_http), by service.",
+        named().map(|(s, m)| {
+            (
+                format!("service=\"{}\"", escape(s)),
+                m.outbound_calls.to_string(),
             )
         }),
     );

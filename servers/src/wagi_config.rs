@@ -1,5 +1,6 @@
 //! WAGI's `modules.toml`, read as services: every `[[module]]` whose route is `/NAME` or
-//! `/NAME/...` becomes service NAME with its entrypoint, argv, volumes and environment.
+//! `/NAME/...` becomes service NAME with its entrypoint, argv, volumes, environment,
+//! `allowed_hosts` and `http_max_concurrency`.
 //!
 //! frenezulo gives each service one prefix, so a route that is not one path segment (`/`,
 //! `/...`, `/a/b`) cannot be mapped; each such module is reported by its route and module
@@ -60,15 +61,7 @@ pub fn read(path: &Path, limits: ServiceLimits) -> anyhow::Result<Vec<ServiceSpe
                 "{label}: another module already maps to service `{}`",
                 spec.name
             )),
-            Ok(spec) => {
-                if !entry.allowed_hosts.is_empty() || entry.http_max_concurrency.is_some() {
-                    tracing::warn!(
-                        service = spec.name,
-                        "allowed_hosts and http_max_concurrency are read but outbound HTTP is not available yet: a module importing wasi_experimental_http is refused when it loads"
-                    );
-                }
-                specs.push(spec);
-            }
+            Ok(spec) => specs.push(spec),
             Err(why) => problems.push(format!("{label}: {why}")),
         }
     }
@@ -102,6 +95,8 @@ fn service(entry: &ModuleEntry, base: &Path, limits: ServiceLimits) -> Result<Se
             .iter()
             .map(|(g, h)| (g.clone(), base.join(h)))
             .collect(),
+        allowed_hosts: entry.allowed_hosts.clone(),
+        http_max_concurrency: entry.http_max_concurrency.map(|n| n as usize),
     };
     guest.check()?;
     check_env(&entry.environment)?;

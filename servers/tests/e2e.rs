@@ -571,3 +571,188 @@ fn a_wagi_module_map_serves_routes_entrypoints_and_volumes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`x.wasm` at route `/a/b`"), "{stderr}");
 }
+
+/// A loopback HTTP server for guests to call: `/hold` answers once the test opens the
+/// gate, `/big` sends 2 KiB, anything else answers at once with the request's `x-test`
+/// header. Every request is announced on `arrivals` as it comes in.
+struct Upstream {
+    port: u16,
+    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
+    arrivals: std::sync::mpsc::Receiver<String>,
+}
+
+impl Upstream {
+    fn start() -> Self {
+        use std::io::{BufRead, BufReader, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
+        let (tx, arrivals) = std::sync::mpsc::channel();
+        let g = gate.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (gate, tx) = (g.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut head = Vec::new();
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                            break;
+                        }
+                        head.push(line.trim_end().to_owned());
+                    }
+                    let path = head
+                        .first()
+                        .and_then(|l| l.split(' ').nth(1))
+                        .unwrap_or("/")
+                        .to_owned();
+                    let _ = tx.send(path.clone());
+                    let body = match path.as_str() {
+                        "/hold" => {
+                            let (open, cv) = &*gate;
+                            let mut open = open.lock().unwrap();
+                            while !*open {
+                                open = cv.wait(open).unwrap();
+                            }
+                            "held".to_owned()
+                        }
+                        "/big" => "x".repeat(2048),
+                        _ => head
+                            .iter()
+                            .find(|l| l.to_ascii_lowercase().starts_with("x-test:"))
+                            .cloned()
+                            .unwrap_or_default(),
+                    };
+                    let mut stream = stream;
+                    let _ = write!(
+                        stream,
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                });
+            }
+        });
+        Upstream {
+            port,
+            gate,
+            arrivals,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+
+    fn wait_for(&self, path: &str) {
+        loop {
+            let got = self
+                .arrivals
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a call arrives upstream");
+            if got == path {
+                return;
+            }
+        }
+    }
+}
+
+/// Sends `body` to `path` with POST on a new connection, without waiting for the answer.
+fn post(server: &Frenezulo, path: &str, body: &str) -> support::Client {
+    let mut c = server.connect();
+    c.send(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c
+}
+
+/// Outbound HTTP on each engine: an allowed call, a refused origin, the size cap, the
+/// timeout and the concurrency limit; and calls held open upstream do not stop `/hello`
+/// on the same (single) serving thread.
+#[test]
+fn guests_call_out_over_http_within_their_grant() {
+    let upstream = Upstream::start();
+    let config = |timeout: &str| {
+        format!(
+            r#"
+            workers = 1
+            outbound_timeout = "{timeout}"
+            outbound_max_response = "1KiB"
+            [services.call]
+            module = "{outbound}"
+            allowed_hosts = ["{allowed}"]
+            http_max_concurrency = 2
+            [services.hello]
+            module = "{hello}"
+            "#,
+            outbound = repo("engines/tests/guests/outbound.wat"),
+            hello = repo("examples/hello.wat"),
+            allowed = upstream.url(""),
+        )
+    };
+    let long = ConfigFile::new("outbound-long", &config("30s"));
+    let short = ConfigFile::new("outbound-short", &config("300ms"));
+    for engine in ENGINES {
+        let server = Frenezulo::start(&["--engine", engine, "--config", long.path()]);
+        let r = server.admin("POST", "/call", upstream.url("/echo").as_bytes());
+        assert_eq!(r.body[0], 0, "{engine}: {:?}", r.text());
+        assert_eq!(u16::from_le_bytes([r.body[1], r.body[2]]), 200);
+        assert_eq!(
+            &r.body[3..],
+            b"x-test: 1",
+            "{engine}: the guest's header went out"
+        );
+        let other = format!("http://127.0.0.1:{}/", upstream.port.wrapping_add(1));
+        let r = server.admin("POST", "/call", other.as_bytes());
+        assert_eq!(r.body[..], [7], "{engine}: another origin is refused");
+        let log = server.wait_for_log("origin not in allowed_hosts");
+        assert!(
+            log.contains("origin not in allowed_hosts"),
+            "{engine}: the refusal is logged"
+        );
+        let r = server.admin("POST", "/call", upstream.url("/big").as_bytes());
+        assert_eq!(r.body[..], [11], "{engine}: past the size cap");
+        // Two calls held upstream take the service's two slots; the one serving thread
+        // answers /hello meanwhile, and a third call is refused at once.
+        let mut held = [
+            post(&server, "/call", &upstream.url("/hold")),
+            post(&server, "/call", &upstream.url("/hold")),
+        ];
+        upstream.wait_for("/hold");
+        upstream.wait_for("/hold");
+        let hello = server.get("/hello");
+        assert_eq!(
+            (hello.status, hello.text()),
+            (200, "Hello from frenezulo!\n".to_owned())
+        );
+        let r = server.admin("POST", "/call", upstream.url("/echo").as_bytes());
+        assert_eq!(r.body[..], [13], "{engine}: over http_max_concurrency");
+        upstream.open_gate();
+        for c in &mut held {
+            let r = c.response();
+            assert_eq!((r.body[0], &r.body[3..]), (0, &b"held"[..]), "{engine}");
+        }
+        *upstream.gate.0.lock().unwrap() = false;
+        let metrics = server.admin("GET", "/services/metrics", b"").text();
+        assert!(
+            metrics.contains("frenezulo_outbound_calls_total{service=\"call\"} 4"),
+            "{metrics}"
+        );
+        drop(server);
+        let server = Frenezulo::start(&["--engine", engine, "--config", short.path()]);
+        let r = server.admin("POST", "/call", upstream.url("/hold").as_bytes());
+        assert_eq!(r.body[..], [11], "{engine}: past the timeout");
+        upstream.open_gate();
+        *upstream.gate.0.lock().unwrap() = false;
+    }
+}

@@ -214,6 +214,18 @@ pub enum Input<'a> {
         job: JobId,
     },
     /// The slice asked for by [`Output::Execute`] or [`Output::Resume`] ended with the
+    /// guest waiting on something outside it (an outbound HTTP call). The task is not run
+    /// again until [`Input::Woken`]; its deadline still applies.
+    Waiting {
+        /// The task.
+        job: JobId,
+    },
+    /// What a waiting task waited for arrived: it may run again.
+    Woken {
+        /// The task.
+        job: JobId,
+    },
+    /// The slice asked for by [`Output::Execute`] or [`Output::Resume`] ended with the
     /// guest finished.
     Executed {
         /// The task.
@@ -258,11 +270,11 @@ pub enum Output {
         /// The module bytes.
         wasm: Bytes,
     },
-    /// Start a guest task and run its first time slice; answer with [`Input::Yielded`] or
-    /// [`Input::Executed`].
+    /// Start a guest task and run its first time slice; answer with [`Input::Yielded`],
+    /// [`Input::Waiting`] or [`Input::Executed`].
     Execute(Box<Execution>),
-    /// Run one more time slice of a task that yielded; answer with [`Input::Yielded`] or
-    /// [`Input::Executed`].
+    /// Run one more time slice of a task that yielded or was woken; answer as for
+    /// [`Output::Execute`].
     Resume {
         /// The task.
         job: JobId,
@@ -462,6 +474,9 @@ pub struct Server {
     ready: VecDeque<ServiceName>,
     /// The task whose slice is out with the driver, if any: at most one at a time.
     slice_out: Option<JobId>,
+    /// Tasks waiting on an outbound call; each still holds its slot (bounded by
+    /// `max_running`).
+    waiting: BTreeSet<JobId>,
     timers: BTreeSet<(Instant, Timer)>,
     outputs: VecDeque<Output>,
     shutting_down: bool,
@@ -489,6 +504,7 @@ impl Server {
             lanes: BTreeMap::new(),
             ready: VecDeque::new(),
             slice_out: None,
+            waiting: BTreeSet::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             shutting_down: false,
@@ -580,6 +596,8 @@ impl Server {
             Input::Registry(change) => self.on_registry(now, change),
             Input::Compiled { module, result } => self.on_compiled(now, module, result),
             Input::Yielded { job } => self.on_yielded(job),
+            Input::Waiting { job } => self.on_waiting(job),
+            Input::Woken { job } => self.on_woken(job),
             Input::Executed { job, result } => self.on_executed(now, job, result),
             Input::Managed { call, response } => self.on_managed(now, call, response),
             Input::Shutdown => self.on_shutdown(now),

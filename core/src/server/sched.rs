@@ -5,6 +5,7 @@
 //! time slice at a time, and only one slice is out with the driver at once, so the core
 //! decides what runs next: services with work take turns (round robin), and within a
 //! service, starting a waiting request alternates with resuming a task that yielded.
+//! A task waiting on an outbound call is set aside, holding its slot, until it is woken.
 //! A task's deadline and its client leaving cancel it wherever it is.
 
 use std::collections::VecDeque;
@@ -284,6 +285,35 @@ impl Server {
         self.pump();
     }
 
+    pub(super) fn on_waiting(&mut self, job: JobId) {
+        if self.slice_out != Some(job) {
+            return;
+        }
+        self.slice_out = None;
+        self.waiting.insert(job);
+        self.pump();
+    }
+
+    pub(super) fn on_woken(&mut self, job: JobId) {
+        // A task cancelled while it waited is gone; its late wake-up is dropped.
+        if !self.waiting.remove(&job) {
+            return;
+        }
+        let name = self
+            .jobs
+            .get(&job)
+            .expect("a waiting task has a job")
+            .service
+            .clone();
+        self.lanes
+            .entry(name.clone())
+            .or_default()
+            .parked
+            .push_back(job);
+        self.mark_ready(&name);
+        self.pump();
+    }
+
     pub(super) fn on_executed(
         &mut self,
         now: Instant,
@@ -327,7 +357,9 @@ impl Server {
     fn cancel_task(&mut self, job: JobId, module: &ModuleKey, name: &ServiceName) {
         if self.slice_out == Some(job) {
             self.slice_out = None;
-        } else if let Some(lane) = self.lanes.get_mut(name) {
+        } else if !self.waiting.remove(&job)
+            && let Some(lane) = self.lanes.get_mut(name)
+        {
             lane.parked.retain(|j| *j != job);
         }
         self.outputs.push_back(Output::Cancel { job });

@@ -1055,3 +1055,56 @@ fn sub_routes_choose_the_entrypoint_and_split_the_path() {
     }
     assert_eq!(h.statuses(c), [200, 200, 200, 200]);
 }
+
+#[test]
+fn a_waiting_task_holds_its_slot_lets_others_run_and_resumes_when_woken() {
+    let limits = ServiceLimits {
+        max_concurrency: 1,
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(config())
+        .with_service("s", limits)
+        .with_service("t", ServiceLimits::default());
+    let (a, b) = (h.connect(1), h.connect(2));
+    h.send(a, &get("/s"));
+    h.compile_all();
+    let waiting = h.out.take().expect("the first slice is out");
+    h.input(Input::Waiting { job: waiting });
+    // Nothing of s can start while its one slot waits; t runs meanwhile.
+    h.send(a, &get("/s"));
+    h.send(b, &get("/t"));
+    h.compile_all();
+    assert_eq!(h.out_task().module.service.as_str(), "t");
+    h.finish();
+    assert!(h.out.is_none(), "s's queued request waits for the slot");
+    assert_eq!(h.statuses(b), [200]);
+    // Woken, it is resumed, finishes, and the queued request starts.
+    h.input(Input::Woken { job: waiting });
+    assert_eq!(h.out, Some(waiting));
+    h.finish();
+    assert!(h.out.is_some(), "the queued request started");
+    h.finish();
+    assert_eq!(h.statuses(a), [200, 200]);
+    // A wake-up for a task that is gone is ignored.
+    h.input(Input::Woken { job: waiting });
+    assert!(h.out.is_none());
+}
+
+#[test]
+fn a_waiting_task_is_cancelled_at_its_deadline() {
+    let limits = ServiceLimits {
+        deadline: Duration::from_secs(1),
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(config()).with_service("s", limits);
+    let c = h.connect(1);
+    h.send(c, &get("/s"));
+    h.compile_all();
+    let job = h.out.take().unwrap();
+    h.input(Input::Waiting { job });
+    h.advance(Duration::from_secs(2));
+    assert_eq!(h.cancelled, [job]);
+    assert_eq!(h.statuses(c), [504]);
+    h.input(Input::Woken { job });
+    assert!(h.out.is_none(), "no slice for a cancelled task");
+}

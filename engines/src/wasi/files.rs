@@ -607,10 +607,13 @@ mod tests {
         std::fs::write(root.join("a.txt"), "0123456789").unwrap();
         std::fs::write(root.join("sub/b.txt"), "b").unwrap();
         let mut io = GuestIo::new(Bytes::new(), 64, 0);
-        io.grant_volumes(&[Volume {
-            guest_path: "/data".to_owned(),
-            dir: Arc::new(File::open(&root).unwrap()),
-        }]);
+        io.grant(&Arc::new(frenezulo_core::GuestSetup {
+            volumes: vec![Volume {
+                guest_path: "/data".to_owned(),
+                dir: Arc::new(File::open(&root).unwrap()),
+            }],
+            ..Default::default()
+        }));
         (Dir(root), io)
     }
 

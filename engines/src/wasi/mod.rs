@@ -52,6 +52,9 @@ pub enum HostStop {
     StdoutFull,
     /// A WASI call came before the instance's memory was known (from a start function).
     NoMemory,
+    /// The guest waits on an outbound call: the engine suspends it (never an ending,
+    /// except where it cannot suspend).
+    Waiting,
 }
 
 impl std::fmt::Display for HostStop {
@@ -60,6 +63,7 @@ impl std::fmt::Display for HostStop {
             HostStop::Exit(code) => write!(f, "guest exited with status {code}"),
             HostStop::StdoutFull => f.write_str("guest output exceeded its limit"),
             HostStop::NoMemory => f.write_str("WASI call before memory was available"),
+            HostStop::Waiting => f.write_str("outbound call where the guest cannot wait"),
         }
     }
 }
@@ -211,6 +215,10 @@ pub struct GuestIo {
     pub(crate) raw_output: bool,
     /// Volumes and the files opened beneath them.
     files: files::Files,
+    /// The service's grants (for outbound calls), when run for a request.
+    setup: Option<std::sync::Arc<frenezulo_core::GuestSetup>>,
+    /// Outbound HTTP calls and the responses held open.
+    pub(crate) http: crate::outbound::Calls,
 }
 
 impl GuestIo {
@@ -367,9 +375,33 @@ impl GuestIo {
         Ok(errno_of(write_u64(mem, out, nanos)))
     }
 
-    /// Grants the guest these volumes, as preopened directories from fd 3 on.
-    pub fn grant_volumes(&mut self, volumes: &[frenezulo_core::Volume]) {
-        self.files = files::Files::new(volumes);
+    /// Grants the guest what its service was granted: volumes, as preopened directories
+    /// from fd 3 on, and outbound calls.
+    pub fn grant(&mut self, setup: &std::sync::Arc<frenezulo_core::GuestSetup>) {
+        if !setup.volumes.is_empty() {
+            self.files = files::Files::new(&setup.volumes);
+        }
+        self.setup = Some(setup.clone());
+    }
+
+    /// `wasi_experimental_http::req`: `None` when the call was set aside and the guest
+    /// must wait for it, else the code to return now.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn http_req(
+        &mut self,
+        mem: &[u8],
+        url: (i32, i32),
+        method: (i32, i32),
+        headers: (i32, i32),
+        body: (i32, i32),
+        out: (i32, i32),
+    ) -> Option<i32> {
+        let Some(setup) = self.setup.as_deref() else {
+            return Some(crate::outbound::code::DESTINATION_NOT_ALLOWED);
+        };
+        self.http
+            .begin(mem, setup, url, method, headers, body, out)
+            .err()
     }
 
     /// `fd_close(fd)`: stdio may be closed (a no-op); so may volumes and opened files.

@@ -361,6 +361,10 @@ impl Admin {
             entrypoint: Option<String>,
             #[serde(default)]
             argv: Option<String>,
+            #[serde(default)]
+            allowed_hosts: Vec<String>,
+            #[serde(default)]
+            http_max_concurrency: Option<usize>,
         }
         let add: Add = match serde_json::from_slice(body) {
             Ok(add) => add,
@@ -377,6 +381,8 @@ impl Admin {
             entrypoint: add.entrypoint,
             argv: add.argv,
             volumes: Default::default(),
+            allowed_hosts: add.allowed_hosts,
+            http_max_concurrency: add.http_max_concurrency,
         };
         let name = match self.check_change(&add.prefix, add.limits.as_ref(), add.env.as_ref()) {
             Ok(name) => name,
@@ -648,6 +654,13 @@ fn config_from_query(
         match key.as_str() {
             "entrypoint" => guest.entrypoint = Some(value),
             "argv" => guest.argv = Some(value),
+            "allowed_host" => guest.allowed_hosts.push(value),
+            "http_max_concurrency" => {
+                let n = value.parse().map_err(|_| {
+                    format!("`http_max_concurrency` must be a whole number, not `{value}`")
+                })?;
+                guest.http_max_concurrency = Some(n);
+            }
             "env" => {
                 let (k, v) = value
                     .split_once('=')
@@ -722,6 +735,8 @@ fn service_json(
             "entrypoint": &*r.entrypoint,
         })).collect::<Vec<_>>(),
         "volumes": s.guest.volumes,
+        "allowed_hosts": s.guest.allowed_hosts,
+        "http_max_concurrency": s.guest.outbound(&s.outbound_in_flight).map(|g| g.max_in_flight),
     });
     if !snapshots.is_empty() {
         let totals = metrics::service_totals(snapshots, &s.name);

@@ -54,6 +54,12 @@ pub struct Entry {
     /// Its argv template; WAGI's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<String>,
+    /// Origins its guests may call over HTTP.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_hosts: Vec<String>,
+    /// Its outbound calls in flight at once, at most.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http_max_concurrency: Option<usize>,
     /// The sub-routes its module's `_routes` export declared when it was added, as
     /// `PATH EXPORT` lines, so a restart serves them before the module is compiled again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -96,12 +102,14 @@ impl Origin {
 }
 
 impl Entry {
-    /// The entrypoint and argv template stored (the API sets no volumes).
+    /// The entrypoint, argv template and outbound grant stored (the API sets no volumes).
     pub fn guest(&self) -> GuestConfig {
         GuestConfig {
             entrypoint: self.entrypoint.clone(),
             argv: self.argv.clone(),
             volumes: BTreeMap::new(),
+            allowed_hosts: self.allowed_hosts.clone(),
+            http_max_concurrency: self.http_max_concurrency,
         }
     }
 }

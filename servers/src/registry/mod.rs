@@ -10,6 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::AtomicUsize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -58,6 +59,8 @@ pub struct Service {
     pub volumes: Vec<Volume>,
     /// The sub-routes its module declares.
     pub routes: SubRoutes,
+    /// Its outbound calls in flight, counted across every serving thread.
+    pub outbound_in_flight: Arc<AtomicUsize>,
     /// The version serving threads know it by; every change moves it forward.
     pub version: u64,
     /// When it last changed, in seconds since the Unix epoch.
@@ -210,6 +213,7 @@ impl Registry {
             guest: entry.guest(),
             volumes: Vec::new(),
             routes,
+            outbound_in_flight: Arc::default(),
             version: self.next_version(),
             updated_unix: entry.updated_unix,
         })
@@ -333,8 +337,16 @@ impl Registry {
             entrypoint: guest.entrypoint.or(old_guest.entrypoint),
             argv: guest.argv.or(old_guest.argv),
             volumes: Default::default(),
+            allowed_hosts: if guest.allowed_hosts.is_empty() {
+                old_guest.allowed_hosts
+            } else {
+                guest.allowed_hosts
+            },
+            http_max_concurrency: guest
+                .http_max_concurrency
+                .or(old_guest.http_max_concurrency),
         };
-        let setup = guest.setup(Vec::new(), module.routes.clone(), Vec::new());
+        let setup = guest.setup(Vec::new(), module.routes.clone(), Vec::new(), None);
         frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
             .map_err(ChangeError::Entrypoint)?;
         let entry = Entry {
@@ -353,6 +365,8 @@ impl Registry {
                 .unwrap_or_default(),
             entrypoint: guest.entrypoint.clone(),
             argv: guest.argv.clone(),
+            allowed_hosts: guest.allowed_hosts.clone(),
+            http_max_concurrency: guest.http_max_concurrency,
             routes: module
                 .routes
                 .routes()
@@ -376,6 +390,7 @@ impl Registry {
             guest,
             volumes: Vec::new(),
             routes: module.routes,
+            outbound_in_flight: old_service_counter(&self.services, name),
             version: self.next_version(),
             updated_unix: entry.updated_unix,
         };
@@ -477,14 +492,30 @@ impl Registry {
         }
     }
 
+    /// The change that gives one serving thread `s`. Each thread gets its own copy of the
+    /// setup (and of each volume's descriptor), so no reference count on the request path
+    /// is shared between cores; the outbound counter is, as it is a server-wide limit.
     fn put_change(&self, s: &Service) -> RegistryChange {
         let mut merged = self.env.clone();
         merged.extend(s.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let setup = s.guest.setup(
+        let volumes = s
+            .volumes
+            .iter()
+            .map(|v| Volume {
+                guest_path: v.guest_path.clone(),
+                dir: v.dir.try_clone().map(Arc::new).unwrap_or_else(|e| {
+                    warn!(service = %s.name, error = %e, "volume descriptor shared between threads");
+                    v.dir.clone()
+                }),
+            })
+            .collect();
+        let mut setup = s.guest.setup(
             merged.into_iter().collect(),
             s.routes.clone(),
-            s.volumes.clone(),
+            volumes,
+            s.guest.outbound(&s.outbound_in_flight),
         );
+        setup.name = s.name.to_string();
         RegistryChange::Put {
             module: ModuleKey {
                 service: s.name.clone(),
@@ -497,14 +528,25 @@ impl Registry {
     }
 
     fn publish_put(&self, s: &Service, compiled: Option<Arc<dyn CompiledModule>>) {
-        let change = self.put_change(s);
         for inbox in &self.inboxes {
             inbox.send(Message::Registry {
-                change: change.clone(),
+                change: self.put_change(s),
                 compiled: compiled.clone(),
             });
         }
     }
+}
+
+/// The outbound counter of the service being replaced, so calls still in flight on the
+/// old version count against the new one's limit.
+fn old_service_counter(
+    services: &BTreeMap<ServiceName, Service>,
+    name: &ServiceName,
+) -> Arc<AtomicUsize> {
+    services
+        .get(name)
+        .map(|s| s.outbound_in_flight.clone())
+        .unwrap_or_default()
 }
 
 fn unix_now() -> u64 {
@@ -546,6 +588,7 @@ mod tests {
                 guest: GuestConfig::default(),
                 volumes: Vec::new(),
                 routes: SubRoutes::default(),
+                outbound_in_flight: Arc::default(),
                 version: 0,
                 updated_unix: 0,
             },

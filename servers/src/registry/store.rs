@@ -326,6 +326,8 @@ mod tests {
                 env: Default::default(),
                 entrypoint: None,
                 argv: None,
+                allowed_hosts: Vec::new(),
+                http_max_concurrency: None,
                 routes: Vec::new(),
                 updated_unix: 1,
             },

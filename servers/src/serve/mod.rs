@@ -7,8 +7,11 @@
 //! Between slices that yielded, the loop polls its sockets, so a looping guest slows its
 //! thread's other work by a share and never stops it.
 //!
+//! A guest waiting on an outbound HTTP call is set aside while a worker makes the call
+//! ([`crate::outbound`]); the thread serves others meanwhile.
+//!
 //! Other threads reach a serving thread only through its [`Inbox`]: registry changes,
-//! finished compiles, shutdown.
+//! finished compiles and outbound calls, shutdown.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
@@ -21,6 +24,7 @@ use frenezulo_core::{
     ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Responded,
     Response, Server, ServerConfig,
 };
+use frenezulo_engines::outbound::OutboundResult;
 use frenezulo_engines::{CompiledModule, GuestTask, RunOutput, Slice};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
@@ -29,6 +33,7 @@ use tracing::{debug, error, info, warn};
 use crate::admin;
 use crate::compile::{CompilePool, Compiled};
 use crate::metrics::{ThreadMetrics, ThreadSnapshot};
+use crate::outbound::OutboundPool;
 
 mod net;
 
@@ -57,6 +62,13 @@ pub enum Message {
         call: JobId,
         /// What to send the client.
         response: Response,
+    },
+    /// An outbound call a task of this thread waits on finished.
+    Outbound {
+        /// The task.
+        job: JobId,
+        /// What the call came to.
+        result: OutboundResult,
     },
     /// Send a snapshot of this thread's state and counters.
     Snapshot(Sender<ThreadSnapshot>),
@@ -96,6 +108,8 @@ pub struct Setup {
     pub write_timeout: Duration,
     /// The compile pool.
     pub compile: CompilePool,
+    /// Where guests' outbound calls are made.
+    pub outbound: OutboundPool,
     /// Messages to take before the first connection: the registry as it is at start.
     pub initial: Vec<Message>,
     /// Where management calls go.
@@ -185,6 +199,7 @@ struct Loop {
     inbox: Receiver<Message>,
     own_inbox: Inbox,
     compile: CompilePool,
+    outbound: OutboundPool,
     /// Connections by slot; a slot's generation makes reused slots new `ConnId`s.
     conns: Vec<Option<Connection>>,
     generations: Vec<u32>,
@@ -232,6 +247,7 @@ impl Loop {
             inbox,
             own_inbox: own,
             compile: setup.compile,
+            outbound: setup.outbound,
             conns: Vec::new(),
             generations: Vec::new(),
             free: Vec::new(),
@@ -514,6 +530,22 @@ impl Loop {
                 self.handle(Input::Yielded { job });
                 true
             }
+            Slice::Waiting(call) => {
+                // The thread goes on with other work while the call is made elsewhere.
+                match self.outbound.submit(job, call, self.own_inbox.clone()) {
+                    Ok(()) => {
+                        self.metrics.outbound_call(&task.module.service);
+                        self.tasks.insert(job, task);
+                        self.handle(Input::Waiting { job });
+                    }
+                    Err(failed) => {
+                        task.task.deliver(failed);
+                        self.tasks.insert(job, task);
+                        self.handle(Input::Yielded { job });
+                    }
+                }
+                false
+            }
             Slice::Finished(output) => {
                 log_run(self.id, job, &task, &output);
                 self.last_ended = Some((job, task.busy));
@@ -552,6 +584,13 @@ impl Loop {
             }
             Message::Compiled { module, result } => self.on_compiled(module, result),
             Message::Managed { call, response } => self.handle(Input::Managed { call, response }),
+            Message::Outbound { job, result } => {
+                // A task cancelled while its call was out is gone; the result is dropped.
+                if let Some(task) = self.tasks.get_mut(&job) {
+                    task.task.deliver(result);
+                    self.handle(Input::Woken { job });
+                }
+            }
             Message::Snapshot(reply) => {
                 let _ = reply.send(self.snapshot());
             }

@@ -1,0 +1,212 @@
+//! The outbound HTTP calls guests make (`wasi_experimental_http`), made off the serving
+//! threads: a few worker threads with blocking ureq, fed by a bounded queue. A serving
+//! thread hands a waiting task's call over and goes on with its other work; the result
+//! comes back through its inbox, which wakes it.
+//!
+//! Redirects are not followed (a 3xx goes to the guest, which may follow it if the target
+//! is allowed too), a call has a time limit in all, and a response body past the size cap
+//! fails the call.
+
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+use bytes::Bytes;
+use frenezulo_core::JobId;
+use frenezulo_engines::outbound::{
+    OutboundError, OutboundRequest, OutboundResponse, OutboundResult, code,
+};
+use tracing::{debug, info};
+
+use crate::serve::{Inbox, Message};
+
+/// How calls are made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutboundLimits {
+    /// Worker threads, so calls in flight at once, server-wide.
+    pub workers: usize,
+    /// Calls waiting for a worker; past it, a call fails at once.
+    pub queue: usize,
+    /// Time one call may take, connecting and reading the whole response included.
+    pub timeout: Duration,
+    /// Largest response body a guest may receive.
+    pub max_response_bytes: usize,
+}
+
+impl Default for OutboundLimits {
+    fn default() -> Self {
+        Self {
+            workers: 16,
+            queue: 256,
+            timeout: Duration::from_secs(10),
+            max_response_bytes: 4 << 20,
+        }
+    }
+}
+
+/// A call and where its result goes.
+struct Call {
+    request: OutboundRequest,
+    job: JobId,
+    reply: Inbox,
+}
+
+/// The workers, reached through a bounded queue; cloned into every serving thread.
+#[derive(Clone)]
+pub struct OutboundPool {
+    queue: Sender<Call>,
+}
+
+impl OutboundPool {
+    /// Starts the workers.
+    pub fn start(limits: OutboundLimits) -> std::io::Result<Self> {
+        // Every idle worker waits on the one queue: a call goes to whichever is free, never
+        // behind a call that hangs.
+        let (queue, calls) = crossbeam_channel::bounded::<Call>(limits.queue.max(1));
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(limits.timeout))
+            .max_redirects(0)
+            .http_status_as_error(false)
+            .allow_non_standard_methods(true)
+            .user_agent(concat!("frenezulo/", env!("CARGO_PKG_VERSION")))
+            .build();
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            LiteralFirst::default(),
+        );
+        for i in 0..limits.workers.max(1) {
+            let calls = calls.clone();
+            let agent = agent.clone();
+            std::thread::Builder::new()
+                .name(format!("outbound-{i}"))
+                .spawn(move || work(&calls, &agent, limits.max_response_bytes))?;
+        }
+        Ok(Self { queue })
+    }
+
+    /// Queues `request` for the task `job`, whose thread `reply` reaches. A full queue
+    /// gives the call back at once, failed.
+    pub fn submit(
+        &self,
+        job: JobId,
+        request: OutboundRequest,
+        reply: Inbox,
+    ) -> Result<(), OutboundResult> {
+        match self.queue.try_send(Call {
+            request,
+            job,
+            reply,
+        }) {
+            Ok(()) => Ok(()),
+            Err(TrySendError::Full(call) | TrySendError::Disconnected(call)) => {
+                info!(target: "outbound", origin = call.request.origin, "outbound call failed: too many calls waiting for a worker");
+                Err(Err(OutboundError {
+                    code: code::RUNTIME_ERROR,
+                    reason: "too many outbound calls in flight".to_owned(),
+                }))
+            }
+        }
+    }
+}
+
+/// Resolves an IP literal on the spot, and names as ureq does. ureq's own resolver runs
+/// every lookup on a thread of its own when a call has a time limit, IP literals included:
+/// a thread spawned per call, a third of a loopback call's cost. (`unversioned` is ureq's
+/// API outside semver: a minor ureq release may need this adapted.)
+#[derive(Debug, Default)]
+struct LiteralFirst(ureq::unversioned::resolver::DefaultResolver);
+
+impl ureq::unversioned::resolver::Resolver for LiteralFirst {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: ureq::unversioned::transport::NextTimeout,
+    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
+        let literal = uri.host().and_then(|h| {
+            h.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<std::net::IpAddr>()
+                .ok()
+        });
+        let port = uri.port_u16().or(match uri.scheme_str() {
+            Some("http") => Some(80),
+            Some("https") => Some(443),
+            _ => None,
+        });
+        match (literal, port) {
+            (Some(ip), Some(port)) => {
+                let mut addrs = self.empty();
+                addrs.push(std::net::SocketAddr::new(ip, port));
+                Ok(addrs)
+            }
+            _ => self.0.resolve(uri, config, timeout),
+        }
+    }
+}
+
+fn work(calls: &Receiver<Call>, agent: &ureq::Agent, max: usize) {
+    while let Ok(Call {
+        request,
+        job,
+        reply,
+    }) = calls.recv()
+    {
+        let began = Instant::now();
+        let result = perform(agent, &request, max);
+        let ms = began.elapsed().as_secs_f64() * 1e3;
+        match &result {
+            Ok(r) => {
+                debug!(target: "outbound", origin = request.origin, method = request.method, status = r.status, bytes = r.body.len(), ms, "outbound call")
+            }
+            Err(e) => {
+                info!(target: "outbound", origin = request.origin, method = request.method, reason = e.reason, ms, "outbound call failed")
+            }
+        }
+        // The call's permit goes before its result, so a guest that calls again at once
+        // finds its slot free.
+        drop(request);
+        reply.send(Message::Outbound { job, result });
+    }
+}
+
+fn perform(agent: &ureq::Agent, request: &OutboundRequest, max: usize) -> OutboundResult {
+    let failed = |reason: String| OutboundError {
+        code: code::REQUEST_ERROR,
+        reason,
+    };
+    let mut builder = ureq::http::Request::builder()
+        .method(request.method.as_str())
+        .uri(request.url.as_str());
+    for (name, value) in &request.headers {
+        builder = builder.header(name, value);
+    }
+    let http_request = builder
+        .body(request.body.clone())
+        .map_err(|e| failed(format!("request refused: {e}")))?;
+    let mut response = agent.run(http_request).map_err(|e| failed(e.to_string()))?;
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(n, v)| (n.as_str().to_owned(), Bytes::copy_from_slice(v.as_bytes())))
+        .collect();
+    let body = match response
+        .body_mut()
+        .with_config()
+        .limit(max as u64)
+        .read_to_vec()
+    {
+        Ok(body) => body,
+        Err(ureq::Error::BodyExceedsLimit(_)) => {
+            return Err(failed(format!("response body larger than {max} bytes")));
+        }
+        Err(e) => return Err(failed(e.to_string())),
+    };
+    Ok(OutboundResponse {
+        status,
+        headers,
+        body: body.into(),
+    })
+}
