@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits};
 use frenezulo_engines::EngineKind;
 
+use crate::cluster::ClusterConfig;
 use crate::guest::GuestConfig;
 use crate::outbound::OutboundLimits;
 use crate::registry::manifest::Origin;
@@ -54,6 +55,8 @@ pub struct Settings {
     pub env: EnvValues,
     /// How guests' outbound HTTP calls are made.
     pub outbound: OutboundLimits,
+    /// The shared registry of a cluster, if this node is part of one.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// A service to load at start.
@@ -108,10 +111,26 @@ pub struct FileConfig {
     outbound_timeout: Option<Span>,
     outbound_max_response: Option<Size>,
     outbound_workers: Option<usize>,
+    registry: Option<String>,
+    #[serde(default)]
+    nats: NatsConfig,
     #[serde(default)]
     limits: LimitsConfig,
     #[serde(default)]
     services: BTreeMap<String, ServiceEntry>,
+}
+
+/// `[nats]`: how to reach the shared registry named by `registry = "nats://..."`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NatsConfig {
+    kv_bucket: Option<String>,
+    object_bucket: Option<String>,
+    token: Option<String>,
+    credentials: Option<PathBuf>,
+    #[serde(default)]
+    require_tls: bool,
+    root_certificates: Option<PathBuf>,
 }
 
 /// Per-service limits as written; each unset key falls back to `[limits]`, then the default.
@@ -359,6 +378,8 @@ pub struct Overrides {
     pub env: Vec<(String, String)>,
     /// `--wagi-config FILE`
     pub wagi_config: Option<PathBuf>,
+    /// `--registry nats://HOST:PORT`
+    pub registry: Option<String>,
     /// `--env-file FILE`
     pub env_file: Option<PathBuf>,
 }
@@ -633,6 +654,27 @@ impl Settings {
             module_dirs: file.module_dirs.into_iter().map(|d| base.join(d)).collect(),
             access_log: !overrides.no_access_log && file.access_log.unwrap_or(true),
             env,
+            cluster: match overrides.registry.or(file.registry) {
+                None => None,
+                Some(url) if url == "local" => None,
+                Some(url) => {
+                    if !["nats://", "tls://", "ws://", "wss://"]
+                        .iter()
+                        .any(|p| url.starts_with(p))
+                    {
+                        bail!("registry `{url}` must be `local` or a nats:// URL");
+                    }
+                    let mut c = ClusterConfig::new(url);
+                    let n = file.nats;
+                    c.kv_bucket = n.kv_bucket.unwrap_or(c.kv_bucket);
+                    c.object_bucket = n.object_bucket.unwrap_or(c.object_bucket);
+                    c.token = n.token;
+                    c.credentials = n.credentials.map(|p| base.join(p));
+                    c.require_tls = n.require_tls;
+                    c.root_certificates = n.root_certificates.map(|p| base.join(p));
+                    Some(c)
+                }
+            },
             outbound: {
                 let d = OutboundLimits::default();
                 OutboundLimits {

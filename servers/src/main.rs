@@ -19,6 +19,7 @@ use tracing::{error, info, warn};
 mod admin;
 mod artifacts;
 mod client;
+mod cluster;
 mod compile;
 mod config;
 mod guest;
@@ -149,6 +150,13 @@ struct ServeArgs {
     #[arg(long, value_name = "FILE")]
     env_file: Option<PathBuf>,
 
+    /// The registry of services added through the management API: `local` (the data
+    /// directory, the default) or `nats://HOST:PORT` for a cluster of nodes sharing one in
+    /// NATS JetStream (bucket names, credentials and TLS under [nats] in the config file).
+    /// In a cluster the data directory keeps each node's copy, served while NATS is away.
+    #[arg(long, value_name = "local|nats://HOST:PORT")]
+    registry: Option<String>,
+
     /// WAGI's modules.toml: each [[module]] whose route is /NAME or /NAME/... is served as
     /// service NAME, with its entrypoint, argv, volumes and environment. A route that
     /// cannot map onto one prefix is reported by name and the server does not start.
@@ -213,6 +221,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         env: cli.env,
         env_file: cli.env_file,
         wagi_config: cli.wagi_config,
+        registry: cli.registry,
     };
     let settings = Settings::load(cli.config.as_deref(), overrides)?;
     let per_thread = settings.per_thread();
@@ -284,6 +293,16 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
             }),
         })?);
     }
+    let cluster = match &settings.cluster {
+        Some(config) => {
+            info!(
+                url = config.url,
+                "services added through the API are shared through NATS JetStream"
+            );
+            Some(cluster::Cluster::start(config.clone(), admin_tx.clone())?)
+        }
+        None => None,
+    };
     let admin_exited = events_tx.clone();
     admin::spawn(
         admin::Setup {
@@ -300,6 +319,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
             base_limits: settings.base_limits,
             max_memory_bytes: engine_config.max_memory_bytes,
             inboxes: inboxes.clone(),
+            cluster,
         },
         admin_rx,
         admin_tx,
@@ -486,6 +506,7 @@ fn load_services(
                 routes,
                 outbound_in_flight: Default::default(),
                 version: 0,
+                revision: None,
                 updated_unix: 0,
             },
             compiled,

@@ -7,10 +7,10 @@ mod support;
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use support::{Frenezulo, TOKEN, TempDir, repo};
+use support::{Frenezulo, TOKEN, TempDir, json, repo, slow_request, versioned};
 
 per_engine! {
     add_list_show_call_configure_and_remove => lifecycle,
@@ -19,38 +19,6 @@ per_engine! {
 }
 
 const DEFAULT_ENGINE: &str = support::ENGINES[0];
-
-/// A guest that spins as many times as the little-endian u32 in its body says, then
-/// answers `marker`.
-fn versioned(marker: &str) -> String {
-    let body = format!("Content-Type: text/plain\n\n{marker}");
-    format!(
-        r#"(module
-          (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
-          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
-          (memory (export "memory") 1)
-          (data (i32.const 64) "{body}")
-          (func (export "_start")
-            (local $i i32) (local $n i32)
-            (i32.store (i32.const 16) (i32.const 200))
-            (i32.store (i32.const 20) (i32.const 4))
-            (drop (call $r (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
-            (local.set $n (i32.load (i32.const 200)))
-            (block $done (loop $l
-              (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
-              (local.set $i (i32.add (local.get $i) (i32.const 1)))
-              (br $l)))
-            (i32.store (i32.const 0) (i32.const 64))
-            (i32.store (i32.const 4) (i32.const {len}))
-            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
-        body = body.replace('\n', "\\n"),
-        len = body.len()
-    )
-}
-
-fn json(r: &support::HttpResponse) -> Value {
-    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
-}
 
 /// A loopback HTTP server that answers `/m.wasm` with `module`, `/moved` with a redirect
 /// to it, and 404 otherwise; it serves until the test process ends.
@@ -287,33 +255,6 @@ fn bad_requests_get_reasons_and_change_nothing() {
 
 /// Sends `/slow` a request that spins `spins` times, on a thread of its own; returns once
 /// the server reports it running.
-fn slow_request(server: &Frenezulo, spins: u32) -> std::thread::JoinHandle<support::HttpResponse> {
-    let addr = server.addr;
-    let slow = std::thread::spawn(move || {
-        let mut c = support::Client::connect_to(addr);
-        let body = spins.to_le_bytes();
-        let head = format!(
-            "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
-            body.len()
-        );
-        c.send(head.as_bytes());
-        c.send(&body);
-        c.response()
-    });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = json(&server.admin("GET", "/services/slow", b""));
-        if info["counters"]["running"] == 1 {
-            return slow;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never started: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 fn replace_in_flight(engine: &str) {
     let server = Frenezulo::start(&["--engine", engine, "--workers", "2"]);
     let r = server.admin("PUT", "/services/slow", versioned("v1").as_bytes());

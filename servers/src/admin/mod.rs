@@ -17,7 +17,7 @@
 //! | `PATCH /services/{prefix}` | `{"limits"?, "env"?}`: change without uploading again |
 //! | `DELETE /services/{prefix}` | remove; requests in flight finish |
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -27,17 +27,19 @@ use bytes::Bytes;
 use frenezulo_core::{
     JobId, ManagementCall, ModuleKey, Response, RunLimits, ServiceLimits, ServiceName,
 };
-use frenezulo_engines::EngineKind;
+use frenezulo_engines::{CompiledModule, EngineKind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::artifacts::{Artifacts, Loaded};
+use crate::cluster::{Cluster, ClusterEvent, Command, WriteError};
 use crate::compile::CompilePool;
 use crate::config::{EnvValues, LimitsConfig, check_env};
 use crate::guest::GuestConfig;
 use crate::metrics::{self, ThreadSnapshot};
+use crate::registry::manifest::Entry;
 use crate::registry::store::Digest;
 use crate::registry::{ChangeError, NewModule, Registry, Service};
 use crate::serve::{Inbox, Message};
@@ -65,19 +67,72 @@ pub enum Event {
     },
     /// A module finished fetching and compiling on a worker thread.
     Prepared(Box<Prepared>),
+    /// News from the shared registry's thread.
+    Cluster(Box<ClusterEvent>),
 }
 
 /// A new module, fetched and compiled (or why not), and the change it is for.
 pub struct Prepared {
-    origin: CallOrigin,
+    /// Who asked; `None` for a change another node made.
+    origin: Option<CallOrigin>,
     name: ServiceName,
     limits: Option<LimitsConfig>,
     env: Option<EnvValues>,
     guest: GuestConfig,
+    /// The revision the caller says it changes (`If-Match`), in a cluster.
+    if_match: Option<u64>,
+    /// For another node's change: its revision and entry.
+    remote: Option<(u64, Entry)>,
     result: Result<(NewModule, Loaded, Duration), PrepareError>,
 }
 
+impl Prepared {
+    /// A change a caller asked for, before its module is ready.
+    fn asked(
+        origin: &CallOrigin,
+        name: ServiceName,
+        limits: Option<LimitsConfig>,
+        env: Option<EnvValues>,
+        guest: GuestConfig,
+        if_match: Option<u64>,
+    ) -> Self {
+        Prepared {
+            origin: Some(origin.clone()),
+            name,
+            limits,
+            env,
+            guest,
+            if_match,
+            remote: None,
+            result: Err(PrepareError::Empty),
+        }
+    }
+}
+
+/// A write to the shared registry in flight, and what to do once it is in.
+enum PendingWrite {
+    Put {
+        origin: CallOrigin,
+        name: ServiceName,
+        entry: Entry,
+        module: NewModule,
+        loaded: Loaded,
+        elapsed: Duration,
+    },
+    Configure {
+        origin: CallOrigin,
+        name: ServiceName,
+        entry: Entry,
+        compiled: Option<Arc<dyn CompiledModule>>,
+    },
+    Remove {
+        origin: CallOrigin,
+        name: ServiceName,
+    },
+}
+
 /// Who asked, so the answer can find them and the log say who it was.
+#[derive(Clone)]
 struct CallOrigin {
     thread: usize,
     call: JobId,
@@ -133,6 +188,8 @@ pub struct Setup {
     pub max_memory_bytes: usize,
     /// Every serving thread's inbox, by index.
     pub inboxes: Vec<Inbox>,
+    /// The shared registry, when this node is part of a cluster.
+    pub cluster: Option<Cluster>,
 }
 
 /// Starts the management thread; `on_exit` runs when it ends.
@@ -149,6 +206,8 @@ pub fn spawn(
         sender,
         preparing: 0,
         started: Instant::now(),
+        writes: HashMap::new(),
+        next_write: 0,
     };
     std::thread::Builder::new()
         .name("admin".to_owned())
@@ -166,6 +225,7 @@ pub fn spawn(
                 match event {
                     Event::Call { thread, call } => admin.on_call(thread, *call),
                     Event::Prepared(prepared) => admin.on_prepared(*prepared),
+                    Event::Cluster(event) => admin.on_cluster(*event),
                 }
             }
         })?;
@@ -179,6 +239,9 @@ struct Admin {
     sender: SyncSender<Event>,
     preparing: usize,
     started: Instant,
+    /// Writes to the shared registry in flight, by token.
+    writes: HashMap<u64, PendingWrite>,
+    next_write: u64,
 }
 
 /// A response now, or later (a worker is preparing a module).
@@ -222,6 +285,10 @@ impl Admin {
         match (method, tail) {
             ("GET", "") => Reply::Now(self.list()),
             ("GET", "metrics") => Reply::Now(self.metrics()),
+            // In a cluster, a write while NATS is away changes nothing: refused at once.
+            (_, _) if method != "GET" && self.cluster_unavailable() => {
+                Reply::Now(unavailable(self.setup.cluster.as_ref()))
+            }
             ("POST", "add") => self.add(origin, &call.request.body),
             (_, "" | "metrics" | "health" | "add") => Reply::Now(method_not_allowed(tail)),
             (_, name) if name.contains('/') => {
@@ -232,11 +299,15 @@ impl Admin {
                     Ok(name) => name,
                     Err(e) => return Reply::Now(error(400, &format!("prefix `{name}`: {e}"))),
                 };
+                let if_match = match if_match(call) {
+                    Ok(revision) => revision,
+                    Err(response) => return Reply::Now(response),
+                };
                 match method {
                     "GET" => Reply::Now(self.show(&name, query)),
-                    "PUT" => self.upload(origin, name, query, &call.request.body),
-                    "PATCH" => Reply::Now(self.configure(&name, &call.request.body)),
-                    "DELETE" => Reply::Now(self.remove(&name)),
+                    "PUT" => self.upload(origin, name, query, &call.request.body, if_match),
+                    "PATCH" => self.configure(origin, &name, &call.request.body, if_match),
+                    "DELETE" => self.remove(origin, &name, if_match),
                     _ => Reply::Now(
                         error(405, "use GET, PUT, PATCH or DELETE on a service")
                             .with_header("Allow", "GET, PUT, PATCH, DELETE"),
@@ -287,6 +358,19 @@ impl Admin {
                 "workers": self.setup.inboxes.len(),
                 "services": self.setup.registry.services().count(),
                 "uptime_seconds": self.started.elapsed().as_secs(),
+                "registry": match &self.setup.cluster {
+                    None => json!({ "kind": "local", "available": true }),
+                    Some(c) => json!({
+                        "kind": "nats",
+                        "url": c.url,
+                        "available": c.available(),
+                        "note": if c.available() {
+                            "changes are shared with every node"
+                        } else {
+                            "the shared registry is unavailable: serving the last known services, changes refused"
+                        },
+                    }),
+                },
             }),
         )
     }
@@ -393,9 +477,8 @@ impl Admin {
         }
         let fetch = self.setup.fetch.clone();
         let source = add.source;
-        self.prepare(origin, name, add.limits, add.env, guest, move || {
-            Ok((fetch::fetch(&source, &fetch)?, source))
-        })
+        let change = Prepared::asked(origin, name, add.limits, add.env, guest, None);
+        self.prepare(change, move || Ok((fetch::fetch(&source, &fetch)?, source)))
     }
 
     fn upload(
@@ -404,6 +487,7 @@ impl Admin {
         name: ServiceName,
         query: &str,
         body: &Bytes,
+        if_match: Option<u64>,
     ) -> Reply {
         let (limits, env, guest) = match config_from_query(query) {
             Ok(parsed) => parsed,
@@ -413,9 +497,8 @@ impl Admin {
             return Reply::Now(response);
         }
         let body = body.clone();
-        self.prepare(origin, name, limits, env, guest, move || {
-            Ok((body.to_vec(), "upload".to_owned()))
-        })
+        let change = Prepared::asked(origin, name, limits, env, guest, if_match);
+        self.prepare(change, move || Ok((body.to_vec(), "upload".to_owned())))
     }
 
     /// Checks what a change asks for before any work is done.
@@ -454,11 +537,7 @@ impl Admin {
     /// [`Admin::on_prepared`].
     fn prepare(
         &mut self,
-        origin: &CallOrigin,
-        name: ServiceName,
-        limits: Option<LimitsConfig>,
-        env: Option<EnvValues>,
-        guest: GuestConfig,
+        change: Prepared,
         get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
     ) -> Reply {
         if self.preparing >= MAX_PREPARING {
@@ -467,12 +546,42 @@ impl Admin {
                     .with_header("Retry-After", "1"),
             );
         }
-        self.preparing += 1;
-        let origin = CallOrigin {
-            method: origin.method.clone(),
-            path: origin.path.clone(),
-            ..*origin
+        match self.spawn_prepare(change, get) {
+            Ok(()) => Reply::Later,
+            Err(e) => Reply::Now(error(
+                503,
+                &format!("could not start preparing the module: {e}"),
+            )),
+        }
+    }
+
+    /// Compiles another node's change on a worker thread, like an upload; it is published
+    /// once compiled, so no request reaches a version that is not ready.
+    fn prepare_remote(&mut self, name: ServiceName, revision: u64, entry: Entry, wasm: Bytes) {
+        let source = entry.source.clone();
+        let prepared = Prepared {
+            origin: None,
+            limits: Some(entry.limits.clone()),
+            env: None,
+            guest: entry.guest(),
+            if_match: None,
+            remote: Some((revision, entry)),
+            name: name.clone(),
+            result: Err(PrepareError::Empty),
         };
+        if let Err(e) = self.spawn_prepare(prepared, move || Ok((wasm.to_vec(), source))) {
+            error!(target: "cluster", service = %name, error = %e, "could not start loading a shared change");
+        }
+    }
+
+    /// Runs `get` and the compile on a worker thread; `prepared` comes back with the result.
+    fn spawn_prepare(
+        &mut self,
+        mut prepared: Prepared,
+        get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
+    ) -> std::io::Result<()> {
+        self.preparing += 1;
+        let limits = prepared.limits.clone();
         let artifacts = self.setup.artifacts.clone();
         let max = self.setup.fetch.max_bytes;
         // `_routes` runs within the limits the service will have.
@@ -484,67 +593,254 @@ impl Admin {
         let spawned = std::thread::Builder::new()
             .name("admin-prepare".to_owned())
             .spawn(move || {
-                let result = get()
+                prepared.result = get()
                     .map_err(PrepareError::from)
                     .and_then(|(bytes, source)| {
                         prepare_module(&artifacts, bytes, source, max, &run_limits)
                     });
-                let prepared = Prepared {
-                    origin,
-                    name,
-                    limits,
-                    env,
-                    guest,
-                    result,
-                };
                 let _ = sender.send(Event::Prepared(Box::new(prepared)));
             });
-        match spawned {
-            Ok(_) => Reply::Later,
-            Err(e) => {
-                self.preparing -= 1;
-                Reply::Now(error(
-                    503,
-                    &format!("could not start preparing the module: {e}"),
-                ))
-            }
+        if spawned.is_err() {
+            self.preparing -= 1;
         }
+        spawned.map(drop)
     }
 
     fn on_prepared(&mut self, p: Prepared) {
         self.preparing -= 1;
-        let response = match p.result {
-            Err(e) => {
-                info!(target: "admin", service = %p.name, error = %e, "module refused");
-                error(e.status(), &e.to_string())
+        let Prepared {
+            origin,
+            name,
+            limits,
+            env,
+            guest,
+            if_match,
+            remote,
+            result,
+        } = p;
+        let (module, loaded, elapsed) = match (result, &origin) {
+            (Ok(ready), _) => ready,
+            (Err(e), Some(origin)) => {
+                info!(target: "admin", service = %name, error = %e, "module refused");
+                return self.answer(origin, error(e.status(), &e.to_string()));
             }
-            Ok((module, loaded, elapsed)) => {
-                let compiled = module.compiled.clone();
-                let registry = &mut self.setup.registry;
-                match registry.put(&p.name, module, p.limits, p.env, p.guest) {
-                    Ok(new) => {
-                        let service = registry.service(&p.name).expect("just put");
-                        let key = ModuleKey {
-                            service: p.name.clone(),
-                            version: service.version,
-                        };
-                        self.setup.compile.insert(key, &compiled);
-                        self.setup.compile.record(&p.name, loaded, elapsed);
-                        info!(target: "admin", service = %p.name, version = service.version, digest = %service.digest, source = service.source, "service {}", if new { "added" } else { "replaced" });
-                        let loads = self.setup.compile.load_stats();
-                        json_response(
-                            if new { 201 } else { 200 },
-                            &service_json(service, &[], &loads, false),
-                        )
-                    }
-                    Err(e) => change_error(&e),
-                }
+            (Err(e), None) => {
+                error!(target: "cluster", service = %name, error = %e, "a shared service cannot be loaded on this node; it keeps the version it has");
+                return;
             }
         };
-        self.answer(&p.origin, response);
+        let Some(origin) = origin else {
+            let (revision, mut entry) = remote.expect("a change without a caller is remote");
+            if self.setup.registry.revision(&name) >= Some(revision) {
+                return;
+            }
+            entry.revision = Some(revision);
+            let digest = module.digest;
+            match self.finish_put(&name, entry, module, loaded, elapsed) {
+                Ok(_) => {
+                    info!(target: "cluster", service = %name, revision, %digest, "service updated from the shared registry")
+                }
+                Err(e) => {
+                    error!(target: "cluster", service = %name, error = %e, "shared change not applied")
+                }
+            }
+            return;
+        };
+        let entry = match self
+            .setup
+            .registry
+            .entry_for_put(&name, &module, limits, env, guest)
+        {
+            Ok(entry) => entry,
+            Err(e) => return self.answer(&origin, change_error(&e)),
+        };
+        if self.setup.cluster.is_some() {
+            let expected = if_match.or_else(|| self.setup.registry.revision(&name));
+            let wasm = module.wasm.clone();
+            let command = |token| Command::Put {
+                token,
+                name: name.to_string(),
+                entry: Box::new(entry.clone()),
+                wasm: Some(wasm),
+                expected,
+            };
+            let pending = PendingWrite::Put {
+                origin: origin.clone(),
+                name: name.clone(),
+                entry: entry.clone(),
+                module,
+                loaded,
+                elapsed,
+            };
+            return self.write(&origin, command, pending);
+        }
+        let response = self.put_response(&name, entry, module, loaded, elapsed);
+        self.answer(&origin, response);
     }
 
-    fn configure(&mut self, name: &ServiceName, body: &[u8]) -> Response {
+    /// Installs a new module and says so.
+    fn put_response(
+        &mut self,
+        name: &ServiceName,
+        entry: Entry,
+        module: NewModule,
+        loaded: Loaded,
+        elapsed: Duration,
+    ) -> Response {
+        match self.finish_put(name, entry, module, loaded, elapsed) {
+            Ok(new) => {
+                let registry = &self.setup.registry;
+                let service = registry.service(name).expect("just put");
+                info!(target: "admin", service = %name, version = service.version, digest = %service.digest, source = service.source, "service {}", if new { "added" } else { "replaced" });
+                let loads = self.setup.compile.load_stats();
+                json_response(
+                    if new { 201 } else { 200 },
+                    &service_json(service, &[], &loads, false),
+                )
+            }
+            Err(e) => change_error(&e),
+        }
+    }
+
+    /// Stores and publishes a module, and tells the compile pool it is ready.
+    fn finish_put(
+        &mut self,
+        name: &ServiceName,
+        entry: Entry,
+        module: NewModule,
+        loaded: Loaded,
+        elapsed: Duration,
+    ) -> Result<bool, ChangeError> {
+        let compiled = module.compiled.clone();
+        let new = self.setup.registry.install(name, entry, module)?;
+        if let Some(service) = self.setup.registry.service(name) {
+            let key = ModuleKey {
+                service: name.clone(),
+                version: service.version,
+            };
+            self.setup.compile.insert(key, &compiled);
+            self.setup.compile.record(name, loaded, elapsed);
+        }
+        Ok(new)
+    }
+
+    /// Hands a write to the shared registry; the caller is answered when it is in.
+    fn write(
+        &mut self,
+        origin: &CallOrigin,
+        command: impl FnOnce(u64) -> Command,
+        pending: PendingWrite,
+    ) {
+        let cluster = self.setup.cluster.as_ref().expect("only in a cluster");
+        let token = self.next_write;
+        self.next_write += 1;
+        match cluster.send(command(token)) {
+            Ok(()) => {
+                self.writes.insert(token, pending);
+            }
+            Err(e) => self.answer(origin, write_error(&e)),
+        }
+    }
+
+    fn cluster_unavailable(&self) -> bool {
+        self.setup.cluster.as_ref().is_some_and(|c| !c.available())
+    }
+
+    fn on_cluster(&mut self, event: ClusterEvent) {
+        match event {
+            ClusterEvent::Changed {
+                name,
+                revision,
+                entry,
+                wasm,
+            } => {
+                let Ok(name) = ServiceName::new(&name) else {
+                    warn!(target: "cluster", key = name, "shared entry under a key that is no service name; ignored");
+                    return;
+                };
+                if self.setup.registry.revision(&name) < Some(revision) {
+                    self.prepare_remote(name, revision, *entry, wasm);
+                }
+            }
+            ClusterEvent::Removed { name, revision } => {
+                let Ok(name) = ServiceName::new(&name) else {
+                    return;
+                };
+                let known = self.setup.registry.entry(&name).map(|e| e.revision);
+                if let Some(current) = known
+                    && current < Some(revision)
+                {
+                    match self.setup.registry.uninstall(&name) {
+                        Ok(()) => {
+                            info!(target: "cluster", service = %name, revision, "service removed through the shared registry")
+                        }
+                        Err(e) => {
+                            error!(target: "cluster", service = %name, error = %e, "shared removal not applied")
+                        }
+                    }
+                }
+            }
+            ClusterEvent::Written { token, result } => {
+                let Some(pending) = self.writes.remove(&token) else {
+                    return;
+                };
+                self.on_written(pending, result);
+            }
+        }
+    }
+
+    /// A write to the shared registry is in (or failed): apply it here and answer.
+    fn on_written(&mut self, pending: PendingWrite, result: Result<u64, WriteError>) {
+        let (origin, response) = match (pending, result) {
+            (PendingWrite::Put { origin, .. }, Err(e))
+            | (PendingWrite::Configure { origin, .. }, Err(e))
+            | (PendingWrite::Remove { origin, .. }, Err(e)) => {
+                info!(target: "admin", error = %e, "shared registry write refused");
+                (origin, write_error(&e))
+            }
+            (
+                PendingWrite::Put {
+                    origin,
+                    name,
+                    mut entry,
+                    module,
+                    loaded,
+                    elapsed,
+                },
+                Ok(revision),
+            ) => {
+                entry.revision = Some(revision);
+                let response = self.put_response(&name, entry, module, loaded, elapsed);
+                (origin, response)
+            }
+            (
+                PendingWrite::Configure {
+                    origin,
+                    name,
+                    mut entry,
+                    compiled,
+                },
+                Ok(revision),
+            ) => {
+                entry.revision = Some(revision);
+                let response = self.configured_response(&name, entry, compiled);
+                (origin, response)
+            }
+            (PendingWrite::Remove { origin, name }, Ok(_)) => {
+                let response = self.removed_response(&name);
+                (origin, response)
+            }
+        };
+        self.answer(&origin, response);
+    }
+
+    fn configure(
+        &mut self,
+        origin: &CallOrigin,
+        name: &ServiceName,
+        body: &[u8],
+        if_match: Option<u64>,
+    ) -> Reply {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Configure {
@@ -556,18 +852,22 @@ impl Admin {
         let c: Configure = match serde_json::from_slice(body) {
             Ok(c) => c,
             Err(e) => {
-                return error(
+                return Reply::Now(error(
                     400,
                     &format!(
                         "body must be JSON like {{\"limits\": {{\"memory\": \"32MiB\"}}, \"env\": {{\"KEY\": \"value\"}}}}: {e}"
                     ),
-                );
+                ));
             }
         };
         if let Err(response) = self.check_change(name.as_str(), c.limits.as_ref(), c.env.as_ref()) {
-            return response;
+            return Reply::Now(response);
         }
-        let registry = &mut self.setup.registry;
+        let registry = &self.setup.registry;
+        let entry = match registry.entry_for_configure(name, c.limits, c.env) {
+            Ok(entry) => entry,
+            Err(e) => return Reply::Now(change_error(&e)),
+        };
         // The module stays: hand over the compiled one if a thread holds it, so no thread
         // has to load it again.
         let compiled = registry.service(name).and_then(|s| {
@@ -576,7 +876,37 @@ impl Admin {
                 version: s.version,
             })
         });
-        match registry.configure(name, c.limits, c.env, compiled.clone()) {
+        if self.setup.cluster.is_some() {
+            let wasm = registry.service(name).map(|s| s.wasm.clone());
+            let expected = if_match.or(entry.revision);
+            let command = |token| Command::Put {
+                token,
+                name: name.to_string(),
+                entry: Box::new(entry.clone()),
+                wasm,
+                expected,
+            };
+            let pending = PendingWrite::Configure {
+                origin: origin.clone(),
+                name: name.clone(),
+                entry: entry.clone(),
+                compiled,
+            };
+            self.write(origin, command, pending);
+            return Reply::Later;
+        }
+        Reply::Now(self.configured_response(name, entry, compiled))
+    }
+
+    /// Installs a reconfigured entry and says so.
+    fn configured_response(
+        &mut self,
+        name: &ServiceName,
+        entry: Entry,
+        compiled: Option<Arc<dyn CompiledModule>>,
+    ) -> Response {
+        let registry = &mut self.setup.registry;
+        match registry.install_configured(name, entry, compiled.clone()) {
             Ok(()) => {
                 let service = registry.service(name).expect("configured");
                 if let Some(compiled) = &compiled {
@@ -593,15 +923,72 @@ impl Admin {
         }
     }
 
-    fn remove(&mut self, name: &ServiceName) -> Response {
-        match self.setup.registry.remove(name) {
-            Ok(()) => {
+    fn remove(&mut self, origin: &CallOrigin, name: &ServiceName, if_match: Option<u64>) -> Reply {
+        if let Err(e) = self.setup.registry.check_remove(name) {
+            return Reply::Now(change_error(&e));
+        }
+        let expected = if_match.or_else(|| self.setup.registry.revision(name));
+        if let (Some(_), Some(expected)) = (&self.setup.cluster, expected) {
+            let command = |token| Command::Delete {
+                token,
+                name: name.to_string(),
+                expected,
+            };
+            let pending = PendingWrite::Remove {
+                origin: origin.clone(),
+                name: name.clone(),
+            };
+            self.write(origin, command, pending);
+            return Reply::Later;
+        }
+        // Not in the shared registry (added before this node joined one): removed here.
+        Reply::Now(self.removed_response(name))
+    }
+
+    /// Drops a service here and says so; one the shared registry's watch removed first is
+    /// gone already, which is the same outcome.
+    fn removed_response(&mut self, name: &ServiceName) -> Response {
+        match self.setup.registry.uninstall(name) {
+            Ok(()) | Err(ChangeError::NotFound(_)) => {
                 info!(target: "admin", service = %name, "service removed");
                 json_response(200, &json!({ "removed": name.as_str() }))
             }
             Err(e) => change_error(&e),
         }
     }
+}
+
+/// The revision an `If-Match: N` header names, if the call has one.
+fn if_match(call: &ManagementCall) -> Result<Option<u64>, Response> {
+    let Some(value) = call.request.header("if-match") else {
+        return Ok(None);
+    };
+    std::str::from_utf8(value)
+        .ok()
+        .map(|v| v.trim().trim_matches('"'))
+        .and_then(|v| v.parse().ok())
+        .map(Some)
+        .ok_or_else(|| error(400, "If-Match must be a revision number, as `GET` shows it"))
+}
+
+/// The answer to a write the shared registry refused or could not take.
+fn write_error(e: &WriteError) -> Response {
+    match e {
+        WriteError::Conflict(_) => error(409, &e.to_string()),
+        _ => error(503, &e.to_string()).with_header("Retry-After", "1"),
+    }
+}
+
+/// The answer to a write while the shared registry is away.
+fn unavailable(cluster: Option<&Cluster>) -> Response {
+    let url = cluster.map_or("", |c| c.url.as_str());
+    error(
+        503,
+        &format!(
+            "the shared registry (NATS at {url}) is unavailable: changes are refused until it is back; every node keeps serving the services it has"
+        ),
+    )
+    .with_header("Retry-After", "1")
 }
 
 /// Parses (WAT to binary), checks the size, compiles and hashes a module, and learns its
@@ -724,6 +1111,7 @@ fn service_json(
         "digest": s.digest.to_string(),
         "size": s.wasm.len(),
         "version": s.version,
+        "revision": s.revision,
         "updated_unix": s.updated_unix,
         "limits": LimitsConfig::of(&s.limits),
         "limits_set": s.limits_set,

@@ -64,6 +64,9 @@ pub struct Entry {
     /// `PATH EXPORT` lines, so a restart serves them before the module is compiled again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<String>,
+    /// Its revision in the shared registry (NATS), when the node is part of a cluster.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
     /// When it last changed, in seconds since the Unix epoch.
     pub updated_unix: u64,
 }

@@ -63,6 +63,8 @@ pub struct Service {
     pub outbound_in_flight: Arc<AtomicUsize>,
     /// The version serving threads know it by; every change moves it forward.
     pub version: u64,
+    /// Its revision in the shared registry, in a cluster (what `If-Match` names).
+    pub revision: Option<u64>,
     /// When it last changed, in seconds since the Unix epoch.
     pub updated_unix: u64,
 }
@@ -215,6 +217,7 @@ impl Registry {
             routes,
             outbound_in_flight: Arc::default(),
             version: self.next_version(),
+            revision: entry.revision,
             updated_unix: entry.updated_unix,
         })
     }
@@ -321,7 +324,9 @@ impl Registry {
     /// Adds a service or replaces its module. Limits given are set over the service's (a
     /// key not given keeps its value); an environment, entrypoint or argv template given
     /// replaces the service's. The module must export the entrypoint and sub-routes that
-    /// result. Returns whether the service is new.
+    /// result. Returns whether the service is new. (The management thread does this in
+    /// two steps, so that in a cluster the shared registry takes the entry in between.)
+    #[cfg(test)]
     pub fn put(
         &mut self,
         name: &ServiceName,
@@ -330,9 +335,22 @@ impl Registry {
         env: Option<EnvValues>,
         guest: GuestConfig,
     ) -> Result<bool, ChangeError> {
+        let entry = self.entry_for_put(name, &module, limits, env, guest)?;
+        self.install(name, entry, module)
+    }
+
+    /// The entry [`Registry::put`] would store, checked, without storing it.
+    pub fn entry_for_put(
+        &self,
+        name: &ServiceName,
+        module: &NewModule,
+        limits: Option<LimitsConfig>,
+        env: Option<EnvValues>,
+        guest: GuestConfig,
+    ) -> Result<Entry, ChangeError> {
         self.check_api_owned(name)?;
-        let old = self.manifest.services.get(name.as_str()).cloned();
-        let old_guest = old.as_ref().map(Entry::guest).unwrap_or_default();
+        let old = self.manifest.services.get(name.as_str());
+        let old_guest = old.map(Entry::guest).unwrap_or_default();
         let guest = GuestConfig {
             entrypoint: guest.entrypoint.or(old_guest.entrypoint),
             argv: guest.argv.or(old_guest.argv),
@@ -349,23 +367,23 @@ impl Registry {
         let setup = guest.setup(Vec::new(), module.routes.clone(), Vec::new(), None);
         frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
             .map_err(ChangeError::Entrypoint)?;
-        let entry = Entry {
+        Ok(Entry {
             digest: module.digest.to_string(),
             size: module.wasm.len(),
             source: module.source.clone(),
             origin: Origin::Api,
-            limits: match (limits, old.as_ref()) {
+            limits: match (limits, old) {
                 (Some(given), Some(old)) => given.over(&old.limits),
                 (given, old) => given
                     .or_else(|| old.map(|o| o.limits.clone()))
                     .unwrap_or_default(),
             },
             env: env
-                .or_else(|| old.as_ref().map(|o| o.env.clone()))
+                .or_else(|| old.map(|o| o.env.clone()))
                 .unwrap_or_default(),
-            entrypoint: guest.entrypoint.clone(),
-            argv: guest.argv.clone(),
-            allowed_hosts: guest.allowed_hosts.clone(),
+            entrypoint: guest.entrypoint,
+            argv: guest.argv,
+            allowed_hosts: guest.allowed_hosts,
             http_max_concurrency: guest.http_max_concurrency,
             routes: module
                 .routes
@@ -373,11 +391,30 @@ impl Registry {
                 .iter()
                 .map(|r| format!("{} {}", r.pattern, r.entrypoint))
                 .collect(),
+            revision: None,
             updated_unix: unix_now(),
-        };
+        })
+    }
+
+    /// Stores `entry` for `name` with its module (module first, then the manifest) and
+    /// publishes it. An entry another node wrote for a service this node's config file or
+    /// command line defines is kept but not served. Returns whether the service is new.
+    pub fn install(
+        &mut self,
+        name: &ServiceName,
+        entry: Entry,
+        module: NewModule,
+    ) -> Result<bool, ChangeError> {
+        let old = self.manifest.services.get(name.as_str()).cloned();
         // The module is durable before a manifest names it.
         self.store.put(module.digest, &module.wasm)?;
         self.commit(name, Some(entry.clone()))?;
+        if let Some(old) = &old {
+            self.forget_module(&old.digest);
+        }
+        if self.hidden_by_static(name) {
+            return Ok(false);
+        }
         let service = Service {
             name: name.clone(),
             origin: Origin::Api,
@@ -385,26 +422,49 @@ impl Registry {
             digest: module.digest,
             wasm: module.wasm,
             limits: entry.limits.apply(self.base_limits),
-            limits_set: entry.limits,
-            env: entry.env,
-            guest,
+            limits_set: entry.limits.clone(),
+            env: entry.env.clone(),
+            guest: entry.guest(),
             volumes: Vec::new(),
             routes: module.routes,
             outbound_in_flight: old_service_counter(&self.services, name),
             version: self.next_version(),
+            revision: entry.revision,
             updated_unix: entry.updated_unix,
         };
         self.publish_put(&service, Some(module.compiled));
-        let new = self.services.insert(name.clone(), service).is_none();
-        if let Some(old) = old {
-            self.forget_module(&old.digest);
+        Ok(self.services.insert(name.clone(), service).is_none())
+    }
+
+    /// Whether a service of the config file or command line hides the API's of this name.
+    fn hidden_by_static(&self, name: &ServiceName) -> bool {
+        let hidden = self
+            .statics
+            .get(name)
+            .is_some_and(|s| s.service.origin != Origin::BuiltIn);
+        if hidden {
+            warn!(service = %name, "the shared registry's service of this name is hidden by this node's own");
         }
-        Ok(new)
+        hidden
+    }
+
+    /// The shared registry's revision of the API's entry for `name`, if any.
+    pub fn revision(&self, name: &ServiceName) -> Option<u64> {
+        self.manifest
+            .services
+            .get(name.as_str())
+            .and_then(|e| e.revision)
+    }
+
+    /// The API's stored entry for `name`.
+    pub fn entry(&self, name: &ServiceName) -> Option<&Entry> {
+        self.manifest.services.get(name.as_str())
     }
 
     /// Changes a service's limits (the keys given) or environment (all of it), keeping its
     /// module; `compiled` is that module if the caller holds it (threads stay warm), else
     /// they load it again.
+    #[cfg(test)]
     pub fn configure(
         &mut self,
         name: &ServiceName,
@@ -412,6 +472,17 @@ impl Registry {
         env: Option<EnvValues>,
         compiled: Option<Arc<dyn CompiledModule>>,
     ) -> Result<(), ChangeError> {
+        let entry = self.entry_for_configure(name, limits, env)?;
+        self.install_configured(name, entry, compiled)
+    }
+
+    /// The entry [`Registry::configure`] would store, without storing it.
+    pub fn entry_for_configure(
+        &self,
+        name: &ServiceName,
+        limits: Option<LimitsConfig>,
+        env: Option<EnvValues>,
+    ) -> Result<Entry, ChangeError> {
         self.check_api_owned(name)?;
         let Some(mut entry) = self.manifest.services.get(name.as_str()).cloned() else {
             return Err(ChangeError::NotFound(name.clone()));
@@ -423,17 +494,27 @@ impl Registry {
             entry.env = env;
         }
         entry.updated_unix = unix_now();
+        Ok(entry)
+    }
+
+    /// Stores a changed entry whose module is the service's current one, and publishes it.
+    pub fn install_configured(
+        &mut self,
+        name: &ServiceName,
+        entry: Entry,
+        compiled: Option<Arc<dyn CompiledModule>>,
+    ) -> Result<(), ChangeError> {
         self.commit(name, Some(entry.clone()))?;
         let version = self.next_version();
         let base = self.base_limits;
-        let service = self
-            .services
-            .get_mut(name)
-            .expect("in the manifest, so served");
+        let Some(service) = self.services.get_mut(name) else {
+            return Err(ChangeError::NotFound(name.clone()));
+        };
         service.limits = entry.limits.apply(base);
         service.limits_set = entry.limits;
         service.env = entry.env;
         service.version = version;
+        service.revision = entry.revision;
         service.updated_unix = entry.updated_unix;
         let service = service.clone();
         self.publish_put(&service, compiled);
@@ -442,12 +523,31 @@ impl Registry {
 
     /// Removes a service: requests in flight finish, then its prefix answers 404 (or the
     /// built-in it hid comes back).
+    #[cfg(test)]
     pub fn remove(&mut self, name: &ServiceName) -> Result<(), ChangeError> {
+        self.check_remove(name)?;
+        self.uninstall(name)
+    }
+
+    /// Checks that the API may remove `name` and that it exists.
+    pub fn check_remove(&self, name: &ServiceName) -> Result<(), ChangeError> {
         self.check_api_owned(name)?;
+        if !self.manifest.services.contains_key(name.as_str()) {
+            return Err(ChangeError::NotFound(name.clone()));
+        }
+        Ok(())
+    }
+
+    /// Drops the API's entry for `name` from the store and from every thread.
+    pub fn uninstall(&mut self, name: &ServiceName) -> Result<(), ChangeError> {
         let Some(old) = self.manifest.services.get(name.as_str()).cloned() else {
             return Err(ChangeError::NotFound(name.clone()));
         };
         self.commit(name, None)?;
+        self.forget_module(&old.digest);
+        if self.hidden_by_static(name) {
+            return Ok(());
+        }
         self.services.remove(name);
         match self.statics.get(name).map(|s| s.service.clone()) {
             Some(mut builtin) => {
@@ -466,7 +566,6 @@ impl Registry {
                 }
             }
         }
-        self.forget_module(&old.digest);
         Ok(())
     }
 
@@ -590,6 +689,7 @@ mod tests {
                 routes: SubRoutes::default(),
                 outbound_in_flight: Arc::default(),
                 version: 0,
+                revision: None,
                 updated_unix: 0,
             },
             compiled: Arc::new(NoModule),

@@ -329,6 +329,7 @@ mod tests {
                 allowed_hosts: Vec::new(),
                 http_max_concurrency: None,
                 routes: Vec::new(),
+                revision: None,
                 updated_unix: 1,
             },
         );

@@ -407,3 +407,65 @@ impl Client {
         self.buf.is_empty() && self.fill() == 0
     }
 }
+
+/// A guest that spins as many times as the little-endian u32 in its body says, then
+/// answers `marker`.
+pub fn versioned(marker: &str) -> String {
+    let body = format!("Content-Type: text/plain\n\n{marker}");
+    format!(
+        r#"(module
+          (import "wasi_snapshot_preview1" "fd_read" (func $r (param i32 i32 i32 i32) (result i32)))
+          (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+          (memory (export "memory") 1)
+          (data (i32.const 64) "{body}")
+          (func (export "_start")
+            (local $i i32) (local $n i32)
+            (i32.store (i32.const 16) (i32.const 200))
+            (i32.store (i32.const 20) (i32.const 4))
+            (drop (call $r (i32.const 0) (i32.const 16) (i32.const 1) (i32.const 24)))
+            (local.set $n (i32.load (i32.const 200)))
+            (block $done (loop $l
+              (br_if $done (i32.ge_u (local.get $i) (local.get $n)))
+              (local.set $i (i32.add (local.get $i) (i32.const 1)))
+              (br $l)))
+            (i32.store (i32.const 0) (i32.const 64))
+            (i32.store (i32.const 4) (i32.const {len}))
+            (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))"#,
+        body = body.replace('\n', "\\n"),
+        len = body.len()
+    )
+}
+
+/// A response body as JSON.
+pub fn json(r: &HttpResponse) -> serde_json::Value {
+    serde_json::from_slice(&r.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", r.text()))
+}
+
+/// Sends `spins` to the `slow` service (a [`versioned`] guest) on its own thread, and
+/// returns once the server says the request is running.
+pub fn slow_request(server: &Frenezulo, spins: u32) -> std::thread::JoinHandle<HttpResponse> {
+    let addr = server.addr;
+    let slow = std::thread::spawn(move || {
+        let mut c = Client::connect_to(addr);
+        let body = spins.to_le_bytes();
+        let head = format!(
+            "POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        c.send(head.as_bytes());
+        c.send(&body);
+        c.response()
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = json(&server.admin("GET", "/services/slow", b""));
+        if info["counters"]["running"] == 1 {
+            return slow;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the slow request never started: {info}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
