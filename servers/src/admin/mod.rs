@@ -712,8 +712,13 @@ impl Admin {
         elapsed: Duration,
     ) -> Result<bool, ChangeError> {
         let compiled = module.compiled.clone();
+        let digest = module.digest;
         let new = self.setup.registry.install(name, entry, module)?;
-        if let Some(service) = self.setup.registry.service(name) {
+        // A shared service hidden by this node's own of the same name is stored, not
+        // served: its compiled module must not be filed under the served one's version.
+        if let Some(service) = self.setup.registry.service(name)
+            && service.digest == digest
+        {
             let key = ModuleKey {
                 service: name.clone(),
                 version: service.version,
