@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use frenezulo_core::GuestSetup;
 
-use crate::wasi::ValKind;
+use crate::wasi::{GuestIo, HostStop, ValKind};
 
 /// The import module name.
 pub const MODULE: &str = "wasi_experimental_http";
@@ -56,6 +56,74 @@ const MAX_TEXT: u32 = 64 * 1024;
 
 /// Largest request body a guest may send, in bytes.
 pub const MAX_REQUEST_BODY: u32 = 4 << 20;
+
+/// Calls `$m!("import", method(arg: i32, ...))` for each function of [`MODULE`] but `req`
+/// (which each engine suspends its own way): methods of [`GuestIo`] shaped like the WASI
+/// functions, so the engines register both with one macro.
+macro_rules! for_each_function {
+    ($m:ident) => {
+        $m!("close", http_close(handle: i32));
+        $m!(
+            "header_get",
+            http_header_get(handle: i32, name: i32, name_len: i32, buf: i32, buf_len: i32, written: i32)
+        );
+        $m!("headers_get_all", http_headers_get_all(handle: i32, buf: i32, buf_len: i32, written: i32));
+        $m!("header_get_all", http_headers_get_all(handle: i32, buf: i32, buf_len: i32, written: i32));
+        $m!("body_read", http_body_read(handle: i32, buf: i32, buf_len: i32, written: i32));
+    };
+}
+#[allow(unused_imports)]
+pub(crate) use for_each_function;
+
+impl GuestIo {
+    /// `close(handle)`.
+    pub fn http_close(&mut self, _mem: &mut [u8], handle: i32) -> Result<i32, HostStop> {
+        Ok(self.http.close(handle))
+    }
+
+    /// `header_get(handle, name, name_len, buf, buf_len, written_out)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn http_header_get(
+        &mut self,
+        mem: &mut [u8],
+        handle: i32,
+        name: i32,
+        name_len: i32,
+        buf: i32,
+        buf_len: i32,
+        written: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(self
+            .http
+            .header_get(mem, handle, (name, name_len), (buf, buf_len), written))
+    }
+
+    /// `headers_get_all(handle, buf, buf_len, written_out)`.
+    pub fn http_headers_get_all(
+        &mut self,
+        mem: &mut [u8],
+        handle: i32,
+        buf: i32,
+        buf_len: i32,
+        written: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(self
+            .http
+            .headers_get_all(mem, handle, (buf, buf_len), written))
+    }
+
+    /// `body_read(handle, buf, buf_len, written_out)`.
+    pub fn http_body_read(
+        &mut self,
+        mem: &mut [u8],
+        handle: i32,
+        buf: i32,
+        buf_len: i32,
+        written: i32,
+    ) -> Result<i32, HostStop> {
+        Ok(self.http.body_read(mem, handle, (buf, buf_len), written))
+    }
+}
 
 /// The `(params, results)` of each function, all `i32`. `header_get_all` is the name
 /// older guest libraries import `headers_get_all` under.

@@ -130,11 +130,11 @@ impl Engine for WasmiEngine {
 /// A linker with every implemented WASI function.
 fn wasi_linker(engine: &Wasmi) -> Result<Linker<Host>, wasmi::errors::LinkerError> {
     let mut linker = Linker::new(engine);
-    macro_rules! define {
-        ($f:ident($($a:ident: $t:ty),*)) => {
+    macro_rules! define_in {
+        ($module:expr, $name:expr, $f:ident($($a:ident: $t:ty),*)) => {
             linker.func_wrap(
-                wasi::MODULE,
-                stringify!($f),
+                $module,
+                $name,
                 |mut caller: Caller<'_, Host>, $($a: $t),*| -> Result<i32, wasmi::Error> {
                     let memory = caller.data().memory.ok_or(wasmi::Error::host(HostStop::NoMemory))?;
                     let (mem, host) = memory.data_and_store_mut(&mut caller);
@@ -143,7 +143,18 @@ fn wasi_linker(engine: &Wasmi) -> Result<Linker<Host>, wasmi::errors::LinkerErro
             )?;
         };
     }
+    macro_rules! define {
+        ($f:ident($($a:ident: $t:ty),*)) => {
+            define_in!(wasi::MODULE, stringify!($f), $f($($a: $t),*))
+        };
+    }
+    macro_rules! define_http {
+        ($name:literal, $f:ident($($a:ident: $t:ty),*)) => {
+            define_in!(outbound::MODULE, $name, $f($($a: $t),*))
+        };
+    }
     wasi::for_each_function!(define);
+    outbound::for_each_function!(define_http);
     linker.func_wrap(
         wasi::MODULE,
         "proc_exit",
@@ -155,8 +166,9 @@ fn wasi_linker(engine: &Wasmi) -> Result<Linker<Host>, wasmi::errors::LinkerErro
     Ok(linker)
 }
 
-/// `wasi_experimental_http`. `req` stops the call with [`HostStop::Waiting`]: the task
-/// resumes it with the result once the driver has made the call.
+/// `wasi_experimental_http::req` (the module's other functions are registered with the
+/// WASI ones). It stops the call with [`HostStop::Waiting`]: the task resumes it with the
+/// result once the driver has made the call.
 fn http_functions(linker: &mut Linker<Host>) -> Result<(), wasmi::errors::LinkerError> {
     fn memory(caller: &Caller<'_, Host>) -> Result<Memory, wasmi::Error> {
         caller
@@ -191,65 +203,6 @@ fn http_functions(linker: &mut Linker<Host>) -> Result<(), wasmi::errors::Linker
                 (status_out, handle_out),
             );
             now.ok_or(wasmi::Error::host(HostStop::Waiting))
-        },
-    )?;
-    linker.func_wrap(
-        outbound::MODULE,
-        "close",
-        |mut caller: Caller<'_, Host>, handle: i32| -> i32 {
-            caller.data_mut().io.http.close(handle)
-        },
-    )?;
-    linker.func_wrap(
-        outbound::MODULE,
-        "header_get",
-        |mut caller: Caller<'_, Host>,
-         handle: i32,
-         name: i32,
-         name_len: i32,
-         buf: i32,
-         buf_len: i32,
-         written: i32|
-         -> Result<i32, wasmi::Error> {
-            let memory = memory(&caller)?;
-            let (mem, host) = memory.data_and_store_mut(&mut caller);
-            Ok(host
-                .io
-                .http
-                .header_get(mem, handle, (name, name_len), (buf, buf_len), written))
-        },
-    )?;
-    for name in ["headers_get_all", "header_get_all"] {
-        linker.func_wrap(
-            outbound::MODULE,
-            name,
-            |mut caller: Caller<'_, Host>,
-             handle: i32,
-             buf: i32,
-             buf_len: i32,
-             written: i32|
-             -> Result<i32, wasmi::Error> {
-                let memory = memory(&caller)?;
-                let (mem, host) = memory.data_and_store_mut(&mut caller);
-                Ok(host
-                    .io
-                    .http
-                    .headers_get_all(mem, handle, (buf, buf_len), written))
-            },
-        )?;
-    }
-    linker.func_wrap(
-        outbound::MODULE,
-        "body_read",
-        |mut caller: Caller<'_, Host>,
-         handle: i32,
-         buf: i32,
-         buf_len: i32,
-         written: i32|
-         -> Result<i32, wasmi::Error> {
-            let memory = memory(&caller)?;
-            let (mem, host) = memory.data_and_store_mut(&mut caller);
-            Ok(host.io.http.body_read(mem, handle, (buf, buf_len), written))
         },
     )?;
     Ok(())

@@ -131,11 +131,11 @@ impl Drop for WasmtimeEngine {
 /// A linker with every implemented WASI function; built once per engine.
 fn wasi_linker(engine: &Wasmtime) -> wasmtime::Result<Linker<Host>> {
     let mut linker = Linker::new(engine);
-    macro_rules! define {
-        ($f:ident($($a:ident: $t:ty),*)) => {
+    macro_rules! define_in {
+        ($module:expr, $name:expr, $f:ident($($a:ident: $t:ty),*)) => {
             linker.func_wrap(
-                wasi::MODULE,
-                stringify!($f),
+                $module,
+                $name,
                 |mut caller: Caller<'_, Host>, $($a: $t),*| -> wasmtime::Result<i32> {
                     let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
                     let (mem, host) = memory.data_and_store_mut(&mut caller);
@@ -144,7 +144,18 @@ fn wasi_linker(engine: &Wasmtime) -> wasmtime::Result<Linker<Host>> {
             )?;
         };
     }
+    macro_rules! define {
+        ($f:ident($($a:ident: $t:ty),*)) => {
+            define_in!(wasi::MODULE, stringify!($f), $f($($a: $t),*))
+        };
+    }
+    macro_rules! define_http {
+        ($name:literal, $f:ident($($a:ident: $t:ty),*)) => {
+            define_in!(outbound::MODULE, $name, $f($($a: $t),*))
+        };
+    }
     wasi::for_each_function!(define);
+    outbound::for_each_function!(define_http);
     linker.func_wrap(
         wasi::MODULE,
         "proc_exit",
@@ -163,7 +174,8 @@ thread_local! {
     static CALL_RESULT: RefCell<Option<OutboundResult>> = const { RefCell::new(None) };
 }
 
-/// `wasi_experimental_http`. `req` is async: it hands its call to the task through
+/// `wasi_experimental_http::req` (the module's other functions are registered with the
+/// WASI ones). It is async: it hands its call to the task through
 /// `CALL_MADE` and stays pending, suspending the guest's fiber, until the task is polled
 /// again with the result in `CALL_RESULT`. A thread polls one task at a time, so the two
 /// slots are only ever the polled task's.
@@ -211,65 +223,6 @@ fn http_functions(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                 host.io.http.deliver(result);
                 Ok(host.io.http.finish(mem))
             })
-        },
-    )?;
-    linker.func_wrap(
-        outbound::MODULE,
-        "close",
-        |mut caller: Caller<'_, Host>, handle: i32| -> i32 {
-            caller.data_mut().io.http.close(handle)
-        },
-    )?;
-    linker.func_wrap(
-        outbound::MODULE,
-        "header_get",
-        |mut caller: Caller<'_, Host>,
-         handle: i32,
-         name: i32,
-         name_len: i32,
-         buf: i32,
-         buf_len: i32,
-         written: i32|
-         -> wasmtime::Result<i32> {
-            let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
-            let (mem, host) = memory.data_and_store_mut(&mut caller);
-            Ok(host
-                .io
-                .http
-                .header_get(mem, handle, (name, name_len), (buf, buf_len), written))
-        },
-    )?;
-    for name in ["headers_get_all", "header_get_all"] {
-        linker.func_wrap(
-            outbound::MODULE,
-            name,
-            |mut caller: Caller<'_, Host>,
-             handle: i32,
-             buf: i32,
-             buf_len: i32,
-             written: i32|
-             -> wasmtime::Result<i32> {
-                let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
-                let (mem, host) = memory.data_and_store_mut(&mut caller);
-                Ok(host
-                    .io
-                    .http
-                    .headers_get_all(mem, handle, (buf, buf_len), written))
-            },
-        )?;
-    }
-    linker.func_wrap(
-        outbound::MODULE,
-        "body_read",
-        |mut caller: Caller<'_, Host>,
-         handle: i32,
-         buf: i32,
-         buf_len: i32,
-         written: i32|
-         -> wasmtime::Result<i32> {
-            let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
-            let (mem, host) = memory.data_and_store_mut(&mut caller);
-            Ok(host.io.http.body_read(mem, handle, (buf, buf_len), written))
         },
     )?;
     Ok(())

@@ -270,10 +270,15 @@ impl Server {
         }
         self.slice_out = None;
         self.stats.yields += 1;
+        self.park(job);
+    }
+
+    /// Puts a started task that can run again at the back of its service's lane.
+    fn park(&mut self, job: JobId) {
         let name = self
             .jobs
             .get(&job)
-            .expect("out slice has a job")
+            .expect("a started task has a job")
             .service
             .clone();
         self.lanes
@@ -296,22 +301,9 @@ impl Server {
 
     pub(super) fn on_woken(&mut self, job: JobId) {
         // A task cancelled while it waited is gone; its late wake-up is dropped.
-        if !self.waiting.remove(&job) {
-            return;
+        if self.waiting.remove(&job) {
+            self.park(job);
         }
-        let name = self
-            .jobs
-            .get(&job)
-            .expect("a waiting task has a job")
-            .service
-            .clone();
-        self.lanes
-            .entry(name.clone())
-            .or_default()
-            .parked
-            .push_back(job);
-        self.mark_ready(&name);
-        self.pump();
     }
 
     pub(super) fn on_executed(

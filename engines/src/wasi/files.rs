@@ -280,12 +280,8 @@ impl GuestIo {
         fdflags: i32,
         out: i32,
     ) -> Result<i32, HostStop> {
-        let dir = match self.dir(dirfd) {
-            Ok(dir) => dir,
-            Err(e) => return Ok(e),
-        };
-        let path = match guest_path(mem, path, path_len) {
-            Ok(p) => p,
+        let (dir, path) = match self.beneath(mem, dirfd, path, path_len) {
+            Ok(found) => found,
             Err(e) => return Ok(e),
         };
         let writes = oflags & (O_CREAT | O_EXCL | O_TRUNC) != 0
@@ -357,12 +353,8 @@ impl GuestIo {
         path_len: i32,
         out: i32,
     ) -> Result<i32, HostStop> {
-        let dir = match self.dir(dirfd) {
-            Ok(dir) => dir,
-            Err(e) => return Ok(e),
-        };
-        let path = match guest_path(mem, path, path_len) {
-            Ok(p) => p,
+        let (dir, path) = match self.beneath(mem, dirfd, path, path_len) {
+            Ok(found) => found,
             Err(e) => return Ok(e),
         };
         Ok(
@@ -470,13 +462,20 @@ impl GuestIo {
         Ok(super::errno_of(write_u32(mem, out, total)))
     }
 
-    /// The directory `fd` names, for resolving a path beneath it.
-    fn dir(&mut self, fd: i32) -> Result<Arc<File>, i32> {
-        match self.files.get(fd) {
-            Some(Handle::Dir { dir, .. }) => Ok(dir.clone()),
-            Some(Handle::File(_)) => Err(NOTDIR),
-            None => Err(errno::BADF),
-        }
+    /// The directory `fd` names and the path from guest memory, to resolve beneath it.
+    fn beneath(
+        &mut self,
+        mem: &[u8],
+        fd: i32,
+        path: i32,
+        path_len: i32,
+    ) -> Result<(Arc<File>, String), i32> {
+        let dir = match self.files.get(fd) {
+            Some(Handle::Dir { dir, .. }) => dir.clone(),
+            Some(Handle::File(_)) => return Err(NOTDIR),
+            None => return Err(errno::BADF),
+        };
+        Ok((dir, guest_path(mem, path, path_len)?))
     }
 }
 
