@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use bytes::Bytes;
 use frenezulo_core::GuestSetup;
 
-use crate::wasi::{GuestIo, HostStop, ValKind};
+use crate::wasi::{GuestIo, HostStop, ValKind, slice, slice_mut, write_bytes};
 
 /// The import module name.
 pub const MODULE: &str = "wasi_experimental_http";
@@ -357,7 +357,9 @@ impl Calls {
         };
         let status = response.status.to_le_bytes();
         let handle = (slot as u32).to_le_bytes();
-        if write(mem, status_out, &status).is_none() || write(mem, handle_out, &handle).is_none() {
+        if write_bytes(mem, status_out, &status).is_none()
+            || write_bytes(mem, handle_out, &handle).is_none()
+        {
             return code::MEMORY_ACCESS_ERROR;
         }
         self.responses[slot] = Some(Open { response, read: 0 });
@@ -449,12 +451,12 @@ impl Calls {
             Err(e) => return e,
         };
         let rest = &open.response.body[open.read..];
-        let Some(dst) = slice_mut(mem, buf) else {
+        let Some(dst) = slice_mut(mem, buf.0, buf.1 as u32) else {
             return code::MEMORY_ACCESS_ERROR;
         };
         let n = dst.len().min(rest.len());
         dst[..n].copy_from_slice(&rest[..n]);
-        if write(mem, written, &(n as u32).to_le_bytes()).is_none() {
+        if write_bytes(mem, written, &(n as u32).to_le_bytes()).is_none() {
             return code::MEMORY_ACCESS_ERROR;
         }
         open.read += n;
@@ -467,11 +469,9 @@ fn fill(mem: &mut [u8], buf: (i32, i32), value: &[u8], written: i32) -> i32 {
     if (buf.1 as u32 as usize) < value.len() {
         return code::BUFFER_TOO_SMALL;
     }
-    let Some(dst) = slice_mut(mem, (buf.0, value.len() as i32)) else {
-        return code::MEMORY_ACCESS_ERROR;
-    };
-    dst.copy_from_slice(value);
-    match write(mem, written, &(value.len() as u32).to_le_bytes()) {
+    let filled = write_bytes(mem, buf.0, value)
+        .and_then(|()| write_bytes(mem, written, &(value.len() as u32).to_le_bytes()));
+    match filled {
         Some(()) => code::SUCCESS,
         None => code::MEMORY_ACCESS_ERROR,
     }
@@ -482,23 +482,11 @@ fn bytes(mem: &[u8], (ptr, len): (i32, i32), max: u32) -> Result<&[u8], i32> {
     if len > max {
         return Err(code::MEMORY_ACCESS_ERROR);
     }
-    let start = ptr as u32 as usize;
-    mem.get(start..start + len as usize)
-        .ok_or(code::MEMORY_ACCESS_ERROR)
+    slice(mem, ptr, len).ok_or(code::MEMORY_ACCESS_ERROR)
 }
 
 fn text(mem: &[u8], at: (i32, i32), max: u32) -> Result<&str, i32> {
     std::str::from_utf8(bytes(mem, at, max)?).map_err(|_| code::UTF8_ERROR)
-}
-
-fn slice_mut(mem: &mut [u8], (ptr, len): (i32, i32)) -> Option<&mut [u8]> {
-    let start = ptr as u32 as usize;
-    mem.get_mut(start..start.checked_add(len as u32 as usize)?)
-}
-
-fn write(mem: &mut [u8], ptr: i32, value: &[u8]) -> Option<()> {
-    slice_mut(mem, (ptr, value.len() as i32))?.copy_from_slice(value);
-    Some(())
 }
 
 /// Request headers as the guest library writes them: `name:value` lines.

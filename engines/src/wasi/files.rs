@@ -18,7 +18,9 @@ use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
 use cap_primitives::fs::{Metadata, MetadataExt as _, OpenOptions};
 use frenezulo_core::Volume;
 
-use super::{GuestIo, HostStop, errno, iovecs, slice, slice_mut, write_u32, write_u64};
+use super::{
+    GuestIo, HostStop, errno, errno_of, iovecs, slice, slice_mut, write_bytes, write_u32, write_u64,
+};
 
 /// Files and directories one guest may have open at once, beyond its volumes.
 pub const MAX_OPEN: usize = 64;
@@ -228,13 +230,7 @@ impl GuestIo {
         let mut prestat = [0u8; 8];
         // tag 0: a directory, then its name's length.
         prestat[4..8].copy_from_slice(&(name.len() as u32).to_le_bytes());
-        Ok(match slice_mut(mem, out, 8) {
-            Some(dst) => {
-                dst.copy_from_slice(&prestat);
-                errno::SUCCESS
-            }
-            None => errno::FAULT,
-        })
+        Ok(errno_of(write_bytes(mem, out, &prestat)))
     }
 
     /// `fd_prestat_dir_name(fd, path, len)`: a volume's guest path.
@@ -255,13 +251,7 @@ impl GuestIo {
         if (len as u32 as usize) < name.len() {
             return Ok(NAMETOOLONG);
         }
-        Ok(match slice_mut(mem, path, name.len() as u32) {
-            Some(dst) => {
-                dst.copy_from_slice(name.as_bytes());
-                errno::SUCCESS
-            }
-            None => errno::FAULT,
-        })
+        Ok(errno_of(write_bytes(mem, path, name.as_bytes())))
     }
 
     /// `path_open(dirfd, dirflags, path, path_len, oflags, rights_base, rights_inheriting,
@@ -315,7 +305,7 @@ impl GuestIo {
         let Some(fd) = self.files.insert(handle) else {
             return Ok(MFILE);
         };
-        Ok(super::errno_of(write_u32(mem, out, fd as u32)))
+        Ok(errno_of(write_u32(mem, out, fd as u32)))
     }
 
     /// `fd_filestat_get(fd, out)`.
@@ -327,13 +317,7 @@ impl GuestIo {
                 // A character device with nothing else known.
                 let mut stat = [0u8; 64];
                 stat[16] = 2;
-                return Ok(match slice_mut(mem, out, 64) {
-                    Some(dst) => {
-                        dst.copy_from_slice(&stat);
-                        errno::SUCCESS
-                    }
-                    None => errno::FAULT,
-                });
+                return Ok(errno_of(write_bytes(mem, out, &stat)));
             }
             None => return Ok(errno::BADF),
         };
@@ -408,7 +392,7 @@ impl GuestIo {
                 break;
             }
         }
-        Ok(super::errno_of(write_u32(mem, out, used as u32)))
+        Ok(errno_of(write_u32(mem, out, used as u32)))
     }
 
     /// `fd_tell(fd, offset_out)`.
@@ -417,7 +401,7 @@ impl GuestIo {
             return Ok(errno::SPIPE);
         }
         Ok(match self.files.seek(fd, 0, 1) {
-            Ok(at) => super::errno_of(write_u64(mem, out, at)),
+            Ok(at) => errno_of(write_u64(mem, out, at)),
             Err(e) => e,
         })
     }
@@ -459,7 +443,7 @@ impl GuestIo {
                 break;
             }
         }
-        Ok(super::errno_of(write_u32(mem, out, total)))
+        Ok(errno_of(write_u32(mem, out, total)))
     }
 
     /// The directory `fd` names and the path from guest memory, to resolve beneath it.
@@ -544,13 +528,7 @@ fn write_filestat(mem: &mut [u8], out: i32, m: &Metadata) -> i32 {
     stat[40..48].copy_from_slice(&nanos(m.accessed()).to_le_bytes());
     stat[48..56].copy_from_slice(&nanos(m.modified()).to_le_bytes());
     stat[56..64].copy_from_slice(&nanos(m.created()).to_le_bytes());
-    match slice_mut(mem, out, 64) {
-        Some(dst) => {
-            dst.copy_from_slice(&stat);
-            errno::SUCCESS
-        }
-        None => errno::FAULT,
-    }
+    errno_of(write_bytes(mem, out, &stat))
 }
 
 /// The errno a guest sees for a host I/O error. A path that would leave its volume is

@@ -416,13 +416,9 @@ impl GuestIo {
     /// `fd_fdstat_get(fd, stat_out)`: stdio are character devices.
     pub fn fd_fdstat_get(&mut self, mem: &mut [u8], fd: i32, out: i32) -> Result<i32, HostStop> {
         if !is_stdio(fd) {
-            return Ok(match (self.files.fdstat(fd), slice_mut(mem, out, 24)) {
-                (None, _) => errno::BADF,
-                (Some(stat), Some(dst)) => {
-                    dst.copy_from_slice(&stat);
-                    errno::SUCCESS
-                }
-                (Some(_), None) => errno::FAULT,
+            return Ok(match self.files.fdstat(fd) {
+                Some(stat) => errno_of(write_bytes(mem, out, &stat)),
+                None => errno::BADF,
             });
         }
         // struct fdstat { u8 filetype; u16 flags; u64 rights_base; u64 rights_inheriting }
@@ -437,13 +433,7 @@ impl GuestIo {
         let mut stat = [0u8; 24];
         stat[0] = CHARACTER_DEVICE;
         stat[8..16].copy_from_slice(&rights.to_le_bytes());
-        Ok(match slice_mut(mem, out, 24) {
-            Some(dst) => {
-                dst.copy_from_slice(&stat);
-                errno::SUCCESS
-            }
-            None => errno::FAULT,
-        })
+        Ok(errno_of(write_bytes(mem, out, &stat)))
     }
 
     /// `fd_seek(fd, offset, whence, new_offset_out)`: stdio is not seekable; files are.
@@ -586,24 +576,28 @@ fn errno_of(written: Option<()>) -> i32 {
     written.map_or(errno::FAULT, |()| errno::SUCCESS)
 }
 
-fn slice(mem: &[u8], ptr: i32, len: u32) -> Option<&[u8]> {
+pub(crate) fn slice(mem: &[u8], ptr: i32, len: u32) -> Option<&[u8]> {
     let start = ptr as u32 as usize;
     mem.get(start..start.checked_add(len as usize)?)
 }
 
-fn slice_mut(mem: &mut [u8], ptr: i32, len: u32) -> Option<&mut [u8]> {
+pub(crate) fn slice_mut(mem: &mut [u8], ptr: i32, len: u32) -> Option<&mut [u8]> {
     let start = ptr as u32 as usize;
     mem.get_mut(start..start.checked_add(len as usize)?)
 }
 
-fn write_u32(mem: &mut [u8], ptr: i32, value: u32) -> Option<()> {
-    slice_mut(mem, ptr, 4)?.copy_from_slice(&value.to_le_bytes());
+/// Copies `value` into guest memory at `ptr`; `None` if it does not fit.
+pub(crate) fn write_bytes(mem: &mut [u8], ptr: i32, value: &[u8]) -> Option<()> {
+    slice_mut(mem, ptr, value.len() as u32)?.copy_from_slice(value);
     Some(())
 }
 
+fn write_u32(mem: &mut [u8], ptr: i32, value: u32) -> Option<()> {
+    write_bytes(mem, ptr, &value.to_le_bytes())
+}
+
 fn write_u64(mem: &mut [u8], ptr: i32, value: u64) -> Option<()> {
-    slice_mut(mem, ptr, 8)?.copy_from_slice(&value.to_le_bytes());
-    Some(())
+    write_bytes(mem, ptr, &value.to_le_bytes())
 }
 
 /// The `(ptr, len)` pairs of an iovec array, or `None` if it is out of bounds or too long.
