@@ -98,6 +98,7 @@ fn whole_request(c: &mut Criterion) {
                         Input::Executed {
                             job: e.job,
                             result: Ok(response.clone()),
+                            ran: Duration::from_micros(10),
                         },
                     ),
                     Output::Transmit { head, body, .. } => sent += head.len() + body.len(),

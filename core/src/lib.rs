@@ -36,16 +36,23 @@
 //! one more slice of a task that yielded), the core asks for nothing else to run until the
 //! driver answers [`Input::Yielded`] (the slice ran out with the guest still running),
 //! [`Input::Waiting`] (the guest waits on an outbound call the driver makes for it) or
-//! [`Input::Executed`] (the guest finished). A waiting task keeps its slot and is not run
-//! again until the driver reports [`Input::Woken`]. The next slice is then already queued as an
-//! output: services with work take turns, so a looping guest delays the others by a slice,
-//! never stops them. A driver should poll its sockets between slices that yielded, so
-//! that new requests join the round.
+//! [`Input::Executed`] (the guest finished). Each of these carries `ran`, how long the
+//! slice took on the thread as the driver measured it; the core has no clock, and shares
+//! the thread by these times. A waiting task keeps its slot and is not run again until
+//! the driver reports [`Input::Woken`]. The next slice is then already queued as an
+//! output: services with work share the thread's time by start-time fair queueing on the
+//! time they were charged (optionally weighted by `cpu_weight`), so a looping guest gets
+//! its service's share and delays a service of short requests by at most one slice per
+//! round; within a service, starting new requests and resuming its long ones share its
+//! time the same way. A driver should poll its sockets between slices that yielded, so
+//! that new requests join in and a client that left is noticed.
 //!
 //! [`Output::Cancel`] drops a task, whether it is parked or its slice is still queued as
 //! an output; the driver reports nothing more for it, and the core ignores a report for a
 //! task it no longer knows. Every task that starts ends exactly once: with `Executed`, or
-//! with `Cancel` (deadline passed, client gone).
+//! with `Cancel` (deadline passed, client gone). A client is gone when its connection is
+//! [`Input::Disconnected`], or [`Input::ReadClosed`] while a guest still owes it a
+//! response (as nginx takes it, 499): its tasks are cancelled and it is closed unanswered.
 //!
 //! Every request that is parsed gets exactly one response, in order per connection, unless
 //! its connection goes away first. Every [`Output::Compile`] must be answered with
@@ -71,6 +78,7 @@ pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;
 pub use route::{NameError, ServiceName};
 pub use server::{
-    ConnId, Execution, Input, JobId, Lifecycle, MAX_MANAGEMENT_CALLS, ManagementCall, Output,
-    RegistryChange, Responded, Server, ServerConfig, ServiceInfo, ServiceLimits, Stats, share,
+    ConnId, Execution, Input, JobId, Lifecycle, MAX_CPU_WEIGHT, MAX_MANAGEMENT_CALLS,
+    ManagementCall, Output, RegistryChange, Responded, Server, ServerConfig, ServiceInfo,
+    ServiceLimits, Stats, share,
 };

@@ -25,12 +25,18 @@ enum Op {
         conn: u8,
         service: u8,
     },
+    /// The slice out ends; each report says how long it ran, in microseconds.
     Finish {
         outcome: u8,
+        micros: u16,
     },
-    Yield,
+    Yield {
+        micros: u16,
+    },
     /// The slice out ends with its guest waiting on an outbound call.
-    Wait,
+    Wait {
+        micros: u16,
+    },
     /// A waiting task's call finished (possibly for a task cancelled meanwhile).
     Wake {
         which: u8,
@@ -157,10 +163,11 @@ impl Harness {
         }));
     }
 
-    fn finish(&mut self, result: Result<Response, GuestFailure>) {
+    fn finish(&mut self, result: Result<Response, GuestFailure>, micros: u16) {
         if let Some(job) = self.out.take() {
             self.tasks.remove(&job);
-            self.input(Input::Executed { job, result });
+            let ran = Duration::from_micros(u64::from(micros));
+            self.input(Input::Executed { job, result, ran });
         }
     }
 
@@ -213,23 +220,25 @@ fuzz_target!(|ops: Vec<Op>| {
                 );
                 h.send(conn, req.as_bytes());
             }
-            Op::Finish { outcome } => {
+            Op::Finish { outcome, micros } => {
                 let result = match outcome % 3 {
                     0 => Ok(Response::text(200, "ok")),
                     1 => Err(GuestFailure::Trap("t".into())),
                     _ => Err(GuestFailure::OutOfMemory),
                 };
-                h.finish(result);
+                h.finish(result, micros);
             }
-            Op::Yield => {
+            Op::Yield { micros } => {
                 if let Some(job) = h.out.take() {
-                    h.input(Input::Yielded { job });
+                    let ran = Duration::from_micros(u64::from(micros));
+                    h.input(Input::Yielded { job, ran });
                 }
             }
-            Op::Wait => {
+            Op::Wait { micros } => {
                 if let Some(job) = h.out.take() {
                     h.waiting.push(job);
-                    h.input(Input::Waiting { job });
+                    let ran = Duration::from_micros(u64::from(micros));
+                    h.input(Input::Waiting { job, ran });
                 }
             }
             Op::Wake { which } => {
@@ -285,7 +294,7 @@ fuzz_target!(|ops: Vec<Op>| {
         }
         h.compile_all(true);
         while h.out.is_some() {
-            h.finish(Ok(Response::text(200, "ok")));
+            h.finish(Ok(Response::text(200, "ok")), 10);
         }
         h.advance(Duration::from_secs(1));
     }

@@ -309,6 +309,12 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
     );
     counter(
         &mut out,
+        "frenezulo_abandoned_total",
+        "Connections closed unanswered because the client closed while a guest still owed it a response, by serving thread.",
+        per_thread(|s| s.stats.abandoned),
+    );
+    counter(
+        &mut out,
         "frenezulo_yields_total",
         "Time slices that ended with the guest still running, by serving thread.",
         per_thread(|s| s.stats.yields),

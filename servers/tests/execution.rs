@@ -7,12 +7,14 @@ mod support;
 use std::collections::BTreeSet;
 use std::thread;
 
-use support::{ConfigFile, Frenezulo, repo};
+use support::{ConfigFile, Frenezulo, repo, wait_for_counter};
 
 per_engine! {
     hello_answers_while_looping_guests_hold_every_thread => loops_hold_every_thread,
     a_guest_cancelled_at_its_deadline_frees_its_slot => cancelled_at_deadline,
     many_connections_spread_over_threads_get_every_response_in_order => spread_in_order,
+    many_hello_requests_complete_while_hogs_run_on_the_same_thread => hellos_beside_hogs,
+    a_client_that_leaves_cancels_its_guest_and_shutdown_does_not_wait_for_it => client_leaves,
 }
 
 /// `/hello` gets its 200 while guests that loop forever hold every serving thread, three
@@ -21,28 +23,25 @@ fn loops_hold_every_thread(engine: &str) {
     let file = ConfigFile::new(
         &format!("loops-{engine}"),
         &format!(
-            "engine = {engine:?}\n[services]\nhello = {:?}\nloop = {:?}\n",
+            "engine = {engine:?}\n[services]\nhello = {:?}\n[services.loop]\nmodule = {:?}\ndeadline = \"600s\"\n",
             repo("examples/hello.wat"),
             repo("engines/tests/guests/loop.wat"),
         ),
     );
     let server = Frenezulo::start(&["--config", file.path()]);
     let workers = thread::available_parallelism().map_or(2, |n| n.get());
-    let mut loops: Vec<_> = (0..3 * workers).map(|_| server.connect()).collect();
-    for c in &mut loops {
+    let loops = 3 * workers as u64;
+    let mut clients: Vec<_> = (0..loops).map(|_| server.connect()).collect();
+    for c in &mut clients {
         c.send(b"GET /loop HTTP/1.1\r\nHost: t\r\n\r\n");
     }
-    // Let every loop start and spin through some slices.
-    thread::sleep(std::time::Duration::from_millis(200));
+    wait_for_counter(&server, "loop", "running", loops);
     for _ in 0..5 {
         let r = server.get("/hello");
         assert_eq!(r.status, 200, "{engine}");
     }
-    // The loops were still running (their deadline is the default 10 s): each now
-    // gets its 504, not a stall and not a reset.
-    for c in &mut loops {
-        assert_eq!(c.response().status, 504, "{engine}");
-    }
+    // The loops (deadline 600 s) were running all along: /hello was answered beside them.
+    wait_for_counter(&server, "loop", "running", loops);
 }
 
 /// A guest stopped at its deadline gives its slot back at once: with one slot and no
@@ -113,4 +112,63 @@ fn spread_in_order(engine: &str) {
         .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("thread=")))
         .collect();
     assert_eq!(threads.len(), 2, "{engine}: requests ran on {threads:?}");
+}
+
+/// Two hogs (guests that never end) of another service share the one serving thread with
+/// many `/hello` requests: every one of those completes while the hogs still run.
+fn hellos_beside_hogs(engine: &str) {
+    let file = ConfigFile::new(
+        &format!("hogs-{engine}"),
+        &format!(
+            "engine = {engine:?}\nworkers = 1\n[services]\nhello = {:?}\n[services.hog]\nmodule = {:?}\ndeadline = \"600s\"\n",
+            repo("examples/hello.wat"),
+            repo("engines/tests/guests/loop.wat"),
+        ),
+    );
+    let server = Frenezulo::start(&["--config", file.path()]);
+    let mut hogs: Vec<_> = (0..2).map(|_| server.connect()).collect();
+    for c in &mut hogs {
+        c.send(b"GET /hog HTTP/1.1\r\nHost: t\r\n\r\n");
+    }
+    wait_for_counter(&server, "hog", "running", 2);
+    thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut c = server.connect();
+                for _ in 0..50 {
+                    c.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+                    assert_eq!(c.response().status, 200, "{engine}");
+                }
+            });
+        }
+    });
+    wait_for_counter(&server, "hog", "running", 2);
+}
+
+/// A client that goes away while its guest runs cancels the guest at the next slice
+/// boundary (counted as abandoned), and shutdown then has nothing to wait for.
+fn client_leaves(engine: &str) {
+    let file = ConfigFile::new(
+        &format!("leaves-{engine}"),
+        &format!(
+            // A drain far longer than the test's patience: only a cancelled guest lets the
+            // process exit in time.
+            "engine = {engine:?}\nworkers = 1\ndrain_timeout = \"3600s\"\n[services.hog]\nmodule = {:?}\ndeadline = \"3600s\"\n",
+            repo("engines/tests/guests/loop.wat"),
+        ),
+    );
+    let mut server = Frenezulo::start(&["--config", file.path()]);
+    let mut c = server.connect();
+    c.send(b"GET /hog HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_for_counter(&server, "hog", "running", 1);
+    drop(c);
+    wait_for_counter(&server, "hog", "running", 0);
+    let metrics = server.metrics();
+    assert_eq!(
+        support::sample(&metrics, "frenezulo_abandoned_total{thread=\"0\"}"),
+        Some(1.0),
+        "{engine}: {metrics}"
+    );
+    server.terminate();
+    assert!(server.wait(support::PATIENCE), "{engine}: clean exit");
 }

@@ -10,7 +10,10 @@
 //!   accepts the connections waiting at the start of the turn, and after each one runs the
 //!   slice its request asked for; then it runs slices until one yields or the turn's 2 ms
 //!   are spent. Each step costs the thread modelled time ([`Profile`]): a connection (accept,
-//!   parse, answer, close), an instance start, the guest's run up to one slice.
+//!   parse, answer, close), an instance start, the guest's run up to one slice. A slice's
+//!   modelled time (its instance start included) is what the model reports to the core
+//!   as `ran`, as the server reports the time it measured: the core's policy, sharing a
+//!   thread between services by time, runs here unchanged.
 //! - With admission control off (the seed's behaviour) a thread accepts a connection only
 //!   when it has a free slot: everything else waits in the kernel's backlog.
 //! - Compiles run on a shared pool of compile threads; a module compiled once loads from
@@ -192,6 +195,8 @@ enum Step {
     Accept(Waiting),
     Slice {
         job: JobId,
+        /// What it cost the thread, an instance start included: reported to the core.
+        ran: Duration,
         finished: Option<Result<(), GuestFailure>>,
     },
 }
@@ -612,8 +617,13 @@ impl Sim<'_> {
             }
             None => (profile.slice_us, None),
         };
-        th.step = Some(Step::Slice { job, finished });
-        let done = self.now + (ran + overhead).max(1.0) as Time;
+        let cost = (ran + overhead).max(1.0) as Time;
+        th.step = Some(Step::Slice {
+            job,
+            ran: Duration::from_micros(cost),
+            finished,
+        });
+        let done = self.now + cost;
         self.push(done, Event::Wake { thread: i });
         Ok(())
     }
@@ -654,10 +664,10 @@ impl Sim<'_> {
                 let bytes = request(&self.cfg.services[waiting.service].name);
                 self.input(i, Input::Received { conn, data: &bytes })?;
             }
-            Some(Step::Slice { job, finished }) => match finished {
+            Some(Step::Slice { job, ran, finished }) => match finished {
                 None => {
                     self.threads[i].turn_yielded = true;
-                    self.input(i, Input::Yielded { job })?;
+                    self.input(i, Input::Yielded { job, ran })?;
                 }
                 Some(result) => {
                     let th = &mut self.threads[i];
@@ -671,7 +681,7 @@ impl Sim<'_> {
                         body: Bytes::from_static(b"ok"),
                     });
                     self.reporting = Some((i, job));
-                    let reported = self.input(i, Input::Executed { job, result });
+                    let reported = self.input(i, Input::Executed { job, result, ran });
                     self.reporting = None;
                     reported?;
                     // Ended here, unless the core cancelled it while taking the report.

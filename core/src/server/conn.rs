@@ -153,10 +153,22 @@ impl Server {
         }
     }
 
+    /// The client stopped sending. As nginx does, a client that closes while a guest
+    /// still owes it a response is taken to be gone: its tasks are cancelled (a running one
+    /// at the end of its slice) and the connection closed unanswered, rather than a guest
+    /// running to its deadline for nobody. Otherwise what is owed is answered, then closed.
     pub(super) fn on_read_closed(&mut self, now: Instant, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
+        let guest_owed = c.pipeline.iter().any(|slot| {
+            slot.ready.is_none() && slot.job.is_some_and(|job| self.jobs.contains_key(&job))
+        });
+        if guest_owed {
+            self.stats.abandoned += 1;
+            self.close(now, conn);
+            return;
+        }
         c.stop_parsing = true;
         if c.pipeline.is_empty() {
             self.close(now, conn);
@@ -255,9 +267,9 @@ impl Server {
         c.deadline = if !c.pipeline.is_empty() {
             None
         } else if c.parser.is_mid_request() {
-            Some(c.since + self.config.request_timeout)
+            Some(super::later(c.since, self.config.request_timeout))
         } else {
-            Some(c.since + self.config.keep_alive_timeout)
+            Some(super::later(c.since, self.config.keep_alive_timeout))
         };
         if let Some(deadline) = c.deadline {
             c.timer.arm(&mut self.timers, deadline, Timer::Conn(conn));

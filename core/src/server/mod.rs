@@ -22,7 +22,7 @@ mod tests;
 
 use conn::Conn;
 use registry::Service;
-use sched::{Job, Lane};
+use sched::{Job, Lane, SliceOut};
 
 /// A connection, named by the driver. Ids must not be reused while the core knows the
 /// connection (that is, until it emitted [`Output::Close`] or got [`Input::Disconnected`]).
@@ -82,6 +82,15 @@ impl ServerConfig {
     }
 }
 
+/// `at + wait`, saturating: a limit far beyond any real one (the driver bounds them, but a
+/// timer must never panic the thread on overflow) becomes "about a century from now".
+fn later(at: Instant, wait: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(wait.min(CENTURY))
+        .or_else(|| at.checked_add(Duration::from_secs(24 * 3600)))
+        .unwrap_or(at)
+}
+
 /// One thread's share of a server-wide limit: rounded up, and at least one.
 pub fn share(total: usize, threads: usize) -> usize {
     total.div_ceil(threads.max(1)).max(1)
@@ -102,7 +111,14 @@ pub struct ServiceLimits {
     pub max_concurrency: usize,
     /// Requests of this service waiting for a task slot (then 503).
     pub max_queued: usize,
+    /// Its share of a serving thread's guest time against other services with work, as
+    /// a weight: 2 gets twice the time of 1. Clamped to `1..=`[`MAX_CPU_WEIGHT`].
+    pub cpu_weight: u32,
 }
+
+/// The largest [`ServiceLimits::cpu_weight`]: one service may outweigh another at most
+/// this many times over.
+pub const MAX_CPU_WEIGHT: u32 = 100;
 
 impl ServiceLimits {
     /// The limits one guest run gets.
@@ -123,6 +139,7 @@ impl Default for ServiceLimits {
             body_bytes: 4 * 1024 * 1024,
             max_concurrency: 64,
             max_queued: 128,
+            cpu_weight: 1,
         }
     }
 }
@@ -212,6 +229,9 @@ pub enum Input<'a> {
     Yielded {
         /// The task.
         job: JobId,
+        /// How long the slice took on the serving thread (an instance start included),
+        /// as the driver measured it: charged to the task's service.
+        ran: Duration,
     },
     /// The slice asked for by [`Output::Execute`] or [`Output::Resume`] ended with the
     /// guest waiting on something outside it (an outbound HTTP call). The task is not run
@@ -219,6 +239,9 @@ pub enum Input<'a> {
     Waiting {
         /// The task.
         job: JobId,
+        /// How long the slice took on the serving thread (an instance start included),
+        /// as the driver measured it: charged to the task's service.
+        ran: Duration,
     },
     /// What a waiting task waited for arrived: it may run again.
     Woken {
@@ -230,6 +253,9 @@ pub enum Input<'a> {
     Executed {
         /// The task.
         job: JobId,
+        /// How long the slice took on the serving thread (an instance start included),
+        /// as the driver measured it: charged to the task's service.
+        ran: Duration,
         /// The guest's response, or why there is none.
         result: Result<Response, GuestFailure>,
     },
@@ -388,6 +414,9 @@ pub struct Stats {
     pub yields: u64,
     /// Tasks dropped before they finished (deadline passed, client gone).
     pub cancelled: u64,
+    /// Connections closed unanswered because the client stopped sending while a guest
+    /// still owed it a response (nginx's 499); their tasks count in `cancelled`.
+    pub abandoned: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -468,12 +497,16 @@ pub struct Server {
     running: usize,
     queued: usize,
     queued_bytes: usize,
-    /// Per service name: its yielded tasks and its place in the round.
+    /// Per service name: its yielded tasks and the guest time it used.
     lanes: BTreeMap<ServiceName, Lane>,
-    /// Services with work that may be able to run, in round-robin order.
-    ready: VecDeque<ServiceName>,
-    /// The task whose slice is out with the driver, if any: at most one at a time.
-    slice_out: Option<JobId>,
+    /// Services with work that may be able to run, by (virtual start time, arrival).
+    ready: BTreeMap<(u64, u64), ServiceName>,
+    /// Virtual time: the start tag of the last slice handed out. Never goes back.
+    vclock: u64,
+    /// Arrival number of the next lane to join `ready`: ties go to the earlier one.
+    next_turn: u64,
+    /// The slice out with the driver, if any: at most one at a time.
+    slice_out: Option<SliceOut>,
     /// Tasks waiting on an outbound call; each still holds its slot (bounded by
     /// `max_running`).
     waiting: BTreeSet<JobId>,
@@ -502,7 +535,9 @@ impl Server {
             queued: 0,
             queued_bytes: 0,
             lanes: BTreeMap::new(),
-            ready: VecDeque::new(),
+            ready: BTreeMap::new(),
+            vclock: 0,
+            next_turn: 0,
             slice_out: None,
             waiting: BTreeSet::new(),
             timers: BTreeSet::new(),
@@ -582,6 +617,13 @@ impl Server {
 
     /// Feeds one input. Timers due at `now` fire first, whatever the input.
     pub fn handle(&mut self, now: Instant, input: Input<'_>) {
+        // The slice ran whatever the timers due now do to its task: charge it first.
+        if let Input::Yielded { job, ran }
+        | Input::Waiting { job, ran }
+        | Input::Executed { job, ran, .. } = &input
+        {
+            self.charge(*job, *ran);
+        }
         self.fire_timers(now);
         match input {
             Input::Timeout => {}
@@ -595,10 +637,10 @@ impl Server {
             Input::Disconnected { conn } => self.drop_conn(now, conn),
             Input::Registry(change) => self.on_registry(now, change),
             Input::Compiled { module, result } => self.on_compiled(now, module, result),
-            Input::Yielded { job } => self.on_yielded(job),
-            Input::Waiting { job } => self.on_waiting(job),
+            Input::Yielded { job, .. } => self.on_yielded(job),
+            Input::Waiting { job, .. } => self.on_waiting(job),
             Input::Woken { job } => self.on_woken(job),
-            Input::Executed { job, result } => self.on_executed(now, job, result),
+            Input::Executed { job, result, .. } => self.on_executed(now, job, result),
             Input::Managed { call, response } => self.on_managed(now, call, response),
             Input::Shutdown => self.on_shutdown(now),
         }

@@ -99,6 +99,7 @@ impl Server {
     fn clamp(&self, mut limits: ServiceLimits) -> ServiceLimits {
         limits.body_bytes = limits.body_bytes.min(self.config.framing.max_body_bytes);
         limits.max_concurrency = limits.max_concurrency.max(1);
+        limits.cpu_weight = limits.cpu_weight.clamp(1, super::MAX_CPU_WEIGHT);
         limits
     }
 
@@ -185,7 +186,7 @@ impl Server {
             return;
         }
         let since = *s.idle_since.get_or_insert(now);
-        let deadline = since + self.config.idle_timeout;
+        let deadline = super::later(since, self.config.idle_timeout);
         s.idle_timer
             .arm(&mut self.timers, deadline, Timer::Idle(name.clone()));
     }
@@ -202,7 +203,9 @@ impl Server {
             return;
         };
         // Busy: armed again when it next goes idle.
-        let deadline = s.idle_since.map(|since| since + self.config.idle_timeout);
+        let deadline = s
+            .idle_since
+            .map(|since| super::later(since, self.config.idle_timeout));
         let due = s
             .idle_timer
             .fired(&mut self.timers, at, now, deadline, Timer::Idle(name));

@@ -36,7 +36,13 @@ struct Harness {
     calls: Vec<ManagementCall>,
     /// Every `Responded` report, in order.
     responded: Vec<Responded>,
+    /// What `yield_out` and `finish` report the slice ran.
+    yield_ran: Duration,
+    finish_ran: Duration,
 }
+
+/// A whole time slice, as the engines cut them.
+const SLICE: Duration = Duration::from_millis(2);
 
 impl Harness {
     fn new(config: ServerConfig) -> Self {
@@ -55,6 +61,8 @@ impl Harness {
             ended: BTreeSet::new(),
             calls: Vec::new(),
             responded: Vec::new(),
+            yield_ran: SLICE,
+            finish_ran: Duration::from_micros(50),
         }
     }
 
@@ -156,6 +164,11 @@ impl Harness {
 
     /// Finishes the task whose slice is out with a 200 whose body names its target.
     fn finish(&mut self) -> Execution {
+        self.finish_after(self.finish_ran)
+    }
+
+    /// Finishes the task whose slice is out, reporting that the slice ran `ran`.
+    fn finish_after(&mut self, ran: Duration) -> Execution {
         let job = self.out.take().expect("a slice is out");
         let e = self.tasks.remove(&job).unwrap();
         assert!(self.ended.insert(job), "a task ended twice");
@@ -168,14 +181,20 @@ impl Harness {
         self.input(Input::Executed {
             job,
             result: Ok(response),
+            ran,
         });
         e
     }
 
     /// Ends the slice that is out with the guest still running.
     fn yield_out(&mut self) -> JobId {
+        self.yield_after(self.yield_ran)
+    }
+
+    /// Ends the slice that is out with the guest still running after `ran`.
+    fn yield_after(&mut self, ran: Duration) -> JobId {
         let job = self.out.take().expect("a slice is out");
-        self.input(Input::Yielded { job });
+        self.input(Input::Yielded { job, ran });
         job
     }
 
@@ -368,6 +387,7 @@ fn pipelined_responses_keep_request_order() {
     h.input(Input::Executed {
         job: second,
         result: Ok(Response::text(201, "second")),
+        ran: Duration::ZERO,
     });
     assert!(h.statuses(c).is_empty(), "nothing jumps the first response");
     h.finish();
@@ -542,9 +562,9 @@ fn a_flooded_service_does_not_starve_a_quiet_one() {
     while h.out.is_some() {
         order.push(h.finish().module.service.as_str().to_owned());
     }
-    // Services take turns: the quiet request runs within one turn of being queued,
-    // ahead of the noisy backlog, not after all five.
-    assert_eq!(order[..3], ["noisy", "noisy", "quiet"]);
+    // The quiet service has used no time: it runs as soon as the noisy slice that was out
+    // ends, ahead of the noisy backlog.
+    assert_eq!(order[..3], ["noisy", "quiet", "noisy"]);
     assert_eq!(order.len(), 7);
 }
 
@@ -601,6 +621,7 @@ fn deadlines_cancel_running_tasks_and_fail_queued_requests() {
     h.input(Input::Executed {
         job,
         result: Ok(Response::text(200, "late")),
+        ran: Duration::ZERO,
     });
     assert_eq!(h.statuses(a), vec![504]);
 }
@@ -738,16 +759,61 @@ fn idle_and_slow_connections_time_out() {
 }
 
 #[test]
-fn read_closed_still_answers_what_was_asked() {
-    let mut h = Harness::new(config()).with_service("s", ServiceLimits::default());
+fn read_closed_still_answers_what_no_guest_owes() {
+    let mut h = Harness::new(config());
     let c = h.connect(1);
-    h.send(c, &get("/s"));
+    h.send(c, &format!("{}{}", get("/nope"), get("/services")));
     h.input(Input::ReadClosed { conn: c });
-    assert!(!h.closed.contains(&c));
-    h.compile_all();
-    h.finish();
-    assert_eq!(h.statuses(c), vec![200]);
+    assert!(!h.closed.contains(&c), "the management call is still owed");
+    let call = h.calls.pop().unwrap();
+    h.input(Input::Managed {
+        call: call.call,
+        response: Response::text(200, "managed"),
+    });
+    assert_eq!(h.statuses(c), vec![404, 200]);
     assert!(h.closed.contains(&c));
+    assert_eq!(h.server.stats().abandoned, 0);
+}
+
+#[test]
+fn a_client_that_stops_sending_while_its_guest_runs_is_gone() {
+    let mut h = Harness::new(config())
+        .with_service("s", ServiceLimits::default())
+        .with_service("t", ServiceLimits::default());
+    // Parked between slices: cancelled, nothing answered, the connection closed.
+    let a = h.connect(1);
+    h.send(a, &get("/s"));
+    h.compile_all();
+    let parked = h.yield_out();
+    h.input(Input::ReadClosed { conn: a });
+    assert_eq!(h.cancelled, [parked]);
+    assert!(h.closed.contains(&a));
+    assert!(h.statuses(a).is_empty());
+    assert_eq!((h.server.running(), h.server.connection_count()), (0, 0));
+    // Its next slice already handed out: dropped before it runs, and a late report for
+    // it is ignored.
+    let b = h.connect(2);
+    h.send(b, &get("/s"));
+    let out = h.out.expect("the next slice is out");
+    h.input(Input::ReadClosed { conn: b });
+    assert_eq!(h.cancelled, [parked, out]);
+    assert!(h.out.is_none());
+    h.input(Input::Yielded {
+        job: out,
+        ran: SLICE,
+    });
+    assert!(h.out.is_none(), "no slice for a cancelled task");
+    // Still waiting for its service to load: dropped from the queue, never started.
+    let c = h.connect(3);
+    h.send(c, &get("/t"));
+    h.input(Input::ReadClosed { conn: c });
+    h.compile_all();
+    assert!(h.out.is_none() && h.tasks.is_empty());
+    assert!(h.statuses(b).is_empty() && h.statuses(c).is_empty());
+    assert!(h.closed.contains(&b) && h.closed.contains(&c));
+    let stats = h.server.stats();
+    assert_eq!((stats.abandoned, stats.cancelled), (3, 2));
+    assert_eq!(h.server.queued(), 0);
 }
 
 #[test]
@@ -842,6 +908,10 @@ enum Op {
     Disconnect {
         conn: u8,
     },
+    /// The client stops sending: gone if a guest still owes it a response.
+    ReadClosed {
+        conn: u8,
+    },
     Replace {
         service: u8,
     },
@@ -860,6 +930,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::Compile),
         2 => (0u16..3000).prop_map(|millis| Op::Advance { millis }),
         1 => (0u8..4).prop_map(|conn| Op::Disconnect { conn }),
+        1 => (0u8..4).prop_map(|conn| Op::ReadClosed { conn }),
         1 => (0u8..3).prop_map(|service| Op::Replace { service }),
         1 => (0u8..3).prop_map(|service| Op::Remove { service }),
         1 => Just(Op::Answer),
@@ -895,6 +966,12 @@ proptest! {
         for op in ops {
             match op {
                 Op::Request { conn, service } => {
+                    // A connection the server closed (keep-alive or request timeout) is
+                    // replaced, so requests keep coming however much time has passed.
+                    if h.closed.contains(&conns[conn as usize]) {
+                        conns[conn as usize] = h.connect(next_conn);
+                        next_conn += 1;
+                    }
                     let c = conns[conn as usize];
                     if h.server.wants_read(c) {
                         *asked.entry(c).or_default() += 1;
@@ -906,7 +983,7 @@ proptest! {
                         h.tasks.remove(&job);
                         h.ended.insert(job);
                         let result = if fail { Err(GuestFailure::Trap("x".into())) } else { Ok(Response::text(200, "ok")) };
-                        h.input(Input::Executed { job, result });
+                        h.input(Input::Executed { job, result, ran: h.finish_ran });
                     }
                 }
                 Op::Yield => {
@@ -919,6 +996,14 @@ proptest! {
                 Op::Disconnect { conn } => {
                     let c = conns[conn as usize];
                     h.input(Input::Disconnected { conn: c });
+                    dropped.insert(c);
+                    conns[conn as usize] = h.connect(next_conn);
+                    next_conn += 1;
+                }
+                Op::ReadClosed { conn } => {
+                    // Answered or not, it takes no more requests: a new client takes its place.
+                    let c = conns[conn as usize];
+                    h.input(Input::ReadClosed { conn: c });
                     dropped.insert(c);
                     conns[conn as usize] = h.connect(next_conn);
                     next_conn += 1;
@@ -1069,7 +1154,10 @@ fn a_waiting_task_holds_its_slot_lets_others_run_and_resumes_when_woken() {
     h.send(a, &get("/s"));
     h.compile_all();
     let waiting = h.out.take().expect("the first slice is out");
-    h.input(Input::Waiting { job: waiting });
+    h.input(Input::Waiting {
+        job: waiting,
+        ran: Duration::ZERO,
+    });
     // Nothing of s can start while its one slot waits; t runs meanwhile.
     h.send(a, &get("/s"));
     h.send(b, &get("/t"));
@@ -1101,10 +1189,308 @@ fn a_waiting_task_is_cancelled_at_its_deadline() {
     h.send(c, &get("/s"));
     h.compile_all();
     let job = h.out.take().unwrap();
-    h.input(Input::Waiting { job });
+    h.input(Input::Waiting {
+        job,
+        ran: Duration::ZERO,
+    });
     h.advance(Duration::from_secs(2));
     assert_eq!(h.cancelled, [job]);
     assert_eq!(h.statuses(c), [504]);
     h.input(Input::Woken { job });
     assert!(h.out.is_none(), "no slice for a cancelled task");
+}
+
+/// Starts a request to `/{service}{path}` on a connection of its own.
+fn request(h: &mut Harness, conn: &mut u64, service: &str, path: &str) {
+    let c = h.connect(*conn);
+    *conn += 1;
+    h.send(c, &get(&format!("/{service}{path}")));
+}
+
+/// A harness with warm services of these names and limits, and room for many tasks.
+fn warm(services: &[(&str, ServiceLimits)]) -> Harness {
+    let mut h = Harness::new(ServerConfig {
+        max_running: 64,
+        max_queued: 4096,
+        ..ServerConfig::default()
+    });
+    for (name, limits) in services {
+        let module = h.put(name, *limits);
+        h.input(Input::Compiled {
+            module,
+            result: Ok(()),
+        });
+    }
+    h
+}
+
+fn roomy() -> ServiceLimits {
+    ServiceLimits {
+        max_queued: 4096,
+        ..ServiceLimits::default()
+    }
+}
+
+#[test]
+fn services_share_by_time_not_turns() {
+    // The measurement: a looping guest beside a service of 12 us requests.
+    let mut h = warm(&[("hog", roomy()), ("hello", roomy())]);
+    let mut conn = 0;
+    for _ in 0..2 {
+        request(&mut h, &mut conn, "hog", "");
+    }
+    for _ in 0..1000 {
+        request(&mut h, &mut conn, "hello", "");
+    }
+    let mut per_round = Vec::new();
+    let mut hello = 0;
+    while h.server.queued() > 0 {
+        if h.out_task().module.service.as_str() == "hog" {
+            h.yield_out();
+            per_round.push(std::mem::take(&mut hello));
+        } else {
+            h.finish_after(Duration::from_micros(12));
+            hello += 1;
+        }
+    }
+    // A 2 ms slice of the hog, then 2 ms of hello: 167 requests of 12 us, not one.
+    let rounds = &per_round[1..per_round.len() - 1];
+    assert!(rounds.len() >= 4, "{per_round:?}");
+    assert!(
+        rounds.iter().all(|n| (166..=168).contains(n)),
+        "{per_round:?}"
+    );
+}
+
+#[test]
+fn a_service_that_used_little_goes_before_one_that_used_a_lot() {
+    let mut h = warm(&[("hog", roomy()), ("light", roomy())]);
+    let mut conn = 0;
+    request(&mut h, &mut conn, "hog", "");
+    request(&mut h, &mut conn, "light", "");
+    for _ in 0..10 {
+        // The light service's one request each round is served as soon as the hog's
+        // slice ends, however often the hog ran before.
+        assert_eq!(h.out_task().module.service.as_str(), "hog");
+        h.yield_out();
+        assert_eq!(h.out_task().module.service.as_str(), "light");
+        h.finish_after(Duration::from_micros(5));
+        request(&mut h, &mut conn, "light", "");
+    }
+}
+
+#[test]
+fn a_service_starts_new_requests_beside_its_own_long_ones_by_time() {
+    let mut h = warm(&[("s", roomy())]);
+    let mut conn = 0;
+    for _ in 0..2 {
+        request(&mut h, &mut conn, "s", "/loop");
+    }
+    // Both loops are started (a start each), then 300 requests of 200 us queue.
+    h.yield_out();
+    h.yield_out();
+    for _ in 0..300 {
+        request(&mut h, &mut conn, "s", "/short");
+    }
+    let (mut short, mut long) = (Duration::ZERO, Duration::ZERO);
+    while short < Duration::from_millis(60) {
+        if h.out_task().request.path_info == "/short" {
+            h.finish_after(Duration::from_micros(200));
+            short += Duration::from_micros(200);
+        } else {
+            h.yield_out();
+            long += SLICE;
+        }
+    }
+    // 60 ms of short requests, and as much again for the loops, give or take a slice.
+    assert_eq!(short, Duration::from_millis(60));
+    assert!(
+        long.abs_diff(short) <= SLICE * 2,
+        "{long:?} against {short:?}"
+    );
+}
+
+#[test]
+fn cpu_weight_divides_the_time() {
+    let heavy = ServiceLimits {
+        cpu_weight: 3,
+        ..ServiceLimits::default()
+    };
+    let mut h = warm(&[("a", ServiceLimits::default()), ("b", heavy)]);
+    let mut conn = 0;
+    request(&mut h, &mut conn, "a", "");
+    request(&mut h, &mut conn, "b", "");
+    let mut b = 0;
+    for _ in 0..400 {
+        if h.out_task().module.service.as_str() == "b" {
+            b += 1;
+        }
+        h.yield_out();
+    }
+    assert!((296..=304).contains(&b), "b ran {b} of 400 slices");
+    // The weight is bounded.
+    let huge = ServiceLimits {
+        cpu_weight: u32::MAX,
+        ..ServiceLimits::default()
+    };
+    h.put("c", huge);
+    let c = h
+        .server
+        .services()
+        .find(|s| s.module.service.as_str() == "c");
+    assert_eq!(c.unwrap().limits.cpu_weight, MAX_CPU_WEIGHT);
+}
+
+#[test]
+fn one_slice_is_charged_at_most_a_second() {
+    let mut h = warm(&[("a", roomy()), ("b", roomy())]);
+    let mut conn = 0;
+    request(&mut h, &mut conn, "a", "");
+    request(&mut h, &mut conn, "b", "");
+    // A slice reported to have run an hour (a suspended machine) costs `a` one second.
+    assert_eq!(h.out_task().module.service.as_str(), "a");
+    h.yield_after(Duration::from_secs(3600));
+    let mut b = 0;
+    while h.out_task().module.service.as_str() == "b" {
+        h.yield_after(Duration::from_millis(100));
+        b += 1;
+    }
+    assert_eq!(b, 10);
+}
+
+#[test]
+fn a_task_that_waits_lets_its_own_service_start_the_next_request() {
+    let mut h = warm(&[("s", ServiceLimits::default())]);
+    let mut conn = 0;
+    request(&mut h, &mut conn, "s", "/1");
+    request(&mut h, &mut conn, "s", "/2");
+    let job = h.out.take().unwrap();
+    h.input(Input::Waiting {
+        job,
+        ran: Duration::from_micros(30),
+    });
+    assert_eq!(h.out_task().request.path_info, "/2");
+}
+
+#[test]
+fn a_report_taken_after_the_deadline_still_charges_the_slice() {
+    let limits = ServiceLimits {
+        deadline: Duration::from_millis(10),
+        ..roomy()
+    };
+    let mut h = warm(&[("a", limits), ("b", roomy())]);
+    let mut conn = 0;
+    request(&mut h, &mut conn, "a", "");
+    request(&mut h, &mut conn, "b", "");
+    request(&mut h, &mut conn, "a", "");
+    // a's first slice runs past its deadline: the task is cancelled when the report comes,
+    // and the slice's time still counts against a, so b goes next.
+    h.now += Duration::from_millis(20);
+    let job = h.out.take().unwrap();
+    h.input(Input::Yielded { job, ran: SLICE });
+    assert_eq!(h.cancelled, [job]);
+    assert_eq!(h.out_task().module.service.as_str(), "b");
+}
+
+/// Whom a slice in a fairness log went to, and how long it ran, in microseconds.
+type Ran = (usize, u64);
+
+/// Shares of the reported time per service over `log`, for `k` services.
+fn shares(log: &[Ran], k: usize) -> Vec<f64> {
+    let mut per = vec![0u64; k];
+    for (s, us) in log {
+        per[*s] += us;
+    }
+    let total: u64 = per.iter().sum();
+    per.iter().map(|t| *t as f64 / total as f64).collect()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// k services that always have work (looping tasks with slices of any length, and
+    /// short requests arriving) each get 1/k of the reported time over any window of
+    /// 400 ms or more, within 2%; between two slices of a service, another runs at most
+    /// the first one's last slice plus one slice of its own; every task ends once.
+    #[test]
+    fn services_with_work_share_the_reported_time_fairly(
+        loops in proptest::collection::vec(
+            (1usize..3, proptest::collection::vec(1u64..=2000, 1..6)),
+            2..=4,
+        ),
+        arrivals in proptest::collection::vec((0usize..4, 1u64..=2000), 0..400),
+    ) {
+        let k = loops.len();
+        let names = ["a", "b", "c", "d"];
+        let services: Vec<_> = names[..k].iter().map(|n| (*n, roomy())).collect();
+        let mut h = warm(&services);
+        let mut conn = 0;
+        for (i, (n, _)) in loops.iter().enumerate() {
+            for _ in 0..*n {
+                request(&mut h, &mut conn, names[i], "/loop");
+            }
+        }
+        let mut arrivals = arrivals.into_iter();
+        let mut turn = vec![0usize; k];
+        let mut log: Vec<Ran> = Vec::new();
+        for step in 0..1500u32 {
+            if step.is_multiple_of(3) && let Some((s, us)) = arrivals.next() {
+                request(&mut h, &mut conn, names[s % k], &format!("/short/{us}"));
+            }
+            let task = h.out_task();
+            let service = names.iter().position(|n| *n == task.module.service.as_str()).unwrap();
+            let short = task.request.path_info.strip_prefix("/short/").map(|us| us.parse::<u64>().unwrap());
+            let us = match short {
+                Some(us) => {
+                    h.finish_after(Duration::from_micros(us));
+                    us
+                }
+                None => {
+                    let cycle = &loops[service].1;
+                    let us = cycle[turn[service] % cycle.len()];
+                    turn[service] += 1;
+                    h.yield_after(Duration::from_micros(us));
+                    us
+                }
+            };
+            log.push((service, us));
+        }
+        for start in (0..log.len()).step_by(25) {
+            let mut total = 0;
+            for end in start..log.len() {
+                total += log[end].1;
+                if total >= 400_000 {
+                    for (s, share) in shares(&log[start..=end], k).iter().enumerate() {
+                        prop_assert!((share - 1.0 / k as f64).abs() <= 0.02,
+                            "service {} had {:.3} of slices {}..={}", s, share, start, end);
+                    }
+                }
+            }
+        }
+        for a in 0..k {
+            let mut last: Option<(usize, u64)> = None;
+            let mut others = vec![0u64; k];
+            for (i, (s, us)) in log.iter().enumerate() {
+                if *s == a {
+                    if let Some((at, ran)) = last {
+                        for (b, t) in others.iter().enumerate() {
+                            prop_assert!(*t <= ran + 2000,
+                                "{} ran {} us between slices {} and {} of {}", b, t, at, i, a);
+                        }
+                    }
+                    last = Some((i, *us));
+                    others = vec![0; k];
+                } else {
+                    others[*s] += us;
+                }
+            }
+        }
+        // Every started task ends once (the harness checks as it goes).
+        h.input(Input::Shutdown);
+        while h.out.is_some() {
+            h.finish();
+        }
+        prop_assert!(h.tasks.is_empty());
+        prop_assert_eq!(h.server.running(), 0);
+    }
 }

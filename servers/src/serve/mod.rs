@@ -4,8 +4,10 @@
 //! connection; nothing on that path takes a lock or touches another thread's memory.
 //!
 //! Guests run inline, one time slice at a time, in the order the core hands them out.
-//! Between slices that yielded, the loop polls its sockets, so a looping guest slows its
-//! thread's other work by a share and never stops it.
+//! Each slice is timed and the time reported to the core, which shares the thread between
+//! services by it. Between slices that yielded, the loop polls its sockets, so a looping
+//! guest slows its thread's other work by a share and never stops it, and a client that
+//! closed its connection meanwhile has its guest cancelled before the next slice.
 //!
 //! A guest waiting on an outbound HTTP call is set aside while a worker makes the call
 //! ([`crate::outbound`]); the thread serves others meanwhile.
@@ -301,8 +303,9 @@ impl Loop {
                         if event.is_writable() {
                             self.on_writable(slot);
                         }
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.on_readable(slot);
+                        let closed = event.is_read_closed() || event.is_error();
+                        if event.is_readable() || closed {
+                            self.on_readable(slot, closed);
                         }
                         // What this connection asked for runs before the next is read.
                         self.run_slices();
@@ -310,7 +313,7 @@ impl Loop {
                 }
             }
             for slot in std::mem::take(&mut self.read_again) {
-                self.on_readable(slot);
+                self.on_readable(slot, false);
             }
             let retry_due = self.accept_retry.is_some_and(|at| at <= Instant::now());
             if (self.accept_paused && self.open < self.max_connections) || retry_due {
@@ -484,8 +487,11 @@ impl Loop {
         }
     }
 
-    /// Runs one slice and reports it; returns whether the guest yielded.
+    /// Runs one slice and reports it with the time it took; returns whether the guest
+    /// yielded.
     fn run_slice(&mut self, pending: Pending) -> bool {
+        // What the core charges the service: the instance start is its cost too.
+        let slice_began = Instant::now();
         // A task is kept in `tasks` only between slices: nearly all finish in their first.
         let (job, mut task) = match pending {
             Pending::Start(execution) => {
@@ -498,7 +504,8 @@ impl Loop {
                 let Some(compiled) = self.modules.get(&module) else {
                     error!(service = %module.service, version = module.version, "no compiled module to run");
                     let result = Err(GuestFailure::Instantiate("module not loaded".to_owned()));
-                    self.handle(Input::Executed { job, result });
+                    let ran = slice_began.elapsed();
+                    self.handle(Input::Executed { job, result, ran });
                     return false;
                 };
                 let task = Task {
@@ -524,10 +531,11 @@ impl Loop {
                 })
             });
         task.busy += began.elapsed();
+        let ran = slice_began.elapsed();
         match slice {
             Slice::Yielded => {
                 self.tasks.insert(job, task);
-                self.handle(Input::Yielded { job });
+                self.handle(Input::Yielded { job, ran });
                 true
             }
             Slice::Waiting(call) => {
@@ -536,12 +544,12 @@ impl Loop {
                     Ok(()) => {
                         self.metrics.outbound_call(&task.module.service);
                         self.tasks.insert(job, task);
-                        self.handle(Input::Waiting { job });
+                        self.handle(Input::Waiting { job, ran });
                     }
                     Err(failed) => {
                         task.task.deliver(failed);
                         self.tasks.insert(job, task);
-                        self.handle(Input::Yielded { job });
+                        self.handle(Input::Yielded { job, ran });
                     }
                 }
                 false
@@ -553,6 +561,7 @@ impl Loop {
                 self.handle(Input::Executed {
                     job,
                     result: output.result,
+                    ran,
                 });
                 false
             }
@@ -682,7 +691,9 @@ impl Loop {
         .then_some(slot)
     }
 
-    fn on_readable(&mut self, slot: usize) {
+    /// Reads what the core wants of a connection. `peer_closed`: the poller saw the client
+    /// close or reset it (EPOLLRDHUP, EPOLLHUP, EPOLLERR).
+    fn on_readable(&mut self, slot: usize, peer_closed: bool) {
         let Some(c) = self.conns.get_mut(slot).and_then(Option::as_mut) else {
             return;
         };
@@ -698,6 +709,13 @@ impl Loop {
             }
         }
         let conn = self.conn_id(slot);
+        if peer_closed && !self.core.wants_read(conn) {
+            // Not read now (a full pipeline, or no more requests taken), the end of the
+            // stream would go unseen until the guest ends: tell the core at once. A client
+            // gone while its guest runs has the task cancelled at this slice boundary.
+            self.handle(Input::ReadClosed { conn });
+            return;
+        }
         for _ in 0..READS_PER_TURN {
             if !self.core.wants_read(conn) {
                 return;
