@@ -44,6 +44,30 @@ pub struct GuestRequest {
     pub setup: Arc<GuestSetup>,
 }
 
+impl GuestRequest {
+    /// `request` for the service at `script_name` (its target must start with it), run
+    /// with the default entrypoint under a wildcard route and nothing granted: what
+    /// `_routes` discovery, tests, benchmarks and fuzz targets run. The serving path builds
+    /// its requests from the route matched instead.
+    pub fn new(request: Request, script_name: &str, remote: SocketAddr, local: SocketAddr) -> Self {
+        let path_info = request
+            .path()
+            .strip_prefix(script_name)
+            .unwrap_or_default()
+            .to_owned();
+        Self {
+            request,
+            script_name: script_name.to_owned(),
+            path_info,
+            remote,
+            local,
+            entrypoint: crate::DEFAULT_ENTRYPOINT.into(),
+            wildcard: true,
+            setup: Default::default(),
+        }
+    }
+}
+
 /// How a service's guests run, as the operator configured it; shared by all its requests
 /// on one serving thread (each thread gets its own copy, so requests touch no reference
 /// count another core writes).

@@ -347,6 +347,13 @@ impl RequestParser {
                 }
                 content_length = Some(len);
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                // HTTP/1.0 has no transfer codings: such a message's framing is faulty
+                // and the connection must close after it (RFC 9112 section 6.1).
+                if version == Version::Http10 {
+                    return Err(FramingError::Malformed(
+                        "Transfer-Encoding in an HTTP/1.0 request",
+                    ));
+                }
                 chunked = parse_transfer_encoding(value, chunked)?;
             } else if h.name.eq_ignore_ascii_case("host") {
                 if has_host {
@@ -410,8 +417,8 @@ impl RequestParser {
             match chunk {
                 ChunkState::Size => {
                     let window = &self.buf[..self.buf.len().min(MAX_CHUNK_LINE)];
-                    match httparse::parse_chunk_size(window) {
-                        Ok(httparse::Status::Complete((used, size))) => {
+                    match parse_chunk_line(window)? {
+                        Some((used, size)) => {
                             let _ = self.buf.split_to(used);
                             if size == 0 {
                                 chunk = ChunkState::Trailers { seen: 0 };
@@ -425,13 +432,12 @@ impl RequestParser {
                                 .ok_or(FramingError::BodyTooLarge)?;
                             chunk = ChunkState::Data(size);
                         }
-                        Ok(httparse::Status::Partial) => {
+                        None => {
                             if self.buf.len() >= MAX_CHUNK_LINE {
                                 return Err(FramingError::Malformed("chunk size line too long"));
                             }
                             return Ok(Some(chunk));
                         }
-                        Err(_) => return Err(FramingError::Malformed("invalid chunk size")),
                     }
                 }
                 ChunkState::Data(remaining) => {
@@ -443,10 +449,10 @@ impl RequestParser {
                     chunk = ChunkState::DataEnd;
                 }
                 ChunkState::DataEnd => {
+                    // CRLF only: a bare LF here is read differently by other parsers on
+                    // the path, which is how requests are smuggled (RFC 9112 section 7.1).
                     if self.buf.starts_with(b"\r\n") {
                         let _ = self.buf.split_to(2);
-                    } else if self.buf.starts_with(b"\n") {
-                        let _ = self.buf.split_to(1);
                     } else if self.buf.is_empty() || self.buf[..] == b"\r"[..] {
                         return Ok(Some(chunk));
                     } else {
@@ -467,14 +473,112 @@ impl RequestParser {
                     if seen > self.limits.max_head_bytes {
                         return Err(FramingError::HeadTooLarge);
                     }
-                    if line[..] == b"\r\n"[..] || line[..] == b"\n"[..] {
+                    let Some(field) = line.strip_suffix(b"\r\n") else {
+                        return Err(FramingError::Malformed("trailer line not ended by CRLF"));
+                    };
+                    if field.is_empty() {
                         return Ok(None);
                     }
+                    check_trailer_field(field)?;
                     chunk = ChunkState::Trailers { seen };
                 }
             }
         }
     }
+}
+
+/// Parses a complete chunk-size line, strictly as RFC 9112 section 7.1 writes it:
+/// `1*HEXDIG *( BWS ";" BWS name [ BWS "=" BWS value ] ) CRLF`, names tokens and values
+/// tokens or quoted strings. Returns the bytes the line takes and the size, `None` if
+/// the line is not complete yet. Leniency here (a bare LF, an empty size) is what lets a
+/// front end and this server disagree on where a request ends.
+fn parse_chunk_line(buf: &[u8]) -> Result<Option<(usize, u64)>, FramingError> {
+    let Some(lf) = buf.iter().position(|&b| b == b'\n') else {
+        return Ok(None);
+    };
+    let Some(line) = buf[..lf].strip_suffix(b"\r") else {
+        return Err(FramingError::Malformed("chunk size line not ended by CRLF"));
+    };
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(FramingError::Malformed("invalid chunk size"));
+    }
+    let size = line[..digits]
+        .iter()
+        .try_fold(0u64, |acc, &d| {
+            let v = (d as char).to_digit(16)?;
+            acc.checked_mul(16)?.checked_add(u64::from(v))
+        })
+        .ok_or(FramingError::Malformed("chunk size out of range"))?;
+    let mut rest = &line[digits..];
+    while !rest.is_empty() {
+        rest = skip_bws(rest);
+        rest = rest
+            .strip_prefix(b";")
+            .ok_or(FramingError::Malformed("invalid chunk extension"))?;
+        rest = skip_token(skip_bws(rest))?;
+        let after_name = skip_bws(rest);
+        if let Some(value) = after_name.strip_prefix(b"=") {
+            let value = skip_bws(value);
+            rest = if value.first() == Some(&b'"') {
+                skip_quoted_string(value)?
+            } else {
+                skip_token(value)?
+            };
+        }
+    }
+    Ok(Some((lf + 1, size)))
+}
+
+/// Checks a trailer field line (without its CRLF) is `token ":" value`; its content is
+/// dropped, but a line no parser agrees on must not pass.
+fn check_trailer_field(field: &[u8]) -> Result<(), FramingError> {
+    let bad = FramingError::Malformed("invalid trailer field");
+    let colon = field.iter().position(|&b| b == b':').ok_or(bad.clone())?;
+    let name_ok = colon > 0 && field[..colon].iter().copied().all(is_tchar);
+    let value_ok = field[colon + 1..]
+        .iter()
+        .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f));
+    if name_ok && value_ok {
+        Ok(())
+    } else {
+        Err(bad)
+    }
+}
+
+/// `tchar` of RFC 9110 section 5.6.2.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+fn skip_bws(v: &[u8]) -> &[u8] {
+    let n = v.iter().take_while(|&&b| b == b' ' || b == b'\t').count();
+    &v[n..]
+}
+
+/// Skips one token (at least one `tchar`).
+fn skip_token(v: &[u8]) -> Result<&[u8], FramingError> {
+    let n = v.iter().take_while(|&&b| is_tchar(b)).count();
+    if n == 0 {
+        return Err(FramingError::Malformed("invalid chunk extension"));
+    }
+    Ok(&v[n..])
+}
+
+/// Skips a quoted string that starts `v`: `"` then text or `\`-escaped octets, then `"`.
+fn skip_quoted_string(v: &[u8]) -> Result<&[u8], FramingError> {
+    let bad = FramingError::Malformed("invalid chunk extension");
+    let text = |b: u8| b == b'\t' || (b >= b' ' && b != 0x7f);
+    let mut i = 1;
+    while let Some(&b) = v.get(i) {
+        match b {
+            b'"' => return Ok(&v[i + 1..]),
+            b'\\' if v.get(i + 1).is_some_and(|&e| text(e)) => i += 2,
+            b if b != b'\\' && text(b) => i += 1,
+            _ => return Err(bad),
+        }
+    }
+    Err(bad)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -507,14 +611,17 @@ fn parse_content_length(value: &[u8]) -> Result<usize, FramingError> {
 }
 
 /// Returns whether the body is chunked after this Transfer-Encoding field. Only a lone
-/// `chunked` coding is supported; anything else is 501, and `chunked` twice is malformed.
+/// `chunked` coding is supported; anything else is 501, and `chunked` twice or an empty field
+/// is malformed.
 fn parse_transfer_encoding(value: &[u8], already_chunked: bool) -> Result<bool, FramingError> {
     let mut chunked = already_chunked;
+    let mut codings = 0;
     for coding in value.split(|&b| b == b',') {
         let coding = trim(coding);
         if coding.is_empty() {
             continue;
         }
+        codings += 1;
         if !coding.eq_ignore_ascii_case(b"chunked") {
             return Err(FramingError::UnsupportedTransferCoding);
         }
@@ -522,6 +629,10 @@ fn parse_transfer_encoding(value: &[u8], already_chunked: bool) -> Result<bool, 
             return Err(FramingError::Malformed("chunked applied more than once"));
         }
         chunked = true;
+    }
+    // An empty field still says "not Content-Length framed" to some parsers: refuse it.
+    if codings == 0 {
+        return Err(FramingError::Malformed("empty Transfer-Encoding"));
     }
     Ok(chunked)
 }
@@ -749,6 +860,64 @@ mod tests {
             ),
             Err(FramingError::BodyTooLarge)
         );
+    }
+
+    fn chunked(body: &str) -> Vec<u8> {
+        format!("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{body}")
+            .into_bytes()
+    }
+
+    #[test]
+    fn lenient_chunk_lines_are_refused() {
+        for body in [
+            // A bare LF inside a chunk extension: another parser may end the line there.
+            "2;a\nXX\r\n0\r\n\r\n",
+            // An empty chunk-size line.
+            "\r\n2\r\nXX\r\n0\r\n\r\n",
+            // A bare LF ending the size line.
+            "2\nXX\r\n0\r\n\r\n",
+            // A bare LF after chunk data.
+            "2\r\nXX\n0\r\n\r\n",
+            // Whitespace, a bare CR or junk where the grammar has none.
+            "2 \r\nXX\r\n0\r\n\r\n",
+            " 2\r\nXX\r\n0\r\n\r\n",
+            "2\r;a\r\nXX\r\n0\r\n\r\n",
+            "2;\r\nXX\r\n0\r\n\r\n",
+            "2;a=\r\nXX\r\n0\r\n\r\n",
+            "2;a=\"x\r\nXX\r\n0\r\n\r\n",
+            "2x\r\nXX\r\n0\r\n\r\n",
+            // Sizes that overflow 64 bits.
+            "10000000000000000\r\n",
+            // Trailers: bare LF endings and lines that are no field.
+            "0\r\n\n",
+            "0\r\nX-T: 1\n\r\n",
+            "0\r\nnot a field\r\n\r\n",
+        ] {
+            let input = chunked(body);
+            assert_eq!(error(&input).status(), 400, "{body:?}");
+            assert_split_invariant(&input);
+        }
+    }
+
+    #[test]
+    fn chunk_extensions_in_the_grammar_are_accepted() {
+        let r = requests(&chunked(
+            "2;a\r\nXX\r\n3 ; b = c ;d=\"q \\\" ;\"\r\nYYY\r\n000;z\r\nX-T: 1\r\n\r\n",
+        ));
+        assert_eq!(&r[0].body[..], b"XXYYY");
+        let r = requests(&chunked("A\r\n0123456789\r\n0\r\n\r\n"));
+        assert_eq!(r[0].body.len(), 10);
+    }
+
+    #[test]
+    fn transfer_encoding_on_http_1_0_is_faulty_framing() {
+        for te in ["chunked", "gzip", ""] {
+            let input = format!("POST / HTTP/1.0\r\nTransfer-Encoding: {te}\r\n\r\n0\r\n\r\n");
+            assert_eq!(error(input.as_bytes()).status(), 400, "{te:?}");
+        }
+        let input =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\nContent-Length: 1\r\n\r\nx";
+        assert_eq!(error(input).status(), 400);
     }
 
     #[test]

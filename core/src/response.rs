@@ -55,22 +55,39 @@ fn is_framing_header(name: &str) -> bool {
 /// Bodies up to this size are copied into the head buffer so the response goes out in one write.
 const INLINE_BODY: usize = 8 * 1024;
 
+/// Whether a response with this status carries a body at all (RFC 9110 sections 15.2,
+/// 15.3.5 and 15.4.5: 1xx, 204 and 304 never do). Bytes a guest wrote after such a head
+/// would otherwise be read by the client as the start of the next response.
+pub fn status_has_body(status: u16) -> bool {
+    !matches!(status, 100..=199 | 204 | 304)
+}
+
 /// Serialises `response` as an HTTP/1.1 response.
 ///
 /// Returns the head and, separately, a body that was too large to copy into it (empty
 /// otherwise). `head_only` is for HEAD requests: `Content-Length` still says what a GET
-/// would carry. `date` is a preformatted IMF-fixdate; an empty one leaves `Date` out.
+/// would carry. A 1xx, 204 or 304 response gets neither a body nor a `Content-Length`
+/// (a 304's length would have to be the 200's, which is not known here), and a 205 an
+/// empty body, whatever the guest wrote. `date` is a preformatted IMF-fixdate; an empty one leaves `Date` out.
 pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8]) -> (Bytes, Bytes) {
+    let bodiless = !status_has_body(response.status);
+    // 205 is framed like any response but must be empty (RFC 9110 section 15.3.6).
+    let reset = response.status == 205;
+    let body: &[u8] = if bodiless || head_only || reset {
+        &[]
+    } else {
+        &response.body
+    };
     let mut head = BytesMut::with_capacity(
         128 + response
             .headers
             .iter()
             .map(|(n, v)| n.len() + v.len() + 4)
             .sum::<usize>()
-            + if head_only || response.body.len() > INLINE_BODY {
+            + if body.len() > INLINE_BODY {
                 0
             } else {
-                response.body.len()
+                body.len()
             },
     );
     head.put_slice(b"HTTP/1.1 ");
@@ -87,9 +104,14 @@ pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8])
         head.put_slice(value);
         head.put_slice(b"\r\n");
     }
-    head.put_slice(b"Content-Length: ");
-    put_u64(&mut head, response.body.len() as u64);
-    head.put_slice(b"\r\n");
+    if !bodiless {
+        head.put_slice(b"Content-Length: ");
+        put_u64(
+            &mut head,
+            if reset { 0 } else { response.body.len() as u64 },
+        );
+        head.put_slice(b"\r\n");
+    }
     if !date.is_empty() {
         head.put_slice(b"Date: ");
         head.put_slice(date);
@@ -100,11 +122,8 @@ pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8])
         head.put_slice(b"Connection: close\r\n");
     }
     head.put_slice(b"\r\n");
-    if head_only {
-        return (head.freeze(), Bytes::new());
-    }
-    if response.body.len() <= INLINE_BODY {
-        head.put_slice(&response.body);
+    if body.len() <= INLINE_BODY {
+        head.put_slice(body);
         return (head.freeze(), Bytes::new());
     }
     (head.freeze(), response.body.clone())
@@ -137,6 +156,7 @@ pub fn reason_phrase(status: u16) -> &'static str {
         201 => "Created",
         202 => "Accepted",
         204 => "No Content",
+        205 => "Reset Content",
         206 => "Partial Content",
         301 => "Moved Permanently",
         302 => "Found",
@@ -205,6 +225,68 @@ mod tests {
         assert!(!s.contains("999"));
         assert!(!s.contains("chunked"));
         assert!(s.contains("Content-Length: 2\r\n"));
+    }
+
+    #[test]
+    fn no_content_and_not_modified_carry_no_body_and_no_length() {
+        for status in [204, 304] {
+            // What a hostile guest writes: a body that looks like a second response.
+            let r = Response {
+                status,
+                headers: vec![("X-A".to_owned(), Bytes::from_static(b"1"))],
+                body: Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nforged"),
+            };
+            for head_only in [false, true] {
+                let s = whole(&r, head_only, false);
+                assert!(s.ends_with("\r\n\r\n"), "{status}: {s:?}");
+                assert!(!s.contains("forged"), "{status}: {s:?}");
+                assert!(!s.contains("Content-Length"), "{status}: {s:?}");
+                assert!(s.contains("X-A: 1\r\n"));
+            }
+        }
+        let big = Response {
+            status: 204,
+            headers: vec![],
+            body: Bytes::from(vec![b'a'; INLINE_BODY + 1]),
+        };
+        let (_, body) = serialize(&big, false, false, b"");
+        assert!(body.is_empty());
+    }
+
+    #[test]
+    fn reset_content_is_sent_empty() {
+        let r = Response {
+            status: 205,
+            headers: vec![],
+            body: Bytes::from_static(b"ignored"),
+        };
+        let s = whole(&r, false, false);
+        assert!(s.contains("Content-Length: 0\r\n"), "{s:?}");
+        assert!(s.ends_with("\r\n\r\n"), "{s:?}");
+    }
+
+    #[test]
+    fn head_answer_carries_no_body_even_when_large() {
+        let r = Response {
+            status: 200,
+            headers: vec![],
+            body: Bytes::from(vec![b'a'; INLINE_BODY + 1]),
+        };
+        let (head, body) = serialize(&r, true, false, b"");
+        assert!(body.is_empty());
+        let head = String::from_utf8(head.to_vec()).unwrap();
+        assert!(head.ends_with("\r\n\r\n"));
+        assert!(head.contains(&format!("Content-Length: {}\r\n", INLINE_BODY + 1)));
+    }
+
+    #[test]
+    fn only_1xx_204_and_304_are_bodiless() {
+        assert!(!status_has_body(100));
+        assert!(!status_has_body(204));
+        assert!(!status_has_body(304));
+        for status in [200, 201, 206, 302, 400, 404, 500, 504] {
+            assert!(status_has_body(status), "{status}");
+        }
     }
 
     #[test]

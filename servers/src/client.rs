@@ -219,8 +219,9 @@ struct Api {
 
 impl Api {
     fn new(args: &ServicesArgs) -> anyhow::Result<Self> {
-        let token = match &args.token {
-            Some(t) => t.clone(),
+        // An empty token (FRENEZULO_ADMIN_TOKEN="") is none, as it is to the server.
+        let token = match args.token.as_deref().filter(|t| !t.is_empty()) {
+            Some(t) => t.to_owned(),
             None => {
                 let dir = args
                     .data_dir

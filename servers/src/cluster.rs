@@ -19,7 +19,8 @@
 //!   away writes fail at once with [`WriteError::Unavailable`] and the node serves what it
 //!   has (its data directory keeps a copy, so a restart serves it too).
 //! - Module objects no entry names are deleted once they are older than [`GC_GRACE`], so
-//!   an upload whose entry another node has not written yet is left alone.
+//!   an upload whose entry another node has not written yet is left alone: when a node
+//!   connects, and every [`GC_GRACE`] while it stays connected.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -220,7 +221,7 @@ async fn run(
     let client = match connect(&config).await {
         Ok(client) => client,
         Err(e) => {
-            error!(target: "cluster", url = config.url, error = %e, "cannot use the shared registry");
+            error!(target: "cluster", url = %crate::config::redact_url(&config.url), error = %e, "cannot use the shared registry");
             return;
         }
     };
@@ -248,7 +249,7 @@ async fn run(
                         Ok(Err(e)) => e,
                         _ => "not connected".to_owned(),
                     };
-                    warn!(target: "cluster", url = config.url, reason = why, "shared registry unavailable; serving the last known services");
+                    warn!(target: "cluster", url = %crate::config::redact_url(&config.url), reason = why, "shared registry unavailable; serving the last known services");
                 }
                 was_available = false;
                 available.store(false, Ordering::Release);
@@ -257,13 +258,16 @@ async fn run(
                 continue;
             }
         };
-        info!(target: "cluster", url = config.url, kv = config.kv_bucket, objects = config.object_bucket, "shared registry available");
+        info!(target: "cluster", url = %crate::config::redact_url(&config.url), kv = config.kv_bucket, objects = config.object_bucket, "shared registry available");
         was_available = true;
         available.store(true, Ordering::Release);
         collect_garbage(&buckets).await;
         let mut check = tokio::time::interval(CHECK_EVERY);
+        // Again every grace period, so a node that runs for weeks collects too.
+        let mut gc = tokio::time::interval_at(tokio::time::Instant::now() + GC_GRACE, GC_GRACE);
         loop {
             tokio::select! {
+                _ = gc.tick() => collect_garbage(&buckets).await,
                 command = commands.recv() => {
                     let Some(command) = command else { return };
                     let event = write(&buckets, command).await;

@@ -176,16 +176,32 @@ impl LimitsConfig {
         }
     }
 
-    /// Refuses values no service can run with.
-    pub fn check(&self) -> Result<(), String> {
-        if self.memory.is_some_and(|m| m.0 < 64 * 1024) {
-            return Err("memory must be at least 64KiB (one WebAssembly page)".to_owned());
+    /// Refuses values no service can run with, and values above the documented ceilings
+    /// in [`ceiling`]. Every way in (config file, API, manifest load, a shared registry's
+    /// entry) goes through here before the limits are applied.
+    pub fn check(&self) -> Result<(), LimitError> {
+        if let Some(Size(v)) = self.memory {
+            check_size(
+                "memory",
+                v,
+                ceiling::MIN_MEMORY_BYTES,
+                ceiling::MEMORY_BYTES,
+            )?;
         }
-        if self.deadline.is_some_and(|d| d.0.is_zero()) {
-            return Err("deadline must be above zero".to_owned());
+        if let Some(Span(v)) = self.deadline {
+            check_span("deadline", v, ceiling::MIN_DEADLINE, ceiling::DEADLINE)?;
         }
-        if self.concurrency == Some(0) {
-            return Err("concurrency must be at least 1".to_owned());
+        if let Some(Size(v)) = self.stdout {
+            check_size("stdout", v, 0, ceiling::STDOUT_BYTES)?;
+        }
+        if let Some(Size(v)) = self.body {
+            check_size("body", v, 0, ceiling::BODY_BYTES)?;
+        }
+        if let Some(v) = self.concurrency {
+            check_count("concurrency", v, 1, ceiling::CONCURRENCY)?;
+        }
+        if let Some(v) = self.queue {
+            check_count("queue", v, 0, ceiling::QUEUE)?;
         }
         Ok(())
     }
@@ -212,6 +228,116 @@ impl LimitsConfig {
         }
         limits
     }
+}
+
+/// The largest value each setting may have, whoever sets it. They keep arithmetic on them
+/// (a deadline added to the clock, buffers sized by them) from overflowing, and a token
+/// holder from asking for more than one machine has. README.md and SECURITY.md list them.
+pub mod ceiling {
+    use std::time::Duration;
+
+    /// One WebAssembly page: the smallest memory a module can have.
+    pub const MIN_MEMORY_BYTES: usize = 64 * 1024;
+    /// A 32-bit guest's whole address space (65536 pages).
+    pub const MEMORY_BYTES: usize = 65_536 * MIN_MEMORY_BYTES;
+    /// The shortest deadline (zero would answer 504 before any work).
+    pub const MIN_DEADLINE: Duration = Duration::from_millis(1);
+    /// A request's deadline: one hour.
+    pub const DEADLINE: Duration = Duration::from_secs(3600);
+    /// What one run may write to stdout, held in memory until the response is sent.
+    pub const STDOUT_BYTES: usize = 1 << 30;
+    /// A request body (per service, and the server's `max_body`), held in memory.
+    pub const BODY_BYTES: usize = 1 << 30;
+    /// A service's tasks running at once.
+    pub const CONCURRENCY: usize = 65_536;
+    /// A service's requests waiting for a task.
+    pub const QUEUE: usize = 1 << 20;
+    /// Any of the server's own timeouts (`idle_timeout`, `keep_alive_timeout`,
+    /// `request_timeout`, `write_timeout`, `drain_timeout`, `fetch_timeout`,
+    /// `outbound_timeout`): one day.
+    pub const TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+}
+
+/// Why a limit's value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum LimitError {
+    /// Below the smallest value a service can run with.
+    #[error("`{key}` is {value}; it must be at least {min}")]
+    TooSmall {
+        /// The setting.
+        key: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// The smallest allowed.
+        min: String,
+    },
+    /// Above the ceiling in [`ceiling`].
+    #[error("`{key}` is {value}; it must be at most {max}")]
+    TooLarge {
+        /// The setting.
+        key: &'static str,
+        /// Its value, as given.
+        value: String,
+        /// The largest allowed.
+        max: String,
+    },
+}
+
+fn check_range<T: PartialOrd>(
+    key: &'static str,
+    value: T,
+    min: T,
+    max: T,
+    show: impl Fn(&T) -> String,
+) -> Result<(), LimitError> {
+    if value < min {
+        return Err(LimitError::TooSmall {
+            key,
+            value: show(&value),
+            min: show(&min),
+        });
+    }
+    if value > max {
+        return Err(LimitError::TooLarge {
+            key,
+            value: show(&value),
+            max: show(&max),
+        });
+    }
+    Ok(())
+}
+
+fn check_size(key: &'static str, v: usize, min: usize, max: usize) -> Result<(), LimitError> {
+    check_range(key, v, min, max, |n| format_size(*n))
+}
+
+fn check_span(
+    key: &'static str,
+    v: Duration,
+    min: Duration,
+    max: Duration,
+) -> Result<(), LimitError> {
+    check_range(key, v, min, max, |d| format_duration(*d))
+}
+
+fn check_count(key: &'static str, v: usize, min: usize, max: usize) -> Result<(), LimitError> {
+    check_range(key, v, min, max, usize::to_string)
+}
+
+/// Checks one of the server's own timeouts against [`ceiling::TIMEOUT`].
+pub fn check_timeout(key: &'static str, v: Duration) -> Result<(), LimitError> {
+    check_span(key, v, Duration::ZERO, ceiling::TIMEOUT)
+}
+
+/// `"4GiB"` for whole binary units, bytes otherwise.
+pub fn format_size(n: usize) -> String {
+    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
+        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
+            return format!("{}{unit}", n >> shift);
+        }
+    }
+    format!("{n}B")
 }
 
 // Read once at start: the size of the variants does not matter.
@@ -338,17 +464,20 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let n: u64 = num
         .parse()
         .map_err(|_| format!("`{s}` is not a duration like 10s"))?;
-    Ok(match unit {
-        "ms" => Duration::from_millis(n),
-        "" | "s" => Duration::from_secs(n),
-        "m" | "min" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
+    let scale: u64 = match unit {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "" | "s" => 1,
+        "m" | "min" => 60,
+        "h" => 3600,
         _ => {
             return Err(format!(
                 "`{s}`: unknown duration unit `{unit}` (use ms, s, m, h)"
             ));
         }
-    })
+    };
+    n.checked_mul(scale)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// What the command line can set; `None` leaves the file's value or the default.
@@ -382,6 +511,24 @@ pub struct Overrides {
     pub registry: Option<String>,
     /// `--env-file FILE`
     pub env_file: Option<PathBuf>,
+}
+
+/// `url` with any `user:password@` taken out of each address (`nats://***@host:4222`),
+/// for health answers and logs: the health call needs no token.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_owned();
+            };
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://***{}", &rest[at..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Reads an environment file as WAGI takes it: `KEY=VALUE` lines; blank lines and lines
@@ -497,6 +644,32 @@ impl Settings {
         if workers == 0 {
             bail!("workers must be at least 1");
         }
+        // The server's own settings: from the operator, but a typo must be a clear error
+        // at start, not an overflow on the first request.
+        for (key, value) in [
+            (
+                "idle_timeout",
+                overrides.idle_timeout.or(file.idle_timeout.map(|s| s.0)),
+            ),
+            ("keep_alive_timeout", file.keep_alive_timeout.map(|s| s.0)),
+            ("request_timeout", file.request_timeout.map(|s| s.0)),
+            ("write_timeout", file.write_timeout.map(|s| s.0)),
+            ("drain_timeout", file.drain_timeout.map(|s| s.0)),
+            ("fetch_timeout", file.fetch_timeout.map(|s| s.0)),
+            ("outbound_timeout", file.outbound_timeout.map(|s| s.0)),
+        ] {
+            if let Some(v) = value {
+                check_timeout(key, v)?;
+            }
+        }
+        for (key, value) in [
+            ("max_body", file.max_body),
+            ("max_module_size", file.max_module_size),
+        ] {
+            if let Some(Size(v)) = value {
+                check_size(key, v, 0, ceiling::BODY_BYTES)?;
+            }
+        }
         let defaults = ServerConfig::default();
         let framing = FramingLimits {
             max_head_bytes: file
@@ -565,6 +738,7 @@ impl Settings {
                     };
                     limits
                         .check()
+                        .map_err(|e| e.to_string())
                         .and_then(|()| check_env(&env))
                         .and_then(|()| guest.check())
                         .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
@@ -784,7 +958,8 @@ mod tests {
 
     #[test]
     fn environment_values_layer_file_config_and_command_line() {
-        let dir = std::env::temp_dir().join(format!("frenezulo-envfile-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("vars.env");
         std::fs::write(&file, "# shared\nA=file\nB=file\n\n  C=x=y\n").unwrap();
@@ -809,11 +984,74 @@ mod tests {
         let err = parse(&text, Overrides::default()).unwrap_err().to_string();
         assert!(err.contains("vars.env:2"), "{err}");
         assert!(parse("[env]\nHTTP_HOST = \"x\"", Overrides::default()).is_err());
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn limits_above_their_ceiling_are_refused_with_a_reason() {
+        let err = parse(
+            "[limits]\ndeadline = 18446744073709551615",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("`deadline`") && err.contains("at most"),
+            "{err}"
+        );
+        for limits in [
+            "deadline = \"500000000000s\"",
+            "deadline = \"61m\"",
+            "deadline = \"0ms\"",
+            "memory = \"5GiB\"",
+            "memory = \"1KiB\"",
+            "stdout = \"2GiB\"",
+            "body = \"2GiB\"",
+            "concurrency = 65537",
+            "queue = 1048577",
+        ] {
+            assert!(
+                parse(&format!("[limits]\n{limits}"), Overrides::default()).is_err(),
+                "[limits] {limits}"
+            );
+            let service = format!("[services.a]\nmodule = \"a.wat\"\n{limits}");
+            assert!(parse(&service, Overrides::default()).is_err(), "{service}");
+        }
+        let top = "deadline = \"1h\"\nmemory = \"4GiB\"\nstdout = \"1GiB\"\nbody = \"1GiB\"\nconcurrency = 65536\nqueue = 1048576";
+        assert!(parse(&format!("[limits]\n{top}"), Overrides::default()).is_ok());
+        for setting in [
+            "idle_timeout = \"25h\"",
+            "request_timeout = 18446744073709551615",
+            "keep_alive_timeout = \"2000000000h\"",
+            "max_body = \"2GiB\"",
+        ] {
+            assert!(parse(setting, Overrides::default()).is_err(), "{setting}");
+        }
+        let cli = Overrides {
+            idle_timeout: Some(Duration::from_secs(u64::MAX)),
+            ..Overrides::default()
+        };
+        assert!(parse("", cli).is_err());
+    }
+
+    #[test]
+    fn urls_lose_their_userinfo() {
+        assert_eq!(
+            redact_url("nats://user:secret@nats.example:4222"),
+            "nats://***@nats.example:4222"
+        );
+        assert_eq!(
+            redact_url("tls://a:b@h1:4222,nats://h2:4222/x@y"),
+            "tls://***@h1:4222,nats://h2:4222/x@y"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact_url("nats://p%40ss@h"), "nats://***@h");
     }
 
     #[test]
     fn sizes_and_durations() {
+        assert!(parse_duration("18446744073709551615h").is_err(), "overflow");
+        assert_eq!(format_size(4 << 30), "4GiB");
+        assert_eq!(format_size(1000), "1000B");
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("100"), Ok(100));
         assert_eq!(parse_size("1 GiB"), Ok(1 << 30));

@@ -251,7 +251,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         .iter()
         .map(|(s, loaded, elapsed)| (s.service.name.clone(), *loaded, *elapsed))
         .collect();
-    let registry = Registry::open(
+    let mut registry = Registry::open(
         Box::new(store),
         statics.into_iter().map(|(s, _, _)| s).collect(),
         settings.base_limits,
@@ -293,13 +293,18 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
             }),
         })?);
     }
+    registry.release_compiled();
     let cluster = match &settings.cluster {
         Some(config) => {
+            let shown = config::redact_url(&config.url);
             info!(
-                url = config.url,
+                url = shown,
                 "services added through the API are shared through NATS JetStream"
             );
-            Some(cluster::Cluster::start(config.clone(), admin_tx.clone())?)
+            let mut cluster = cluster::Cluster::start(config.clone(), admin_tx.clone())?;
+            // `url` is what health, errors and logs show; the connection keeps the real one.
+            cluster.url = shown;
+            Some(cluster)
         }
         None => None,
     };
@@ -509,7 +514,7 @@ fn load_services(
                 revision: None,
                 updated_unix: 0,
             },
-            compiled,
+            compiled: Some(compiled),
         };
         statics.push((service, loaded, elapsed));
     }

@@ -4,8 +4,12 @@
 //! relative to (with `openat2(RESOLVE_BENEATH)` where the kernel has it), so `..`,
 //! absolute paths and symlinks that would leave a volume are refused with `ENOTCAPABLE`.
 //! Nothing here writes: opening to create, truncate, append or write answers `EROFS`.
-//! Reads are ordinary blocking reads on the serving thread; volumes are meant for local
-//! files (templates, static assets) that the page cache holds.
+//! Only regular files and directories open: anything else in a volume (a FIFO, a socket,
+//! a device) answers `ENOTSUP`, and is opened `O_NONBLOCK` to find out, because opening a
+//! FIFO that has no writer would otherwise block the serving thread in the kernel.
+//! Reads are ordinary blocking reads on the serving thread, at most [`MAX_READ`] bytes per
+//! call; volumes are meant for local files (templates, static assets) that the page cache
+//! holds.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -14,7 +18,9 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+use cap_fs_ext::{
+    FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt, OpenOptionsSyncExt as _,
+};
 use cap_primitives::fs::{Metadata, MetadataExt as _, OpenOptions};
 use frenezulo_core::Volume;
 
@@ -27,6 +33,10 @@ pub const MAX_OPEN: usize = 64;
 
 /// Entries of one directory a guest can list; the rest are not shown.
 pub const MAX_DIR_ENTRIES: usize = 10_000;
+
+/// Most bytes one `fd_read` or `fd_pread` reads, whatever length the guest asks for (up to
+/// 4 GiB): a short read is allowed, and one call then costs the serving thread little.
+pub const MAX_READ: usize = 64 * 1024;
 
 /// Longest path a guest may pass, in bytes.
 const MAX_PATH: u32 = 4096;
@@ -187,16 +197,17 @@ impl Files {
             return Err(ISDIR);
         };
         let list = iovecs(mem, iovs, count).ok_or(errno::FAULT)?;
-        let mut total = 0u32;
+        let mut total = 0usize;
         for (ptr, len) in list {
             let dst = slice_mut(mem, ptr as i32, len).ok_or(errno::FAULT)?;
-            let n = file.read(dst).map_err(|e| errno_of_io(&e))?;
-            total += n as u32;
-            if n < len as usize {
+            let want = dst.len().min(MAX_READ - total);
+            let n = file.read(&mut dst[..want]).map_err(|e| errno_of_io(&e))?;
+            total += n;
+            if n < len as usize || total == MAX_READ {
                 break;
             }
         }
-        Ok(total)
+        Ok(total as u32)
     }
 
     /// `fd_seek` of a descriptor past stdio.
@@ -281,13 +292,22 @@ impl GuestIo {
             return Ok(ROFS);
         }
         let mut options = OpenOptions::new();
-        options.read(true).maybe_dir(true).follow(follow(dirflags));
+        // Non-blocking: a FIFO without a writer (or a device) must not hold the open.
+        options
+            .read(true)
+            .maybe_dir(true)
+            .nonblock(true)
+            .follow(follow(dirflags));
         let file = match cap_primitives::fs::open(&dir, Path::new(&path), &options) {
             Ok(f) => f,
             Err(e) => return Ok(errno_of_io(&e)),
         };
+        // Checked on the open descriptor (fstat), so a swap after a stat cannot slip
+        // anything else in.
         let is_dir = match file.metadata() {
-            Ok(m) => m.is_dir(),
+            Ok(m) if m.is_dir() => true,
+            Ok(m) if m.is_file() => false,
+            Ok(_) => return Ok(errno::NOTSUP),
             Err(e) => return Ok(errno_of_io(&e)),
         };
         if oflags & O_DIRECTORY != 0 && !is_dir {
@@ -428,22 +448,23 @@ impl GuestIo {
         let Some(list) = iovecs(mem, iovs, iovs_len) else {
             return Ok(errno::FAULT);
         };
-        let mut total = 0u32;
+        let mut total = 0usize;
         for (ptr, len) in list {
             let Some(dst) = slice_mut(mem, ptr as i32, len) else {
                 return Ok(errno::FAULT);
             };
-            let n = match file.read_at(dst, at) {
+            let want = dst.len().min(MAX_READ - total);
+            let n = match file.read_at(&mut dst[..want], at) {
                 Ok(n) => n,
                 Err(e) => return Ok(errno_of_io(&e)),
             };
-            total += n as u32;
-            at += n as u64;
-            if n < len as usize {
+            total += n;
+            at = at.saturating_add(n as u64);
+            if n < len as usize || total == MAX_READ {
                 break;
             }
         }
-        Ok(errno_of(write_u32(mem, out, total)))
+        Ok(errno_of(write_u32(mem, out, total as u32)))
     }
 
     /// The directory `fd` names and the path from guest memory, to resolve beneath it.
@@ -569,17 +590,15 @@ mod tests {
     use super::*;
     use bytes::Bytes;
 
-    struct Dir(std::path::PathBuf);
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
+    /// A volume's directory, removed when dropped.
+    type Dir = tempfile::TempDir;
 
     fn volume(name: &str) -> (Dir, GuestIo) {
-        let root =
-            std::env::temp_dir().join(format!("frenezulo-files-{}-{name}", std::process::id()));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("frenezulo-files-{name}-"))
+            .tempdir()
+            .unwrap();
+        let root = dir.path();
         std::fs::create_dir_all(root.join("sub")).unwrap();
         std::fs::write(root.join("a.txt"), "0123456789").unwrap();
         std::fs::write(root.join("sub/b.txt"), "b").unwrap();
@@ -587,11 +606,11 @@ mod tests {
         io.grant(&Arc::new(frenezulo_core::GuestSetup {
             volumes: vec![Volume {
                 guest_path: "/data".to_owned(),
-                dir: Arc::new(File::open(&root).unwrap()),
+                dir: Arc::new(File::open(root).unwrap()),
             }],
             ..Default::default()
         }));
-        (Dir(root), io)
+        (dir, io)
     }
 
     /// Puts `path` in memory at 512 and opens it beneath fd 3 with `oflags` and `rights`.
@@ -690,6 +709,73 @@ mod tests {
         assert_eq!(names, ["a.txt", "sub"]);
         let fd = open(&mut io, &mut mem, "a.txt", 0, 2).unwrap();
         assert_eq!(io.fd_readdir(&mut mem, fd, 600, 40, 0, 0), Ok(NOTDIR));
+    }
+
+    /// Makes a FIFO at `path` with the `mkfifo` tool (no libc binding in this crate).
+    fn mkfifo(path: &std::path::Path) {
+        let status = std::process::Command::new("mkfifo")
+            .arg(path)
+            .status()
+            .expect("run mkfifo");
+        assert!(status.success(), "mkfifo {}", path.display());
+    }
+
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let (dir, io) = volume("fifo");
+        mkfifo(&dir.path().join("pipe"));
+        let (done, result) = std::sync::mpsc::channel();
+        // On a thread of its own: a regression blocks in the kernel, and must fail the
+        // test rather than hang it.
+        std::thread::spawn(move || {
+            let mut io = io;
+            let mut mem = vec![0u8; 1024];
+            let opened = open(&mut io, &mut mem, "pipe", 0, rights::FD_READ as i64);
+            let dir_flag = open(&mut io, &mut mem, "pipe", O_DIRECTORY, 0);
+            let _ = done.send((opened, dir_flag));
+        });
+        let (opened, dir_flag) = result
+            .recv_timeout(std::time::Duration::from_secs(60))
+            .expect("path_open on a FIFO blocked");
+        assert_eq!(opened, Err(errno::NOTSUP));
+        assert_eq!(dir_flag, Err(errno::NOTSUP));
+        drop(dir);
+    }
+
+    #[test]
+    fn one_read_is_capped() {
+        let (d, mut io) = volume("cap");
+        std::fs::write(d.path().join("big"), vec![7u8; 3 * MAX_READ]).unwrap();
+        let mut mem = vec![0u8; 4 * MAX_READ];
+        let fd = open(&mut io, &mut mem, "big", 0, rights::FD_READ as i64).unwrap();
+        // Two iovecs asking for 2 * MAX_READ + 1 bytes in all.
+        let at = 1024u32;
+        for (i, (ptr, len)) in [
+            (at, MAX_READ as u32 + 1),
+            (at + 2 * MAX_READ as u32, MAX_READ as u32),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            mem[16 + 8 * i..20 + 8 * i].copy_from_slice(&ptr.to_le_bytes());
+            mem[20 + 8 * i..24 + 8 * i].copy_from_slice(&len.to_le_bytes());
+        }
+        assert_eq!(io.fd_read(&mut mem, fd, 16, 2, 40), Ok(0));
+        assert_eq!(
+            u32::from_le_bytes(mem[40..44].try_into().unwrap()) as usize,
+            MAX_READ
+        );
+        assert_eq!(mem[1024 + MAX_READ], 0, "nothing past the cap");
+        assert_eq!(io.fd_pread(&mut mem, fd, 16, 2, 0, 40), Ok(0));
+        assert_eq!(
+            u32::from_le_bytes(mem[40..44].try_into().unwrap()) as usize,
+            MAX_READ
+        );
+        assert_eq!(io.fd_tell(&mut mem, fd, 48), Ok(0));
+        assert_eq!(
+            u64::from_le_bytes(mem[48..56].try_into().unwrap()),
+            MAX_READ as u64
+        );
     }
 
     #[test]

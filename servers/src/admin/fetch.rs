@@ -111,7 +111,8 @@ mod tests {
 
     #[test]
     fn files_only_under_allowed_directories() {
-        let dir = std::env::temp_dir().join(format!("frenezulo-fetch-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let allowed = dir.join("allowed");
         std::fs::create_dir_all(&allowed).unwrap();
         std::fs::write(allowed.join("m.wasm"), b"module").unwrap();
@@ -155,6 +156,5 @@ mod tests {
             fetch("ftp://x/y", &none),
             Err(FetchError::Scheme(_))
         ));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 }

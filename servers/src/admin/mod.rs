@@ -511,7 +511,7 @@ impl Admin {
         let name =
             ServiceName::new(prefix).map_err(|e| error(400, &format!("prefix `{prefix}`: {e}")))?;
         if let Some(limits) = limits {
-            limits.check().map_err(|e| error(400, &e))?;
+            limits.check().map_err(|e| error(400, &e.to_string()))?;
             let memory = limits.apply(self.setup.base_limits).memory_bytes;
             if memory > self.setup.max_memory_bytes {
                 return Err(error(
@@ -763,6 +763,18 @@ impl Admin {
                     warn!(target: "cluster", key = name, "shared entry under a key that is no service name; ignored");
                     return;
                 };
+                // Another node's writer is trusted no more than a token holder: the same
+                // checks apply (a newer node may also allow what this one does not).
+                let checked = entry
+                    .limits
+                    .check()
+                    .map_err(|e| e.to_string())
+                    .and_then(|()| check_env(&entry.env))
+                    .and_then(|()| entry.guest().check());
+                if let Err(e) = checked {
+                    error!(target: "cluster", service = %name, revision, error = %e, "shared entry refused; this node keeps the version it has");
+                    return;
+                }
                 if self.setup.registry.revision(&name) < Some(revision) {
                     self.prepare_remote(name, revision, *entry, wasm);
                 }
@@ -1159,7 +1171,7 @@ fn change_error(e: &ChangeError) -> Response {
     let status = match e {
         ChangeError::NotApiDefined { .. } => 409,
         ChangeError::NotFound(_) => 404,
-        ChangeError::Entrypoint(_) => 400,
+        ChangeError::Entrypoint(_) | ChangeError::Limits(_) => 400,
         _ => 500,
     };
     if status == 500 {

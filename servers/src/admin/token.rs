@@ -63,6 +63,14 @@ pub fn resolve(given: Option<String>, data_dir: &Path) -> anyhow::Result<(String
             .open(&path)
             .with_context(|| format!("creating {}", path.display()))?
     };
+    // `mode` above applies only when the file is created: an empty file left behind (or
+    // put there) keeps its mode, so it is set on the open descriptor before the token is
+    // written.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("making {} private", path.display()))?;
+    }
     file.write_all(token.as_bytes())?;
     file.sync_all()?;
     info!(path = %path.display(), "generated a management API token (shown once; it is kept in that file): {token}");
@@ -75,7 +83,8 @@ mod tests {
 
     #[test]
     fn generated_once_then_read_back_and_an_empty_file_is_replaced() {
-        let dir = std::env::temp_dir().join(format!("frenezulo-token-{}", std::process::id()));
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(FILE), "").unwrap();
         let (token, source) = resolve(None, &dir).unwrap();
@@ -89,6 +98,20 @@ mod tests {
             resolve(Some(given.clone()), &dir).unwrap(),
             (given, Source::Given)
         );
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_existing_empty_file_is_made_private_before_the_token_is_written() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join(FILE);
+        std::fs::write(&path, "").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let (_, source) = resolve(None, &dir).unwrap();
+        assert_eq!(source, Source::Generated);
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
     }
 }

@@ -20,7 +20,7 @@ use frenezulo_engines::CompiledModule;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use crate::config::{EnvValues, LimitsConfig};
+use crate::config::{EnvValues, LimitError, LimitsConfig};
 use crate::guest::GuestConfig;
 use crate::serve::{Inbox, Message};
 
@@ -73,8 +73,8 @@ pub struct Service {
 pub struct Static {
     /// The service, version unset.
     pub service: Service,
-    /// Its compiled module.
-    pub compiled: Arc<dyn CompiledModule>,
+    /// Its compiled module, until the serving threads have it ([`Registry::release_compiled`]).
+    pub compiled: Option<Arc<dyn CompiledModule>>,
 }
 
 /// Why a change to the registry was refused or failed.
@@ -98,6 +98,9 @@ pub enum ChangeError {
     /// The module does not export what the service's entrypoint or sub-routes name.
     #[error("{0}")]
     Entrypoint(String),
+    /// A limit is out of its range (see [`crate::config::ceiling`]).
+    #[error("limits: {0}")]
+    Limits(#[from] LimitError),
     /// The store failed; nothing changed.
     #[error("the registry could not be saved: {0}")]
     Store(#[from] StoreError),
@@ -199,6 +202,11 @@ impl Registry {
 
     fn load_entry(&mut self, name: &str, entry: &Entry) -> anyhow::Result<Service> {
         let name = ServiceName::new(name)?;
+        // A manifest written before the ceilings existed (or by hand) may hold a value
+        // that would overflow the clock: the entry is refused, not clamped, so nothing
+        // runs with limits other than the ones stored; the manifest keeps it for a PUT
+        // or DELETE to fix.
+        entry.limits.check()?;
         let digest = Digest::parse(&entry.digest)
             .ok_or_else(|| anyhow::anyhow!("bad digest `{}`", entry.digest))?;
         let wasm = self.store.get(digest)?;
@@ -267,14 +275,24 @@ impl Registry {
             .filter(|s| {
                 self.services.get(&s.service.name).map(|x| x.version) == Some(s.service.version)
             })
-            .map(|s| {
+            .filter_map(|s| {
                 let key = ModuleKey {
                     service: s.service.name.clone(),
                     version: s.service.version,
                 };
-                (key, s.compiled.clone())
+                Some((key, s.compiled.clone()?))
             })
             .collect()
+    }
+
+    /// Lets go of the modules compiled at start, once every serving thread has been handed
+    /// them: from then on a module lives only while some thread keeps its service warm, so
+    /// an idle configured service is dropped from memory like any other (and loaded again,
+    /// from the artifact cache where the engine has one, when a request comes).
+    pub fn release_compiled(&mut self) {
+        for s in self.statics.values_mut() {
+            s.compiled = None;
+        }
     }
 
     /// The serving threads to publish changes to, once they exist.
@@ -291,7 +309,7 @@ impl Registry {
                     .statics
                     .get(&s.name)
                     .filter(|st| st.service.version == s.version)
-                    .map(|st| st.compiled.clone());
+                    .and_then(|st| st.compiled.clone());
                 Message::Registry {
                     change: self.put_change(s),
                     compiled,
@@ -367,17 +385,20 @@ impl Registry {
         let setup = guest.setup(Vec::new(), module.routes.clone(), Vec::new(), None);
         frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
             .map_err(ChangeError::Entrypoint)?;
+        let limits = match (limits, old) {
+            (Some(given), Some(old)) => given.over(&old.limits),
+            (given, old) => given
+                .or_else(|| old.map(|o| o.limits.clone()))
+                .unwrap_or_default(),
+        };
+        // Keys kept from an old entry are checked too (it may predate the ceilings).
+        limits.check()?;
         Ok(Entry {
             digest: module.digest.to_string(),
             size: module.wasm.len(),
             source: module.source.clone(),
             origin: Origin::Api,
-            limits: match (limits, old) {
-                (Some(given), Some(old)) => given.over(&old.limits),
-                (given, old) => given
-                    .or_else(|| old.map(|o| o.limits.clone()))
-                    .unwrap_or_default(),
-            },
+            limits,
             env: env
                 .or_else(|| old.map(|o| o.env.clone()))
                 .unwrap_or_default(),
@@ -405,6 +426,8 @@ impl Registry {
         entry: Entry,
         module: NewModule,
     ) -> Result<bool, ChangeError> {
+        // Entries from the shared registry come here without the API's checks.
+        entry.limits.check()?;
         let old = self.manifest.services.get(name.as_str()).cloned();
         // The module is durable before a manifest names it.
         self.store.put(module.digest, &module.wasm)?;
@@ -490,6 +513,7 @@ impl Registry {
         if let Some(limits) = limits {
             entry.limits = limits.over(&entry.limits);
         }
+        entry.limits.check()?;
         if let Some(env) = env {
             entry.env = env;
         }
@@ -504,6 +528,7 @@ impl Registry {
         entry: Entry,
         compiled: Option<Arc<dyn CompiledModule>>,
     ) -> Result<(), ChangeError> {
+        entry.limits.check()?;
         self.commit(name, Some(entry.clone()))?;
         let version = self.next_version();
         let base = self.base_limits;
@@ -692,7 +717,7 @@ mod tests {
                 revision: None,
                 updated_unix: 0,
             },
-            compiled: Arc::new(NoModule),
+            compiled: Some(Arc::new(NoModule)),
         }
     }
 
@@ -730,8 +755,8 @@ mod tests {
 
     #[test]
     fn changes_are_durable_owned_and_versioned() {
-        let dir = std::env::temp_dir().join(format!("frenezulo-registry-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let mut r = open(&dir);
         let shop = ServiceName::new("shop").unwrap();
         let hello = ServiceName::new("hello").unwrap();
@@ -840,6 +865,51 @@ mod tests {
         // Module files follow the manifest: the replaced and removed ones are gone.
         let stored = std::fs::read_dir(dir.join("modules")).unwrap().count();
         assert_eq!(stored, 0);
-        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn limits_out_of_range_are_refused_on_every_way_in() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let huge: LimitsConfig =
+            serde_json::from_value(serde_json::json!({ "deadline": "500000000000s" })).unwrap();
+        let mut r = open(&dir);
+        let shop = ServiceName::new("shop").unwrap();
+        // Through the API's two steps.
+        assert!(matches!(
+            r.put(
+                &shop,
+                module(b"v1"),
+                Some(huge.clone()),
+                None,
+                GuestConfig::default()
+            ),
+            Err(ChangeError::Limits(_))
+        ));
+        r.put(&shop, module(b"v1"), None, None, GuestConfig::default())
+            .unwrap();
+        assert!(matches!(
+            r.configure(&shop, Some(huge.clone()), None, None),
+            Err(ChangeError::Limits(_))
+        ));
+        // An entry from the shared registry, which skips the API's checks.
+        let mut entry = r.entry(&shop).unwrap().clone();
+        entry.limits = huge.clone();
+        assert!(matches!(
+            r.install(&shop, entry, module(b"v2")),
+            Err(ChangeError::Limits(_))
+        ));
+        assert_eq!(r.service(&shop).unwrap().digest, Digest::of(b"v1"));
+        drop(r);
+        // A manifest already holding such a value: the entry is not served, and kept.
+        let path = dir.join("manifest.json");
+        let mut manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        manifest["services"]["shop"]["limits"] =
+            serde_json::json!({ "deadline": "18446744073709551615s" });
+        std::fs::write(&path, serde_json::to_vec(&manifest).unwrap()).unwrap();
+        let r = open(&dir);
+        assert!(r.service(&shop).is_none());
+        assert!(r.entry(&shop).is_some());
     }
 }

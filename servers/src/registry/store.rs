@@ -285,13 +285,6 @@ mod tests {
     use super::*;
     use crate::registry::manifest::{Entry, Origin};
 
-    fn temp(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("frenezulo-store-{name}-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        dir
-    }
-
     #[test]
     fn digests_print_and_parse() {
         let d = Digest::of(b"abc");
@@ -306,7 +299,8 @@ mod tests {
 
     #[test]
     fn blobs_and_manifest_survive_reopening_and_corruption_is_caught() {
-        let dir = temp("reopen");
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let mut store = LocalStore::open(&dir).unwrap();
         assert!(
             matches!(LocalStore::open(&dir), Err(StoreError::Locked(_))),
