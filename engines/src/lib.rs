@@ -147,22 +147,18 @@ pub fn discover_routes(
         return Ok(SubRoutes::default());
     }
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+    let get = frenezulo_core::Request {
+        method: "GET".to_owned(),
+        target: "/".to_owned(),
+        version: frenezulo_core::Version::Http11,
+        headers: Vec::new(),
+        body: bytes::Bytes::new(),
+        keep_alive: false,
+    };
     let request = GuestRequest {
-        request: frenezulo_core::Request {
-            method: "GET".to_owned(),
-            target: "/".to_owned(),
-            version: frenezulo_core::Version::Http11,
-            headers: Vec::new(),
-            body: bytes::Bytes::new(),
-            keep_alive: false,
-        },
-        script_name: String::new(),
-        path_info: String::new(),
-        remote: loopback,
-        local: loopback,
         entrypoint: ROUTES_EXPORT.into(),
         wildcard: false,
-        setup: Default::default(),
+        ..GuestRequest::new(get, "", loopback, loopback)
     };
     let deadline = Instant::now() + ROUTES_DEADLINE;
     let output = run_to_completion(module, &request, limits, deadline)

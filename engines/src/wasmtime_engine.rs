@@ -485,23 +485,16 @@ mod tests {
         // SAFETY: made just above by this engine.
         #[allow(unsafe_code)]
         let module = unsafe { engine.load_artifact(&artifact) }.unwrap();
-        let request = frenezulo_core::GuestRequest {
-            request: frenezulo_core::Request {
-                method: "GET".into(),
-                target: "/s".into(),
-                version: frenezulo_core::Version::Http11,
-                headers: vec![],
-                body: bytes::Bytes::new(),
-                keep_alive: true,
-            },
-            script_name: "/s".into(),
-            path_info: String::new(),
-            remote: "127.0.0.1:1".parse().unwrap(),
-            local: "127.0.0.1:2".parse().unwrap(),
-            entrypoint: frenezulo_core::DEFAULT_ENTRYPOINT.into(),
-            wildcard: true,
-            setup: Default::default(),
+        let get = frenezulo_core::Request {
+            method: "GET".into(),
+            target: "/s".into(),
+            version: frenezulo_core::Version::Http11,
+            headers: vec![],
+            body: bytes::Bytes::new(),
+            keep_alive: true,
         };
+        let loopback = "127.0.0.1:1".parse().unwrap();
+        let request = frenezulo_core::GuestRequest::new(get, "/s", loopback, loopback);
         let limits = RunLimits {
             memory_bytes: 1 << 20,
             stdout_bytes: 1024,

@@ -15,6 +15,7 @@ use frenezulo_engines::{
     check_entrypoints, discover_routes, run_to_completion,
 };
 
+/// The engine most cases share (tests run in parallel, so its instance pool is shared too).
 fn engine(kind: EngineKind) -> Arc<dyn Engine> {
     static WASMTIME: OnceLock<Arc<dyn Engine>> = OnceLock::new();
     static WASMI: OnceLock<Arc<dyn Engine>> = OnceLock::new();
@@ -22,14 +23,17 @@ fn engine(kind: EngineKind) -> Arc<dyn Engine> {
         EngineKind::Wasmtime => &WASMTIME,
         _ => &WASMI,
     };
-    cell.get_or_init(|| {
-        let config = EngineConfig {
-            max_instances: 16,
-            max_memory_bytes: 64 << 20,
-        };
-        frenezulo_engines::create(kind, &config).expect("engine")
-    })
-    .clone()
+    cell.get_or_init(|| own_engine(kind)).clone()
+}
+
+/// An engine with a pool of its own, for cases that hold many instances at once: on the
+/// shared one they could exhaust the pool under parallel cases.
+fn own_engine(kind: EngineKind) -> Arc<dyn Engine> {
+    let config = EngineConfig {
+        max_instances: 16,
+        max_memory_bytes: 64 << 20,
+    };
+    frenezulo_engines::create(kind, &config).expect("engine")
 }
 
 fn limits() -> RunLimits {
@@ -90,35 +94,26 @@ fn in_flight(setup: &GuestSetup) -> usize {
 
 /// A volume directory with a file, a subdirectory and two symlinks (one inside, one
 /// leaving it), next to a file the guest must not reach; removed on drop.
-struct Fixture(std::path::PathBuf);
+struct Fixture(tempfile::TempDir);
 
 impl Fixture {
     fn new() -> Self {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let root = std::env::temp_dir().join(format!(
-            "frenezulo-volume-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let volume = root.join("volume");
+        let root = tempfile::Builder::new()
+            .prefix("frenezulo-volume-")
+            .tempdir()
+            .unwrap();
+        let volume = root.path().join("volume");
         std::fs::create_dir_all(volume.join("sub")).unwrap();
         std::fs::write(volume.join("hello.txt"), "hello from a volume\n").unwrap();
         std::fs::write(volume.join("sub/inner.txt"), "inner").unwrap();
-        std::fs::write(root.join("secret.txt"), "secret").unwrap();
+        std::fs::write(root.path().join("secret.txt"), "secret").unwrap();
         std::os::unix::fs::symlink("hello.txt", volume.join("inside")).unwrap();
         std::os::unix::fs::symlink("..", volume.join("escape")).unwrap();
         Fixture(root)
     }
 
     fn volume(&self) -> std::path::PathBuf {
-        self.0.join("volume")
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        self.0.path().join("volume")
     }
 }
 
@@ -280,6 +275,33 @@ conformance! {
         req.setup = Arc::new(GuestSetup::default());
         let r = ok(run_to_completion(module.as_ref(), &req, &limits(), deadline()).result);
         assert_eq!(r.body[0], 8, "EBADF");
+    }
+
+    fn special_files_in_a_volume_are_refused_without_blocking(e) {
+        let fixture = Fixture::new();
+        let fifo = fixture.volume().join("pipe");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
+        assert!(status.success());
+        let volume = frenezulo_core::Volume {
+            guest_path: "/static".to_owned(),
+            dir: Arc::new(std::fs::File::open(fixture.volume()).unwrap()),
+        };
+        let setup = Arc::new(GuestSetup { volumes: vec![volume], ..Default::default() });
+        let module = e.compile(&guest("engines/tests/guests/volume.wat")).unwrap();
+        let mut req = request("POST", "/svc", &[], b"pipe");
+        req.setup = setup;
+        let (done, result) = std::sync::mpsc::channel();
+        // A FIFO without a writer blocks an ordinary open in the kernel: run on a thread of
+        // its own so that a regression fails here instead of hanging the suite.
+        std::thread::spawn(move || {
+            let out = run_to_completion(module.as_ref(), &req, &limits(), deadline());
+            let _ = done.send(out.result.map(|r| r.body));
+        });
+        let body = result
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the guest's path_open on a FIFO blocked")
+            .expect("a response");
+        assert_eq!(&body[..], &[58u8][..], "ENOTSUP, and nothing read");
     }
 
     fn an_outbound_call_waits_for_its_result(e) {
@@ -557,6 +579,8 @@ conformance! {
 
     fn a_cancelled_task_frees_its_instance(e) {
         // More cancelled tasks than the pool has instances: each drop must free its slot.
+        let e = own_engine(e.kind());
+        let e = e.as_ref();
         let module = e.compile(&guest("engines/tests/guests/loop.wat")).unwrap();
         for _ in 0..3 {
             let mut tasks: Vec<_> = (0..10).map(|_| module.start(&request("GET", "/svc", &[], b""), &limits())).collect();
@@ -569,6 +593,8 @@ conformance! {
     }
 
     fn interleaved_runs_answer_as_sequential_runs_do(e) {
+        let e = own_engine(e.kind());
+        let e = e.as_ref();
         let spin = e.compile(&guest("engines/tests/guests/spin.wat")).unwrap();
         let echo = e.compile(&guest("examples/echo.wat")).unwrap();
         let counter = e.compile(&guest("engines/tests/guests/counter.wat")).unwrap();

@@ -160,8 +160,8 @@ mod tests {
 
     #[test]
     fn artifacts_are_reused_and_damaged_ones_recompiled() {
-        let dir = std::env::temp_dir().join(format!("frenezulo-artifacts-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
         let engine =
             frenezulo_engines::create(EngineKind::Wasmtime, &EngineConfig::default()).unwrap();
         let wasm = wat::parse_file(concat!(
@@ -182,6 +182,5 @@ mod tests {
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
         artifacts.retain(&[]);
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
-        let _ = fs::remove_dir_all(&dir);
     }
 }

@@ -137,13 +137,10 @@ mod tests {
     use super::*;
 
     fn read_text(text: &str) -> anyhow::Result<Vec<ServiceSpec>> {
-        let dir = std::env::temp_dir().join(format!("frenezulo-wagi-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join(format!("{}.toml", text.len()));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("modules.toml");
         std::fs::write(&path, text).unwrap();
-        let specs = read(&path, ServiceLimits::default());
-        std::fs::remove_file(&path).unwrap();
-        specs
+        read(&path, ServiceLimits::default())
     }
 
     #[test]

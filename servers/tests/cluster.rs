@@ -8,9 +8,8 @@ mod support;
 use std::net::TcpStream;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
-use support::{Frenezulo, TempDir, json, slow_request, versioned};
+use support::{Frenezulo, PATIENCE, TempDir, eventually, json, slow_request, versioned};
 
 /// A NATS server on a fixed port with its store in a directory, restartable.
 struct Nats {
@@ -95,11 +94,7 @@ fn ensure_nats_server() {
 }
 
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually(what, PATIENCE, || done().then_some(()));
 }
 
 fn node(nats: &Nats, data: &Path) -> Frenezulo {
@@ -122,22 +117,10 @@ fn wait_for_registry(node: &Frenezulo, available: bool) {
 }
 
 fn wait_for_body(node: &Frenezulo, path: &str, body: &str) {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
+    node.eventually(&format!("{path} to answer {body:?}"), || {
         let r = node.get(path);
-        if r.status == 200 && r.text() == body {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{path} never answered {body:?} on {} (last: {} {:?}); its log:\n{}",
-            node.addr,
-            r.status,
-            r.text(),
-            node.log()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+        (r.status == 200 && r.text() == body).then_some(())
+    });
 }
 
 #[test]
@@ -253,4 +236,197 @@ fn nodes_share_one_registry_and_keep_serving_without_it() {
     let late_dir = TempDir::new("late");
     let late = node(&nats, late_dir.path());
     wait_for_body(&late, "/keep", "back");
+}
+
+/// Runs `work` against the NATS server on a runtime of its own, as a client that is not a
+/// frenezulo node (a bad actor or a damaged store).
+fn with_jetstream<T>(
+    nats: &Nats,
+    work: impl AsyncFnOnce(async_nats::jetstream::Context) -> T,
+) -> T {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = async_nats::connect(nats.url())
+            .await
+            .expect("connect to NATS");
+        work(async_nats::jetstream::new(client)).await
+    })
+}
+
+/// `sha256:<hex>` of `bytes`, as entries name their modules.
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let hash = sha2::Sha256::digest(bytes);
+    let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A module object whose bytes do not match the digest its entry names (written by hand,
+/// past the nodes' own writes) is refused: the node logs why and never serves it, and
+/// keeps serving what it has. Once the object holds the right bytes, the same entry is
+/// served.
+#[test]
+fn a_module_object_that_does_not_match_its_digest_is_refused() {
+    use async_nats::jetstream::{kv, object_store};
+
+    let nats = Nats::start();
+    let data = TempDir::new("forged");
+    let node = node(&nats, data.path());
+    let r = node.admin("PUT", "/services/good", versioned("good").as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_for_body(&node, "/good", "good");
+
+    // An entry like the node's own, naming another module, whose object holds other bytes.
+    let claimed = wat::parse_str(versioned("claimed")).unwrap();
+    let claimed_digest = digest_of(&claimed);
+    let object = claimed_digest.strip_prefix("sha256:").unwrap().to_owned();
+    let substituted = wat::parse_str(versioned("substituted")).unwrap();
+    let write = |bytes: Vec<u8>| {
+        let (object, claimed_digest, size) =
+            (object.clone(), claimed_digest.clone(), claimed.len());
+        with_jetstream(&nats, async move |js| {
+            let registry: kv::Store = js.get_key_value("frenezulo-registry").await.unwrap();
+            let modules: object_store::ObjectStore =
+                js.get_object_store("frenezulo-modules").await.unwrap();
+            let mut reader: &[u8] = &bytes;
+            modules.put(object.as_str(), &mut reader).await.unwrap();
+            let good = registry.get("good").await.unwrap().expect("good's entry");
+            let mut entry: serde_json::Value = serde_json::from_slice(&good).unwrap();
+            entry["digest"] = claimed_digest.into();
+            entry["size"] = size.into();
+            entry["source"] = "written by hand".into();
+            let value = serde_json::to_vec(&entry).unwrap();
+            registry.put("forged", value.into()).await.unwrap()
+        })
+    };
+    write(substituted);
+    let log = node.wait_for_log("module bytes do not match their digest");
+    let line = log
+        .lines()
+        .find(|l| l.contains("module bytes do not match their digest"))
+        .unwrap();
+    assert!(line.contains("forged"), "{line}");
+    assert_eq!(
+        node.get("/forged").status,
+        404,
+        "the substituted module is not served"
+    );
+    assert_eq!(
+        node.get("/good").text(),
+        "good",
+        "what the node has, it keeps serving"
+    );
+
+    // The right bytes under the same name, the entry written again: served.
+    write(claimed.clone());
+    wait_for_body(&node, "/forged", "claimed");
+}
+
+/// The object store's name for a module object's metadata subject: URL-safe base64 with
+/// padding, as async-nats encodes object names.
+fn encoded_object_name(name: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let mut out = String::new();
+    for chunk in name.as_bytes().chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Module objects no entry names are deleted once older than ten minutes: a node starting
+/// up removes one (aged here by rewriting its metadata's modification time), and keeps an
+/// old one an entry still names and an unnamed one younger than the grace period.
+#[test]
+fn module_objects_no_entry_names_are_collected_once_old() {
+    use async_nats::jetstream::object_store;
+
+    let nats = Nats::start();
+    let dirs = [TempDir::new("gc-a"), TempDir::new("gc-b")];
+    let a = node(&nats, dirs[0].path());
+    let mut objects = Vec::new();
+    for name in ["keep", "gone", "young"] {
+        let r = a.admin(
+            "PUT",
+            &format!("/services/{name}"),
+            versioned(name).as_bytes(),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+        let digest = json(&r)["digest"].as_str().unwrap().to_owned();
+        objects.push(digest.strip_prefix("sha256:").unwrap().to_owned());
+    }
+    for name in ["gone", "young"] {
+        assert_eq!(
+            a.admin("DELETE", &format!("/services/{name}"), b"").status,
+            200
+        );
+    }
+    let [keep, gone, young] = &objects[..] else {
+        unreachable!()
+    };
+    // `keep` and `gone` were last modified long ago, as far as the store says.
+    let aged = [keep.clone(), gone.clone()];
+    with_jetstream(&nats, async move |js| {
+        let modules: object_store::ObjectStore =
+            js.get_object_store("frenezulo-modules").await.unwrap();
+        for object in aged {
+            let info = modules.info(&object).await.unwrap();
+            assert!(!info.deleted, "{object} is stored");
+            let mut meta = serde_json::to_value(&info).unwrap();
+            meta["mtime"] = "2000-01-01T00:00:00Z".into();
+            let mut headers = async_nats::HeaderMap::new();
+            headers.insert("Nats-Rollup", "sub");
+            let subject = format!("$O.frenezulo-modules.M.{}", encoded_object_name(&object));
+            js.publish_with_headers(subject, headers, serde_json::to_vec(&meta).unwrap().into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+            let info = modules.info(&object).await.unwrap();
+            assert_eq!(info.modified.map(|m| m.year()), Some(2000), "{object} aged");
+        }
+    });
+
+    // A node starting up collects garbage.
+    let b = node(&nats, dirs[1].path());
+    let log = b.wait_for_log("removing a module object no service names");
+    let removed: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("removing a module object no service names"))
+        .collect();
+    assert_eq!(removed.len(), 1, "{log}");
+    assert!(removed[0].contains(gone.as_str()), "{log}");
+    let (keep, gone, young) = (keep.clone(), gone.clone(), young.clone());
+    with_jetstream(&nats, async move |js| {
+        let modules: object_store::ObjectStore =
+            js.get_object_store("frenezulo-modules").await.unwrap();
+        let listed: Vec<String> = {
+            use futures_util::StreamExt as _;
+            let mut list = modules.list().await.unwrap();
+            let mut names = Vec::new();
+            while let Some(info) = list.next().await {
+                names.push(info.unwrap().name);
+            }
+            names
+        };
+        assert!(!listed.contains(&gone), "the unnamed old object is gone");
+        assert!(listed.contains(&keep), "an object an entry names stays");
+        assert!(listed.contains(&young), "a young unnamed object stays");
+    });
+    wait_for_body(&b, "/keep", "keep");
+    assert_eq!(b.get("/gone").status, 404);
 }

@@ -1,13 +1,12 @@
 //! End-to-end: the real binary on a free loopback port, spoken to over real sockets.
 
+#[macro_use]
 mod support;
 
-use std::time::Duration;
-
-use support::{ConfigFile, ENGINES, Frenezulo, repo};
-
-/// The engine tests use when they do not care which.
-const DEFAULT_ENGINE: &str = ENGINES[0];
+use support::{
+    ConfigFile, DEFAULT_ENGINE, ENGINES, Frenezulo, PATIENCE, Reply, Upstream, held_call, post,
+    repo, run_once, wait_for_counter,
+};
 
 fn examples(engine: &str) -> Frenezulo {
     let services = [
@@ -111,8 +110,8 @@ fn pipelined_requests_are_answered_in_order() {
 fn chunked_upload_is_echoed() {
     let server = examples(DEFAULT_ENGINE);
     let mut c = server.connect();
+    // Two writes: the server may see the body in two reads or one; either must work.
     c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n");
-    std::thread::sleep(Duration::from_millis(50));
     c.send(b"7\r\n, world\r\n0\r\n\r\n");
     let r = c.response();
     assert_eq!(r.status, 200);
@@ -226,9 +225,10 @@ fn failing_guests_get_clean_statuses_and_harm_no_one() {
                 );
             }
         }
-        let log = server.log();
+        let log = server.wait_for_log("service=trap");
         assert!(
-            log.contains("guest failed") && log.contains("service=trap"),
+            log.lines()
+                .any(|l| l.contains("guest failed") && l.contains("service=trap")),
             "{log}"
         );
     }
@@ -239,12 +239,7 @@ fn guest_stderr_goes_to_the_log_tagged_with_the_service() {
     let server = examples(ENGINES[ENGINES.len() - 1]);
     let r = server.get("/stderr");
     assert_eq!(r.text(), "ok\n");
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !server.log().contains("guest says hi on stderr") && std::time::Instant::now() < deadline
-    {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let log = server.log();
+    let log = server.wait_for_log("guest says hi on stderr");
     let line = log
         .lines()
         .find(|l| l.contains("guest says hi on stderr"))
@@ -298,9 +293,8 @@ fn config_file_sets_services_and_the_command_line_wins() {
 
 #[test]
 fn bad_modules_and_bad_flags_stop_startup_with_a_reason() {
-    let dir = std::env::temp_dir().join(format!("frenezulo-bad-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let bad = dir.join("bad.wasm");
+    let dir = support::TempDir::new("bad");
+    let bad = dir.path().join("bad.wasm");
     std::fs::write(&bad, b"\0asm garbage").unwrap();
     let cases = [
         (
@@ -328,16 +322,12 @@ fn bad_modules_and_bad_flags_stop_startup_with_a_reason() {
         ),
     ];
     for (args, reason) in cases {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
-            .args(&args)
-            .args(["--listen", "127.0.0.1:0"])
-            .output()
-            .unwrap();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run_once(&args, &[]);
         assert!(!out.status.success(), "{args:?} started");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 /// Serving threads share the port with `SO_REUSEPORT`; a second server must still be told
@@ -345,10 +335,7 @@ fn bad_modules_and_bad_flags_stop_startup_with_a_reason() {
 #[test]
 fn a_second_server_on_the_same_port_is_refused() {
     let first = Frenezulo::start(&[]);
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
-        .args(["--listen", &first.addr.to_string()])
-        .output()
-        .unwrap();
+    let out = run_once(&["--listen", &first.addr.to_string()], &[]);
     assert!(!out.status.success(), "a second server started");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("in use"), "{stderr}");
@@ -357,10 +344,7 @@ fn a_second_server_on_the_same_port_is_refused() {
 
 #[test]
 fn help_explains_itself() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
-        .arg("--help")
-        .output()
-        .unwrap();
+    let out = run_once(&["--help"], &[]);
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for flag in [
@@ -377,22 +361,23 @@ fn help_explains_itself() {
     }
 }
 
-// The slow guest counts to 300 million: instant on the JIT, minutes on an unoptimised
-// interpreter, so this runs where wasmtime is compiled in.
-#[cfg(feature = "wasmtime")]
-#[test]
-fn sigterm_finishes_requests_in_flight_then_exits() {
-    let slow = format!("slow={}", repo("engines/tests/guests/slow.wat"));
-    let mut server = Frenezulo::start(&["--service", &slow]);
-    let mut c = server.connect();
-    c.send(b"GET /slow HTTP/1.1\r\nHost: t\r\n\r\n");
-    std::thread::sleep(Duration::from_millis(50));
+per_engine! {
+    sigterm_finishes_requests_in_flight_then_exits => sigterm_drains,
+}
+
+fn sigterm_drains(engine: &str) {
+    let (mut server, upstream, _config) = held_call(engine, "");
+    let mut c = post(&server, "/call", upstream.url("/hold").as_bytes());
+    upstream.wait_for("/hold");
+    wait_for_counter(&server, "call", "running", 1);
     server.terminate();
+    server.wait_for_log("shutting down");
+    upstream.open_gate();
     let r = c.response();
-    assert_eq!(r.status, 200);
-    assert_eq!(r.text(), "slow but done\n");
+    assert_eq!(r.status, 200, "{engine}");
+    assert_eq!(&r.body[3..], b"held", "{engine}");
     assert_eq!(r.header("Connection"), Some("close"));
-    assert!(server.wait(Duration::from_secs(30)), "clean exit");
+    assert!(server.wait(PATIENCE), "{engine}: clean exit");
     assert!(
         std::net::TcpStream::connect(server.addr).is_err(),
         "no longer listening"
@@ -402,10 +387,7 @@ fn sigterm_finishes_requests_in_flight_then_exits() {
 #[cfg(not(feature = "wasmtime"))]
 #[test]
 fn a_jit_free_build_says_wasmtime_is_not_compiled_in() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
-        .args(["--engine", "wasmtime", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = run_once(&["--engine", "wasmtime"], &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -457,15 +439,13 @@ fn environment_values_reach_guests_with_service_values_on_top() {
         plain.contains(&"REGION=us".to_owned()) && plain.contains(&"TIER=file".to_owned()),
         "{plain:?}"
     );
+    // Start-up is logged in full before the server listens (see `Frenezulo::start`).
     assert!(
         !server.log().contains("REGION=us"),
         "values stay out of the log"
     );
     // A CGI variable is the request's: it cannot be configured.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
-        .args(["--env", "REQUEST_METHOD=POST", "--listen", "127.0.0.1:0"])
-        .output()
-        .unwrap();
+    let out = run_once(&["--env", "REQUEST_METHOD=POST"], &[]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("CGI variable"));
 }
@@ -558,122 +538,10 @@ fn a_wagi_module_map_serves_routes_entrypoints_and_volumes() {
     }
     // A route that cannot be one service stops the server with the module named.
     std::fs::write(&path, "[[module]]\nroute = \"/a/b\"\nmodule = \"x.wasm\"\n").unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_frenezulo"))
-        .args([
-            "--wagi-config",
-            path.to_str().unwrap(),
-            "--data-dir",
-            dir.arg(),
-        ])
-        .output()
-        .unwrap();
+    let out = run_once(&["--wagi-config", path.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("`x.wasm` at route `/a/b`"), "{stderr}");
-}
-
-/// A loopback HTTP server for guests to call: `/hold` answers once the test opens the
-/// gate, `/big` sends 2 KiB, anything else answers at once with the request's `x-test`
-/// header. Every request is announced on `arrivals` as it comes in.
-struct Upstream {
-    port: u16,
-    gate: std::sync::Arc<(std::sync::Mutex<bool>, std::sync::Condvar)>,
-    arrivals: std::sync::mpsc::Receiver<String>,
-}
-
-impl Upstream {
-    fn start() -> Self {
-        use std::io::{BufRead, BufReader, Write};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let gate = std::sync::Arc::new((std::sync::Mutex::new(false), std::sync::Condvar::new()));
-        let (tx, arrivals) = std::sync::mpsc::channel();
-        let g = gate.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(stream) = stream else { return };
-                let (gate, tx) = (g.clone(), tx.clone());
-                std::thread::spawn(move || {
-                    let mut reader = BufReader::new(stream.try_clone().unwrap());
-                    let mut head = Vec::new();
-                    loop {
-                        let mut line = String::new();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
-                            break;
-                        }
-                        head.push(line.trim_end().to_owned());
-                    }
-                    let path = head
-                        .first()
-                        .and_then(|l| l.split(' ').nth(1))
-                        .unwrap_or("/")
-                        .to_owned();
-                    let _ = tx.send(path.clone());
-                    let body = match path.as_str() {
-                        "/hold" => {
-                            let (open, cv) = &*gate;
-                            let mut open = open.lock().unwrap();
-                            while !*open {
-                                open = cv.wait(open).unwrap();
-                            }
-                            "held".to_owned()
-                        }
-                        "/big" => "x".repeat(2048),
-                        _ => head
-                            .iter()
-                            .find(|l| l.to_ascii_lowercase().starts_with("x-test:"))
-                            .cloned()
-                            .unwrap_or_default(),
-                    };
-                    let mut stream = stream;
-                    let _ = write!(
-                        stream,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    );
-                });
-            }
-        });
-        Upstream {
-            port,
-            gate,
-            arrivals,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    fn open_gate(&self) {
-        *self.gate.0.lock().unwrap() = true;
-        self.gate.1.notify_all();
-    }
-
-    fn wait_for(&self, path: &str) {
-        loop {
-            let got = self
-                .arrivals
-                .recv_timeout(Duration::from_secs(10))
-                .expect("a call arrives upstream");
-            if got == path {
-                return;
-            }
-        }
-    }
-}
-
-/// Sends `body` to `path` with POST on a new connection, without waiting for the answer.
-fn post(server: &Frenezulo, path: &str, body: &str) -> support::Client {
-    let mut c = server.connect();
-    c.send(
-        format!(
-            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        )
-        .as_bytes(),
-    );
-    c
 }
 
 /// Outbound HTTP on each engine: an allowed call, a refused origin, the size cap, the
@@ -681,29 +549,37 @@ fn post(server: &Frenezulo, path: &str, body: &str) -> support::Client {
 /// on the same (single) serving thread.
 #[test]
 fn guests_call_out_over_http_within_their_grant() {
-    let upstream = Upstream::start();
-    let config = |timeout: &str| {
-        format!(
-            r#"
-            workers = 1
-            outbound_timeout = "{timeout}"
-            outbound_max_response = "1KiB"
-            [services.call]
-            module = "{outbound}"
-            allowed_hosts = ["{allowed}"]
-            http_max_concurrency = 2
-            [services.hello]
-            module = "{hello}"
-            "#,
-            outbound = repo("engines/tests/guests/outbound.wat"),
-            hello = repo("examples/hello.wat"),
-            allowed = upstream.url(""),
-        )
-    };
-    let long = ConfigFile::new("outbound-long", &config("30s"));
-    let short = ConfigFile::new("outbound-short", &config("300ms"));
     for engine in ENGINES {
-        let server = Frenezulo::start(&["--engine", engine, "--config", long.path()]);
+        // An upstream per engine, so no call of one run can be taken for the next's.
+        let upstream = Upstream::start(|a| match a.path.as_str() {
+            "/hold" => Reply::ok("held").held(),
+            "/big" => Reply::ok("x".repeat(2048)),
+            _ => Reply::ok(format!(
+                "x-test: {}",
+                a.header("x-test").unwrap_or_default()
+            )),
+        });
+        let config = |timeout: &str| {
+            format!(
+                r#"
+                engine = "{engine}"
+                workers = 1
+                outbound_timeout = "{timeout}"
+                outbound_max_response = "1KiB"
+                [services.call]
+                module = "{outbound}"
+                allowed_hosts = ["{allowed}"]
+                http_max_concurrency = 2
+                [services.hello]
+                module = "{hello}"
+                "#,
+                outbound = repo("engines/tests/guests/outbound.wat"),
+                hello = repo("examples/hello.wat"),
+                allowed = upstream.url(""),
+            )
+        };
+        let long = ConfigFile::new("outbound-long", &config("30s"));
+        let server = Frenezulo::start(&["--config", long.path()]);
         let r = server.admin("POST", "/call", upstream.url("/echo").as_bytes());
         assert_eq!(r.body[0], 0, "{engine}: {:?}", r.text());
         assert_eq!(u16::from_le_bytes([r.body[1], r.body[2]]), 200);
@@ -712,21 +588,17 @@ fn guests_call_out_over_http_within_their_grant() {
             b"x-test: 1",
             "{engine}: the guest's header went out"
         );
-        let other = format!("http://127.0.0.1:{}/", upstream.port.wrapping_add(1));
+        let other = format!("http://127.0.0.1:{}/", upstream.addr.port().wrapping_add(1));
         let r = server.admin("POST", "/call", other.as_bytes());
         assert_eq!(r.body[..], [7], "{engine}: another origin is refused");
-        let log = server.wait_for_log("origin not in allowed_hosts");
-        assert!(
-            log.contains("origin not in allowed_hosts"),
-            "{engine}: the refusal is logged"
-        );
+        server.wait_for_log("origin not in allowed_hosts");
         let r = server.admin("POST", "/call", upstream.url("/big").as_bytes());
         assert_eq!(r.body[..], [11], "{engine}: past the size cap");
         // Two calls held upstream take the service's two slots; the one serving thread
         // answers /hello meanwhile, and a third call is refused at once.
         let mut held = [
-            post(&server, "/call", &upstream.url("/hold")),
-            post(&server, "/call", &upstream.url("/hold")),
+            post(&server, "/call", upstream.url("/hold").as_bytes()),
+            post(&server, "/call", upstream.url("/hold").as_bytes()),
         ];
         upstream.wait_for("/hold");
         upstream.wait_for("/hold");
@@ -742,17 +614,17 @@ fn guests_call_out_over_http_within_their_grant() {
             let r = c.response();
             assert_eq!((r.body[0], &r.body[3..]), (0, &b"held"[..]), "{engine}");
         }
-        *upstream.gate.0.lock().unwrap() = false;
-        let metrics = server.admin("GET", "/services/metrics", b"").text();
+        upstream.close_gate();
+        let metrics = server.metrics();
         assert!(
             metrics.contains("frenezulo_outbound_calls_total{service=\"call\"} 4"),
             "{metrics}"
         );
         drop(server);
-        let server = Frenezulo::start(&["--engine", engine, "--config", short.path()]);
+        let short = ConfigFile::new("outbound-short", &config("300ms"));
+        let server = Frenezulo::start(&["--config", short.path()]);
         let r = server.admin("POST", "/call", upstream.url("/hold").as_bytes());
         assert_eq!(r.body[..], [11], "{engine}: past the timeout");
         upstream.open_gate();
-        *upstream.gate.0.lock().unwrap() = false;
     }
 }

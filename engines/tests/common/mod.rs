@@ -38,29 +38,25 @@ pub fn printer(output: &[u8]) -> Vec<u8> {
 
 /// A request for the service mounted at `/svc`; `target` must start with `/svc`.
 pub fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]) -> GuestRequest {
-    let path = target.split('?').next().unwrap_or_default();
-    let path_info = path.strip_prefix("/svc").expect("targets start with /svc");
-    GuestRequest {
-        request: Request {
-            method: method.to_owned(),
-            target: target.to_owned(),
-            version: Version::Http11,
-            headers: headers
-                .iter()
-                .map(|(n, v)| Header {
-                    name: (*n).to_owned(),
-                    value: Bytes::copy_from_slice(v.as_bytes()),
-                })
-                .collect(),
-            body: Bytes::copy_from_slice(body),
-            keep_alive: true,
-        },
-        script_name: "/svc".to_owned(),
-        path_info: path_info.to_owned(),
-        remote: "10.1.2.3:4567".parse().unwrap(),
-        local: "127.0.0.1:8080".parse().unwrap(),
-        entrypoint: frenezulo_core::DEFAULT_ENTRYPOINT.into(),
-        wildcard: true,
-        setup: Default::default(),
-    }
+    assert!(target.starts_with("/svc"), "targets start with /svc");
+    let request = Request {
+        method: method.to_owned(),
+        target: target.to_owned(),
+        version: Version::Http11,
+        headers: headers
+            .iter()
+            .map(|(n, v)| Header {
+                name: (*n).to_owned(),
+                value: Bytes::copy_from_slice(v.as_bytes()),
+            })
+            .collect(),
+        body: Bytes::copy_from_slice(body),
+        keep_alive: true,
+    };
+    GuestRequest::new(
+        request,
+        "/svc",
+        "10.1.2.3:4567".parse().unwrap(),
+        "127.0.0.1:8080".parse().unwrap(),
+    )
 }

@@ -46,67 +46,155 @@ pub fn repo(path: &str) -> String {
         .to_string()
 }
 
+/// The engine tests use when they do not care which.
+pub const DEFAULT_ENGINE: &str = ENGINES[0];
+
+/// How long a test waits for an event before it calls it missing: far beyond what any
+/// event here takes on a loaded machine, so only a real stall fails a test.
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// Polls `check` until it gives a value, and returns it; panics, naming `what`, once
+/// `bound` has passed. Tests wait for the event itself with this, never a fixed sleep.
+pub fn eventually<T>(what: &str, bound: Duration, check: impl FnMut() -> Option<T>) -> T {
+    poll(bound, check).unwrap_or_else(|| panic!("waited {bound:?} for {what}, in vain"))
+}
+
+/// Polls `check` until it gives a value or `bound` has passed.
+fn poll<T>(bound: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + bound;
+    loop {
+        if let Some(value) = check() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The seed for a test's random choices: `FRENEZULO_TEST_SEED` if set, else drawn from the
+/// clock; printed, so a failing run can be repeated.
+pub fn seed() -> u64 {
+    let seed = match std::env::var("FRENEZULO_TEST_SEED") {
+        Ok(v) => v.parse().expect("FRENEZULO_TEST_SEED is a number"),
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos() as u64,
+    };
+    eprintln!("seed {seed} (FRENEZULO_TEST_SEED={seed} repeats it)");
+    seed
+}
+
+/// A temporary directory, removed when dropped.
+pub struct TempDir(tempfile::TempDir);
+
+impl TempDir {
+    /// A fresh, empty directory whose name starts with `name`.
+    pub fn new(name: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("frenezulo-{name}-"))
+            .tempdir()
+            .expect("a temporary directory");
+        Self(dir)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &std::path::Path {
+        self.0.path()
+    }
+
+    /// The directory, as a command-line argument.
+    pub fn arg(&self) -> &str {
+        self.path().to_str().expect("temporary paths are UTF-8")
+    }
+}
+
 /// A config file in a temporary directory of its own, removed when dropped.
 pub struct ConfigFile {
+    dir: TempDir,
     path: PathBuf,
 }
 
 impl ConfigFile {
     /// Writes `text` as `frenezulo.toml` in a fresh directory named after `name`.
     pub fn new(name: &str, text: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("frenezulo-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("frenezulo.toml");
+        let dir = TempDir::new(name);
+        let path = dir.path().join("frenezulo.toml");
         std::fs::write(&path, text).unwrap();
-        Self { path }
+        Self { dir, path }
     }
 
     /// The file's path, for `--config`.
     pub fn path(&self) -> &str {
         self.path.to_str().expect("temporary paths are UTF-8")
     }
+
+    /// The directory the file is in.
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
 }
 
-impl Drop for ConfigFile {
-    fn drop(&mut self) {
-        if let Some(dir) = self.path.parent() {
-            let _ = std::fs::remove_dir_all(dir);
+/// Runs the binary with `args` to its end (for runs that must fail, print help or act as
+/// the client), with a data directory and `--listen` of its own unless `args` name them, so
+/// no run touches the user's home or a real port. Panics if it is still running after
+/// [`PATIENCE`]: a run that was meant to stop but started serving fails rather than hangs.
+pub fn run_once(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let data = TempDir::new("once");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_frenezulo"));
+    command.args(args);
+    let is_client = args.first() == Some(&"services");
+    if !is_client && !args.contains(&"--data-dir") {
+        command.args(["--data-dir", data.arg()]);
+    }
+    if !is_client && !args.contains(&"--listen") {
+        command.args(["--listen", "127.0.0.1:0"]);
+    }
+    let mut child = command
+        .env("FRENEZULO_ADMIN_TOKEN", TOKEN)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start frenezulo");
+    // Drain both pipes on threads so a chatty child cannot block on a full pipe.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stdout.read_to_end(&mut v);
+        v
+    });
+    let err = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        let _ = stderr.read_to_end(&mut v);
+        v
+    });
+    let status = match exit_within(&mut child, PATIENCE) {
+        Some(status) => status,
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "`frenezulo {}` still ran after {PATIENCE:?}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&err.join().unwrap())
+            );
         }
+    };
+    std::process::Output {
+        status,
+        stdout: out.join().unwrap(),
+        stderr: err.join().unwrap(),
     }
 }
 
-/// A temporary directory, removed when dropped.
-pub struct TempDir {
-    path: PathBuf,
-}
-
-impl TempDir {
-    /// A fresh, empty directory named after `name`.
-    pub fn new(name: &str) -> Self {
-        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let path =
-            std::env::temp_dir().join(format!("frenezulo-{name}-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).unwrap();
-        Self { path }
-    }
-
-    /// The directory.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    /// The directory, as a command-line argument.
-    pub fn arg(&self) -> &str {
-        self.path.to_str().expect("temporary paths are UTF-8")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
+/// Waits up to `limit` for `child` to exit by itself.
+fn exit_within(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    poll(limit, || child.try_wait().unwrap())
 }
 
 /// The management API token test servers run with, unless a test says otherwise.
@@ -167,12 +255,15 @@ impl Frenezulo {
             panic!("server did not start: {line:?}\n{}", log.lock().unwrap());
         };
         let addr = addr.parse().expect("listen address");
-        Self {
+        let server = Self {
             child,
             addr,
             log,
             _data: data,
-        }
+        };
+        // The log's last start-up line: after this, what start-up logs is in `log()`.
+        server.wait_for_log("listening on http://");
+        server
     }
 
     /// Sends a request with `method`, `path`, optional body, and the token [`TOKEN`]
@@ -212,16 +303,30 @@ impl Frenezulo {
         self.log.lock().unwrap().clone()
     }
 
-    /// Waits up to 10 s for the log to contain `needle`; returns the log either way.
+    /// Waits for the log to contain `needle` and returns the log; panics with the log if it
+    /// never does.
     pub fn wait_for_log(&self, needle: &str) -> String {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = self.log();
-            if log.contains(needle) || Instant::now() > deadline {
-                return log;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.eventually(&format!("the log to say {needle:?}"), || {
+            Some(self.log()).filter(|log| log.contains(needle))
+        })
+    }
+
+    /// [`eventually`] with [`PATIENCE`], showing this server's log if the wait fails.
+    pub fn eventually<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
+        poll(PATIENCE, check).unwrap_or_else(|| {
+            panic!(
+                "waited {PATIENCE:?} for {what} on {}, in vain; its log:\n{}",
+                self.addr,
+                self.log()
+            )
+        })
+    }
+
+    /// The Prometheus text of `GET /services/metrics`.
+    pub fn metrics(&self) -> String {
+        let r = self.admin("GET", "/services/metrics", b"");
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.text()
     }
 
     /// A new keep-alive connection.
@@ -243,23 +348,24 @@ impl Frenezulo {
 
     /// Sends SIGTERM.
     pub fn terminate(&self) {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success());
+        self.signal("TERM");
     }
 
     /// Waits for the process to exit by itself; returns whether it exited successfully.
     pub fn wait(&mut self, limit: Duration) -> bool {
-        let started = Instant::now();
-        while started.elapsed() < limit {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.success();
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        match exit_within(&mut self.child, limit) {
+            Some(status) => status.success(),
+            None => panic!("server did not exit within {limit:?}\n{}", self.log()),
         }
-        panic!("server did not exit within {limit:?}\n{}", self.log());
+    }
+
+    /// Sends `signal` (a name `kill` knows, such as `TERM` or `INT`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success());
     }
 
     /// Resident memory of the server, in KiB.
@@ -311,6 +417,12 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// `(status, error)` of a management API answer (`{"error": "..."}`).
+    pub fn error(&self) -> (u16, String) {
+        let why = json(self)["error"].as_str().unwrap_or_default().to_owned();
+        (self.status, why)
+    }
 }
 
 impl Client {
@@ -330,7 +442,7 @@ impl Client {
     /// Reads one response, or `None` if the connection closes first.
     pub fn try_response(&mut self) -> Option<HttpResponse> {
         while !self.buf.windows(4).any(|w| w == b"\r\n\r\n") {
-            if self.fill() == 0 {
+            if !matches!(self.fill(), Ok(n) if n > 0) {
                 return None;
             }
         }
@@ -342,11 +454,25 @@ impl Client {
         self.stream.write_all(raw).expect("write");
     }
 
-    fn fill(&mut self) -> usize {
+    /// Reads what arrives next: `Ok(0)` at EOF, `Err` on a reset or when nothing came
+    /// within the read timeout.
+    fn fill(&mut self) -> std::io::Result<usize> {
         let mut chunk = [0u8; 16384];
-        let n = self.stream.read(&mut chunk).unwrap_or(0);
+        let n = self.stream.read(&mut chunk)?;
         self.buf.extend_from_slice(&chunk[..n]);
-        n
+        Ok(n)
+    }
+
+    /// Reads more, panicking with `context` if the connection ends or stalls first.
+    fn fill_or_panic(&mut self, context: &str) {
+        match self.fill() {
+            Ok(0) => panic!(
+                "connection closed {context}: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            ),
+            Ok(_) => {}
+            Err(e) => panic!("{e} {context}: {:?}", String::from_utf8_lossy(&self.buf)),
+        }
     }
 
     /// Reads one response (with its body).
@@ -364,11 +490,7 @@ impl Client {
             if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 break i + 4;
             }
-            assert!(
-                self.fill() > 0,
-                "connection closed before a response: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            );
+            self.fill_or_panic("before a response");
         };
         let head_text = String::from_utf8(self.buf[..end].to_vec()).expect("ASCII head");
         let mut lines = head_text.split("\r\n");
@@ -392,7 +514,7 @@ impl Client {
                 .unwrap_or(0)
         };
         while self.buf.len() < len {
-            assert!(self.fill() > 0, "connection closed mid-body");
+            self.fill_or_panic("mid-body");
         }
         let body = self.buf.drain(..len).collect();
         HttpResponse {
@@ -402,9 +524,23 @@ impl Client {
         }
     }
 
-    /// Whether the server closed the connection (reads EOF, or a reset, with nothing pending).
+    /// Whether the server closed the connection: nothing is pending and the next read
+    /// meets EOF or a reset. A read that times out (the server kept the connection open)
+    /// or that brings bytes is not a close.
     pub fn is_closed(&mut self) -> bool {
-        self.buf.is_empty() && self.fill() == 0
+        use std::io::ErrorKind::{BrokenPipe, ConnectionAborted, ConnectionReset};
+        if !self.buf.is_empty() {
+            return false;
+        }
+        match self.fill() {
+            Ok(n) => n == 0,
+            Err(e) => matches!(e.kind(), ConnectionReset | ConnectionAborted | BrokenPipe),
+        }
+    }
+
+    /// Sets how long a read waits before it counts as a stall.
+    pub fn read_timeout(&mut self, limit: Duration) {
+        self.stream.set_read_timeout(Some(limit)).unwrap();
     }
 }
 
@@ -456,16 +592,249 @@ pub fn slow_request(server: &Frenezulo, spins: u32) -> std::thread::JoinHandle<H
         c.send(&body);
         c.response()
     });
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = json(&server.admin("GET", "/services/slow", b""));
-        if info["counters"]["running"] == 1 {
-            return slow;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the slow request never started: {info}"
-        );
-        std::thread::sleep(Duration::from_millis(5));
+    wait_for_counter(server, "slow", "running", 1);
+    slow
+}
+
+/// Waits until the management API reports `counter` of `service` at `value`.
+pub fn wait_for_counter(server: &Frenezulo, service: &str, counter: &str, value: u64) {
+    server.eventually(&format!("{service}'s {counter} to be {value}"), || {
+        let info = json(&server.admin("GET", &format!("/services/{service}"), b""));
+        (info["counters"][counter] == value).then_some(())
+    });
+}
+
+/// What an [`Upstream`] answers one request with.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    /// Status code.
+    pub status: u16,
+    /// Header fields besides `Content-Length` and `Connection: close`.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+    /// Answer only once the test opens the gate ([`Upstream::open_gate`]).
+    pub held: bool,
+}
+
+impl Reply {
+    /// 200 with `body`.
+    pub fn ok(body: impl Into<Vec<u8>>) -> Self {
+        Self::status(200).with_body(body)
     }
+
+    /// `status` with an empty body.
+    pub fn status(status: u16) -> Self {
+        Self {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            held: false,
+        }
+    }
+
+    /// A 302 to `location`.
+    pub fn redirect(location: &str) -> Self {
+        Self::status(302).with_header("Location", location)
+    }
+
+    /// The same reply with `body`.
+    pub fn with_body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// The same reply with one more header field.
+    pub fn with_header(mut self, name: &str, value: &str) -> Self {
+        self.headers.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    /// The same reply, sent only once the gate opens.
+    pub fn held(mut self) -> Self {
+        self.held = true;
+        self
+    }
+}
+
+/// A request as an [`Upstream`] saw it.
+#[derive(Clone, Debug)]
+pub struct Arrival {
+    /// The request target.
+    pub path: String,
+    /// Header lines as `(name, value)`.
+    pub headers: Vec<(String, String)>,
+}
+
+impl Arrival {
+    /// First value of a header, case-insensitively.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+type Gate = Arc<(Mutex<bool>, std::sync::Condvar)>;
+
+/// A loopback HTTP/1.1 server for the binary to call (guests' outbound calls, modules
+/// fetched by URL): `route` decides each reply; every request is announced, as it comes
+/// in, to [`Upstream::wait_for`]. It serves until the test process ends.
+pub struct Upstream {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    gate: Gate,
+    arrivals: Mutex<std::sync::mpsc::Receiver<String>>,
+}
+
+impl Upstream {
+    /// Starts serving on a free loopback port.
+    pub fn start(route: impl Fn(&Arrival) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let gate: Gate = Arc::new((Mutex::new(false), std::sync::Condvar::new()));
+        let (tx, arrivals) = std::sync::mpsc::channel();
+        let route = Arc::new(route);
+        let g = gate.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(stream) = stream else { return };
+                let (gate, tx, route) = (g.clone(), tx.clone(), route.clone());
+                std::thread::spawn(move || serve_one(stream, &gate, &tx, &*route));
+            }
+        });
+        Self {
+            addr,
+            gate,
+            arrivals: Mutex::new(arrivals),
+        }
+    }
+
+    /// `http://ADDR{path}`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Lets held replies go, now and until [`Upstream::close_gate`].
+    pub fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+        self.gate.1.notify_all();
+    }
+
+    /// Holds replies marked held again.
+    pub fn close_gate(&self) {
+        *self.gate.0.lock().unwrap() = false;
+    }
+
+    /// Waits for the next request for `path`, skipping others.
+    pub fn wait_for(&self, path: &str) {
+        let arrivals = self.arrivals.lock().unwrap();
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match arrivals.recv_timeout(left) {
+                Ok(got) if got == path => return,
+                Ok(_) => {}
+                Err(_) => panic!("no request for {path} arrived upstream within {PATIENCE:?}"),
+            }
+        }
+    }
+}
+
+fn serve_one(
+    stream: TcpStream,
+    gate: &Gate,
+    arrivals: &std::sync::mpsc::Sender<String>,
+    route: &(dyn Fn(&Arrival) -> Reply + Send + Sync),
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+            break;
+        }
+        lines.push(line.trim_end().to_owned());
+    }
+    let path = lines
+        .first()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let headers = lines
+        .iter()
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
+        .collect();
+    let reply = route(&Arrival {
+        path: path.clone(),
+        headers,
+    });
+    let _ = arrivals.send(path);
+    if reply.held {
+        let (open, cv) = &**gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+    }
+    let mut head = format!("HTTP/1.1 {} X\r\n", reply.status);
+    for (n, v) in &reply.headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        reply.body.len()
+    ));
+    let mut stream = stream;
+    let _ = stream
+        .write_all(head.as_bytes())
+        .and_then(|()| stream.write_all(&reply.body));
+}
+
+/// Sends `body` to `path` with POST on a new connection, without waiting for the answer.
+pub fn post(server: &Frenezulo, path: &str, body: &[u8]) -> Client {
+    let mut c = server.connect();
+    c.send(
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    c.send(body);
+    c
+}
+
+/// The value of the sample whose name and labels are exactly `series`
+/// (`name{label="value",...}`) in Prometheus text, if there is one.
+pub fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|l| {
+        l.strip_prefix(series)
+            .and_then(|rest| rest.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    })
+}
+
+/// The outbound guest as service `call`, allowed to call an upstream whose `/hold` answers
+/// only once the gate opens (anything else answers the request's `x-test` header at once):
+/// a request in flight for exactly as long as the test wants, on either engine. `extra` is
+/// more of the config file's top level.
+pub fn held_call(engine: &str, extra: &str) -> (Frenezulo, Upstream, ConfigFile) {
+    let upstream = Upstream::start(|a| match a.path.as_str() {
+        "/hold" => Reply::ok("held").held(),
+        _ => Reply::ok(a.header("x-test").unwrap_or_default()),
+    });
+    let config = ConfigFile::new(
+        "held",
+        &format!(
+            "engine = {engine:?}\n{extra}\n[services.call]\nmodule = {:?}\nallowed_hosts = [{:?}]\n",
+            repo("engines/tests/guests/outbound.wat"),
+            upstream.url(""),
+        ),
+    );
+    let server = Frenezulo::start(&["--config", config.path()]);
+    (server, upstream, config)
 }
