@@ -27,7 +27,10 @@
 //!    `handle` call, so an early or spurious wake-up is harmless).
 //! 4. Before reading from a connection, check [`Server::wants_read`]; when it is false
 //!    the connection's pipeline is full and the driver waits for output instead, which
-//!    bounds what one client can make the server buffer.
+//!    bounds what one client can make the server buffer. A driver that queues output
+//!    reports with [`Input::Unsent`] when a connection's unwritten bytes cross
+//!    [`MAX_UNSENT`]: above it the core takes none of that connection's requests, so a
+//!    client that sends and never reads cannot pile answers up either.
 //!
 //! ## Guest tasks and time slices
 //!
@@ -78,7 +81,7 @@ pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;
 pub use route::{NameError, ServiceName};
 pub use server::{
-    ConnId, Execution, Input, JobId, Lifecycle, MAX_CPU_WEIGHT, MAX_MANAGEMENT_CALLS,
+    ConnId, Execution, Input, JobId, Lifecycle, MAX_CPU_WEIGHT, MAX_MANAGEMENT_CALLS, MAX_UNSENT,
     ManagementCall, Output, RegistryChange, Responded, Server, ServerConfig, ServiceInfo,
     ServiceLimits, Stats, share,
 };

@@ -182,7 +182,7 @@ pub trait GuestTask {
 
 /// Roughly how long one time slice lets a guest run before it yields: wasmtime counts it
 /// in epoch ticks, wasmi in fuel calibrated to about this on a release build.
-pub const SLICE: std::time::Duration = std::time::Duration::from_millis(2);
+pub const SLICE: std::time::Duration = std::time::Duration::from_micros(500);
 
 /// How a time slice ended.
 #[derive(Debug)]

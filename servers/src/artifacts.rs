@@ -6,7 +6,10 @@
 //! wasmtime version or other settings never meet old code. Each file starts with a magic
 //! line and the SHA-256 of the code after it; a file whose checksum does not match is
 //! deleted and the module compiled again, because deserializing is the one step that trusts
-//! its input.
+//! its input. The checksum is not keyed: it catches damage, not a hostile writer, so the
+//! directories must be the server user's own and closed to others (checked at open: a
+//! directory that is not is not used), and an artifact is opened with `O_NOFOLLOW`, so a
+//! symbolic link planted in its place is never loaded.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -16,7 +19,9 @@ use std::time::{Duration, Instant};
 use frenezulo_engines::{CompileError, CompiledModule, Engine};
 use tracing::{debug, info, warn};
 
-use crate::registry::store::{Digest, create_private_dir, remove_temporaries, write_atomic};
+use crate::registry::store::{
+    Digest, check_private_dir, create_private_dir, remove_temporaries, write_atomic,
+};
 
 const MAGIC: &[u8; 8] = b"FRZART1\n";
 
@@ -56,7 +61,10 @@ impl Artifacts {
         };
         let root = data_dir.join("artifacts");
         let dir = root.join(&fingerprint);
-        if let Err(e) = create_private_dir(&dir) {
+        let private = create_private_dir(&dir)
+            .and_then(|()| check_private_dir(&root))
+            .and_then(|()| check_private_dir(&dir));
+        if let Err(e) = private {
             warn!(error = %e, "artifact cache unavailable; modules are compiled on every cold start");
             return Self { engine, dir: None };
         }
@@ -136,11 +144,33 @@ impl Artifacts {
     }
 }
 
-/// The code in an artifact file, if the file is whole and its checksum matches; a
-/// damaged file is deleted.
+/// The code in an artifact file, if it is a regular file (not a symbolic link: opened with
+/// `O_NOFOLLOW`), whole, and its checksum matches; anything else is deleted.
 fn read_checked(path: &Path) -> Option<Vec<u8>> {
+    use std::io::Read as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     const HEADER: usize = MAGIC.len() + 32;
-    let mut file = fs::read(path).ok()?;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path);
+    let mut handle = match opened {
+        Ok(handle) => handle,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            warn!(path = %path.display(), error = %e, "artifact not opened (a symbolic link?); deleting it and compiling");
+            let _ = fs::remove_file(path);
+            return None;
+        }
+    };
+    if !handle.metadata().is_ok_and(|m| m.is_file()) {
+        warn!(path = %path.display(), "artifact is not a regular file; deleting it and compiling");
+        let _ = fs::remove_file(path);
+        return None;
+    }
+    let mut file = Vec::new();
+    handle.read_to_end(&mut file).ok()?;
     let sound = file.len() >= HEADER
         && file.starts_with(MAGIC)
         && Digest::of(&file[HEADER..]).0[..] == file[MAGIC.len()..HEADER];
@@ -182,5 +212,51 @@ mod tests {
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
         artifacts.retain(&[]);
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+    }
+
+    #[test]
+    fn a_symlinked_artifact_is_not_loaded() {
+        let tmp = tempfile::tempdir().unwrap();
+        let engine =
+            frenezulo_engines::create(EngineKind::Wasmtime, &EngineConfig::default()).unwrap();
+        let wasm = wat::parse_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/hello.wat"
+        ))
+        .unwrap();
+        let artifacts = Artifacts::open(engine.clone(), tmp.path());
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+        // A sound artifact moved elsewhere, and a link to it in its place.
+        let path = artifacts.path(Digest::of(&wasm)).unwrap();
+        let elsewhere = tmp.path().join("planted.cwasm");
+        fs::rename(&path, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &path).unwrap();
+        assert_eq!(
+            artifacts.load(&wasm).unwrap().1,
+            Loaded::Compiled,
+            "the link is not followed"
+        );
+        assert!(
+            !fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_symlink(),
+            "the link was replaced by a fresh artifact"
+        );
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
+    }
+
+    #[test]
+    fn an_artifact_directory_others_may_write_is_not_used() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        let engine =
+            frenezulo_engines::create(EngineKind::Wasmtime, &EngineConfig::default()).unwrap();
+        let root = tmp.path().join("artifacts");
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(Artifacts::open(engine.clone(), tmp.path()).dir.is_none());
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        assert!(Artifacts::open(engine, tmp.path()).dir.is_some());
     }
 }

@@ -29,7 +29,11 @@ pub struct Settings {
     pub workers: usize,
     /// Open connections at most; past it, accepting pauses.
     pub max_connections: usize,
-    /// How long one response write may take before the connection is dropped.
+    /// Whether `max_connections` was set (not the default): a default that does not fit
+    /// the open-file limit is lowered, a set one is refused.
+    pub max_connections_set: bool,
+    /// How long a connection's output may wait without a byte of it written before the
+    /// connection is dropped (counted from the last write that made progress).
     pub write_timeout: Duration,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
@@ -607,6 +611,9 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 /// Guest instances running at once per serving thread, by default.
 pub const DEFAULT_RUNNING_PER_WORKER: usize = 64;
 
+/// `max_connections` when the config file sets none.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
 impl Settings {
     /// One serving thread's core settings.
     pub fn per_thread(&self) -> ServerConfig {
@@ -809,7 +816,11 @@ impl Settings {
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default")),
             backlog: overrides.backlog.or(file.backlog).unwrap_or(1024),
             workers,
-            max_connections: file.max_connections.unwrap_or(10_000).max(1),
+            max_connections: file
+                .max_connections
+                .unwrap_or(DEFAULT_MAX_CONNECTIONS)
+                .max(1),
+            max_connections_set: file.max_connections.is_some(),
             write_timeout: file.write_timeout.map_or(Duration::from_secs(30), |s| s.0),
             drain_timeout: file.drain_timeout.map_or(Duration::from_secs(30), |s| s.0),
             server,

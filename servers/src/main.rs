@@ -22,6 +22,7 @@ mod client;
 mod cluster;
 mod compile;
 mod config;
+mod fds;
 mod guest;
 mod logbuf;
 mod metrics;
@@ -123,7 +124,9 @@ struct ServeArgs {
 
     /// Directory for the registry of services added through the management API, their
     /// modules and compiled artifacts. Default: $XDG_DATA_HOME/frenezulo, else
-    /// ~/.local/share/frenezulo.
+    /// ~/.local/share/frenezulo. Created with mode 0700; one that exists must be owned by
+    /// the server's user and not writable by group or others, or the server does not start
+    /// (compiled machine code is loaded from it).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
 
@@ -223,8 +226,52 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         wagi_config: cli.wagi_config,
         registry: cli.registry,
     };
-    let settings = Settings::load(cli.config.as_deref(), overrides)?;
+    let mut settings = Settings::load(cli.config.as_deref(), overrides)?;
     let per_thread = settings.per_thread();
+    let nofile = fds::raise_limit();
+    let mut demand = fds::Demand {
+        workers: settings.workers,
+        max_connections: settings.max_connections,
+        max_running: per_thread.max_running * settings.workers,
+        outbound_workers: settings.outbound.workers,
+        volumes: settings
+            .services
+            .iter()
+            .any(|s| !s.guest.volumes.is_empty()),
+    };
+    let budget = match fds::budget(nofile, demand) {
+        Ok(budget) => budget,
+        // The default that does not fit is lowered; a number the operator set is refused.
+        Err(e) => match fds::connections_that_fit(nofile, demand) {
+            Some(fit) if !settings.max_connections_set => {
+                warn!(
+                    limit = nofile,
+                    max_connections = fit,
+                    "the default max_connections ({}) does not fit the open-file limit; lowered",
+                    config::DEFAULT_MAX_CONNECTIONS
+                );
+                settings.max_connections = fit;
+                demand.max_connections = fit;
+                fds::budget(nofile, demand).map_err(anyhow::Error::msg)?
+            }
+            _ => anyhow::bail!(e),
+        },
+    };
+    frenezulo_engines::wasi::files::limit_open_files(budget.guest_files);
+    info!(
+        limit = nofile,
+        guest_files = budget.guest_files,
+        spare = budget.spare,
+        "open-file limit"
+    );
+    if demand.volumes && budget.guest_files < frenezulo_engines::wasi::files::MAX_OPEN {
+        warn!(
+            guest_files = budget.guest_files,
+            "guests may open fewer files than usual so that every running guest fits the \
+             open-file limit; raise the limit for the full {}",
+            frenezulo_engines::wasi::files::MAX_OPEN
+        );
+    }
     let store = LocalStore::open(&settings.data_dir).context("opening the data directory")?;
     info!(dir = %settings.data_dir.display(), "data directory");
     let (token, _) = admin::token::resolve(settings.admin_token.clone(), &settings.data_dir)?;

@@ -5,8 +5,12 @@
 //!
 //! Redirects are not followed (a 3xx goes to the guest, which may follow it if the target
 //! is allowed too), a call has a time limit in all, and a response body past the size cap
-//! fails the call.
+//! fails the call. A call whose task is gone (cancelled at its deadline, or its client
+//! left) before a worker took it up is not made: [`Pending`], which the task holds, marks
+//! it when dropped.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
@@ -49,6 +53,19 @@ struct Call {
     request: OutboundRequest,
     job: JobId,
     reply: Inbox,
+    /// Set once nobody waits for the result.
+    abandoned: Arc<AtomicBool>,
+}
+
+/// A submitted call, held by its task: dropping it (the task is gone, or has its result)
+/// tells a worker that has not started the call yet to skip it.
+#[derive(Debug)]
+pub struct Pending(Arc<AtomicBool>);
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 /// The workers, reached through a bounded queue; cloned into every serving thread.
@@ -85,20 +102,23 @@ impl OutboundPool {
         Ok(Self { queue })
     }
 
-    /// Queues `request` for the task `job`, whose thread `reply` reaches. A full queue
-    /// gives the call back at once, failed.
+    /// Queues `request` for the task `job`, whose thread `reply` reaches; the task keeps
+    /// the [`Pending`] until its result comes (dropped earlier, the call is skipped if no
+    /// worker has started it). A full queue gives the call back at once, failed.
     pub fn submit(
         &self,
         job: JobId,
         request: OutboundRequest,
         reply: Inbox,
-    ) -> Result<(), OutboundResult> {
+    ) -> Result<Pending, OutboundResult> {
+        let abandoned = Arc::new(AtomicBool::new(false));
         match self.queue.try_send(Call {
             request,
             job,
             reply,
+            abandoned: abandoned.clone(),
         }) {
-            Ok(()) => Ok(()),
+            Ok(()) => Ok(Pending(abandoned)),
             Err(TrySendError::Full(call) | TrySendError::Disconnected(call)) => {
                 info!(target: "outbound", origin = call.request.origin, "outbound call failed: too many calls waiting for a worker");
                 Err(Err(OutboundError {
@@ -151,8 +171,15 @@ fn work(calls: &Receiver<Call>, agent: &ureq::Agent, max: usize) {
         request,
         job,
         reply,
+        abandoned,
     }) = calls.recv()
     {
+        if abandoned.load(Ordering::Acquire) {
+            // Its task is gone: nobody would see the answer, and the call may not be
+            // harmless to make.
+            debug!(target: "outbound", origin = request.origin, method = request.method, "outbound call skipped: its task is gone");
+            continue;
+        }
         let began = Instant::now();
         let result = perform(agent, &request, max);
         let ms = began.elapsed().as_secs_f64() * 1e3;

@@ -430,3 +430,43 @@ fn module_objects_no_entry_names_are_collected_once_old() {
     wait_for_body(&b, "/keep", "keep");
     assert_eq!(b.get("/gone").status, 404);
 }
+
+/// An entry written to the shared store by hand, past any node's API, gets the checks an
+/// API call gets: one whose limits are out of range, or whose environment names a CGI
+/// variable, is refused and logged on the node, which keeps serving what it has; and the
+/// node survives a request to it.
+#[test]
+fn an_entry_a_node_would_refuse_through_its_api_is_refused_from_nats_too() {
+    use async_nats::jetstream::kv;
+
+    let nats = Nats::start();
+    let data = TempDir::new("refused");
+    let node = node(&nats, data.path());
+    let r = node.admin("PUT", "/services/good", versioned("good").as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    wait_for_body(&node, "/good", "good");
+    for (name, change) in [
+        ("huge", r#"{"limits": {"deadline": "500000000000s"}}"#),
+        ("cgi", r#"{"env": {"REQUEST_METHOD": "POST"}}"#),
+    ] {
+        let change: serde_json::Value = serde_json::from_str(change).unwrap();
+        with_jetstream(&nats, async move |js| {
+            let registry: kv::Store = js.get_key_value("frenezulo-registry").await.unwrap();
+            let good = registry.get("good").await.unwrap().expect("good's entry");
+            let mut entry: serde_json::Value = serde_json::from_slice(&good).unwrap();
+            for (key, value) in change.as_object().unwrap() {
+                entry[key] = value.clone();
+            }
+            let value = serde_json::to_vec(&entry).unwrap();
+            registry.put(name, value.into()).await.unwrap()
+        });
+        let log = node.wait_for_log(&format!("service={name}"));
+        assert!(
+            log.lines()
+                .any(|l| l.contains(&format!("service={name}")) && l.contains("refused")),
+            "{log}"
+        );
+        assert_eq!(node.get(&format!("/{name}")).status, 404, "{name}");
+    }
+    assert_eq!(node.get("/good").text(), "good", "the node serves on");
+}

@@ -276,3 +276,250 @@ fn a_generated_token_file_is_private_even_when_it_existed() {
     assert_eq!(mode, 0o600, "{mode:o}");
     drop(server);
 }
+
+#[test]
+fn a_data_directory_others_may_write_is_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let data = TempDir::new("hardening-loose-data");
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = support::run_once(&["--data-dir", data.arg()], &[]);
+    assert!(
+        !out.status.success(),
+        "a world-writable data directory is refused"
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("not writable by group or others") && stderr.contains(data.arg()),
+        "the error says which directory and why: {stderr}"
+    );
+    // Nothing was written into it.
+    assert!(!data.path().join("modules").exists());
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let server = Frenezulo::start(&["--data-dir", data.arg()]);
+    assert_eq!(server.get("/hello").text(), HELLO, "a private one serves");
+}
+
+#[test]
+fn a_configuration_beyond_the_open_file_limit_is_refused_at_start() {
+    // More connections than any RLIMIT_NOFILE allows (Linux caps it at fs.nr_open).
+    let file = ConfigFile::new("hardening-nofile", "max_connections = 100000000\n");
+    let out = support::run_once(&["--config", file.path()], &[]);
+    assert!(!out.status.success(), "refused");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("RLIMIT_NOFILE") && stderr.contains("max_connections 100000000"),
+        "the error gives the limit and what does not fit: {stderr}"
+    );
+    // An ordinary start logs the limit it raised to and the guests' file cap.
+    let server = Frenezulo::start(&[]);
+    let log = server.wait_for_log("open-file limit");
+    assert!(log.contains("guest_files="), "{log}");
+}
+
+/// Answers 256 KiB of body (4 writes of 64 KiB).
+const QUARTER_MIB: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 2)
+  (data (i32.const 64) "Content-Type: application/octet-stream\n\n")
+  (func (export "_start")
+    (local $i i32)
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 40))
+    (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (block $done (loop $again
+      (br_if $done (i32.ge_u (local.get $i) (i32.const 4)))
+      (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $i (i32.add (local.get $i) (i32.const 1)))
+      (br $again)))))"#;
+
+/// The server's peak resident memory so far, in KiB.
+fn peak_rss_kib(server: &Frenezulo) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+fn a_client_that_never_reads(engine: &str) {
+    let guests = TempDir::new("hardening-unread");
+    let big = guests.path().join("big.wat");
+    std::fs::write(&big, QUARTER_MIB).unwrap();
+    let file = ConfigFile::new(
+        &format!("hardening-unread-{engine}"),
+        &format!(
+            "engine = {engine:?}\nworkers = 1\nwrite_timeout = \"3s\"\n\
+             [services.hello]\nmodule = {:?}\n[services.big]\nmodule = {:?}\n",
+            repo("examples/hello.wat"),
+            big.display().to_string()
+        ),
+    );
+    let server = Frenezulo::start_with_env(
+        &["--config", file.path(), "--no-access-log"],
+        &[("RUST_LOG", "info,frenezulo::serve=debug")],
+    );
+    let warm = server.get("/big");
+    assert_eq!(warm.status, 200);
+    assert_eq!(warm.body.len(), 256 * 1024);
+    // A client that reads gets every answer it pipelined, past the bound too: the
+    // connection is held while its answers wait and let go as they are written.
+    let mut reader = server.connect();
+    reader.send("GET /big HTTP/1.1\r\nHost: t\r\n\r\n".repeat(40).as_bytes());
+    // 10 MiB asked for: more than the sockets hold, so answers wait in the server.
+    server.wait_for_log("connection held");
+    for i in 0..40 {
+        let r = reader.response();
+        assert_eq!(
+            (r.status, r.body.len()),
+            (200, 256 * 1024),
+            "{engine}: answer {i}"
+        );
+    }
+    server.wait_for_log("connection let go");
+    drop(reader);
+    let before = peak_rss_kib(&server);
+
+    // 400 answers of 256 KiB (100 MiB), asked for at once and never read.
+    let mut greedy = server.connect();
+    greedy.send(
+        "GET /big HTTP/1.1\r\nHost: t\r\n\r\n"
+            .repeat(400)
+            .as_bytes(),
+    );
+    // Others are served meanwhile.
+    let r = server.get("/hello");
+    assert_eq!((r.status, r.text().as_str()), (200, HELLO));
+
+    // Nothing written for write_timeout: the server gives the connection up.
+    server.wait_for_log("write timed out");
+    let grown = peak_rss_kib(&server).saturating_sub(before);
+    eprintln!("{engine}: peak resident memory grew by {grown} KiB");
+    assert!(
+        grown < 48 * 1024,
+        "{engine}: the unread answers were held to a bound, not queued whole: the peak grew by {grown} KiB"
+    );
+    // The connection is closed: what was in flight arrives, then EOF or a reset.
+    greedy.read_timeout(support::PATIENCE);
+    let mut buf = vec![0; 1 << 16];
+    let closed = loop {
+        use std::io::Read as _;
+        match greedy.stream.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(_) => {}
+            Err(e) => break matches!(e.kind(), std::io::ErrorKind::ConnectionReset),
+        }
+    };
+    assert!(closed, "{engine}: closed after the write timeout");
+    let r = server.get("/hello");
+    assert_eq!(r.status, 200, "{engine}: still serving");
+}
+
+per_engine!(a_client_that_never_reads_is_bounded_and_dropped_after_the_write_timeout => a_client_that_never_reads);
+
+fn a_cancelled_call_still_queued(engine: &str) {
+    use std::sync::{Arc, Mutex};
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let log = seen.clone();
+    let upstream = support::Upstream::start(move |a| {
+        log.lock().unwrap().push(a.path.clone());
+        match a.path.as_str() {
+            "/hold" => support::Reply::ok("held").held(),
+            _ => support::Reply::ok("done"),
+        }
+    });
+    let config = ConfigFile::new(
+        &format!("hardening-cancelled-call-{engine}"),
+        &format!(
+            "engine = {engine:?}\noutbound_workers = 1\n[services.call]\nmodule = {:?}\nallowed_hosts = [{:?}]\n",
+            repo("engines/tests/guests/outbound.wat"),
+            upstream.url(""),
+        ),
+    );
+    let server = Frenezulo::start(&["--config", config.path()]);
+    // The one worker is busy with a call that is held.
+    let mut first = support::post(&server, "/call", upstream.url("/hold").as_bytes());
+    upstream.wait_for("/hold");
+    // A second call queues behind it; then its client leaves, which cancels its task.
+    let second = support::post(&server, "/call", upstream.url("/second").as_bytes());
+    support::wait_for_counter(&server, "call", "running", 2);
+    drop(second);
+    support::wait_for_counter(&server, "call", "running", 1);
+    // A third queues after it: by the time it is made, the worker has passed the second.
+    let mut third = support::post(&server, "/call", upstream.url("/third").as_bytes());
+    support::wait_for_counter(&server, "call", "running", 2);
+    upstream.open_gate();
+    assert_eq!(first.response().status, 200, "{engine}");
+    assert_eq!(third.response().status, 200, "{engine}");
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen,
+        ["/hold", "/third"],
+        "{engine}: the cancelled call was not made"
+    );
+}
+
+per_engine!(an_outbound_call_whose_task_is_gone_is_not_made => a_cancelled_call_still_queued);
+
+#[test]
+fn a_weak_admin_token_stops_the_start_with_a_reason() {
+    for weak in ["change-me", "short-token"] {
+        let out = support::run_once(&[], &[("FRENEZULO_ADMIN_TOKEN", weak)]);
+        assert!(!out.status.success(), "{weak} refused");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("too weak"), "{weak}: {stderr}");
+        assert!(!stderr.contains(weak), "the token is not echoed: {stderr}");
+    }
+}
+
+#[test]
+fn a_default_connection_count_beyond_the_open_file_limit_is_lowered() {
+    use std::io::BufRead as _;
+    let data = TempDir::new("hardening-nofile-default");
+    // A hard limit of 1024, as many hosts have: the default 10000 connections cannot fit.
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg("ulimit -n 1024 2>/dev/null; exec \"$0\" \"$@\"")
+        .arg(env!("CARGO_BIN_EXE_frenezulo"))
+        .args([
+            "--data-dir",
+            data.arg(),
+            "--listen",
+            "127.0.0.1:0",
+            "--workers",
+            "1",
+        ])
+        .env("FRENEZULO_ADMIN_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start frenezulo under sh");
+    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let (tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut log = String::new();
+    let deadline = Instant::now() + support::PATIENCE;
+    while let Ok(line) = lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        log.push_str(&line);
+        log.push('\n');
+        if line.contains("listening on") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        log.contains("does not fit the open-file limit; lowered") && log.contains("listening on"),
+        "the default is lowered and the server starts:\n{log}"
+    );
+}

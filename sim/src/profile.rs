@@ -39,7 +39,7 @@ impl Default for Profile {
         Self {
             connection_us: 50.0,
             instance_us: 9.2,
-            slice_us: 2000.0,
+            slice_us: 500.0,
             compile_ms: 128.0,
             artifact_ms: 1.24,
             module_mib: 0.22,

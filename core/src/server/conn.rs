@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{ConnId, JobId, LazyTimer, Output, Responded, Server, Timer};
+use super::{ConnId, JobId, LazyTimer, MAX_UNSENT, Output, Responded, Server, Timer};
 use crate::http::{ParseEvent, RequestParser};
 use crate::response::{self, Response};
 use crate::route::ServiceName;
@@ -40,6 +40,8 @@ pub(super) struct Conn {
     /// When the connection times out as things stand (`None` while a response is owed).
     deadline: Option<Instant>,
     timer: LazyTimer,
+    /// Bytes the driver has yet to write, as last reported ([`super::Input::Unsent`]).
+    pub(super) unsent: usize,
 }
 
 impl Conn {
@@ -89,6 +91,7 @@ impl Server {
                 was_mid_request: false,
                 deadline: None,
                 timer: LazyTimer::default(),
+                unsent: 0,
             },
         );
         self.arm_conn_timer(conn);
@@ -112,7 +115,10 @@ impl Server {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            if c.stop_parsing || c.pipeline.len() >= self.config.max_pipelined {
+            if c.stop_parsing
+                || c.pipeline.len() >= self.config.max_pipelined
+                || c.unsent > MAX_UNSENT
+            {
                 break;
             }
             match c.parser.next_event() {
@@ -151,6 +157,23 @@ impl Server {
             }
             c.was_mid_request = mid;
         }
+    }
+
+    /// The driver's unsent bytes for `conn` changed: over [`MAX_UNSENT`] the connection
+    /// is held (no parsing, no idle timer: the driver's write timeout governs); back under,
+    /// the requests that waited are parsed.
+    pub(super) fn on_unsent(&mut self, now: Instant, conn: ConnId, bytes: usize) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let was_held = c.unsent > MAX_UNSENT;
+        c.unsent = bytes;
+        if was_held && bytes <= MAX_UNSENT {
+            // Held, it was not idle: its idle time starts now.
+            c.since = now;
+            self.parse(now, conn);
+        }
+        self.arm_conn_timer(conn);
     }
 
     /// The client stopped sending. As nginx does, a client that closes while a guest
@@ -264,7 +287,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        c.deadline = if !c.pipeline.is_empty() {
+        c.deadline = if !c.pipeline.is_empty() || c.unsent > MAX_UNSENT {
             None
         } else if c.parser.is_mid_request() {
             Some(super::later(c.since, self.config.request_timeout))

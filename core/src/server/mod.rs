@@ -266,9 +266,25 @@ pub enum Input<'a> {
         /// What to send the client.
         response: Response,
     },
+    /// The driver's count of bytes transmitted on `conn` and not yet written to its
+    /// socket. While it is over [`MAX_UNSENT`] no further request of the connection is
+    /// parsed (so no more answers pile up for a client that does not read) and
+    /// [`Server::wants_read`] is false; once a report puts it back under, parsing goes on.
+    /// A driver need only report when the count crosses [`MAX_UNSENT`]; one that never
+    /// reports is never held back.
+    Unsent {
+        /// The connection.
+        conn: ConnId,
+        /// Bytes waiting to be written.
+        bytes: usize,
+    },
     /// Stop taking requests, answer those in flight, close connections as they go idle.
     Shutdown,
 }
+
+/// Bytes queued for a connection's socket (reported by [`Input::Unsent`]) past which the
+/// core takes no more of its requests.
+pub const MAX_UNSENT: usize = 1 << 20;
 
 /// Something the driver must do, from [`Server::poll_output`].
 #[derive(Debug)]
@@ -592,12 +608,15 @@ impl Server {
         self.queued
     }
 
-    /// Whether the driver should read more from `conn`. False while the pipeline is full
-    /// or the connection will take no more requests; the driver then waits for output.
+    /// Whether the driver should read more from `conn`. False while the pipeline is full,
+    /// while more than [`MAX_UNSENT`] bytes wait to be written ([`Input::Unsent`]), or
+    /// when the connection will take no more requests; the driver then waits for output.
     pub fn wants_read(&self, conn: ConnId) -> bool {
-        self.conns
-            .get(&conn)
-            .is_some_and(|c| !c.stop_parsing && c.pipeline.len() < self.config.max_pipelined)
+        self.conns.get(&conn).is_some_and(|c| {
+            !c.stop_parsing
+                && c.pipeline.len() < self.config.max_pipelined
+                && c.unsent <= MAX_UNSENT
+        })
     }
 
     /// Whether shutdown was asked for and every connection is closed.
@@ -642,6 +661,7 @@ impl Server {
             Input::Woken { job } => self.on_woken(job),
             Input::Executed { job, result, .. } => self.on_executed(now, job, result),
             Input::Managed { call, response } => self.on_managed(now, call, response),
+            Input::Unsent { conn, bytes } => self.on_unsent(now, conn, bytes),
             Input::Shutdown => self.on_shutdown(now),
         }
     }

@@ -891,6 +891,39 @@ fn a_full_pipeline_stops_reading() {
     assert!(h.server.wants_read(c));
 }
 
+#[test]
+fn a_client_that_does_not_read_is_not_parsed_for_while_its_answers_wait() {
+    let mut config = config();
+    config.max_pipelined = 1;
+    let mut h = Harness::new(config).with_service("s", ServiceLimits::default());
+    let c = h.connect(1);
+    h.send(c, &format!("{}{}{}", get("/s/1"), get("/s/2"), get("/s/3")));
+    h.compile_all();
+    h.finish();
+    // The driver could not write the answers: over the bound, nothing more is taken.
+    h.input(Input::Unsent {
+        conn: c,
+        bytes: MAX_UNSENT + 1,
+    });
+    assert!(!h.server.wants_read(c), "not read while answers wait");
+    h.finish();
+    assert!(
+        h.out.is_none(),
+        "the third request, already buffered, is not started while held"
+    );
+    // Held, it is not idle: no idle or request timer closes it (the driver's write
+    // timeout does, if the client never reads).
+    h.advance(Duration::from_secs(3600));
+    assert!(!h.closed.contains(&c));
+    assert_eq!(h.statuses(c), vec![200, 200]);
+    // Written: the waiting request is parsed and run.
+    h.input(Input::Unsent { conn: c, bytes: 0 });
+    h.compile_all();
+    h.finish();
+    assert_eq!(h.statuses(c), vec![200, 200, 200]);
+    assert!(h.server.wants_read(c));
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Request {

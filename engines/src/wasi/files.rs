@@ -28,8 +28,24 @@ use super::{
     GuestIo, HostStop, errno, errno_of, iovecs, slice, slice_mut, write_bytes, write_u32, write_u64,
 };
 
-/// Files and directories one guest may have open at once, beyond its volumes.
+/// Files and directories one guest may have open at once, beyond its volumes, at most;
+/// the server may lower it for the whole process with [`limit_open_files`].
 pub const MAX_OPEN: usize = 64;
+
+/// The cap in force for guests started from now on: [`MAX_OPEN`] unless lowered.
+static OPEN_CAP: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(MAX_OPEN);
+
+/// Lowers the number of files one guest may open (beyond its volumes) for every guest
+/// started afterwards, so that all guests running at once fit the process's descriptor
+/// limit. Values above [`MAX_OPEN`] are taken as [`MAX_OPEN`].
+pub fn limit_open_files(cap: usize) {
+    OPEN_CAP.store(cap.min(MAX_OPEN), std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Files one guest started now may open beyond its volumes.
+pub fn open_files_cap() -> usize {
+    OPEN_CAP.load(std::sync::atomic::Ordering::Relaxed)
+}
 
 /// Entries of one directory a guest can list; the rest are not shown.
 pub const MAX_DIR_ENTRIES: usize = 10_000;
@@ -97,6 +113,9 @@ const LOOKUP_SYMLINK_FOLLOW: i32 = 1;
 pub(crate) struct Files {
     handles: Vec<Option<Handle>>,
     volumes: usize,
+    /// Files it may open beyond its volumes (none without volumes: it has nowhere to
+    /// open them from).
+    max_open: usize,
 }
 
 #[derive(Debug)]
@@ -120,7 +139,13 @@ struct DirEntry {
 impl Files {
     /// A guest's descriptors: its volumes, nothing open.
     pub(crate) fn new(volumes: &[Volume]) -> Self {
+        Self::with_cap(volumes, open_files_cap())
+    }
+
+    /// As [`Files::new`], with at most `max_open` files open beyond the volumes.
+    fn with_cap(volumes: &[Volume], max_open: usize) -> Self {
         Files {
+            max_open,
             handles: volumes
                 .iter()
                 .map(|v| {
@@ -142,7 +167,7 @@ impl Files {
 
     fn insert(&mut self, handle: Handle) -> Option<i32> {
         let open = self.handles.iter().filter(|h| h.is_some()).count();
-        if open >= self.volumes + MAX_OPEN {
+        if open >= self.volumes + self.max_open {
             return None;
         }
         let i = match self.handles.iter().position(Option::is_none) {
@@ -775,6 +800,21 @@ mod tests {
         assert_eq!(
             u64::from_le_bytes(mem[48..56].try_into().unwrap()),
             MAX_READ as u64
+        );
+    }
+
+    #[test]
+    fn a_lowered_cap_bounds_open_files() {
+        let mut files = Files::with_cap(&[], 2);
+        let file = || Handle::File(File::open("/dev/null").unwrap());
+        assert_eq!(files.insert(file()), Some(FIRST_FD));
+        assert_eq!(files.insert(file()), Some(FIRST_FD + 1));
+        assert_eq!(files.insert(file()), None, "the third is refused");
+        files.handles[0] = None;
+        assert_eq!(
+            files.insert(file()),
+            Some(FIRST_FD),
+            "a closed slot is reused"
         );
     }
 

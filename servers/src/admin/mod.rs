@@ -17,7 +17,7 @@
 //! | `PATCH /services/{prefix}` | `{"limits"?, "env"?}`: change without uploading again |
 //! | `DELETE /services/{prefix}` | remove; requests in flight finish |
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
@@ -205,6 +205,7 @@ pub fn spawn(
         setup,
         sender,
         preparing: 0,
+        waiting_remote: VecDeque::new(),
         started: Instant::now(),
         writes: HashMap::new(),
         next_write: 0,
@@ -238,10 +239,21 @@ struct Admin {
     token: [u8; 32],
     sender: SyncSender<Event>,
     preparing: usize,
+    /// Other nodes' changes waiting for a preparing slot (at most one per service, the
+    /// newest): a node catching up compiles [`MAX_PREPARING`] at a time, not all at once.
+    waiting_remote: VecDeque<RemoteChange>,
     started: Instant,
     /// Writes to the shared registry in flight, by token.
     writes: HashMap<u64, PendingWrite>,
     next_write: u64,
+}
+
+/// Another node's change, before it is prepared.
+struct RemoteChange {
+    name: ServiceName,
+    revision: u64,
+    entry: Entry,
+    wasm: Bytes,
 }
 
 /// A response now, or later (a worker is preparing a module).
@@ -557,7 +569,19 @@ impl Admin {
 
     /// Compiles another node's change on a worker thread, like an upload; it is published
     /// once compiled, so no request reaches a version that is not ready.
+    /// At most [`MAX_PREPARING`] are prepared at once, API calls included; the rest wait
+    /// in `waiting_remote` (a newer change of a service replaces its older one there).
     fn prepare_remote(&mut self, name: ServiceName, revision: u64, entry: Entry, wasm: Bytes) {
+        if self.preparing >= MAX_PREPARING {
+            self.waiting_remote.retain(|c| c.name != name);
+            self.waiting_remote.push_back(RemoteChange {
+                name,
+                revision,
+                entry,
+                wasm,
+            });
+            return;
+        }
         let source = entry.source.clone();
         let prepared = Prepared {
             origin: None,
@@ -606,8 +630,20 @@ impl Admin {
         spawned.map(drop)
     }
 
+    /// Starts waiting changes of other nodes while there are free preparing slots.
+    fn start_waiting_remote(&mut self) {
+        while self.preparing < MAX_PREPARING
+            && let Some(change) = self.waiting_remote.pop_front()
+        {
+            if self.setup.registry.revision(&change.name) < Some(change.revision) {
+                self.prepare_remote(change.name, change.revision, change.entry, change.wasm);
+            }
+        }
+    }
+
     fn on_prepared(&mut self, p: Prepared) {
         self.preparing -= 1;
+        self.start_waiting_remote();
         let Prepared {
             origin,
             name,
@@ -783,6 +819,9 @@ impl Admin {
                 let Ok(name) = ServiceName::new(&name) else {
                     return;
                 };
+                // A change still waiting to be prepared is older than its removal.
+                self.waiting_remote
+                    .retain(|c| c.name != name || c.revision > revision);
                 let known = self.setup.registry.entry(&name).map(|e| e.revision);
                 if let Some(current) = known
                     && current < Some(revision)
@@ -1208,6 +1247,120 @@ fn error(status: u16, message: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An admin of a node without serving threads, on a temporary data directory; the
+    /// receiver gets what its workers send back.
+    fn admin(dir: &std::path::Path) -> (Admin, Receiver<Event>) {
+        let kind = EngineKind::compiled_in().next().unwrap();
+        let engine =
+            frenezulo_engines::create(kind, &frenezulo_engines::EngineConfig::default()).unwrap();
+        let artifacts = Arc::new(Artifacts::open(engine, dir));
+        let store = crate::registry::store::LocalStore::open(dir).unwrap();
+        let registry = Registry::open(
+            Box::new(store),
+            Vec::new(),
+            ServiceLimits::default(),
+            Default::default(),
+            1,
+        )
+        .unwrap();
+        let (sender, events) = std::sync::mpsc::sync_channel(QUEUE);
+        let setup = Setup {
+            registry,
+            token: "t".repeat(32),
+            compile: CompilePool::start(artifacts.clone(), 1).unwrap(),
+            artifacts,
+            fetch: FetchLimits {
+                max_bytes: 1 << 20,
+                timeout: Duration::from_secs(30),
+                module_dirs: Vec::new(),
+            },
+            engine: kind,
+            base_limits: ServiceLimits::default(),
+            max_memory_bytes: 1 << 30,
+            inboxes: Vec::new(),
+            cluster: None,
+        };
+        let admin = Admin {
+            token: Sha256::digest(setup.token.as_bytes()).into(),
+            setup,
+            sender,
+            preparing: 0,
+            waiting_remote: VecDeque::new(),
+            started: Instant::now(),
+            writes: HashMap::new(),
+            next_write: 0,
+        };
+        (admin, events)
+    }
+
+    #[test]
+    fn a_node_catching_up_prepares_a_few_changes_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut admin, events) = admin(tmp.path());
+        let wasm = wat::parse_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/hello.wat"
+        ))
+        .unwrap();
+        let digest = Digest::of(&wasm);
+        let entry = Entry {
+            digest: digest.to_string(),
+            size: wasm.len(),
+            source: "upload".to_owned(),
+            origin: crate::registry::manifest::Origin::Api,
+            limits: Default::default(),
+            env: Default::default(),
+            entrypoint: None,
+            argv: None,
+            allowed_hosts: Vec::new(),
+            http_max_concurrency: None,
+            routes: Vec::new(),
+            revision: None,
+            updated_unix: 1,
+        };
+        let count = 3 * MAX_PREPARING;
+        for i in 0..count {
+            admin.on_cluster(ClusterEvent::Changed {
+                name: format!("s{i}"),
+                revision: i as u64 + 1,
+                entry: Box::new(entry.clone()),
+                wasm: Bytes::from(wasm.clone()),
+            });
+            assert!(
+                admin.preparing <= MAX_PREPARING,
+                "{} at once",
+                admin.preparing
+            );
+        }
+        // Removed before its turn: never prepared.
+        admin.on_cluster(ClusterEvent::Removed {
+            name: format!("s{}", count - 1),
+            revision: count as u64 + 1,
+        });
+        while admin.preparing > 0 {
+            let Event::Prepared(prepared) = events.recv().unwrap() else {
+                panic!("only preparations come back");
+            };
+            admin.on_prepared(*prepared);
+            assert!(
+                admin.preparing <= MAX_PREPARING,
+                "{} at once",
+                admin.preparing
+            );
+        }
+        assert!(admin.waiting_remote.is_empty());
+        for i in 0..count - 1 {
+            let name = ServiceName::new(&format!("s{i}")).unwrap();
+            assert_eq!(
+                admin.setup.registry.revision(&name),
+                Some(i as u64 + 1),
+                "s{i}"
+            );
+        }
+        let removed = ServiceName::new(&format!("s{}", count - 1)).unwrap();
+        assert!(admin.setup.registry.service(&removed).is_none());
+    }
 
     #[test]
     fn query_strings_give_limits_and_environment() {

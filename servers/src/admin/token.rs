@@ -23,14 +23,55 @@ pub enum Source {
 
 /// The token to use: `given` if set, otherwise the one stored in `data_dir`, otherwise a
 /// new random one, stored there and printed once in the log.
+/// Shortest token accepted.
+pub const MIN_LEN: usize = 16;
+
+/// Placeholders of examples and templates: a token containing one is refused.
+const PLACEHOLDERS: &[&str] = &[
+    "change-me",
+    "changeme",
+    "change_me",
+    "changeit",
+    "replace-me",
+    "replaceme",
+    "your-token",
+    "yourtoken",
+    "example",
+];
+
+/// Why `token` is too weak to guard the management API, if it is.
+pub fn weakness(token: &str) -> Option<String> {
+    if token.chars().count() < MIN_LEN {
+        return Some(format!("it is shorter than {MIN_LEN} characters"));
+    }
+    let lower = token.to_ascii_lowercase();
+    if let Some(p) = PLACEHOLDERS.iter().find(|p| lower.contains(*p)) {
+        return Some(format!("it contains the placeholder `{p}`"));
+    }
+    None
+}
+
+/// Refuses a weak token, saying where it came from and how to make a good one.
+fn check(token: &str, whence: &str) -> anyhow::Result<()> {
+    match weakness(token) {
+        None => Ok(()),
+        Some(why) => anyhow::bail!(
+            "the management API token {whence} is too weak: {why}; anyone who can reach the \
+             server could guess it. Use a random one (e.g. `openssl rand -hex 32`), or give \
+             none and one is generated"
+        ),
+    }
+}
+
+/// A given token that is empty counts as none; one that is weak ([`weakness`]), given or
+/// stored, is an error.
 pub fn resolve(given: Option<String>, data_dir: &Path) -> anyhow::Result<(String, Source)> {
     if let Some(token) = given {
-        if token.len() < 16 {
-            warn!(
-                "the admin token is shorter than 16 characters; anyone who can reach the server may guess it"
-            );
-        }
         anyhow::ensure!(!token.is_empty(), "the admin token is empty");
+        check(
+            &token,
+            "(from --admin-token, FRENEZULO_ADMIN_TOKEN or admin_token)",
+        )?;
         return Ok((token, Source::Given));
     }
     let path = data_dir.join(FILE);
@@ -41,8 +82,10 @@ pub fn resolve(given: Option<String>, data_dir: &Path) -> anyhow::Result<(String
             if mode & 0o077 != 0 {
                 warn!(path = %path.display(), mode = format!("{mode:o}"), "the token file is readable by others; chmod 600 it");
             }
+            let token = text.trim().to_owned();
+            check(&token, &format!("in {}", path.display()))?;
             info!(path = %path.display(), "management API token read from the data directory");
-            return Ok((text.trim().to_owned(), Source::Stored));
+            return Ok((token, Source::Stored));
         }
         Ok(_) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -98,6 +141,25 @@ mod tests {
             resolve(Some(given.clone()), &dir).unwrap(),
             (given, Source::Given)
         );
+    }
+
+    #[test]
+    fn weak_tokens_are_refused_given_or_stored() {
+        let tmp = tempfile::tempdir().unwrap();
+        for weak in [
+            "change-me",
+            "short",
+            "0123456789abcde",
+            "CHANGE-ME-0123456789",
+            "my-example-token-123",
+        ] {
+            let e = resolve(Some(weak.to_owned()), tmp.path()).unwrap_err();
+            assert!(e.to_string().contains("too weak"), "{weak}: {e}");
+        }
+        assert_eq!(weakness("0123456789abcdef"), None);
+        std::fs::write(tmp.path().join(FILE), "change-me\n").unwrap();
+        let e = resolve(None, tmp.path()).unwrap_err();
+        assert!(e.to_string().contains(FILE), "{e}");
     }
 
     #[test]

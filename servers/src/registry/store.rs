@@ -87,6 +87,19 @@ pub enum StoreError {
     /// Another process holds the data directory.
     #[error("{0} is in use by another frenezulo process")]
     Locked(PathBuf),
+    /// A directory whose files the server trusts (compiled code is loaded from it) is owned
+    /// by another user or writable by others.
+    #[error(
+        "{path}: {reason}; compiled code is loaded from the data directory, so it must be owned by \
+         the server's user and not writable by group or others (fix: chown it to this user and \
+         `chmod 700` it, or pick another --data-dir)"
+    )]
+    NotPrivate {
+        /// The directory.
+        path: PathBuf,
+        /// Who owns it or what mode it has.
+        reason: String,
+    },
 }
 
 fn io_error(path: &Path) -> impl FnOnce(io::Error) -> StoreError + '_ {
@@ -130,10 +143,15 @@ const MANIFEST: &str = "manifest.json";
 
 impl LocalStore {
     /// Opens (creating if needed, mode 0700) the data directory and locks it.
+    /// A directory that already existed must be owned by this user and not writable by
+    /// group or others ([`check_private_dir`]); it is refused, not tightened, because
+    /// another user may already have written into it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         create_private_dir(dir)?;
+        check_private_dir(dir)?;
         let modules = dir.join("modules");
         create_private_dir(&modules)?;
+        check_private_dir(&modules)?;
         let lock_path = dir.join("lock");
         let lock = OpenOptions::new()
             .create(true)
@@ -239,6 +257,28 @@ pub fn create_private_dir(dir: &Path) -> Result<(), StoreError> {
         .map_err(io_error(dir))
 }
 
+/// Refuses a directory that another user owns, or that group or others may write: files
+/// in it could then be replaced by someone other than the server's user.
+pub fn check_private_dir(dir: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = fs::metadata(dir).map_err(io_error(dir))?;
+    let me = rustix::process::geteuid().as_raw();
+    let reason = if meta.uid() != me {
+        format!("owned by uid {}, not this user (uid {me})", meta.uid())
+    } else if meta.mode() & 0o022 != 0 {
+        format!(
+            "mode {:o} lets group or others write it",
+            meta.mode() & 0o7777
+        )
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::NotPrivate {
+        path: dir.to_owned(),
+        reason,
+    })
+}
+
 /// Replaces `path` with `bytes` so that a crash leaves the old file or the new one: a
 /// temporary file beside it, fsync, rename over, fsync of the directory. Temporary files a
 /// crash left behind start with `.tmp-` and are removed by [`remove_temporaries`].
@@ -339,5 +379,32 @@ mod tests {
         assert!(matches!(store.get(d), Err(StoreError::Missing(_))));
         store.remove(d).unwrap();
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_directory_others_may_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let tmp = tempfile::tempdir().unwrap();
+        for (mode, refused) in [(0o777, true), (0o770, true), (0o702, true), (0o755, false)] {
+            fs::set_permissions(tmp.path(), fs::Permissions::from_mode(mode)).unwrap();
+            let opened = LocalStore::open(tmp.path());
+            assert_eq!(
+                matches!(opened, Err(StoreError::NotPrivate { .. })),
+                refused,
+                "mode {mode:o}"
+            );
+            drop(opened);
+        }
+        // A subdirectory counts too.
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(
+            tmp.path().join("modules"),
+            fs::Permissions::from_mode(0o777),
+        )
+        .unwrap();
+        assert!(matches!(
+            LocalStore::open(tmp.path()),
+            Err(StoreError::NotPrivate { .. })
+        ));
     }
 }

@@ -23,8 +23,8 @@ use std::sync::mpsc::{Receiver, Sender, SyncSender};
 use std::time::{Duration, Instant, SystemTime};
 
 use frenezulo_core::{
-    ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Responded,
-    Response, Server, ServerConfig,
+    ConnId, Execution, GuestFailure, Input, JobId, MAX_UNSENT, ModuleKey, Output, RegistryChange,
+    Responded, Response, Server, ServerConfig,
 };
 use frenezulo_engines::outbound::OutboundResult;
 use frenezulo_engines::{CompiledModule, GuestTask, RunOutput, Slice};
@@ -179,6 +179,9 @@ struct Task {
     started: Instant,
     /// Time spent running its slices.
     busy: Duration,
+    /// Its outbound call while one is out: dropped with the task, the call is skipped if
+    /// no worker has started it.
+    call: Option<crate::outbound::Pending>,
 }
 
 /// The slice the core handed out, not yet run.
@@ -217,6 +220,10 @@ struct Loop {
     modules: BTreeMap<ModuleKey, Arc<dyn CompiledModule>>,
     tasks: HashMap<JobId, Task>,
     pending: Option<Pending>,
+    /// A slice that yielded, not yet reported: the core is told only after the sockets
+    /// were polled and read, so it picks the next slice knowing the requests that arrived
+    /// while the guest ran (a short request then goes before the long guest's next slice).
+    yielded: Option<(JobId, Duration)>,
     /// The task that ended last and the guest time it used, for its response's log line.
     last_ended: Option<(JobId, Duration)>,
     admin: SyncSender<admin::Event>,
@@ -260,6 +267,7 @@ impl Loop {
             modules: BTreeMap::new(),
             tasks: HashMap::new(),
             pending: None,
+            yielded: None,
             last_ended: None,
             admin: setup.admin,
             access_log: setup.access_log,
@@ -326,6 +334,11 @@ impl Loop {
             if self.core.poll_timeout().is_some_and(|at| at <= now) {
                 self.handle(Input::Timeout);
             }
+            // Everything this turn read is with the core now: it may pick the next slice.
+            if let Some((job, ran)) = self.yielded.take() {
+                self.turn_yielded = false;
+                self.handle(Input::Yielded { job, ran });
+            }
             self.run_slices();
             self.flush_unflushed();
             crate::logbuf::flush();
@@ -338,7 +351,7 @@ impl Loop {
 
     /// How long the next poll may block: not at all while a slice waits.
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.pending.is_some() || !self.read_again.is_empty() {
+        if self.pending.is_some() || self.yielded.is_some() || !self.read_again.is_empty() {
             return Some(Duration::ZERO);
         }
         // No wake-up just for the `Date` header: it is refreshed whenever the poll returns.
@@ -381,6 +394,18 @@ impl Loop {
                     let c = self.conns[slot].as_mut().expect("slot_of checked");
                     if c.queue(head, body) && !c.wants_writable {
                         self.unflushed.push(slot);
+                    }
+                    if !c.held && c.unsent() > MAX_UNSENT {
+                        // A client that does not read: take no more of its requests until
+                        // this is written, so its answers cannot pile up in memory.
+                        c.held = true;
+                        let bytes = c.unsent();
+                        debug!(
+                            slot,
+                            bytes, "connection held: its answers wait to be written"
+                        );
+                        self.handle(Input::Unsent { conn, bytes });
+                        continue;
                     }
                     // A full pipeline may have left bytes unread; there may be room now.
                     if c.readable && self.core.wants_read(conn) {
@@ -513,11 +538,17 @@ impl Loop {
                     module,
                     started: Instant::now(),
                     busy: Duration::ZERO,
+                    call: None,
                 };
                 (job, task)
             }
             Pending::Resume(job) => match self.tasks.remove(&job) {
-                Some(task) => (job, task),
+                Some(task) => {
+                    // A guest that yielded before is likely to run its whole slice: what
+                    // is already answered goes out first, so clients need not wait for it.
+                    self.flush_unflushed();
+                    (job, task)
+                }
                 None => return false,
             },
         };
@@ -535,13 +566,14 @@ impl Loop {
         match slice {
             Slice::Yielded => {
                 self.tasks.insert(job, task);
-                self.handle(Input::Yielded { job, ran });
+                self.yielded = Some((job, ran));
                 true
             }
             Slice::Waiting(call) => {
                 // The thread goes on with other work while the call is made elsewhere.
                 match self.outbound.submit(job, call, self.own_inbox.clone()) {
-                    Ok(()) => {
+                    Ok(pending) => {
+                        task.call = Some(pending);
                         self.metrics.outbound_call(&task.module.service);
                         self.tasks.insert(job, task);
                         self.handle(Input::Waiting { job, ran });
@@ -596,6 +628,7 @@ impl Loop {
             Message::Outbound { job, result } => {
                 // A task cancelled while its call was out is gone; the result is dropped.
                 if let Some(task) = self.tasks.get_mut(&job) {
+                    task.call = None;
                     task.task.deliver(result);
                     self.handle(Input::Woken { job });
                 }
@@ -774,10 +807,28 @@ impl Loop {
     }
 
     /// Follows up a write: waits for writability, finishes a close, or drops a broken
-    /// connection.
+    /// connection; a connection held for its unsent bytes is released once they are under
+    /// the bound.
     fn after_flush(&mut self, slot: usize, flushed: Flushed) {
         let now = Instant::now();
         let c = self.conns[slot].as_mut().expect("caller checked");
+        if c.held && c.unsent() <= MAX_UNSENT && !matches!(flushed, Flushed::Failed(_)) {
+            c.held = false;
+            let bytes = c.unsent();
+            debug!(slot, bytes, "connection let go: its answers are written");
+            if c.phase == Phase::Open {
+                let conn = self.conn_id(slot);
+                self.handle(Input::Unsent { conn, bytes });
+                if self.conns[slot].as_ref().is_some_and(|c| c.readable)
+                    && self.core.wants_read(conn)
+                {
+                    self.read_again.push(slot);
+                }
+            }
+        }
+        let Some(c) = self.conns[slot].as_mut() else {
+            return;
+        };
         match flushed {
             Flushed::Failed(e) => {
                 debug!(slot, error = %e, "write failed");

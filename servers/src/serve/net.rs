@@ -64,8 +64,13 @@ pub struct Connection {
     out: VecDeque<Bytes>,
     /// Offset written into the front buffer.
     front_written: usize,
-    /// Since when output has been waiting: the write timeout counts from here.
+    /// Since when output has been waiting without a byte of it written: the write timeout
+    /// counts from here (from the last write that made progress, not the first block).
     pub blocked_since: Option<Instant>,
+    /// Bytes queued and not yet written.
+    unsent: usize,
+    /// Whether the core was last told the unsent bytes are over its bound.
+    pub held: bool,
     /// The socket may have bytes to read that were left there (edge-triggered readiness).
     pub readable: bool,
     /// Whether WRITABLE interest is registered.
@@ -91,6 +96,8 @@ impl Connection {
             out: VecDeque::new(),
             front_written: 0,
             blocked_since: None,
+            unsent: 0,
+            held: false,
             readable: true,
             wants_writable: false,
             lingered: 0,
@@ -101,6 +108,7 @@ impl Connection {
     /// connection had nothing queued before (so its owner should schedule a flush).
     pub fn queue(&mut self, head: Bytes, body: Bytes) -> bool {
         let was_empty = self.out.is_empty();
+        self.unsent += head.len() + body.len();
         self.out.push_back(head);
         if !body.is_empty() {
             self.out.push_back(body);
@@ -112,6 +120,7 @@ impl Connection {
     /// is full.
     pub fn flush(&mut self, now: Instant) -> Flushed {
         const MAX_SLICES: usize = 16;
+        let mut progressed = false;
         while !self.out.is_empty() {
             let mut slices = [IoSlice::new(&[]); MAX_SLICES];
             let mut n = 0;
@@ -123,6 +132,8 @@ impl Connection {
             match self.stream.write_vectored(&slices[..n]) {
                 Ok(0) => return Flushed::Failed(io::ErrorKind::WriteZero.into()),
                 Ok(mut written) => {
+                    progressed = true;
+                    self.unsent -= written;
                     while written > 0 {
                         let left = self.out[0].len() - self.front_written;
                         if written >= left {
@@ -136,7 +147,11 @@ impl Connection {
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.blocked_since.get_or_insert(now);
+                    if progressed {
+                        self.blocked_since = Some(now);
+                    } else {
+                        self.blocked_since.get_or_insert(now);
+                    }
                     return Flushed::Blocked;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -145,6 +160,11 @@ impl Connection {
         }
         self.blocked_since = None;
         Flushed::All
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn unsent(&self) -> usize {
+        self.unsent
     }
 
     /// Shuts down our sending side once everything is written; from then on, lingers.
@@ -173,5 +193,61 @@ impl Connection {
                 Err(_) => return true,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection whose peer reads only when told, with small socket buffers.
+    fn pair() -> (Connection, std::net::TcpStream) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        socket2::SockRef::from(&server)
+            .set_send_buffer_size(4096)
+            .unwrap();
+        socket2::SockRef::from(&client)
+            .set_recv_buffer_size(4096)
+            .unwrap();
+        server.set_nonblocking(true).unwrap();
+        (Connection::new(TcpStream::from_std(server)), client)
+    }
+
+    #[test]
+    fn the_write_timeout_counts_from_the_last_progress() {
+        let (mut c, mut client) = pair();
+        let total = 4 << 20;
+        c.queue(Bytes::from(vec![b'h'; 100]), Bytes::from(vec![b'b'; total]));
+        assert_eq!(c.unsent(), total + 100);
+        let t0 = Instant::now();
+        assert!(matches!(c.flush(t0), Flushed::Blocked));
+        assert_eq!(c.blocked_since, Some(t0));
+        let after_first = c.unsent();
+        assert!(after_first < total + 100, "some was written");
+        // No progress: still counted from the first block.
+        let t1 = t0 + Duration::from_secs(1);
+        assert!(matches!(c.flush(t1), Flushed::Blocked));
+        assert_eq!(c.blocked_since, Some(t0));
+        // The client reads: the next write that gets bytes out restarts the count.
+        let t2 = t0 + Duration::from_secs(2);
+        let mut buf = vec![0; 64 * 1024];
+        let mut restarted = false;
+        for _ in 0..10_000 {
+            let n = client.read(&mut buf).unwrap();
+            assert!(n > 0);
+            match c.flush(t2) {
+                Flushed::Blocked if c.blocked_since == Some(t2) => {
+                    restarted = true;
+                    break;
+                }
+                Flushed::Blocked => {}
+                Flushed::All => break,
+                Flushed::Failed(e) => panic!("{e}"),
+            }
+        }
+        assert!(restarted, "progress moved the write timeout's start");
+        assert!(c.unsent() < after_first);
     }
 }
