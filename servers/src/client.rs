@@ -320,7 +320,7 @@ fn limits_json(limits: &BTreeMap<String, String>) -> Value {
         .iter()
         .map(|(k, v)| {
             let value = match (k.as_str(), v.parse::<u64>()) {
-                ("concurrency" | "queue", Ok(n)) => json!(n),
+                ("concurrency" | "queue" | "cpu_weight", Ok(n)) => json!(n),
                 _ => json!(v),
             };
             (k.clone(), value)

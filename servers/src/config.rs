@@ -153,6 +153,9 @@ pub struct LimitsConfig {
     concurrency: Option<usize>,
     #[serde(skip_serializing_if = "Option::is_none")]
     queue: Option<usize>,
+    /// The service's share of a serving thread's guest time against others with work.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cpu_weight: Option<u32>,
 }
 
 impl LimitsConfig {
@@ -165,6 +168,7 @@ impl LimitsConfig {
             body: Some(Size(limits.body_bytes)),
             concurrency: Some(limits.max_concurrency),
             queue: Some(limits.max_queued),
+            cpu_weight: Some(limits.cpu_weight),
         }
     }
 
@@ -177,6 +181,7 @@ impl LimitsConfig {
             body: self.body.or(other.body),
             concurrency: self.concurrency.or(other.concurrency),
             queue: self.queue.or(other.queue),
+            cpu_weight: self.cpu_weight.or(other.cpu_weight),
         }
     }
 
@@ -207,6 +212,10 @@ impl LimitsConfig {
         if let Some(v) = self.queue {
             check_count("queue", v, 0, ceiling::QUEUE)?;
         }
+        if let Some(v) = self.cpu_weight {
+            let max = frenezulo_core::MAX_CPU_WEIGHT;
+            check_count("cpu_weight", v as usize, 1, max as usize)?;
+        }
         Ok(())
     }
 
@@ -229,6 +238,9 @@ impl LimitsConfig {
         }
         if let Some(v) = self.queue {
             limits.max_queued = v;
+        }
+        if let Some(v) = self.cpu_weight {
+            limits.cpu_weight = v;
         }
         limits
     }
@@ -1019,6 +1031,8 @@ mod tests {
             "body = \"2GiB\"",
             "concurrency = 65537",
             "queue = 1048577",
+            "cpu_weight = 0",
+            "cpu_weight = 101",
         ] {
             assert!(
                 parse(&format!("[limits]\n{limits}"), Overrides::default()).is_err(),
@@ -1027,7 +1041,7 @@ mod tests {
             let service = format!("[services.a]\nmodule = \"a.wat\"\n{limits}");
             assert!(parse(&service, Overrides::default()).is_err(), "{service}");
         }
-        let top = "deadline = \"1h\"\nmemory = \"4GiB\"\nstdout = \"1GiB\"\nbody = \"1GiB\"\nconcurrency = 65536\nqueue = 1048576";
+        let top = "deadline = \"1h\"\nmemory = \"4GiB\"\nstdout = \"1GiB\"\nbody = \"1GiB\"\nconcurrency = 65536\nqueue = 1048576\ncpu_weight = 100";
         assert!(parse(&format!("[limits]\n{top}"), Overrides::default()).is_ok());
         for setting in [
             "idle_timeout = \"25h\"",

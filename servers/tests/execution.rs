@@ -172,3 +172,25 @@ fn client_leaves(engine: &str) {
     server.terminate();
     assert!(server.wait(support::PATIENCE), "{engine}: clean exit");
 }
+
+/// `cpu_weight` reaches the service through the config file and the API, and is shown.
+#[test]
+fn cpu_weight_is_set_by_the_config_file_and_the_api() {
+    let file = ConfigFile::new(
+        "weight",
+        &format!(
+            "[services.heavy]\nmodule = {:?}\ncpu_weight = 3\n",
+            repo("examples/hello.wat")
+        ),
+    );
+    let server = Frenezulo::start(&["--config", file.path()]);
+    let shown = support::json(&server.admin("GET", "/services/heavy", b""));
+    assert_eq!(shown["limits"]["cpu_weight"], 3, "{shown}");
+    let hello = std::fs::read(repo("examples/hello.wat")).unwrap();
+    let r = server.admin("PUT", "/services/light?cpu_weight=2", &hello);
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(support::json(&r)["limits"]["cpu_weight"], 2);
+    let r = server.admin("PUT", "/services/light?cpu_weight=101", &hello);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.error().1.contains("cpu_weight"), "{}", r.text());
+}

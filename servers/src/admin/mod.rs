@@ -200,16 +200,7 @@ pub fn spawn(
     on_exit: Box<dyn FnOnce() + Send>,
 ) -> std::io::Result<()> {
     setup.registry.attach(setup.inboxes.clone());
-    let mut admin = Admin {
-        token: Sha256::digest(setup.token.as_bytes()).into(),
-        setup,
-        sender,
-        preparing: 0,
-        waiting_remote: VecDeque::new(),
-        started: Instant::now(),
-        writes: HashMap::new(),
-        next_write: 0,
-    };
+    let mut admin = Admin::new(setup, sender);
     std::thread::Builder::new()
         .name("admin".to_owned())
         .spawn(move || {
@@ -263,6 +254,19 @@ enum Reply {
 }
 
 impl Admin {
+    fn new(setup: Setup, sender: SyncSender<Event>) -> Self {
+        Admin {
+            token: Sha256::digest(setup.token.as_bytes()).into(),
+            setup,
+            sender,
+            preparing: 0,
+            waiting_remote: VecDeque::new(),
+            started: Instant::now(),
+            writes: HashMap::new(),
+            next_write: 0,
+        }
+    }
+
     fn on_call(&mut self, thread: usize, call: ManagementCall) {
         let origin = CallOrigin {
             thread,
@@ -1111,7 +1115,7 @@ fn config_from_query(
                 env.get_or_insert_default()
                     .insert(k.to_owned(), v.to_owned());
             }
-            "concurrency" | "queue" => {
+            "concurrency" | "queue" | "cpu_weight" => {
                 let n: u64 = value
                     .parse()
                     .map_err(|_| format!("`{key}` must be a whole number, not `{value}`"))?;
@@ -1281,17 +1285,7 @@ mod tests {
             inboxes: Vec::new(),
             cluster: None,
         };
-        let admin = Admin {
-            token: Sha256::digest(setup.token.as_bytes()).into(),
-            setup,
-            sender,
-            preparing: 0,
-            waiting_remote: VecDeque::new(),
-            started: Instant::now(),
-            writes: HashMap::new(),
-            next_write: 0,
-        };
-        (admin, events)
+        (Admin::new(setup, sender), events)
     }
 
     #[test]

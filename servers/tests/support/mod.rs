@@ -137,22 +137,21 @@ impl ConfigFile {
     }
 }
 
-/// Runs the binary with `args` to its end (for runs that must fail, print help or act as
-/// the client), with a data directory and `--listen` of its own unless `args` name them, so
-/// no run touches the user's home or a real port. Panics if it is still running after
-/// [`PATIENCE`]: a run that was meant to stop but started serving fails rather than hangs.
-pub fn run_once(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let data = TempDir::new("once");
+/// Starts the binary with `args`, the token [`TOKEN`] and then `env`, its output piped;
+/// unless `args` say otherwise (or it runs as the client, `services ...`), on a free
+/// loopback port with a temporary data directory, returned to be kept while it runs.
+fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, Option<TempDir>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_frenezulo"));
     command.args(args);
     let is_client = args.first() == Some(&"services");
-    if !is_client && !args.contains(&"--data-dir") {
+    let data = (!is_client && !args.contains(&"--data-dir")).then(|| TempDir::new("data"));
+    if let Some(data) = &data {
         command.args(["--data-dir", data.arg()]);
     }
     if !is_client && !args.contains(&"--listen") {
         command.args(["--listen", "127.0.0.1:0"]);
     }
-    let mut child = command
+    let child = command
         .env("FRENEZULO_ADMIN_TOKEN", TOKEN)
         .envs(env.iter().copied())
         .stdin(Stdio::null())
@@ -160,6 +159,15 @@ pub fn run_once(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start frenezulo");
+    (child, data)
+}
+
+/// Runs the binary with `args` to its end (for runs that must fail, print help or act as
+/// the client), with a data directory and `--listen` of its own unless `args` name them, so
+/// no run touches the user's home or a real port. Panics if it is still running after
+/// [`PATIENCE`]: a run that was meant to stop but started serving fails rather than hangs.
+pub fn run_once(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let (mut child, _data) = spawn(args, env);
     // Drain both pipes on threads so a chatty child cannot block on a full pipe.
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
@@ -220,22 +228,9 @@ impl Frenezulo {
     /// data directory unless `args` name one, and the token [`TOKEN`] unless `env` sets
     /// `FRENEZULO_ADMIN_TOKEN` (an empty value: none, so the server makes one).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
-        let data = (!args.contains(&"--data-dir")).then(|| TempDir::new("data"));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_frenezulo"));
-        command.args(args);
-        if let Some(data) = &data {
-            command.args(["--data-dir", data.arg()]);
-        }
-        let mut child = command
-            .args(["--listen", "127.0.0.1:0"])
-            .env("RUST_LOG", "info")
-            .env("FRENEZULO_ADMIN_TOKEN", TOKEN)
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start frenezulo");
+        let mut with_log = vec![("RUST_LOG", "info")];
+        with_log.extend_from_slice(env);
+        let (mut child, data) = spawn(args, &with_log);
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
