@@ -165,7 +165,7 @@ pub struct OutboundRequest {
     pub url: String,
     /// Its origin, `scheme://host:port`, for the log.
     pub origin: String,
-    /// Header lines.
+    /// Header lines, never `Host` (the URL's authority is).
     pub headers: Vec<(String, String)>,
     /// The body.
     pub body: Vec<u8>,
@@ -285,7 +285,11 @@ impl Calls {
         if method.is_empty() || !method.bytes().all(is_token) {
             return Err(code::INVALID_METHOD);
         }
-        let headers = parse_headers(text(mem, headers, MAX_TEXT)?)?;
+        let mut headers = parse_headers(text(mem, headers, MAX_TEXT)?)?;
+        // The connection goes to the URL's origin, the one checked: its `Host` is the URL's
+        // authority (set by the driver), never the guest's, which could name another
+        // virtual host behind the allowed one.
+        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("host"));
         let body = bytes(mem, body, MAX_REQUEST_BODY)?.to_vec();
         let Some(origin) = origin_of(url) else {
             return Err(code::INVALID_URL);
@@ -627,7 +631,7 @@ mod tests {
                 &g,
                 "http://allowed:8080/p",
                 "POST",
-                "a: 1\nB:2\n"
+                "a: 1\nHost: internal.example\nB:2\nhOST:x\n"
             ),
             Ok(())
         );

@@ -10,7 +10,7 @@ use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits};
 use frenezulo_engines::EngineKind;
 
 use crate::cluster::ClusterConfig;
-use crate::guest::GuestConfig;
+use crate::guest::{GuestConfig, HostCeiling};
 use crate::outbound::OutboundLimits;
 use crate::registry::manifest::Origin;
 use serde::{Deserialize, Serialize};
@@ -53,6 +53,10 @@ pub struct Settings {
     pub fetch_timeout: Duration,
     /// Directories `file://` sources may name; none by default.
     pub module_dirs: Vec<PathBuf>,
+    /// What `allowed_hosts` the management API (and NATS entries) may grant.
+    pub outbound_allowed_hosts: HostCeiling,
+    /// Which http(s) origins `POST /services/add` may fetch from, redirects included.
+    pub fetch_allowed_hosts: HostCeiling,
     /// One log line per request, at `info` under the `access` target.
     pub access_log: bool,
     /// Environment values for every service's guests, under each service's own.
@@ -107,6 +111,8 @@ pub struct FileConfig {
     fetch_timeout: Option<Span>,
     #[serde(default)]
     module_dirs: Vec<PathBuf>,
+    outbound_allowed_hosts: Option<Vec<String>>,
+    fetch_allowed_hosts: Option<Vec<String>>,
     access_log: Option<bool>,
     #[serde(default)]
     env: BTreeMap<String, String>,
@@ -813,6 +819,14 @@ impl Settings {
         env.extend(file.env.clone());
         env.extend(overrides.env.iter().cloned());
         check_env(&env).map_err(|e| anyhow::anyhow!("server-wide environment: {e}"))?;
+        let outbound_allowed_hosts = HostCeiling::new(
+            "outbound_allowed_hosts",
+            file.outbound_allowed_hosts.as_deref(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        let fetch_allowed_hosts =
+            HostCeiling::new("fetch_allowed_hosts", file.fetch_allowed_hosts.as_deref())
+                .map_err(anyhow::Error::msg)?;
         let max_module_bytes = file
             .max_module_size
             .map_or(DEFAULT_MAX_MODULE_BYTES, |s| s.0);
@@ -849,6 +863,8 @@ impl Settings {
             max_module_bytes,
             fetch_timeout: file.fetch_timeout.map_or(Duration::from_secs(30), |s| s.0),
             module_dirs: file.module_dirs.into_iter().map(|d| base.join(d)).collect(),
+            outbound_allowed_hosts,
+            fetch_allowed_hosts,
             access_log: !overrides.no_access_log && file.access_log.unwrap_or(true),
             env,
             cluster: match overrides.registry.or(file.registry) {
@@ -1084,5 +1100,52 @@ mod tests {
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("2 fortnights").is_err());
+    }
+
+    #[test]
+    fn outbound_and_fetch_ceilings() {
+        let s = parse("", Overrides::default()).unwrap();
+        assert_eq!(
+            s.outbound_allowed_hosts,
+            HostCeiling::unset("outbound_allowed_hosts")
+        );
+        assert_eq!(
+            s.fetch_allowed_hosts,
+            HostCeiling::unset("fetch_allowed_hosts")
+        );
+        let s = parse(
+            "outbound_allowed_hosts = [\"insecure:allow-all\"]\nfetch_allowed_hosts = [\"http://127.0.0.1:8000\"]\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert!(
+            s.outbound_allowed_hosts
+                .check("http://169.254.169.254")
+                .is_ok()
+        );
+        assert!(
+            s.fetch_allowed_hosts
+                .check("http://127.0.0.1:8000/m.wasm")
+                .is_ok()
+        );
+        assert!(
+            s.fetch_allowed_hosts
+                .check("http://127.0.0.1:8001/m.wasm")
+                .is_err()
+        );
+        let err = parse(
+            "fetch_allowed_hosts = [\"127.0.0.1\"]",
+            Overrides::default(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("fetch_allowed_hosts"), "{err}");
+        // The config file's own services are not held to the ceiling.
+        let s = parse(
+            "[services.a]\nmodule = \"a.wat\"\nallowed_hosts = [\"http://127.0.0.1:1\"]\n",
+            Overrides::default(),
+        )
+        .unwrap();
+        assert_eq!(s.services[0].guest.allowed_hosts, ["http://127.0.0.1:1"]);
     }
 }

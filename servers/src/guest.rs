@@ -87,6 +87,12 @@ impl GuestConfig {
         Ok(())
     }
 
+    /// Checks `allowed_hosts` against the operator's ceiling, for services the management
+    /// API or a cluster's NATS entries define.
+    pub fn check_within(&self, ceiling: &HostCeiling) -> Result<(), String> {
+        ceiling.check_all(&self.allowed_hosts)
+    }
+
     /// The outbound grant, if any host is allowed; `in_flight` is the service's counter,
     /// shared by every serving thread's copy.
     pub fn outbound(&self, in_flight: &Arc<AtomicUsize>) -> Option<Arc<OutboundGrant>> {
@@ -153,6 +159,158 @@ impl GuestConfig {
             routes,
             volumes,
         }
+    }
+}
+
+/// The operator's ceiling on the origins the management API (and a cluster's NATS
+/// entries) may name, for guests' calls (`outbound_allowed_hosts`) or for fetching modules
+/// (`fetch_allowed_hosts`). The config file's and the command line's own services are the
+/// operator's and are not held to it.
+///
+/// Set, it allows exactly the origins it lists (compared as [`origin_of`] normalises
+/// them), or any origin if it holds [`ALLOW_ALL`]. Not set, it allows any origin whose host
+/// is public: not `insecure:allow-all`, and not a loopback, private, link-local,
+/// shared (CGNAT) or unspecified address, nor `localhost`. A DNS name is taken as written:
+/// one that resolves to a private address is not caught here.
+///
+/// [`origin_of`]: frenezulo_engines::outbound::origin_of
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostCeiling {
+    /// The setting, for messages.
+    key: &'static str,
+    /// The origins listed, normalised; `None` when the operator set none.
+    origins: Option<Vec<String>>,
+    /// Whether the list holds [`ALLOW_ALL`].
+    any: bool,
+}
+
+impl HostCeiling {
+    /// The ceiling named `key` from the operator's list, if one was set. Every entry must
+    /// be an http(s) URL or [`ALLOW_ALL`].
+    pub fn new(key: &'static str, list: Option<&[String]>) -> Result<Self, String> {
+        let Some(list) = list else {
+            return Ok(Self::unset(key));
+        };
+        let mut origins = Vec::with_capacity(list.len());
+        let mut any = false;
+        for entry in list {
+            if entry == ALLOW_ALL {
+                any = true;
+                continue;
+            }
+            let origin = frenezulo_engines::outbound::origin_of(entry).ok_or_else(|| {
+                format!(
+                    "{key} entry `{entry}` is not an http:// or https:// URL (or `{ALLOW_ALL}`)"
+                )
+            })?;
+            origins.push(origin);
+        }
+        Ok(Self {
+            key,
+            origins: Some(origins),
+            any,
+        })
+    }
+
+    /// No list set: public hosts only.
+    pub fn unset(key: &'static str) -> Self {
+        Self {
+            key,
+            origins: None,
+            any: false,
+        }
+    }
+
+    /// Whether `entry` (an http(s) URL or [`ALLOW_ALL`]) is within the ceiling; the error
+    /// names the origin and the setting.
+    pub fn check(&self, entry: &str) -> Result<(), String> {
+        let key = self.key;
+        if self.any {
+            return Ok(());
+        }
+        if entry == ALLOW_ALL {
+            return Err(format!(
+                "`{ALLOW_ALL}` is allowed only if the server's `{key}` contains it"
+            ));
+        }
+        let Some(origin) = frenezulo_engines::outbound::origin_of(entry) else {
+            return Err(format!(
+                "`{entry}` is not an http:// or https:// URL without user info"
+            ));
+        };
+        match &self.origins {
+            Some(list) if list.contains(&origin) => Ok(()),
+            Some(_) => Err(format!("`{origin}` is not in the server's `{key}`")),
+            None if is_local_host(host_of(&origin)) => Err(format!(
+                "`{origin}` is a loopback, private, link-local or otherwise local address; the server's `{key}` must list it"
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Checks every entry of `hosts`.
+    pub fn check_all(&self, hosts: &[String]) -> Result<(), String> {
+        hosts.iter().try_for_each(|h| {
+            self.check(h)
+                .map_err(|e| format!("allowed_hosts entry refused: {e}"))
+        })
+    }
+}
+
+/// The host of a normalised origin (`scheme://host:port`), IPv6 brackets removed.
+fn host_of(origin: &str) -> &str {
+    let rest = origin.split_once("://").map_or(origin, |(_, r)| r);
+    let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Whether `host` (lower case) names this machine or a network that is not the public
+/// internet: `localhost` and `*.localhost`, loopback, private, link-local, shared (CGNAT),
+/// unspecified, broadcast and multicast addresses, in IPv4 and IPv6 (IPv4-mapped,
+/// -compatible and NAT64 forms included). A name whose last label starts with a digit
+/// but is no plain dotted IPv4 address (`127.1`, `0x7f.1`, `2130706433`) counts as local:
+/// resolvers read those as addresses.
+pub fn is_local_host(host: &str) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+    fn v4(ip: Ipv4Addr) -> bool {
+        let [a, b, ..] = ip.octets();
+        a == 0
+            || a == 127
+            || a == 10
+            || (a == 172 && (16..32).contains(&b))
+            || (a == 192 && b == 168)
+            || (a == 169 && b == 254)
+            || (a == 100 && (64..128).contains(&b))
+            || ip.is_broadcast()
+            || ip.is_multicast()
+    }
+    fn v6(ip: Ipv6Addr) -> bool {
+        let s = ip.segments();
+        let embedded = Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32);
+        s[..6] == [0; 6] // ::, ::1 and IPv4-compatible
+            || (s[..5] == [0; 5] && s[5] == 0xffff && v4(embedded)) // IPv4-mapped
+            || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4(embedded)) // NAT64
+            || (s[0] & 0xfe00) == 0xfc00 // unique local
+            || (s[0] & 0xffc0) == 0xfe80 // link-local
+            || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
+            || ip.is_multicast()
+    }
+    let host = host.trim_end_matches('.');
+    if host.is_empty() || host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    if host.contains(':') {
+        // Only an IPv6 address has a colon in its host; anything else (`localhost:80`
+        // from `http://localhost:80:80`) is too ambiguous to call public.
+        return host.parse::<Ipv6Addr>().map_or(true, v6);
+    }
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V4(ip)) => v4(ip),
+        Ok(IpAddr::V6(ip)) => v6(ip),
+        Err(_) => host
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_digit())),
     }
 }
 
@@ -248,5 +406,108 @@ mod tests {
         g.volumes.remove("/file");
         g.volumes.insert("/gone".into(), "no-such-dir".into());
         assert!(g.open_volumes(base).unwrap_err().contains("no-such-dir"));
+    }
+
+    #[test]
+    fn without_a_ceiling_only_public_hosts_are_granted() {
+        let none = HostCeiling::unset("outbound_allowed_hosts");
+        for ok in [
+            "https://api.example.com",
+            "http://93.184.216.34:8080/x",
+            "http://[2606:4700::1]/",
+            "http://172.32.0.1",
+            "http://100.128.0.1",
+        ] {
+            assert!(none.check(ok).is_ok(), "{ok}");
+        }
+        for local in [
+            ALLOW_ALL,
+            "http://127.0.0.1:1",
+            "http://127.8.9.10",
+            "http://169.254.169.254",
+            "http://10.0.0.5:8080",
+            "http://172.16.0.1",
+            "http://172.31.255.255",
+            "http://192.168.1.1",
+            "http://100.64.0.1",
+            "http://0.0.0.0:80",
+            "http://255.255.255.255",
+            "http://localhost:8080",
+            "http://LOCALHOST.",
+            "http://metadata.localhost",
+            "http://[::1]:81",
+            "http://[::]",
+            "http://[::ffff:127.0.0.1]",
+            "http://[::ffff:a9fe:a9fe]",
+            "http://[::127.0.0.1]",
+            "http://[64:ff9b::10.0.0.1]",
+            "http://[fd00::1]",
+            "http://[fc00::1]",
+            "http://[fe80::1]",
+            "http://127.1",
+            "http://2130706433",
+            "http://0x7f000001",
+            "http://localhost:80:80",
+            "http://example.com:80:80",
+            "http://u:p@example.com",
+        ] {
+            let why = none.check(local).unwrap_err();
+            assert!(
+                why.contains("outbound_allowed_hosts") || why.contains("user info"),
+                "{local}: {why}"
+            );
+        }
+        let mut g = GuestConfig {
+            allowed_hosts: vec![
+                "https://api.example.com".into(),
+                "http://127.0.0.1:1".into(),
+            ],
+            ..Default::default()
+        };
+        let why = g.check_within(&none).unwrap_err();
+        assert!(
+            why.contains("http://127.0.0.1:1") && why.contains("outbound_allowed_hosts"),
+            "{why}"
+        );
+        g.allowed_hosts.pop();
+        assert!(g.check_within(&none).is_ok());
+    }
+
+    #[test]
+    fn a_ceiling_allows_exactly_what_it_lists() {
+        let list = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let c = HostCeiling::new(
+            "outbound_allowed_hosts",
+            Some(&list(&[
+                "http://127.0.0.1:9000/",
+                "HTTPS://Api.Example.com",
+            ])),
+        )
+        .unwrap();
+        assert!(c.check("http://127.0.0.1:9000").is_ok());
+        assert!(
+            c.check("https://api.example.com:443/v1").is_ok(),
+            "normalised"
+        );
+        assert!(c.check("http://127.0.0.1:9001").is_err(), "another port");
+        assert!(
+            c.check("https://other.example.com").is_err(),
+            "not listed, though public"
+        );
+        assert!(c.check(ALLOW_ALL).is_err());
+        let all = HostCeiling::new("outbound_allowed_hosts", Some(&list(&[ALLOW_ALL]))).unwrap();
+        assert!(all.check(ALLOW_ALL).is_ok());
+        assert!(all.check("http://169.254.169.254").is_ok());
+        let empty = HostCeiling::new("outbound_allowed_hosts", Some(&[])).unwrap();
+        assert!(
+            empty.check("https://api.example.com").is_err(),
+            "set empty: nothing"
+        );
+        let err =
+            HostCeiling::new("fetch_allowed_hosts", Some(&list(&["example.com"]))).unwrap_err();
+        assert!(
+            err.contains("fetch_allowed_hosts") && err.contains("example.com"),
+            "{err}"
+        );
     }
 }

@@ -97,7 +97,11 @@ struct ServeArgs {
     services: Vec<(String, PathBuf)>,
 
     /// TOML config file with the same settings and per-service limits (see README.md).
-    /// Flags given on the command line win over the file.
+    /// Flags given on the command line win over the file. Only the file sets the ceilings
+    /// on what the management API may grant: `outbound_allowed_hosts` (origins services
+    /// added through the API or NATS may call) and `fetch_allowed_hosts` (origins
+    /// `POST /services/add` may fetch from); unset, both allow public hosts only, never
+    /// loopback, private or link-local addresses.
     #[arg(long, short, value_name = "FILE")]
     config: Option<PathBuf>,
 
@@ -306,6 +310,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         settings.workers,
     )
     .context("loading the registry")?;
+    registry.withhold_outside(&settings.outbound_allowed_hosts);
     artifacts.retain(&registry.digests());
     let listeners = serve::bind(settings.listen, settings.backlog, settings.workers)
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -366,7 +371,9 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
                 max_bytes: settings.max_module_bytes,
                 timeout: settings.fetch_timeout,
                 module_dirs: settings.module_dirs.clone(),
+                allowed: settings.fetch_allowed_hosts.clone(),
             },
+            outbound_ceiling: settings.outbound_allowed_hosts.clone(),
             engine: settings.engine,
             base_limits: settings.base_limits,
             max_memory_bytes: engine_config.max_memory_bytes,

@@ -206,7 +206,12 @@ fn perform(agent: &ureq::Agent, request: &OutboundRequest, max: usize) -> Outbou
     let mut builder = ureq::http::Request::builder()
         .method(request.method.as_str())
         .uri(request.url.as_str());
-    for (name, value) in &request.headers {
+    // ureq sets `Host` from the URL; the engines already drop a guest's own.
+    for (name, value) in request
+        .headers
+        .iter()
+        .filter(|(n, _)| !n.eq_ignore_ascii_case("host"))
+    {
         builder = builder.header(name, value);
     }
     let http_request = builder

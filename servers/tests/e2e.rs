@@ -371,7 +371,12 @@ fn sigterm_drains(engine: &str) {
     upstream.wait_for("/hold");
     wait_for_counter(&server, "call", "running", 1);
     server.terminate();
-    server.wait_for_log("shutting down");
+    // Every serving thread has taken the shutdown once none accepts any more.
+    server.eventually("the listeners to close", || {
+        std::net::TcpStream::connect(server.addr)
+            .is_err()
+            .then_some(())
+    });
     upstream.open_gate();
     let r = c.response();
     assert_eq!(r.status, 200, "{engine}");

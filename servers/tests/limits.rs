@@ -37,7 +37,8 @@ fn fetching_a_module_by_url_follows_three_redirects_within_time_and_size() {
     let config = ConfigFile::new(
         "fetch",
         &format!(
-            "engine = {DEFAULT_ENGINE:?}\nfetch_timeout = \"3s\"\nmax_module_size = \"64KiB\"\n"
+            "engine = {DEFAULT_ENGINE:?}\nfetch_timeout = \"3s\"\nmax_module_size = \"64KiB\"\nfetch_allowed_hosts = [{:?}]\n",
+            upstream.url(""),
         ),
     );
     let server = Frenezulo::start(&["--config", config.path()]);

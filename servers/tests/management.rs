@@ -30,10 +30,19 @@ fn module_server(module: Vec<u8>) -> Upstream {
 }
 
 fn lifecycle(engine: &str) {
-    let server = Frenezulo::start(&["--engine", engine, "--workers", "2"]);
     let hello = std::fs::read(repo("examples/hello.wat")).unwrap();
     let origin = module_server(hello);
     let origin = origin.url("");
+    // A loopback source: the operator allows fetching from it.
+    let config = fetch_from(&origin);
+    let server = Frenezulo::start(&[
+        "--engine",
+        engine,
+        "--workers",
+        "2",
+        "--config",
+        config.path(),
+    ]);
 
     // Add by URL, through a redirect.
     let add = format!(r#"{{"prefix": "greet", "source": "{origin}/moved"}}"#);
@@ -126,15 +135,24 @@ fn lifecycle(engine: &str) {
     );
 }
 
+/// A config file that lets `POST /services/add` fetch from `origin` (a loopback upstream).
+fn fetch_from(origin: &str) -> ConfigFile {
+    ConfigFile::new("fetch", &format!("fetch_allowed_hosts = [{origin:?}]\n"))
+}
+
 #[test]
 fn bad_requests_get_reasons_and_change_nothing() {
+    let hello = std::fs::read(repo("examples/hello.wat")).unwrap();
+    let missing = module_server(hello.clone());
+    let config = fetch_from(&missing.url(""));
     let server = Frenezulo::start(&[
         "--engine",
         DEFAULT_ENGINE,
+        "--config",
+        config.path(),
         "--service",
         &format!("fixed={}", repo("examples/hello.wat")),
     ]);
-    let hello = std::fs::read(repo("examples/hello.wat")).unwrap();
     assert_eq!(server.admin("PUT", "/services/ok", &hello).status, 201);
 
     // No token, a wrong one: 401 with nothing done.
@@ -200,7 +218,6 @@ fn bad_requests_get_reasons_and_change_nothing() {
     ));
     assert_eq!(status, 400);
     assert!(why.contains("module_dirs"), "{why}");
-    let missing = module_server(hello.clone());
     let (status, why) = error(server.admin(
         "POST",
         "/services/add",

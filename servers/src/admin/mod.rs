@@ -37,7 +37,7 @@ use crate::artifacts::{Artifacts, Loaded};
 use crate::cluster::{Cluster, ClusterEvent, Command, WriteError};
 use crate::compile::CompilePool;
 use crate::config::{EnvValues, LimitsConfig, check_env};
-use crate::guest::GuestConfig;
+use crate::guest::{GuestConfig, HostCeiling};
 use crate::metrics::{self, ThreadSnapshot};
 use crate::registry::manifest::Entry;
 use crate::registry::store::Digest;
@@ -150,6 +150,9 @@ enum PrepareError {
     Empty,
     #[error("not a WebAssembly module or WAT text: {0}")]
     Parse(String),
+    /// A fetched source that does not parse: its content is not quoted back.
+    #[error("the fetched source is not a WebAssembly module or WAT text")]
+    NotModule,
     #[error("module is larger than the limit of {0} bytes")]
     TooLarge(usize),
     #[error("module refused: {0}")]
@@ -180,6 +183,8 @@ pub struct Setup {
     pub compile: CompilePool,
     /// Limits on fetching and uploads.
     pub fetch: FetchLimits,
+    /// What `allowed_hosts` the API and NATS entries may grant.
+    pub outbound_ceiling: HostCeiling,
     /// The engine, for health.
     pub engine: EngineKind,
     /// Limits of a service that sets none, for checking the ones a call sets.
@@ -488,13 +493,19 @@ impl Admin {
             Ok(name) => name,
             Err(response) => return Reply::Now(response),
         };
-        if let Err(e) = guest.check() {
+        if let Err(e) = guest
+            .check()
+            .and_then(|()| guest.check_within(&self.setup.outbound_ceiling))
+        {
             return Reply::Now(error(400, &e));
         }
         let fetch = self.setup.fetch.clone();
         let source = add.source;
         let change = Prepared::asked(origin, name, add.limits, add.env, guest, None);
-        self.prepare(change, move || Ok((fetch::fetch(&source, &fetch)?, source)))
+        // What a fetch brings back is never quoted in an answer.
+        self.prepare(change, false, move || {
+            Ok((fetch::fetch(&source, &fetch)?, source))
+        })
     }
 
     fn upload(
@@ -509,12 +520,17 @@ impl Admin {
             Ok(parsed) => parsed,
             Err(e) => return Reply::Now(error(400, &e)),
         };
+        if let Err(e) = guest.check_within(&self.setup.outbound_ceiling) {
+            return Reply::Now(error(400, &e));
+        }
         if let Err(response) = self.check_change(name.as_str(), limits.as_ref(), env.as_ref()) {
             return Reply::Now(response);
         }
         let body = body.clone();
         let change = Prepared::asked(origin, name, limits, env, guest, if_match);
-        self.prepare(change, move || Ok((body.to_vec(), "upload".to_owned())))
+        self.prepare(change, true, move || {
+            Ok((body.to_vec(), "upload".to_owned()))
+        })
     }
 
     /// Checks what a change asks for before any work is done.
@@ -550,10 +566,12 @@ impl Admin {
     }
 
     /// Fetches (by `get`) and compiles a module on a worker thread; the answer follows in
-    /// [`Admin::on_prepared`].
+    /// [`Admin::on_prepared`]. `quote` says whether a parse error may show the module's
+    /// text (the caller's own upload) or not (a fetched source).
     fn prepare(
         &mut self,
         change: Prepared,
+        quote: bool,
         get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
     ) -> Reply {
         if self.preparing >= MAX_PREPARING {
@@ -562,7 +580,7 @@ impl Admin {
                     .with_header("Retry-After", "1"),
             );
         }
-        match self.spawn_prepare(change, get) {
+        match self.spawn_prepare(change, quote, get) {
             Ok(()) => Reply::Later,
             Err(e) => Reply::Now(error(
                 503,
@@ -597,7 +615,8 @@ impl Admin {
             name: name.clone(),
             result: Err(PrepareError::Empty),
         };
-        if let Err(e) = self.spawn_prepare(prepared, move || Ok((wasm.to_vec(), source))) {
+        // Its parse errors go to this node's log only.
+        if let Err(e) = self.spawn_prepare(prepared, true, move || Ok((wasm.to_vec(), source))) {
             error!(target: "cluster", service = %name, error = %e, "could not start loading a shared change");
         }
     }
@@ -606,6 +625,7 @@ impl Admin {
     fn spawn_prepare(
         &mut self,
         mut prepared: Prepared,
+        quote: bool,
         get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
     ) -> std::io::Result<()> {
         self.preparing += 1;
@@ -624,7 +644,12 @@ impl Admin {
                 prepared.result = get()
                     .map_err(PrepareError::from)
                     .and_then(|(bytes, source)| {
-                        prepare_module(&artifacts, bytes, source, max, &run_limits)
+                        prepare_module(&artifacts, bytes, source, max, &run_limits).map_err(|e| {
+                            match e {
+                                PrepareError::Parse(_) if !quote => PrepareError::NotModule,
+                                e => e,
+                            }
+                        })
                     });
                 let _ = sender.send(Event::Prepared(Box::new(prepared)));
             });
@@ -694,6 +719,10 @@ impl Admin {
             Ok(entry) => entry,
             Err(e) => return self.answer(&origin, change_error(&e)),
         };
+        // Hosts kept from the stored entry are held to the ceiling as it is now.
+        if let Err(e) = entry.guest().check_within(&self.setup.outbound_ceiling) {
+            return self.answer(&origin, error(400, &e));
+        }
         if self.setup.cluster.is_some() {
             let expected = if_match.or_else(|| self.setup.registry.revision(&name));
             let wasm = module.wasm.clone();
@@ -810,7 +839,8 @@ impl Admin {
                     .check()
                     .map_err(|e| e.to_string())
                     .and_then(|()| check_env(&entry.env))
-                    .and_then(|()| entry.guest().check());
+                    .and_then(|()| entry.guest().check())
+                    .and_then(|()| entry.guest().check_within(&self.setup.outbound_ceiling));
                 if let Err(e) = checked {
                     error!(target: "cluster", service = %name, revision, error = %e, "shared entry refused; this node keeps the version it has");
                     return;
@@ -928,6 +958,9 @@ impl Admin {
             Ok(entry) => entry,
             Err(e) => return Reply::Now(change_error(&e)),
         };
+        if let Err(e) = entry.guest().check_within(&self.setup.outbound_ceiling) {
+            return Reply::Now(error(400, &e));
+        }
         // The module stays: hand over the compiled one if a thread holds it, so no thread
         // has to load it again.
         let compiled = registry.service(name).and_then(|s| {
@@ -1278,7 +1311,9 @@ mod tests {
                 max_bytes: 1 << 20,
                 timeout: Duration::from_secs(30),
                 module_dirs: Vec::new(),
+                allowed: HostCeiling::unset("fetch_allowed_hosts"),
             },
+            outbound_ceiling: HostCeiling::unset("outbound_allowed_hosts"),
             engine: kind,
             base_limits: ServiceLimits::default(),
             max_memory_bytes: 1 << 30,
@@ -1354,6 +1389,59 @@ mod tests {
         }
         let removed = ServiceName::new(&format!("s{}", count - 1)).unwrap();
         assert!(admin.setup.registry.service(&removed).is_none());
+    }
+
+    #[test]
+    fn shared_entries_are_held_to_the_outbound_ceiling() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut admin, events) = admin(tmp.path());
+        let wasm = wat::parse_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/hello.wat"
+        ))
+        .unwrap();
+        let entry = |hosts: &[&str]| Entry {
+            digest: Digest::of(&wasm).to_string(),
+            size: wasm.len(),
+            source: "upload".to_owned(),
+            origin: crate::registry::manifest::Origin::Api,
+            limits: Default::default(),
+            env: Default::default(),
+            entrypoint: None,
+            argv: None,
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            http_max_concurrency: None,
+            routes: Vec::new(),
+            revision: None,
+            updated_unix: 1,
+        };
+        let changed = |revision, hosts: &[&str]| ClusterEvent::Changed {
+            name: "s".to_owned(),
+            revision,
+            entry: Box::new(entry(hosts)),
+            wasm: Bytes::from(wasm.clone()),
+        };
+        for hosts in [
+            &[crate::guest::ALLOW_ALL][..],
+            &["http://169.254.169.254"],
+            &["https://api.example.com", "http://10.0.0.5:8080"],
+        ] {
+            admin.on_cluster(changed(1, hosts));
+            assert_eq!(admin.preparing, 0, "{hosts:?} refused before any work");
+        }
+        admin.setup.outbound_ceiling = HostCeiling::new(
+            "outbound_allowed_hosts",
+            Some(&[crate::guest::ALLOW_ALL.to_owned()]),
+        )
+        .unwrap();
+        admin.on_cluster(changed(2, &["http://169.254.169.254"]));
+        assert_eq!(admin.preparing, 1, "within the operator's ceiling");
+        let Event::Prepared(prepared) = events.recv().unwrap() else {
+            panic!("only preparations come back");
+        };
+        admin.on_prepared(*prepared);
+        let name = ServiceName::new("s").unwrap();
+        assert_eq!(admin.setup.registry.revision(&name), Some(2));
     }
 
     #[test]

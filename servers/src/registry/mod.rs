@@ -21,7 +21,7 @@ use thiserror::Error;
 use tracing::{error, info, warn};
 
 use crate::config::{EnvValues, LimitError, LimitsConfig};
-use crate::guest::GuestConfig;
+use crate::guest::{GuestConfig, HostCeiling};
 use crate::serve::{Inbox, Message};
 
 pub mod manifest;
@@ -283,6 +283,30 @@ impl Registry {
                 Some((key, s.compiled.clone()?))
             })
             .collect()
+    }
+
+    /// Stops serving the API's stored services whose `allowed_hosts` the operator's
+    /// `ceiling` does not allow (it may have been set or tightened since they were
+    /// granted). As with limits out of range, the manifest keeps the entry for a `PUT` that
+    /// names hosts within the ceiling, or a `DELETE`; a built-in service of the name comes
+    /// back meanwhile. Called at start, before any thread is attached.
+    pub fn withhold_outside(&mut self, ceiling: &HostCeiling) {
+        let refused: Vec<(ServiceName, String)> = self
+            .services
+            .values()
+            .filter(|s| s.origin == Origin::Api)
+            .filter_map(|s| {
+                let e = s.guest.check_within(ceiling).err()?;
+                Some((s.name.clone(), e))
+            })
+            .collect();
+        for (name, e) in refused {
+            error!(service = %name, error = %e, "stored service not served");
+            self.services.remove(&name);
+            if let Some(s) = self.statics.get(&name) {
+                self.services.insert(name, s.service.clone());
+            }
+        }
     }
 
     /// Lets go of the modules compiled at start, once every serving thread has been handed
@@ -911,5 +935,34 @@ mod tests {
         let r = open(&dir);
         assert!(r.service(&shop).is_none());
         assert!(r.entry(&shop).is_some());
+    }
+
+    #[test]
+    fn stored_grants_beyond_the_ceiling_are_withheld_and_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = open(tmp.path());
+        let grant = |hosts: &[&str]| GuestConfig {
+            allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
+            ..GuestConfig::default()
+        };
+        let metadata = ServiceName::new("metadata").unwrap();
+        let public = ServiceName::new("public").unwrap();
+        let hello = ServiceName::new("hello").unwrap();
+        for (name, hosts) in [
+            (&metadata, &["http://169.254.169.254"][..]),
+            (&public, &["https://api.example.com"]),
+            (&hello, &[crate::guest::ALLOW_ALL]),
+        ] {
+            r.put(name, module(b"m"), None, None, grant(hosts)).unwrap();
+        }
+        r.withhold_outside(&HostCeiling::unset("outbound_allowed_hosts"));
+        assert!(r.service(&metadata).is_none(), "not served");
+        assert!(r.entry(&metadata).is_some(), "kept");
+        assert_eq!(r.service(&public).unwrap().origin, Origin::Api);
+        assert_eq!(
+            r.service(&hello).unwrap().origin,
+            Origin::BuiltIn,
+            "the built-in comes back"
+        );
     }
 }
