@@ -41,6 +41,10 @@ pub struct GuestConfig {
 /// WAGI's spelling of "any origin".
 pub const ALLOW_ALL: &str = "insecure:allow-all";
 
+/// The most outbound calls of one service in flight at once that anyone may set: calls
+/// also wait for the `outbound_workers`, so more only lengthens a queue.
+pub const MAX_HTTP_CONCURRENCY: usize = 4096;
+
 /// Outbound calls of one service in flight at once when `http_max_concurrency` is unset.
 pub const DEFAULT_HTTP_MAX_CONCURRENCY: usize = 32;
 
@@ -83,6 +87,13 @@ impl GuestConfig {
         }
         if self.http_max_concurrency == Some(0) {
             return Err("http_max_concurrency must be at least 1".to_owned());
+        }
+        if let Some(n) = self.http_max_concurrency
+            && n > MAX_HTTP_CONCURRENCY
+        {
+            return Err(format!(
+                "http_max_concurrency is {n}; it must be at most {MAX_HTTP_CONCURRENCY}"
+            ));
         }
         Ok(())
     }
@@ -388,6 +399,10 @@ mod tests {
         g.allowed_hosts = vec![ALLOW_ALL.into()];
         g.http_max_concurrency = Some(0);
         assert!(g.check().is_err());
+        g.http_max_concurrency = Some(MAX_HTTP_CONCURRENCY + 1);
+        assert!(g.check().unwrap_err().contains("at most"));
+        g.http_max_concurrency = Some(MAX_HTTP_CONCURRENCY);
+        assert!(g.check().is_ok());
     }
 
     #[test]

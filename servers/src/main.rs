@@ -424,9 +424,13 @@ enum Phase {
     Serving,
     /// Shutdown asked for: threads finish what is in flight until then.
     Draining(Instant),
-    /// Threads were told to stop now.
-    Stopping,
+    /// Threads were told to stop now, and must have by then.
+    Stopping(Instant),
 }
+
+/// How long serving threads get to stop once told to: a thread stuck past it (in a call
+/// that does not return) does not keep the process alive.
+const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// Waits for a signal, then drains: every serving thread stops accepting and finishes
 /// what is in flight; a second signal or `drain_timeout` stops them at once. A serving
@@ -449,13 +453,25 @@ fn supervise(
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         warn!("drain timeout passed; stopping anyway");
                         broadcast(|| Message::Stop);
-                        phase = Phase::Stopping;
+                        phase = Phase::Stopping(Instant::now() + STOP_GRACE);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 }
             }
-            Phase::Serving | Phase::Stopping => match events.recv() {
+            Phase::Stopping(until) => {
+                match events.recv_timeout(until.saturating_duration_since(Instant::now())) {
+                    Ok(event) => event,
+                    Err(mpsc::RecvTimeoutError::Timeout) => {
+                        // Returning ends the process, stuck threads with it.
+                        anyhow::bail!(
+                            "{running} serving thread(s) did not stop within {STOP_GRACE:?}; exiting without them"
+                        );
+                    }
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            Phase::Serving => match events.recv() {
                 Ok(event) => event,
                 Err(_) => break,
             },
@@ -472,14 +488,14 @@ fn supervise(
             (Event::Signal(_), Phase::Draining(_)) => {
                 warn!("second signal: stopping now");
                 broadcast(|| Message::Stop);
-                phase = Phase::Stopping;
+                phase = Phase::Stopping(Instant::now() + STOP_GRACE);
             }
-            (Event::Signal(_), Phase::Stopping) => {}
+            (Event::Signal(_), Phase::Stopping(_)) => {}
             (Event::AdminExited, _) => {
                 error!("the management thread ended unexpectedly; stopping");
                 failed = true;
                 broadcast(|| Message::Stop);
-                phase = Phase::Stopping;
+                phase = Phase::Stopping(Instant::now() + STOP_GRACE);
             }
             (Event::Exited { id, clean }, _) => {
                 running -= 1;
@@ -487,7 +503,7 @@ fn supervise(
                     error!(thread = id, "serving thread ended unexpectedly; stopping");
                     failed = true;
                     broadcast(|| Message::Stop);
-                    phase = Phase::Stopping;
+                    phase = Phase::Stopping(Instant::now() + STOP_GRACE);
                 }
             }
         }
