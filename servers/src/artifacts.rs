@@ -188,10 +188,8 @@ mod tests {
     use super::*;
     use frenezulo_engines::{EngineConfig, EngineKind};
 
-    #[test]
-    fn artifacts_are_reused_and_damaged_ones_recompiled() {
-        let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().to_path_buf();
+    /// A wasmtime engine and the hello example's bytes.
+    fn wasmtime_and_hello() -> (Arc<dyn Engine>, Vec<u8>) {
         let engine =
             frenezulo_engines::create(EngineKind::Wasmtime, &EngineConfig::default()).unwrap();
         let wasm = wat::parse_file(concat!(
@@ -199,6 +197,14 @@ mod tests {
             "/../examples/hello.wat"
         ))
         .unwrap();
+        (engine, wasm)
+    }
+
+    #[test]
+    fn artifacts_are_reused_and_damaged_ones_recompiled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let (engine, wasm) = wasmtime_and_hello();
         let artifacts = Artifacts::open(engine.clone(), &dir);
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
@@ -217,13 +223,7 @@ mod tests {
     #[test]
     fn a_symlinked_artifact_is_not_loaded() {
         let tmp = tempfile::tempdir().unwrap();
-        let engine =
-            frenezulo_engines::create(EngineKind::Wasmtime, &EngineConfig::default()).unwrap();
-        let wasm = wat::parse_file(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../examples/hello.wat"
-        ))
-        .unwrap();
+        let (engine, wasm) = wasmtime_and_hello();
         let artifacts = Artifacts::open(engine.clone(), tmp.path());
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
         // A sound artifact moved elsewhere, and a link to it in its place.

@@ -1332,22 +1332,7 @@ mod tests {
             "/../examples/hello.wat"
         ))
         .unwrap();
-        let digest = Digest::of(&wasm);
-        let entry = Entry {
-            digest: digest.to_string(),
-            size: wasm.len(),
-            source: "upload".to_owned(),
-            origin: crate::registry::manifest::Origin::Api,
-            limits: Default::default(),
-            env: Default::default(),
-            entrypoint: None,
-            argv: None,
-            allowed_hosts: Vec::new(),
-            http_max_concurrency: None,
-            routes: Vec::new(),
-            revision: None,
-            updated_unix: 1,
-        };
+        let entry = Entry::uploaded(&wasm);
         let count = 3 * MAX_PREPARING;
         for i in 0..count {
             admin.on_cluster(ClusterEvent::Changed {
@@ -1401,19 +1386,8 @@ mod tests {
         ))
         .unwrap();
         let entry = |hosts: &[&str]| Entry {
-            digest: Digest::of(&wasm).to_string(),
-            size: wasm.len(),
-            source: "upload".to_owned(),
-            origin: crate::registry::manifest::Origin::Api,
-            limits: Default::default(),
-            env: Default::default(),
-            entrypoint: None,
-            argv: None,
             allowed_hosts: hosts.iter().map(|h| h.to_string()).collect(),
-            http_max_concurrency: None,
-            routes: Vec::new(),
-            revision: None,
-            updated_unix: 1,
+            ..Entry::uploaded(&wasm)
         };
         let changed = |revision, hosts: &[&str]| ClusterEvent::Changed {
             name: "s".to_owned(),

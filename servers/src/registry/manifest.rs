@@ -105,6 +105,27 @@ impl Origin {
 }
 
 impl Entry {
+    /// An entry for `wasm` uploaded through the API, with nothing else set: what tests
+    /// write by hand before changing the one field they are about.
+    #[cfg(test)]
+    pub fn uploaded(wasm: &[u8]) -> Self {
+        Entry {
+            digest: crate::registry::store::Digest::of(wasm).to_string(),
+            size: wasm.len(),
+            source: "upload".to_owned(),
+            origin: Origin::Api,
+            limits: Default::default(),
+            env: Default::default(),
+            entrypoint: None,
+            argv: None,
+            allowed_hosts: Vec::new(),
+            http_max_concurrency: None,
+            routes: Vec::new(),
+            revision: None,
+            updated_unix: 1,
+        }
+    }
+
     /// The entrypoint, argv template and outbound grant stored (the API sets no volumes).
     pub fn guest(&self) -> GuestConfig {
         GuestConfig {

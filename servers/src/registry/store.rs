@@ -323,7 +323,7 @@ pub fn remove_temporaries(dir: &Path) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::registry::manifest::{Entry, Origin};
+    use crate::registry::manifest::Entry;
 
     #[test]
     fn digests_print_and_parse() {
@@ -349,24 +349,9 @@ mod tests {
         let d = Digest::of(b"module");
         store.put(d, b"module").unwrap();
         let mut manifest = Manifest::default();
-        manifest.services.insert(
-            "shop".to_owned(),
-            Entry {
-                digest: d.to_string(),
-                size: 6,
-                source: "upload".to_owned(),
-                origin: Origin::Api,
-                limits: Default::default(),
-                env: Default::default(),
-                entrypoint: None,
-                argv: None,
-                allowed_hosts: Vec::new(),
-                http_max_concurrency: None,
-                routes: Vec::new(),
-                revision: None,
-                updated_unix: 1,
-            },
-        );
+        manifest
+            .services
+            .insert("shop".to_owned(), Entry::uploaded(b"module"));
         store.commit(&manifest).unwrap();
         drop(store);
         let mut store = LocalStore::open(&dir).unwrap();
