@@ -9,9 +9,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use frenezulo_core::http::{FramingLimits, ParseEvent, RequestParser};
+use frenezulo_core::router::Router;
+use frenezulo_core::subroute::SubRoutes;
 use frenezulo_core::{
     ConnId, Input, ModuleKey, Output, RegistryChange, Response, Server, ServerConfig,
-    ServiceLimits, ServiceName, route,
+    ServiceLimits, ServiceName, ServiceRoute,
 };
 
 /// What `wrk` sends.
@@ -36,10 +38,33 @@ fn framing(c: &mut Criterion) {
     g.finish();
 }
 
+/// A table of 100 services at their default routes, plus a root service and one three
+/// segments deep, as a busy node might have.
 fn routing(c: &mut Criterion) {
-    c.bench_function("route", |b| {
-        b.iter(|| route::route(black_box("/shop/cart/items")))
-    });
+    let mut router = Router::new();
+    for i in 0..100 {
+        let name = ServiceName::new(&format!("service{i}")).unwrap();
+        router.insert(&name, ServiceRoute::of_name(&name), SubRoutes::default());
+    }
+    let shop = ServiceName::new("shop").unwrap();
+    router.insert(&shop, ServiceRoute::of_name(&shop), SubRoutes::default());
+    let root = ServiceName::new("root").unwrap();
+    router.insert(
+        &root,
+        ServiceRoute::parse("/...").unwrap(),
+        SubRoutes::default(),
+    );
+    let deep = ServiceName::new("deep").unwrap();
+    router.insert(
+        &deep,
+        ServiceRoute::prefix("/api/v1/users").unwrap(),
+        SubRoutes::default(),
+    );
+    let mut g = c.benchmark_group("route");
+    for path in ["/shop/cart/items", "/api/v1/users/42", "/unclaimed/a/b/c/d"] {
+        g.bench_function(path, |b| b.iter(|| router.route(black_box(path))));
+    }
+    g.finish();
 }
 
 /// One request on a warm service: received, routed, admitted, started, finished,

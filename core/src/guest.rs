@@ -10,7 +10,7 @@ use thiserror::Error;
 
 use crate::http::Request;
 use crate::response::Response;
-use crate::route::ServiceName;
+use crate::route::{ServiceName, ServiceRoute};
 use crate::subroute::SubRoutes;
 
 /// One compiled version of a service's module. A replaced service gets a new key, so
@@ -28,9 +28,9 @@ pub struct ModuleKey {
 pub struct GuestRequest {
     /// The HTTP request, body included.
     pub request: Request,
-    /// The matched prefix, `/NAME` (CGI `SCRIPT_NAME`).
+    /// The matched path (CGI `SCRIPT_NAME`): the service's route, or the sub-route's.
     pub script_name: String,
-    /// The path below the prefix, raw (WAGI `X_RAW_PATH_INFO`).
+    /// The rest of the path, raw (WAGI `X_RAW_PATH_INFO`).
     pub path_info: String,
     /// The client's address.
     pub remote: SocketAddr,
@@ -78,6 +78,11 @@ pub struct GuestSetup {
     /// Environment values, set before the CGI variables (which the publisher keeps them
     /// from naming).
     pub env: Vec<(String, String)>,
+    /// The paths the service owns; `/NAME/...` when `None`.
+    pub route: Option<ServiceRoute>,
+    /// `SERVER_NAME` (and its port, `SERVER_PORT`) for a request without a `Host` header,
+    /// as WAGI's `default_host`; the local address when `None`.
+    pub default_host: Option<Arc<str>>,
     /// The exported function run for the service's own route.
     pub entrypoint: Arc<str>,
     /// The argv template: `${SCRIPT_NAME}` and `${ARGS}` (the query's `&`-separated
@@ -114,6 +119,8 @@ impl Default for GuestSetup {
     fn default() -> Self {
         Self {
             name: String::new(),
+            route: None,
+            default_host: None,
             env: Vec::new(),
             entrypoint: DEFAULT_ENTRYPOINT.into(),
             argv: DEFAULT_ARGV.to_owned(),

@@ -1,6 +1,6 @@
 //! frenezulo-core: the sans-io state machine of the frenezulo server.
 //!
-//! It owns HTTP/1.1 request framing ([`http`]), routing by prefix ([`route`]), the service
+//! It owns HTTP/1.1 request framing ([`http`]), routing to services by path ([`router`]), the service
 //! registry's in-memory view with versions, admission control, per-request deadlines, the
 //! run queue of guest tasks, and each service's lifecycle (`Cold` -> `Loading` -> `Warm` ->
 //! idle -> `Cold`). It does no I/O: no sockets, no threads, no clock, no randomness. Time
@@ -70,6 +70,7 @@ pub mod guest;
 pub mod http;
 pub mod response;
 pub mod route;
+pub mod router;
 mod server;
 pub mod subroute;
 
@@ -79,7 +80,7 @@ pub use guest::{
 };
 pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;
-pub use route::{NameError, ServiceName};
+pub use route::{NameError, RouteError, ServiceName, ServiceRoute};
 pub use server::{
     ConnId, Execution, Input, JobId, Lifecycle, MAX_CPU_WEIGHT, MAX_MANAGEMENT_CALLS, MAX_UNSENT,
     ManagementCall, Output, RegistryChange, Responded, Server, ServerConfig, ServiceInfo,

@@ -31,8 +31,12 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
         io.push_env(key.as_bytes(), value.as_bytes());
     }
     let local = request.local;
-    let host = http.header("host").map(|h| &h[..]);
-    let server_name = host.map(strip_port);
+    // WAGI's `default_host` stands in for a missing `Host` header.
+    let host = http.header("host").map(|h| &h[..]).or(request
+        .setup
+        .default_host
+        .as_deref()
+        .map(str::as_bytes));
     let path_info = request.path_info.as_bytes();
     let decoded = percent_decode(path_info);
     io.push_env(b"REQUEST_METHOD", http.method.as_bytes());
@@ -43,9 +47,16 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
     io.push_env(b"QUERY_STRING", http.query().as_bytes());
     io.push_env(b"REQUEST_URI", http.target.as_bytes());
     io.begin_env(b"X_MATCHED_ROUTE");
-    io.env_value_part(request.script_name.as_bytes());
     if request.wildcard {
+        // A wildcard at the root is `/...`, its script name `/`.
+        let base = request
+            .script_name
+            .strip_suffix('/')
+            .unwrap_or(&request.script_name);
+        io.env_value_part(base.as_bytes());
         io.env_value_part(b"/...");
+    } else {
+        io.env_value_part(request.script_name.as_bytes());
     }
     io.end_env();
     match host {
@@ -55,12 +66,12 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
             io.env_value_part(host);
             io.env_value_part(http.target.as_bytes());
             io.end_env();
+            io.push_env(b"SERVER_NAME", strip_port(host));
         }
-        None => io.push_env_display(b"X_FULL_URL", format_args!("http://{local}{}", http.target)),
-    }
-    match server_name {
-        Some(name) => io.push_env(b"SERVER_NAME", name),
-        None => io.push_env_ip(b"SERVER_NAME", local.ip()),
+        None => {
+            io.push_env_display(b"X_FULL_URL", format_args!("http://{local}{}", http.target));
+            io.push_env_ip(b"SERVER_NAME", local.ip());
+        }
     }
     io.push_env_number(b"SERVER_PORT", local.port().into());
     io.push_env(b"SERVER_PROTOCOL", http.version.as_str().as_bytes());

@@ -61,6 +61,11 @@ enum Action {
         name: String,
         /// The module: a local file or a URL.
         source: String,
+        /// The paths it answers: `/api/users` is that path and everything below, `/` every
+        /// path no other service claims. Default: /NAME (or, on replacing, the route it
+        /// has).
+        #[arg(long, value_name = "PATH")]
+        route: Option<String>,
         /// A limit, as in the config file's [limits]: memory=32MiB, deadline=2s,
         /// stdout=1MiB, body=1MiB, concurrency=8, queue=16. Repeatable.
         #[arg(long = "limit", value_name = "KEY=VALUE")]
@@ -124,6 +129,7 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
         Action::Add {
             name,
             source,
+            route,
             limits,
             env,
         } => {
@@ -134,6 +140,9 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
                 .any(|s| source.starts_with(s));
             let body = if is_url {
                 let mut request = json!({ "prefix": name, "source": source });
+                if let Some(route) = route {
+                    request["route"] = json!(route);
+                }
                 if !limits.is_empty() {
                     request["limits"] = limits_json(&limits);
                 }
@@ -144,9 +153,14 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
             } else {
                 let module =
                     std::fs::read(source).map_err(|e| anyhow::anyhow!("reading {source}: {e}"))?;
-                let query: Vec<String> = limits
+                let query: Vec<String> = route
                     .iter()
-                    .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+                    .map(|r| format!("route={}", encode(r)))
+                    .chain(
+                        limits
+                            .iter()
+                            .map(|(k, v)| format!("{}={}", encode(k), encode(v))),
+                    )
                     .chain(
                         env.iter()
                             .map(|(k, v)| format!("env={}", encode(&format!("{k}={v}")))),
@@ -347,11 +361,12 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
 }
 
 fn print_table(services: &[Value]) {
-    let rows: Vec<[String; 6]> = services
+    let rows: Vec<[String; 7]> = services
         .iter()
         .map(|s| {
             [
                 s["prefix"].as_str().unwrap_or("").to_owned(),
+                s["route"].as_str().unwrap_or("").to_owned(),
                 s["origin"].as_str().unwrap_or("").to_owned(),
                 s["state"].as_str().unwrap_or("-").to_owned(),
                 s["counters"]["requests"]
@@ -362,7 +377,10 @@ fn print_table(services: &[Value]) {
             ]
         })
         .collect();
-    let header = ["PREFIX", "ORIGIN", "STATE", "REQUESTS", "BYTES", "SOURCE"].map(str::to_owned);
+    let header = [
+        "PREFIX", "ROUTE", "ORIGIN", "STATE", "REQUESTS", "BYTES", "SOURCE",
+    ]
+    .map(str::to_owned);
     let mut widths = header.clone().map(|h| h.len());
     for row in &rows {
         for (w, cell) in widths.iter_mut().zip(row) {
@@ -386,7 +404,7 @@ fn print_service(s: &Value) {
         other => other.to_string(),
     };
     for key in [
-        "prefix", "origin", "state", "source", "digest", "size", "version",
+        "prefix", "route", "origin", "state", "source", "digest", "size", "version",
     ] {
         println!("{key:<10} {}", field(&s[key]));
     }

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits};
+use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits, ServiceRoute};
 use frenezulo_engines::EngineKind;
 
 use crate::cluster::ClusterConfig;
@@ -83,6 +83,33 @@ pub struct ServiceSpec {
     pub guest: GuestConfig,
     /// The config file or the command line.
     pub origin: Origin,
+}
+
+/// Refuses two services whose routes share a base (`/a`, `/a/` and `/a/...`): which one
+/// answers would depend on the order they were read.
+fn check_routes(services: &[ServiceSpec]) -> anyhow::Result<()> {
+    let mut owners: BTreeMap<String, (&ServiceSpec, ServiceRoute)> = BTreeMap::new();
+    for s in services {
+        let route = match &s.guest.route {
+            Some(route) => route.clone(),
+            // A bad name is reported with the service's other checks, at load.
+            None => match ServiceRoute::prefix(&format!("/{}", s.name)) {
+                Ok(route) => route,
+                Err(_) => continue,
+            },
+        };
+        if let Some((other, theirs)) = owners.get(route.base()) {
+            bail!(
+                "services `{}` ({} `{theirs}`) and `{}` ({} `{route}`) share a route; give each a path of its own",
+                other.name,
+                other.origin.name(),
+                s.name,
+                s.origin.name(),
+            );
+        }
+        owners.insert(route.base().to_owned(), (s, route));
+    }
+    Ok(())
 }
 
 /// The config file, as written. Every key is optional.
@@ -369,11 +396,14 @@ pub fn format_size(n: usize) -> String {
 enum ServiceEntry {
     /// `name = "path/to/module.wasm"`
     Path(PathBuf),
-    /// `[services.name]` with `module = "..."`, any limit keys, `env = { KEY = "value" }`,
-    /// `entrypoint`, `argv`, `volumes = { "/guest/path" = "host/dir" }`, `allowed_hosts`
-    /// and `http_max_concurrency`.
+    /// `[services.name]` with `module = "..."`, `route = "/api/users"`, any limit keys,
+    /// `env = { KEY = "value" }`, `entrypoint`, `argv`,
+    /// `volumes = { "/guest/path" = "host/dir" }`, `allowed_hosts` and
+    /// `http_max_concurrency`.
     Table {
         module: PathBuf,
+        #[serde(default)]
+        route: Option<String>,
         #[serde(default)]
         env: BTreeMap<String, String>,
         #[serde(default)]
@@ -743,6 +773,7 @@ impl Settings {
                 }
                 ServiceEntry::Table {
                     module,
+                    route,
                     env,
                     entrypoint,
                     argv,
@@ -751,7 +782,14 @@ impl Settings {
                     http_max_concurrency,
                     limits,
                 } => {
+                    let route = route
+                        .as_deref()
+                        .map(ServiceRoute::prefix)
+                        .transpose()
+                        .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
                     let guest = GuestConfig {
+                        route,
+                        default_host: None,
                         entrypoint,
                         argv,
                         volumes: volumes
@@ -784,16 +822,8 @@ impl Settings {
             .clone()
             .or(file.wagi_config.as_ref().map(|f| base.join(f)));
         if let Some(path) = wagi_config {
-            for spec in crate::wagi_config::read(&path, base_limits)? {
-                if services.iter().any(|s| s.name == spec.name) {
-                    bail!(
-                        "service `{}` is defined both in the config file and in {}",
-                        spec.name,
-                        path.display()
-                    );
-                }
-                services.push(spec);
-            }
+            let taken = services.iter().map(|s| s.name.clone()).collect();
+            services.extend(crate::wagi_config::read(&path, base_limits, &taken)?);
         }
         for (name, module) in overrides.services {
             services.retain(|s| s.name != name);
@@ -806,6 +836,7 @@ impl Settings {
                 origin: Origin::Cli,
             });
         }
+        check_routes(&services)?;
         // Lowest first: the environment file (the command line's, else the config file's),
         // then the config file's `env`, then `--env`.
         let env_file = overrides

@@ -1,5 +1,6 @@
-//! What an operator grants a service's guests beyond their module and limits: which export
-//! runs, the argv it gets, and the host directories it may read.
+//! How a service is reached and what an operator grants its guests beyond their module and
+//! limits: its route, which export runs, the argv it gets, the host directories it may
+//! read and the hosts it may call.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -7,8 +8,7 @@ use std::sync::Arc;
 
 use std::sync::atomic::AtomicUsize;
 
-use frenezulo_core::{OutboundGrant, Volume};
-use serde::{Deserialize, Serialize};
+use frenezulo_core::{OutboundGrant, ServiceRoute, Volume};
 
 /// Most volumes one service may have.
 pub const MAX_VOLUMES: usize = 16;
@@ -16,25 +16,24 @@ pub const MAX_VOLUMES: usize = 16;
 /// Longest entrypoint name, argv template or guest path, in bytes.
 pub const MAX_TEXT: usize = 4096;
 
-/// A service's entrypoint, argv template and volumes, as configured.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// How a service is reached and what its guests get beyond their module and limits: its
+/// route, entrypoint, argv template, volumes and outbound grant, as configured.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct GuestConfig {
+    /// The paths it owns; `/NAME` and everything below when unset.
+    pub route: Option<ServiceRoute>,
+    /// WAGI's `default_host`: `SERVER_NAME` for a request without a `Host` header.
+    pub default_host: Option<String>,
     /// The export run for the service's own route; `_start` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
     /// The argv template; WAGI's `${SCRIPT_NAME} ${ARGS}` when unset.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub argv: Option<String>,
     /// Read-only directories: guest path to host directory.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub volumes: BTreeMap<String, PathBuf>,
     /// Origins outbound calls may go to (`https://api.example.com`, `http://10.0.0.5:8080`),
     /// or [`ALLOW_ALL`]; none by default.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub allowed_hosts: Vec<String>,
     /// Outbound calls of the service in flight at once, server-wide.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub http_max_concurrency: Option<usize>,
 }
 
@@ -55,6 +54,13 @@ impl GuestConfig {
     /// Checks the names, template and guest paths (not whether host directories exist:
     /// [`GuestConfig::open_volumes`] does).
     pub fn check(&self) -> Result<(), String> {
+        if let Some(h) = &self.default_host
+            && (h.is_empty() || h.len() > MAX_TEXT || !h.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "default_host `{h}` must be a host name and optional port, no spaces"
+            ));
+        }
         if let Some(e) = &self.entrypoint
             && (e.is_empty() || e.len() > MAX_TEXT || e.contains(char::is_whitespace))
         {
@@ -160,6 +166,8 @@ impl GuestConfig {
         let defaults = frenezulo_core::GuestSetup::default();
         frenezulo_core::GuestSetup {
             name: String::new(),
+            route: self.route.clone(),
+            default_host: self.default_host.as_deref().map(Into::into),
             outbound,
             env,
             entrypoint: self

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
-use frenezulo_core::{ServiceLimits, ServiceName};
+use frenezulo_core::{ServiceLimits, ServiceName, ServiceRoute};
 use frenezulo_engines::{EngineConfig, EngineKind};
 use tracing::{error, info, warn};
 
@@ -164,9 +164,11 @@ struct ServeArgs {
     #[arg(long, value_name = "local|nats://HOST:PORT")]
     registry: Option<String>,
 
-    /// WAGI's modules.toml: each [[module]] whose route is /NAME or /NAME/... is served as
-    /// service NAME, with its entrypoint, argv, volumes and environment. A route that
-    /// cannot map onto one prefix is reported by name and the server does not start.
+    /// WAGI's modules.toml, served as WAGI serves it: each [[module]] at its route (/x
+    /// exactly, /x/... and below, / the root; any depth) with its entrypoint, argv,
+    /// volumes, environment and outbound grant. As in WAGI, relative module and volume
+    /// paths are relative to the working directory, not to the file. bindle: and oci:
+    /// modules are refused, each named with the reason.
     #[arg(long, value_name = "FILE")]
     wagi_config: Option<PathBuf>,
 }
@@ -565,7 +567,11 @@ fn load_services(
             Origin::BuiltIn => "the API may add a service of this name in its place",
             _ => "the API may not change it",
         };
-        info!(service = %service, module = source, origin = origin.name(), ms = elapsed.as_secs_f64() * 1e3, from = loaded.name(), sub_routes = routes.routes().len(), volumes = volumes.len(), "service registered at /{name} ({rule})");
+        let route = guest
+            .route
+            .clone()
+            .unwrap_or_else(|| ServiceRoute::of_name(&service));
+        info!(service = %service, module = source, origin = origin.name(), ms = elapsed.as_secs_f64() * 1e3, from = loaded.name(), sub_routes = routes.routes().len(), volumes = volumes.len(), "service registered at {route} ({rule})");
         let service = Static {
             service: Service {
                 name: service,

@@ -493,8 +493,11 @@ fn a_wagi_module_map_serves_routes_entrypoints_and_volumes() {
     let path = dir.path().join("modules.toml");
     std::fs::write(&path, map).unwrap();
     for engine in ENGINES {
-        let server =
-            Frenezulo::start(&["--engine", engine, "--wagi-config", path.to_str().unwrap()]);
+        // The volume's `static` is relative to the working directory, as in WAGI.
+        let server = Frenezulo::start_in(
+            dir.path(),
+            &["--engine", engine, "--wagi-config", path.to_str().unwrap()],
+        );
         for (target, body) in [
             ("/routed", "start"),
             ("/routed/hello", "hello"),
@@ -502,7 +505,6 @@ fn a_wagi_module_map_serves_routes_entrypoints_and_volumes() {
             ("/routed/files", "files"),
             ("/routed/files/a/b", "files"),
             ("/entry", "hello"),
-            ("/entry/other", "hello"),
             ("/entry/files/x", "files"),
         ] {
             let r = server.get(target);
@@ -512,17 +514,19 @@ fn a_wagi_module_map_serves_routes_entrypoints_and_volumes() {
                 "{engine} {target}"
             );
         }
+        // An exact route serves its path and its sub-routes only.
+        assert_eq!(server.get("/entry/other").status, 404, "{engine}");
         let page = server.admin("POST", "/files", b"page.html");
         assert_eq!(page.body[0], 0, "{engine}");
         assert_eq!(&page.body[1..], b"<p>from a volume</p>");
         let escape = server.admin("POST", "/files", b"../secret.txt");
         assert_eq!(&escape.body[..], [76], "{engine}: ENOTCAPABLE");
-        let echo = server.get("/echo/x?a=1").text();
+        let echo = server.get("/echo?a=1").text();
         for line in [
             "GREETING=hi",
             "ARG=echo",
             "ARG=a=1",
-            "X_MATCHED_ROUTE=/echo/...",
+            "X_MATCHED_ROUTE=/echo",
         ] {
             assert!(
                 echo.lines().any(|l| l == line),
@@ -541,12 +545,19 @@ fn a_wagi_module_map_serves_routes_entrypoints_and_volumes() {
         assert_eq!(refused.status, 400, "{}", refused.text());
         assert!(refused.text().contains("`missing`"), "{}", refused.text());
     }
-    // A route that cannot be one service stops the server with the module named.
-    std::fs::write(&path, "[[module]]\nroute = \"/a/b\"\nmodule = \"x.wasm\"\n").unwrap();
+    // A route that cannot be served stops the server with the module named.
+    std::fs::write(
+        &path,
+        "[[module]]\nroute = \"/services/...\"\nmodule = \"x.wasm\"\n",
+    )
+    .unwrap();
     let out = run_once(&["--wagi-config", path.to_str().unwrap()], &[]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("`x.wasm` at route `/a/b`"), "{stderr}");
+    assert!(
+        stderr.contains("`x.wasm` at route `/services/...`"),
+        "{stderr}"
+    );
 }
 
 /// Outbound HTTP on each engine: an allowed call, a refused origin, the size cap, the

@@ -319,7 +319,8 @@ fn other_major(major: &str) -> String {
 }
 
 /// A WAGI module map naming `bindle:` and `oci:` modules: each is named with the reason,
-/// and the server does not start.
+/// and the server does not start. (A `bindle_server` beside a file path is only ignored:
+/// `module_maps.rs`.)
 #[test]
 fn bindle_and_oci_modules_in_a_wagi_map_stop_startup_with_reasons() {
     let dir = TempDir::new("bindle");
@@ -335,11 +336,6 @@ fn bindle_and_oci_modules_in_a_wagi_map_stop_startup_with_reasons() {
             [[module]]
             route = "/bundled"
             module = "bindle:example.com/hello/1.0.0"
-
-            [[module]]
-            route = "/served"
-            module = "hello.wasm"
-            bindle_server = "http://127.0.0.1:1/v1"
 
             [[module]]
             route = "/image"
@@ -362,7 +358,6 @@ fn bindle_and_oci_modules_in_a_wagi_map_stop_startup_with_reasons() {
             "/bundled",
             "bindle modules are not supported",
         ),
-        ("hello.wasm", "/served", "bindle modules are not supported"),
         (
             "oci:registry.example.com/hello:1",
             "/image",

@@ -630,6 +630,8 @@ fn the_binary_is_also_the_client() {
         "add",
         "echo",
         &repo("examples/echo.wat"),
+        "--route",
+        "/tools/echo",
         "--env",
         "COLOUR=blue",
         "--limit",
@@ -639,7 +641,7 @@ fn the_binary_is_also_the_client() {
     assert!(out.starts_with("echo: sha256:"), "{out}");
     assert!(
         server
-            .get("/echo")
+            .get("/tools/echo")
             .text()
             .lines()
             .any(|l| l == "COLOUR=blue")
@@ -649,8 +651,9 @@ fn the_binary_is_also_the_client() {
     let mut lines = out.lines();
     assert!(lines.next().unwrap().starts_with("PREFIX"), "{out}");
     assert!(
-        out.lines()
-            .any(|l| l.starts_with("echo ") && l.contains(" api ")),
+        out.lines().any(|l| l.starts_with("echo ")
+            && l.contains(" /tools/echo/... ")
+            && l.contains(" api ")),
         "{out}"
     );
     assert!(
@@ -666,7 +669,7 @@ fn the_binary_is_also_the_client() {
     assert!(ok, "{out}");
     assert!(
         server
-            .get("/echo")
+            .get("/tools/echo")
             .text()
             .lines()
             .any(|l| l == "COLOUR=red")
@@ -677,7 +680,7 @@ fn the_binary_is_also_the_client() {
     assert!(ok && out.contains("frenezulo_requests_total"), "{out}");
     let (ok, out) = client(&["rm", "echo"]);
     assert!(ok, "{out}");
-    assert_eq!(server.get("/echo").status, 404);
+    assert_eq!(server.get("/tools/echo").status, 404);
     let (ok, out) = client(&["rm", "echo"]);
     assert!(
         !ok && out.contains("no service named `echo` (HTTP 404)"),

@@ -13,6 +13,7 @@ use crate::guest::{GuestFailure, GuestRequest, GuestSetup, ModuleKey, RunLimits}
 use crate::http::{FramingLimits, Request};
 use crate::response::Response;
 use crate::route::ServiceName;
+use crate::router::Router;
 
 mod conn;
 mod registry;
@@ -503,6 +504,8 @@ pub struct Server {
     date: Bytes,
     conns: BTreeMap<ConnId, Conn>,
     services: BTreeMap<ServiceName, Service>,
+    /// The services' routes, kept with `services`.
+    router: Router,
     /// Replaced or removed module versions with tasks still running on them.
     retiring: BTreeMap<ModuleKey, usize>,
     jobs: BTreeMap<JobId, Job>,
@@ -543,6 +546,7 @@ impl Server {
             date: Bytes::new(),
             conns: BTreeMap::new(),
             services: BTreeMap::new(),
+            router: Router::new(),
             retiring: BTreeMap::new(),
             jobs: BTreeMap::new(),
             calls: BTreeMap::new(),

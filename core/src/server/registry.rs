@@ -10,7 +10,7 @@ use bytes::Bytes;
 use super::{JobId, LazyTimer, Lifecycle, Output, RegistryChange, Server, ServiceLimits, Timer};
 use crate::guest::{GuestSetup, ModuleKey};
 use crate::response::Response;
-use crate::route::ServiceName;
+use crate::route::{ServiceName, ServiceRoute};
 
 pub(super) struct Service {
     pub(super) key: ModuleKey,
@@ -49,7 +49,12 @@ impl Server {
     ) {
         let limits = self.clamp(limits);
         let name = key.service.clone();
+        let route = setup
+            .route
+            .clone()
+            .unwrap_or_else(|| ServiceRoute::of_name(&name));
         let Some(service) = self.services.get_mut(&name) else {
+            self.router.insert(&name, route, setup.routes.clone());
             self.services.insert(
                 name,
                 Service {
@@ -69,6 +74,7 @@ impl Server {
         if key.version <= service.key.version {
             return;
         }
+        self.router.insert(&name, route, setup.routes.clone());
         let old = std::mem::replace(&mut service.key, key);
         let old_state = std::mem::replace(&mut service.state, Lifecycle::Cold);
         let old_running = std::mem::take(&mut service.running);
@@ -88,6 +94,7 @@ impl Server {
         let Some(service) = self.services.remove(name) else {
             return;
         };
+        self.router.remove(name);
         for job in service.queue {
             self.left_queue(job);
             self.fail_job(now, job, Response::text(503, "service was removed"));

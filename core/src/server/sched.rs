@@ -35,8 +35,8 @@ use super::{ConnId, Execution, JobId, Lifecycle, Output, Server, Timer};
 use crate::guest::{GuestFailure, GuestRequest, ModuleKey};
 use crate::http::Request;
 use crate::response::Response;
-use crate::route::{self, Route, ServiceName};
-use crate::subroute::RoutePattern;
+use crate::route::ServiceName;
+use crate::router::Destination;
 
 pub(super) struct Job {
     conn: ConnId,
@@ -155,15 +155,15 @@ impl Lane {
 impl Server {
     /// Routes a parsed request, then answers it at once or admits it as a job.
     pub(super) fn admit(&mut self, now: Instant, conn: ConnId, seq: u64, request: Request) {
-        let (name, path_info) = match route::route(request.path()) {
-            Route::Service { name, path_info } => (name, path_info),
-            Route::Management { path_info } => {
+        let routed = match self.router.route(request.path()) {
+            Destination::Service(routed) => routed,
+            Destination::Management { path_info } => {
                 let path_info = path_info.to_owned();
                 return self.manage(now, conn, seq, path_info, request);
             }
-            Route::NotFound => return self.respond(now, conn, seq, not_found()),
+            Destination::NotFound => return self.respond(now, conn, seq, not_found()),
         };
-        let Some(service) = self.services.get(name) else {
+        let Some(service) = self.services.get(routed.service) else {
             return self.respond(now, conn, seq, not_found());
         };
         // Counted under its service whatever the answer, a refusal (413, 503) included.
@@ -190,16 +190,13 @@ impl Server {
         }
         let service_name = service.key.service.clone();
         let setup = service.setup.clone();
-        let sub = setup.routes.resolve(path_info);
-        let (entrypoint, wildcard) = match sub.route {
-            Some(r) => (
-                r.entrypoint.clone(),
-                matches!(r.pattern, RoutePattern::Wildcard(_)),
-            ),
-            None => (setup.entrypoint.clone(), true),
+        let entrypoint = match routed.sub_route {
+            Some(r) => r.entrypoint.clone(),
+            None => setup.entrypoint.clone(),
         };
-        let script_name = format!("/{service_name}{}", sub.matched);
-        let path_info = sub.rest.to_owned();
+        let script_name = routed.script_name.to_owned();
+        let path_info = routed.path_info.to_owned();
+        let wildcard = routed.wildcard;
         let c = self
             .conns
             .get_mut(&conn)

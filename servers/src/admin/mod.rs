@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use frenezulo_core::{
-    JobId, ManagementCall, ModuleKey, Response, RunLimits, ServiceLimits, ServiceName,
+    JobId, ManagementCall, ModuleKey, Response, RunLimits, ServiceLimits, ServiceName, ServiceRoute,
 };
 use frenezulo_engines::{CompiledModule, EngineKind};
 use serde::Deserialize;
@@ -338,6 +338,12 @@ impl Admin {
         }
     }
 
+    /// Whether what `entry` grants is within the operator's ceiling, as it is now.
+    fn within_ceiling(&self, entry: &Entry) -> Result<(), String> {
+        let guest = entry.guest().map_err(|e| e.to_string())?;
+        guest.check_within(&self.setup.outbound_ceiling)
+    }
+
     fn authorized(&self, call: &ManagementCall) -> bool {
         let Some(value) = call.request.header("authorization") else {
             return false;
@@ -459,6 +465,8 @@ impl Admin {
             prefix: String,
             source: String,
             #[serde(default)]
+            route: Option<String>,
+            #[serde(default)]
             limits: Option<LimitsConfig>,
             #[serde(default)]
             env: Option<EnvValues>,
@@ -482,7 +490,13 @@ impl Admin {
                 ));
             }
         };
+        let route = match add.route.as_deref().map(ServiceRoute::prefix).transpose() {
+            Ok(route) => route,
+            Err(e) => return Reply::Now(error(400, &e.to_string())),
+        };
         let guest = GuestConfig {
+            route,
+            default_host: None,
             entrypoint: add.entrypoint,
             argv: add.argv,
             volumes: Default::default(),
@@ -609,7 +623,8 @@ impl Admin {
             origin: None,
             limits: Some(entry.limits.clone()),
             env: None,
-            guest: entry.guest(),
+            // Checked when it arrived (`on_cluster`).
+            guest: entry.guest().unwrap_or_default(),
             if_match: None,
             remote: Some((revision, entry)),
             name: name.clone(),
@@ -720,7 +735,7 @@ impl Admin {
             Err(e) => return self.answer(&origin, change_error(&e)),
         };
         // Hosts kept from the stored entry are held to the ceiling as it is now.
-        if let Err(e) = entry.guest().check_within(&self.setup.outbound_ceiling) {
+        if let Err(e) = self.within_ceiling(&entry) {
             return self.answer(&origin, error(400, &e));
         }
         if self.setup.cluster.is_some() {
@@ -839,8 +854,9 @@ impl Admin {
                     .check()
                     .map_err(|e| e.to_string())
                     .and_then(|()| check_env(&entry.env))
-                    .and_then(|()| entry.guest().check())
-                    .and_then(|()| entry.guest().check_within(&self.setup.outbound_ceiling));
+                    .and_then(|()| entry.guest().map_err(|e| e.to_string()))
+                    .and_then(|guest| guest.check())
+                    .and_then(|()| self.within_ceiling(&entry));
                 if let Err(e) = checked {
                     error!(target: "cluster", service = %name, revision, error = %e, "shared entry refused; this node keeps the version it has");
                     return;
@@ -958,7 +974,7 @@ impl Admin {
             Ok(entry) => entry,
             Err(e) => return Reply::Now(change_error(&e)),
         };
-        if let Err(e) = entry.guest().check_within(&self.setup.outbound_ceiling) {
+        if let Err(e) = self.within_ceiling(&entry) {
             return Reply::Now(error(400, &e));
         }
         // The module stays: hand over the compiled one if a thread holds it, so no thread
@@ -1122,7 +1138,8 @@ fn prepare_module(
 }
 
 /// Limits (`memory=32MiB&deadline=2s&...`), environment values (`env=KEY=VALUE`,
-/// repeatable), `entrypoint` and `argv` from an upload's query string.
+/// repeatable), `route`, `entrypoint`, `argv`, `allowed_host` (repeatable) and
+/// `http_max_concurrency` from an upload's query string.
 #[allow(clippy::type_complexity)]
 fn config_from_query(
     query: &str,
@@ -1132,6 +1149,9 @@ fn config_from_query(
     let mut guest = GuestConfig::default();
     for (key, value) in query_pairs(query) {
         match key.as_str() {
+            "route" => {
+                guest.route = Some(ServiceRoute::prefix(&value).map_err(|e| e.to_string())?);
+            }
             "entrypoint" => guest.entrypoint = Some(value),
             "argv" => guest.argv = Some(value),
             "allowed_host" => guest.allowed_hosts.push(value),
@@ -1195,8 +1215,10 @@ fn service_json(
     } else {
         json!(s.env.keys().collect::<Vec<_>>())
     };
+    let route = s.route();
     let mut view = json!({
         "prefix": s.name.as_str(),
+        "route": route.to_string(),
         "origin": s.origin.name(),
         // The command line's and the config file's services are read-only here.
         "changeable_by_api": s.origin.api_may_change(),
@@ -1212,7 +1234,7 @@ fn service_json(
         "entrypoint": s.guest.entrypoint.as_deref().unwrap_or(frenezulo_core::DEFAULT_ENTRYPOINT),
         "argv": s.guest.argv.as_deref().unwrap_or(frenezulo_core::DEFAULT_ARGV),
         "routes": s.routes.routes().iter().map(|r| json!({
-            "route": format!("/{}{}", s.name, r.pattern),
+            "route": route.join(&r.pattern).to_string(),
             "entrypoint": &*r.entrypoint,
         })).collect::<Vec<_>>(),
         "volumes": s.guest.volumes,
@@ -1245,9 +1267,9 @@ fn service_json(
 
 fn change_error(e: &ChangeError) -> Response {
     let status = match e {
-        ChangeError::NotApiDefined { .. } => 409,
+        ChangeError::NotApiDefined { .. } | ChangeError::RouteTaken { .. } => 409,
         ChangeError::NotFound(_) => 404,
-        ChangeError::Entrypoint(_) | ChangeError::Limits(_) => 400,
+        ChangeError::Entrypoint(_) | ChangeError::Limits(_) | ChangeError::Route(_) => 400,
         _ => 500,
     };
     if status == 500 {

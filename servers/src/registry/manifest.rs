@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use frenezulo_core::{RouteError, ServiceRoute};
 use serde::{Deserialize, Serialize};
 
 use crate::config::LimitsConfig;
@@ -48,6 +49,9 @@ pub struct Entry {
     /// Environment values for its guests.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// The paths it owns, in WAGI's notation (`/api/...`); `/NAME/...` when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// The export run for its own route; `_start` when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub entrypoint: Option<String>,
@@ -116,6 +120,7 @@ impl Entry {
             origin: Origin::Api,
             limits: Default::default(),
             env: Default::default(),
+            route: None,
             entrypoint: None,
             argv: None,
             allowed_hosts: Vec::new(),
@@ -126,14 +131,18 @@ impl Entry {
         }
     }
 
-    /// The entrypoint, argv template and outbound grant stored (the API sets no volumes).
-    pub fn guest(&self) -> GuestConfig {
-        GuestConfig {
+    /// The route, entrypoint, argv template and outbound grant stored (the API sets no
+    /// volumes); refused if the stored route is not one (written by hand, or by another
+    /// node's newer version).
+    pub fn guest(&self) -> Result<GuestConfig, RouteError> {
+        Ok(GuestConfig {
+            route: self.route.as_deref().map(ServiceRoute::parse).transpose()?,
+            default_host: None,
             entrypoint: self.entrypoint.clone(),
             argv: self.argv.clone(),
             volumes: BTreeMap::new(),
             allowed_hosts: self.allowed_hosts.clone(),
             http_max_concurrency: self.http_max_concurrency,
-        }
+        })
     }
 }

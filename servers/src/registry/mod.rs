@@ -15,7 +15,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use frenezulo_core::subroute::SubRoutes;
-use frenezulo_core::{ModuleKey, RegistryChange, ServiceLimits, ServiceName, Volume};
+use frenezulo_core::{
+    ModuleKey, RegistryChange, RouteError, ServiceLimits, ServiceName, ServiceRoute, Volume,
+};
 use frenezulo_engines::CompiledModule;
 use thiserror::Error;
 use tracing::{error, info, warn};
@@ -69,6 +71,16 @@ pub struct Service {
     pub updated_unix: u64,
 }
 
+impl Service {
+    /// The paths it owns.
+    pub fn route(&self) -> ServiceRoute {
+        self.guest
+            .route
+            .clone()
+            .unwrap_or_else(|| ServiceRoute::of_name(&self.name))
+    }
+}
+
 /// A service from the command line, the config file or the built-in, compiled at start.
 pub struct Static {
     /// The service, version unset.
@@ -98,6 +110,21 @@ pub enum ChangeError {
     /// The module does not export what the service's entrypoint or sub-routes name.
     #[error("{0}")]
     Entrypoint(String),
+    /// The stored route is not a route.
+    #[error("route: {0}")]
+    Route(#[from] RouteError),
+    /// Another service's route has the same base.
+    #[error(
+        "route `{route}` is taken: service `{by}` owns `{theirs}`; give each service a path of its own"
+    )]
+    RouteTaken {
+        /// The route asked for.
+        route: String,
+        /// The service that has it.
+        by: ServiceName,
+        /// Its route.
+        theirs: String,
+    },
     /// A limit is out of its range (see [`crate::config::ceiling`]).
     #[error("limits: {0}")]
     Limits(#[from] LimitError),
@@ -191,6 +218,9 @@ impl Registry {
                         );
                         continue;
                     }
+                    if this.hidden_by_static_route(&service) {
+                        continue;
+                    }
                     this.services.insert(service.name.clone(), service);
                 }
                 Err(e) => error!(service = name, error = %e, "stored service not served"),
@@ -220,7 +250,7 @@ impl Registry {
             wasm,
             limits_set: entry.limits.clone(),
             env: entry.env.clone(),
-            guest: entry.guest(),
+            guest: entry.guest()?,
             volumes: Vec::new(),
             routes,
             outbound_in_flight: Arc::default(),
@@ -392,8 +422,10 @@ impl Registry {
     ) -> Result<Entry, ChangeError> {
         self.check_api_owned(name)?;
         let old = self.manifest.services.get(name.as_str());
-        let old_guest = old.map(Entry::guest).unwrap_or_default();
+        let old_guest = old.map(Entry::guest).transpose()?.unwrap_or_default();
         let guest = GuestConfig {
+            route: guest.route.or(old_guest.route),
+            default_host: None,
             entrypoint: guest.entrypoint.or(old_guest.entrypoint),
             argv: guest.argv.or(old_guest.argv),
             volumes: Default::default(),
@@ -406,6 +438,17 @@ impl Registry {
                 .http_max_concurrency
                 .or(old_guest.http_max_concurrency),
         };
+        let route = guest
+            .route
+            .clone()
+            .unwrap_or_else(|| ServiceRoute::of_name(name));
+        if let Some(other) = self.route_owner(name, &route) {
+            return Err(ChangeError::RouteTaken {
+                route: route.to_string(),
+                by: other.name.clone(),
+                theirs: other.route().to_string(),
+            });
+        }
         let setup = guest.setup(Vec::new(), module.routes.clone(), Vec::new(), None);
         frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
             .map_err(ChangeError::Entrypoint)?;
@@ -426,6 +469,7 @@ impl Registry {
             env: env
                 .or_else(|| old.map(|o| o.env.clone()))
                 .unwrap_or_default(),
+            route: guest.route.map(|r| r.to_string()),
             entrypoint: guest.entrypoint,
             argv: guest.argv,
             allowed_hosts: guest.allowed_hosts,
@@ -452,6 +496,7 @@ impl Registry {
     ) -> Result<bool, ChangeError> {
         // Entries from the shared registry come here without the API's checks.
         entry.limits.check()?;
+        let guest = entry.guest()?;
         let old = self.manifest.services.get(name.as_str()).cloned();
         // The module is durable before a manifest names it.
         self.store.put(module.digest, &module.wasm)?;
@@ -471,7 +516,7 @@ impl Registry {
             limits: entry.limits.apply(self.base_limits),
             limits_set: entry.limits.clone(),
             env: entry.env.clone(),
-            guest: entry.guest(),
+            guest,
             volumes: Vec::new(),
             routes: module.routes,
             outbound_in_flight: old_service_counter(&self.services, name),
@@ -479,8 +524,39 @@ impl Registry {
             revision: entry.revision,
             updated_unix: entry.updated_unix,
         };
+        if self.hidden_by_static_route(&service) {
+            self.withdraw(name);
+            return Ok(false);
+        }
+        if let Some(other) = self.route_owner(name, &service.route()) {
+            // Two nodes added these at once; every node serves the same one of the two
+            // where their paths meet (the first by name) until one is changed.
+            warn!(service = %name, other = %other.name, route = %service.route(), "two services share a route");
+        }
         self.publish_put(&service, Some(module.compiled));
         Ok(self.services.insert(name.clone(), service).is_none())
+    }
+
+    /// The service other than `name` whose route has the same base as `route`.
+    pub fn route_owner(&self, name: &ServiceName, route: &ServiceRoute) -> Option<&Service> {
+        self.services
+            .values()
+            .find(|s| s.name != *name && s.route().base() == route.base())
+    }
+
+    /// Whether a service of the config file or command line owns the route of the API's
+    /// `service` (logged if so): the node's own files win, as they do for a name.
+    fn hidden_by_static_route(&self, service: &Service) -> bool {
+        let route = service.route();
+        let owner = self.statics.values().find(|s| {
+            s.service.origin != Origin::BuiltIn
+                && s.service.name != service.name
+                && s.service.route().base() == route.base()
+        });
+        if let Some(owner) = owner {
+            warn!(service = %service.name, route = %route, owner = %owner.service.name, "the API's service is hidden: its route is one this node's {} gives another service", origin_text(owner.service.origin));
+        }
+        owner.is_some()
     }
 
     /// Whether a service of the config file or command line hides the API's of this name.
@@ -597,7 +673,15 @@ impl Registry {
         if self.hidden_by_static(name) {
             return Ok(());
         }
-        self.services.remove(name);
+        self.withdraw(name);
+        Ok(())
+    }
+
+    /// Stops serving the API's `name` on every thread (the built-in it hid comes back).
+    fn withdraw(&mut self, name: &ServiceName) {
+        if self.services.remove(name).is_none() {
+            return;
+        }
         match self.statics.get(name).map(|s| s.service.clone()) {
             Some(mut builtin) => {
                 builtin.version = self.next_version();
@@ -615,7 +699,6 @@ impl Registry {
                 }
             }
         }
-        Ok(())
     }
 
     /// Writes the manifest with `name` set to `entry` (or removed); on failure nothing changes.
@@ -964,5 +1047,52 @@ mod tests {
             Origin::BuiltIn,
             "the built-in comes back"
         );
+    }
+
+    #[test]
+    fn routes_are_owned_once_and_kept_across_a_replace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut r = open(tmp.path());
+        let at = |route: &str| GuestConfig {
+            route: Some(ServiceRoute::prefix(route).unwrap()),
+            ..GuestConfig::default()
+        };
+        let users = ServiceName::new("users").unwrap();
+        let other = ServiceName::new("other").unwrap();
+        r.put(&users, module(b"u"), None, None, at("/api/users"))
+            .unwrap();
+        // The same base, however written, is taken; a longer or shorter one is not.
+        for (name, route, by) in [
+            (&other, "/api/users/", "users"),
+            (&other, "/fixed", "fixed"),
+            (&other, "/hello", "hello"),
+        ] {
+            match r.put(name, module(b"o"), None, None, at(route)) {
+                Err(ChangeError::RouteTaken { by: b, .. }) => assert_eq!(b.as_str(), by, "{route}"),
+                other => panic!("{route}: {:?}", other.map(|_| ())),
+            }
+        }
+        r.put(&other, module(b"o"), None, None, at("/api")).unwrap();
+        // A service's own route is no conflict, and a replace keeps it.
+        r.put(&users, module(b"u2"), None, None, GuestConfig::default())
+            .unwrap();
+        assert_eq!(
+            r.service(&users).unwrap().route().to_string(),
+            "/api/users/..."
+        );
+        assert_eq!(
+            r.entry(&users).unwrap().route.as_deref(),
+            Some("/api/users/...")
+        );
+        // A stored entry another node wrote at a route this node's config file gives
+        // another service is kept and not served.
+        let mut entry = r.entry(&users).unwrap().clone();
+        entry.route = Some("/fixed/...".to_owned());
+        r.install(&users, entry, module(b"u3")).unwrap();
+        assert!(r.service(&users).is_none(), "hidden");
+        assert!(r.entry(&users).is_some(), "kept");
+        drop(r);
+        let r = open(tmp.path());
+        assert!(r.service(&users).is_none(), "hidden after a restart too");
     }
 }

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -140,9 +140,12 @@ impl ConfigFile {
 /// Starts the binary with `args`, the token [`TOKEN`] and then `env`, its output piped;
 /// unless `args` say otherwise (or it runs as the client, `services ...`), on a free
 /// loopback port with a temporary data directory, returned to be kept while it runs.
-fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, Option<TempDir>) {
+fn spawn(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> (Child, Option<TempDir>) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_frenezulo"));
     command.args(args);
+    if let Some(cwd) = cwd {
+        command.current_dir(cwd);
+    }
     let is_client = args.first() == Some(&"services");
     let data = (!is_client && !args.contains(&"--data-dir")).then(|| TempDir::new("data"));
     if let Some(data) = &data {
@@ -167,7 +170,7 @@ fn spawn(args: &[&str], env: &[(&str, &str)]) -> (Child, Option<TempDir>) {
 /// no run touches the user's home or a real port. Panics if it is still running after
 /// [`PATIENCE`]: a run that was meant to stop but started serving fails rather than hangs.
 pub fn run_once(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-    let (mut child, _data) = spawn(args, env);
+    let (mut child, _data) = spawn(args, env, None);
     // Drain both pipes on threads so a chatty child cannot block on a full pipe.
     let mut stdout = child.stdout.take().unwrap();
     let mut stderr = child.stderr.take().unwrap();
@@ -228,9 +231,18 @@ impl Frenezulo {
     /// data directory unless `args` name one, and the token [`TOKEN`] unless `env` sets
     /// `FRENEZULO_ADMIN_TOKEN` (an empty value: none, so the server makes one).
     pub fn start_with_env(args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch(args, env, None)
+    }
+
+    /// As [`Frenezulo::start`], run from the working directory `cwd`.
+    pub fn start_in(cwd: &Path, args: &[&str]) -> Self {
+        Self::launch(args, &[], Some(cwd))
+    }
+
+    fn launch(args: &[&str], env: &[(&str, &str)], cwd: Option<&Path>) -> Self {
         let mut with_log = vec![("RUST_LOG", "info")];
         with_log.extend_from_slice(env);
-        let (mut child, data) = spawn(args, &with_log);
+        let (mut child, data) = spawn(args, &with_log, cwd);
         let log = Arc::new(Mutex::new(String::new()));
         let stderr = child.stderr.take().unwrap();
         let sink = log.clone();
