@@ -107,6 +107,9 @@ pub struct OutboundGrant {
     pub max_in_flight: usize,
     /// Calls in flight now, shared by every serving thread's copy of the grant.
     pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    /// Whether calls may connect to public addresses only, whatever a host name resolves
+    /// to: the operator's ceiling allowed these origins as public hosts.
+    pub public_only: bool,
 }
 
 /// The entrypoint a WASI command starts at.

@@ -171,6 +171,9 @@ pub struct OutboundRequest {
     pub body: Vec<u8>,
     /// Counts the call against its service's limit until dropped.
     pub permit: InFlight,
+    /// Whether it may connect to public addresses only (the grant's
+    /// [`OutboundGrant::public_only`](frenezulo_core::OutboundGrant::public_only)).
+    pub public_only: bool,
 }
 
 /// One call counted in its service's in-flight total; dropping it uncounts it.
@@ -192,6 +195,14 @@ pub struct OutboundResponse {
     pub headers: Vec<(String, Bytes)>,
     /// The body, whole (the driver caps its size).
     pub body: Bytes,
+}
+
+impl OutboundResponse {
+    /// Bytes it holds: body and header lines.
+    pub fn size(&self) -> usize {
+        let headers: usize = self.headers.iter().map(|(n, v)| n.len() + v.len()).sum();
+        self.body.len() + headers
+    }
 }
 
 /// Why a call the guest was allowed to make failed; the guest sees `code`.
@@ -257,6 +268,9 @@ pub(crate) struct Calls {
     request: Option<OutboundRequest>,
     delivered: Option<OutboundResult>,
     responses: Vec<Option<Open>>,
+    /// The instance's memory limit: its linear memory and the responses it holds open
+    /// must fit in it together. `None` (tests): no limit.
+    budget: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -266,6 +280,14 @@ struct Open {
 }
 
 impl Calls {
+    /// No calls yet, for an instance whose memory limit is `memory_bytes`.
+    pub(crate) fn within(memory_bytes: usize) -> Self {
+        Self {
+            budget: Some(memory_bytes),
+            ..Self::default()
+        }
+    }
+
     /// `req(url, url_len, method, method_len, headers, headers_len, body, body_len,
     /// status_out, handle_out)`: checks the call and sets it aside for the driver. `Ok`
     /// means the guest must now wait; `Err` is the code to return at once.
@@ -321,6 +343,7 @@ impl Calls {
             headers,
             body,
             permit,
+            public_only: grant.public_only,
         });
         self.pending = Some(out);
         Ok(())
@@ -352,6 +375,20 @@ impl Calls {
             Some(Err(e)) => return e.code,
             None => return code::RUNTIME_ERROR,
         };
+        // Responses are held on the host until closed: they count against the memory
+        // limit with the guest's own memory, so 16 open ones cannot add 64 MiB beside it.
+        if let Some(budget) = self.budget {
+            let held: usize = self
+                .responses
+                .iter()
+                .flatten()
+                .map(|o| o.response.size())
+                .sum();
+            if mem.len() + held + response.size() > budget {
+                tracing::info!(target: "outbound", bytes = response.size(), held, memory = mem.len(), budget, "outbound response refused: with the responses held open it would pass the memory limit");
+                return code::REQUEST_ERROR;
+            }
+        }
         let slot = match self.responses.iter().position(Option::is_none) {
             Some(i) => i,
             None => {
@@ -528,6 +565,7 @@ mod tests {
                 allowed: allowed.map(|a| a.iter().map(|s| origin_of(s).unwrap()).collect()),
                 max_in_flight: max,
                 in_flight: Arc::new(AtomicUsize::new(0)),
+                public_only: false,
             })),
             ..GuestSetup::default()
         }
@@ -723,5 +761,35 @@ mod tests {
             reason: "timed out".into(),
         }));
         assert_eq!(calls.finish(&mut vec![0u8; 4096]), code::REQUEST_ERROR);
+    }
+
+    #[test]
+    fn responses_held_open_count_against_the_memory_limit() {
+        let mut calls = Calls::within(10_000);
+        let mut mem = vec![0u8; 4096];
+        let response = |n: usize| {
+            Ok(OutboundResponse {
+                status: 200,
+                headers: Vec::new(),
+                body: vec![b'x'; n].into(),
+            })
+        };
+        let g = grant(None, 4);
+        let call = |calls: &mut Calls, n: usize, mem: &mut [u8]| {
+            begin(calls, &g, "http://h/", "GET", "").unwrap();
+            drop(calls.take_request());
+            calls.deliver(response(n));
+            calls.finish(mem)
+        };
+        assert_eq!(call(&mut calls, 3000, &mut mem), code::SUCCESS);
+        let first = i32::from_le_bytes(mem[2004..2008].try_into().unwrap());
+        // 4096 of memory + 3000 held + 3000 more is over 10 000.
+        assert_eq!(call(&mut calls, 3000, &mut mem), code::REQUEST_ERROR);
+        assert_eq!(calls.close(first), code::SUCCESS);
+        assert_eq!(
+            call(&mut calls, 3000, &mut mem),
+            code::SUCCESS,
+            "room again once closed"
+        );
     }
 }

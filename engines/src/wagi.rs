@@ -3,16 +3,17 @@
 
 use bytes::Bytes;
 use frenezulo_core::subroute::ROUTES_EXPORT;
-use frenezulo_core::{GuestFailure, GuestRequest, Response};
+use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
 
 use crate::wasi::{GuestIo, HostStop};
 
 /// Most header lines a guest's CGI output may have.
 pub const MAX_CGI_HEADERS: usize = 100;
 
-/// The argv and environment for `request`, as WAGI defines them, ready for the guest.
+/// The argv and environment for `request`, as WAGI defines them, ready for the guest, with
+/// its output capped and its held outbound responses bounded by `limits`.
 /// Written straight into the guest's buffers: this runs once per request.
-pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
+pub fn guest_io(request: &GuestRequest, limits: &RunLimits) -> GuestIo {
     let http = &request.request;
     let headers_len: usize = http
         .headers
@@ -23,7 +24,7 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
     let env_len: usize = configured.iter().map(|(k, v)| k.len() + v.len() + 2).sum();
     let mut io = GuestIo::new(
         http.body.clone(),
-        stdout_cap,
+        limits.stdout_bytes,
         640 + headers_len + 3 * http.target.len() + env_len,
     );
     // Configured values first; the publisher refuses names the CGI variables below use.
@@ -98,6 +99,7 @@ pub fn guest_io(request: &GuestRequest, stdout_cap: usize) -> GuestIo {
         http.query(),
     );
     io.grant(&request.setup);
+    io.http = crate::outbound::Calls::within(limits.memory_bytes);
     // `_routes` writes route lines, not a CGI response.
     io.raw_output = &*request.entrypoint == ROUTES_EXPORT;
     io

@@ -222,7 +222,7 @@ struct WasmiModule {
 impl CompiledModule for WasmiModule {
     fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask> {
         let host = Host {
-            io: wagi::guest_io(request, limits.stdout_bytes),
+            io: wagi::guest_io(request, limits),
             memory: None,
             limiter: MemoryLimiter::new(limits.memory_bytes),
         };

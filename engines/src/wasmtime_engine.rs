@@ -332,7 +332,7 @@ struct WasmtimeModule {
 impl CompiledModule for WasmtimeModule {
     fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask> {
         let host = Host {
-            io: wagi::guest_io(request, limits.stdout_bytes),
+            io: wagi::guest_io(request, limits),
             memory: None,
             limiter: MemoryLimiter::new(limits.memory_bytes),
         };

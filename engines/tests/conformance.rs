@@ -78,6 +78,7 @@ fn outbound_setup(allowed: Option<&[&str]>, max: usize) -> Arc<GuestSetup> {
             allowed: allowed.map(|a| a.iter().map(|u| origin_of(u).unwrap()).collect()),
             max_in_flight: max,
             in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            public_only: false,
         })),
         ..Default::default()
     })

@@ -111,8 +111,13 @@ impl GuestConfig {
     }
 
     /// The outbound grant, if any host is allowed; `in_flight` is the service's counter,
-    /// shared by every serving thread's copy.
-    pub fn outbound(&self, in_flight: &Arc<AtomicUsize>) -> Option<Arc<OutboundGrant>> {
+    /// shared by every serving thread's copy; `public_only` when the grant was allowed as
+    /// public hosts only ([`HostCeiling::public_only`]).
+    pub fn outbound(
+        &self,
+        in_flight: &Arc<AtomicUsize>,
+        public_only: bool,
+    ) -> Option<Arc<OutboundGrant>> {
         if self.allowed_hosts.is_empty() {
             return None;
         }
@@ -128,6 +133,7 @@ impl GuestConfig {
                 .http_max_concurrency
                 .unwrap_or(DEFAULT_HTTP_MAX_CONCURRENCY),
             in_flight: in_flight.clone(),
+            public_only,
         }))
     }
 
@@ -189,8 +195,9 @@ impl GuestConfig {
 /// Set, it allows exactly the origins it lists (compared as [`origin_of`] normalises
 /// them), or any origin if it holds [`ALLOW_ALL`]. Not set, it allows any origin whose host
 /// is public: not `insecure:allow-all`, and not a loopback, private, link-local,
-/// shared (CGNAT) or unspecified address, nor `localhost`. A DNS name is taken as written:
-/// one that resolves to a private address is not caught here.
+/// shared (CGNAT) or unspecified address, nor `localhost`; and the calls made for such
+/// grants connect to public addresses only, whatever a name resolves to
+/// ([`HostCeiling::public_only`], [`crate::resolver`]).
 ///
 /// [`origin_of`]: frenezulo_engines::outbound::origin_of
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -238,6 +245,17 @@ impl HostCeiling {
             origins: None,
             any: false,
         }
+    }
+
+    /// Whether calls within this ceiling must connect to public addresses only: it is
+    /// unset, so it allowed names as public hosts, and they must resolve to such.
+    pub fn public_only(&self) -> bool {
+        self.origins.is_none() && !self.any
+    }
+
+    /// The setting's name, for messages.
+    pub fn key(&self) -> &'static str {
+        self.key
     }
 
     /// Whether `entry` (an http(s) URL or [`ALLOW_ALL`]) is within the ceiling; the error
@@ -290,6 +308,30 @@ fn host_of(origin: &str) -> &str {
 /// but is no plain dotted IPv4 address (`127.1`, `0x7f.1`, `2130706433`) counts as local:
 /// resolvers read those as addresses.
 pub fn is_local_host(host: &str) -> bool {
+    use std::net::{IpAddr, Ipv6Addr};
+    let host = host.trim_end_matches('.');
+    if host.is_empty() || host == "localhost" || host.ends_with(".localhost") {
+        return true;
+    }
+    if host.contains(':') {
+        // Only an IPv6 address has a colon in its host; anything else (`localhost:80`
+        // from `http://localhost:80:80`) is too ambiguous to call public.
+        return host
+            .parse::<Ipv6Addr>()
+            .map_or(true, |ip| is_local_ip(ip.into()));
+    }
+    match host.parse::<IpAddr>() {
+        Ok(ip) => is_local_ip(ip),
+        Err(_) => host
+            .rsplit('.')
+            .next()
+            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_digit())),
+    }
+}
+
+/// Whether `ip` is an address of this machine or of a network that is not the public
+/// internet (see [`is_local_host`]).
+pub fn is_local_ip(ip: std::net::IpAddr) -> bool {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     fn v4(ip: Ipv4Addr) -> bool {
         let [a, b, ..] = ip.octets();
@@ -314,22 +356,9 @@ pub fn is_local_host(host: &str) -> bool {
             || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
             || ip.is_multicast()
     }
-    let host = host.trim_end_matches('.');
-    if host.is_empty() || host == "localhost" || host.ends_with(".localhost") {
-        return true;
-    }
-    if host.contains(':') {
-        // Only an IPv6 address has a colon in its host; anything else (`localhost:80`
-        // from `http://localhost:80:80`) is too ambiguous to call public.
-        return host.parse::<Ipv6Addr>().map_or(true, v6);
-    }
-    match host.parse::<IpAddr>() {
-        Ok(IpAddr::V4(ip)) => v4(ip),
-        Ok(IpAddr::V6(ip)) => v6(ip),
-        Err(_) => host
-            .rsplit('.')
-            .next()
-            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_digit())),
+    match ip {
+        IpAddr::V4(ip) => v4(ip),
+        IpAddr::V6(ip) => v6(ip),
     }
 }
 
@@ -388,20 +417,23 @@ mod tests {
     fn allowed_hosts_become_origins() {
         let counter = Arc::new(AtomicUsize::new(0));
         let mut g = GuestConfig::default();
-        assert!(g.outbound(&counter).is_none(), "nothing allowed by default");
+        assert!(
+            g.outbound(&counter, false).is_none(),
+            "nothing allowed by default"
+        );
         g.allowed_hosts = vec![
             "https://API.example.com/v1".into(),
             "http://10.0.0.5:8080".into(),
         ];
         assert!(g.check().is_ok());
-        let grant = g.outbound(&counter).unwrap();
+        let grant = g.outbound(&counter, false).unwrap();
         assert_eq!(
             grant.allowed.as_deref().unwrap(),
             ["https://api.example.com:443", "http://10.0.0.5:8080"]
         );
         assert_eq!(grant.max_in_flight, DEFAULT_HTTP_MAX_CONCURRENCY);
         g.allowed_hosts.push(ALLOW_ALL.into());
-        assert_eq!(g.outbound(&counter).unwrap().allowed, None);
+        assert_eq!(g.outbound(&counter, false).unwrap().allowed, None);
         g.allowed_hosts = vec!["api.example.com".into()];
         assert!(g.check().unwrap_err().contains("api.example.com"));
         g.allowed_hosts = vec![ALLOW_ALL.into()];

@@ -28,6 +28,7 @@ mod logbuf;
 mod metrics;
 mod outbound;
 mod registry;
+mod resolver;
 mod serve;
 mod wagi_config;
 
@@ -312,7 +313,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         settings.workers,
     )
     .context("loading the registry")?;
-    registry.withhold_outside(&settings.outbound_allowed_hosts);
+    registry.apply_outbound_ceiling(&settings.outbound_allowed_hosts);
     artifacts.retain(&registry.digests());
     let listeners = serve::bind(settings.listen, settings.backlog, settings.workers)
         .with_context(|| format!("listening on {}", settings.listen))?;
@@ -392,7 +393,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
     // A machine-readable line on stdout, for scripts and tests that pick a free port.
     println!("frenezulo listening on http://{local}");
     std::io::stdout().flush()?;
-    supervise(&events, &inboxes, settings.drain_timeout)
+    supervise(&events, &inboxes, settings.drain_timeout, STOP_GRACE)
 }
 
 /// What the main thread waits for.
@@ -442,6 +443,7 @@ fn supervise(
     events: &mpsc::Receiver<Event>,
     inboxes: &[Inbox],
     drain_timeout: Duration,
+    stop_grace: Duration,
 ) -> anyhow::Result<()> {
     let broadcast = |make: fn() -> Message| inboxes.iter().for_each(|i| i.send(make()));
     let mut running = inboxes.len();
@@ -455,7 +457,7 @@ fn supervise(
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         warn!("drain timeout passed; stopping anyway");
                         broadcast(|| Message::Stop);
-                        phase = Phase::Stopping(Instant::now() + STOP_GRACE);
+                        phase = Phase::Stopping(Instant::now() + stop_grace);
                         continue;
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -467,7 +469,7 @@ fn supervise(
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         // Returning ends the process, stuck threads with it.
                         anyhow::bail!(
-                            "{running} serving thread(s) did not stop within {STOP_GRACE:?}; exiting without them"
+                            "{running} serving thread(s) did not stop within {stop_grace:?}; exiting without them"
                         );
                     }
                     Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -490,14 +492,14 @@ fn supervise(
             (Event::Signal(_), Phase::Draining(_)) => {
                 warn!("second signal: stopping now");
                 broadcast(|| Message::Stop);
-                phase = Phase::Stopping(Instant::now() + STOP_GRACE);
+                phase = Phase::Stopping(Instant::now() + stop_grace);
             }
             (Event::Signal(_), Phase::Stopping(_)) => {}
             (Event::AdminExited, _) => {
                 error!("the management thread ended unexpectedly; stopping");
                 failed = true;
                 broadcast(|| Message::Stop);
-                phase = Phase::Stopping(Instant::now() + STOP_GRACE);
+                phase = Phase::Stopping(Instant::now() + stop_grace);
             }
             (Event::Exited { id, clean }, _) => {
                 running -= 1;
@@ -505,7 +507,7 @@ fn supervise(
                     error!(thread = id, "serving thread ended unexpectedly; stopping");
                     failed = true;
                     broadcast(|| Message::Stop);
-                    phase = Phase::Stopping(Instant::now() + STOP_GRACE);
+                    phase = Phase::Stopping(Instant::now() + stop_grace);
                 }
             }
         }
@@ -604,4 +606,53 @@ fn load_module(path: &Path) -> anyhow::Result<Vec<u8>> {
     let wasm =
         wat::parse_bytes(&bytes).with_context(|| format!("parsing module {}", path.display()))?;
     Ok(wasm.into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shutdown_with(exits: &[Event]) -> (anyhow::Result<()>, Vec<&'static str>) {
+        let (inbox, messages, _poll) = Inbox::unattended().unwrap();
+        let (tx, events) = mpsc::channel();
+        tx.send(Event::Signal(15)).unwrap();
+        for e in exits {
+            tx.send(match e {
+                Event::Exited { id, clean } => Event::Exited {
+                    id: *id,
+                    clean: *clean,
+                },
+                _ => unreachable!(),
+            })
+            .unwrap();
+        }
+        let short = Duration::from_millis(20);
+        // `tx` lives on: only the deadlines can end this.
+        let result = supervise(&events, &[inbox], short, short);
+        drop(tx);
+        let sent = messages
+            .try_iter()
+            .map(|m| match m {
+                Message::Shutdown => "shutdown",
+                Message::Stop => "stop",
+                _ => "other",
+            })
+            .collect();
+        (result, sent)
+    }
+
+    #[test]
+    fn shutdown_ends_even_if_a_serving_thread_never_does() {
+        let (result, sent) = shutdown_with(&[]);
+        let e = result.unwrap_err().to_string();
+        assert!(e.contains("1 serving thread(s) did not stop"), "{e}");
+        assert_eq!(sent, ["shutdown", "stop"], "drained, then told to stop");
+    }
+
+    #[test]
+    fn a_thread_that_drains_ends_the_process_cleanly() {
+        let (result, sent) = shutdown_with(&[Event::Exited { id: 0, clean: true }]);
+        result.unwrap();
+        assert_eq!(sent, ["shutdown"]);
+    }
 }

@@ -22,6 +22,7 @@ use frenezulo_engines::outbound::{
 };
 use tracing::{debug, info};
 
+use crate::resolver::CallResolver;
 use crate::serve::{Inbox, Message};
 
 /// How calls are made.
@@ -87,17 +88,23 @@ impl OutboundPool {
             .allow_non_standard_methods(true)
             .user_agent(concat!("frenezulo/", env!("CARGO_PKG_VERSION")))
             .build();
-        let agent = ureq::Agent::with_parts(
-            config,
-            ureq::unversioned::transport::DefaultConnector::new(),
-            LiteralFirst::default(),
-        );
+        let agent = |resolver| {
+            ureq::Agent::with_parts(
+                config.clone(),
+                ureq::unversioned::transport::DefaultConnector::new(),
+                resolver,
+            )
+        };
+        let agents = Agents {
+            any: agent(CallResolver::any()),
+            public: agent(CallResolver::public_only("outbound_allowed_hosts")),
+        };
         for i in 0..limits.workers.max(1) {
             let calls = calls.clone();
-            let agent = agent.clone();
+            let agents = agents.clone();
             std::thread::Builder::new()
                 .name(format!("outbound-{i}"))
-                .spawn(move || work(&calls, &agent, limits.max_response_bytes))?;
+                .spawn(move || work(&calls, &agents, limits.max_response_bytes))?;
         }
         Ok(Self { queue })
     }
@@ -130,43 +137,15 @@ impl OutboundPool {
     }
 }
 
-/// Resolves an IP literal on the spot, and names as ureq does. ureq's own resolver runs
-/// every lookup on a thread of its own when a call has a time limit, IP literals included:
-/// a thread spawned per call, a third of a loopback call's cost. (`unversioned` is ureq's
-/// API outside semver: a minor ureq release may need this adapted.)
-#[derive(Debug, Default)]
-struct LiteralFirst(ureq::unversioned::resolver::DefaultResolver);
-
-impl ureq::unversioned::resolver::Resolver for LiteralFirst {
-    fn resolve(
-        &self,
-        uri: &ureq::http::Uri,
-        config: &ureq::config::Config,
-        timeout: ureq::unversioned::transport::NextTimeout,
-    ) -> Result<ureq::unversioned::resolver::ResolvedSocketAddrs, ureq::Error> {
-        let literal = uri.host().and_then(|h| {
-            h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .ok()
-        });
-        let port = uri.port_u16().or(match uri.scheme_str() {
-            Some("http") => Some(80),
-            Some("https") => Some(443),
-            _ => None,
-        });
-        match (literal, port) {
-            (Some(ip), Some(port)) => {
-                let mut addrs = self.empty();
-                addrs.push(std::net::SocketAddr::new(ip, port));
-                Ok(addrs)
-            }
-            _ => self.0.resolve(uri, config, timeout),
-        }
-    }
+/// One agent for calls that may go anywhere their host resolves to, one for calls the
+/// operator's ceiling allowed to public addresses only.
+#[derive(Clone)]
+struct Agents {
+    any: ureq::Agent,
+    public: ureq::Agent,
 }
 
-fn work(calls: &Receiver<Call>, agent: &ureq::Agent, max: usize) {
+fn work(calls: &Receiver<Call>, agents: &Agents, max: usize) {
     while let Ok(Call {
         request,
         job,
@@ -181,6 +160,11 @@ fn work(calls: &Receiver<Call>, agent: &ureq::Agent, max: usize) {
             continue;
         }
         let began = Instant::now();
+        let agent = if request.public_only {
+            &agents.public
+        } else {
+            &agents.any
+        };
         let result = perform(agent, &request, max);
         let ms = began.elapsed().as_secs_f64() * 1e3;
         match &result {

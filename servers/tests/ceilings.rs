@@ -296,3 +296,81 @@ fn a_stored_grant_beyond_a_tightened_ceiling_is_not_served() {
     assert!(why.contains("outbound_allowed_hosts"), "{why}");
     assert_eq!(server.admin("DELETE", "/services/call", b"").status, 200);
 }
+
+/// This machine's own name, if it resolves to local addresses only (as `/etc/hosts` makes
+/// it on most Linux machines and containers): a name no text check can tell is local.
+fn own_name_resolving_locally() -> Option<String> {
+    use std::net::{IpAddr, ToSocketAddrs};
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").ok()?;
+    let name = name.trim().to_ascii_lowercase();
+    let local = |ip: IpAddr| match ip {
+        IpAddr::V4(v4) => v4.is_loopback() || v4.is_private() || v4.is_link_local(),
+        IpAddr::V6(v6) => v6.is_loopback(),
+    };
+    let plain = !name.is_empty()
+        && name != "localhost"
+        && !name
+            .rsplit('.')
+            .next()?
+            .starts_with(|c: char| c.is_ascii_digit());
+    let addrs: Vec<_> = (name.as_str(), 80).to_socket_addrs().ok()?.collect();
+    (plain && !addrs.is_empty() && addrs.iter().all(|a| local(a.ip()))).then_some(name)
+}
+
+/// With no ceiling, a granted name must resolve to public addresses: a name that resolves
+/// to loopback reaches nothing, for a guest's call and for a fetch; listed in the ceiling,
+/// it is the operator's to allow.
+#[test]
+fn a_name_that_resolves_to_a_local_address_reaches_nothing_unless_listed() {
+    let Some(name) = own_name_resolving_locally() else {
+        eprintln!("skipped: this machine's name does not resolve to a local address only");
+        return;
+    };
+    let hits = Arc::new(AtomicUsize::new(0));
+    let upstream = module_server(None, hits.clone());
+    let port = upstream
+        .url("")
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_owned();
+    let origin = format!("http://{name}:{port}");
+
+    let server = Frenezulo::start(&["--engine", DEFAULT_ENGINE]);
+    let r = put_with_hosts(&server, "call", &[&origin]);
+    assert_eq!(r.status, 201, "the name passes as written: {}", r.text());
+    let r = server.admin("POST", "/call", format!("{origin}/x").as_bytes());
+    assert_eq!(r.body[0], 11, "REQUEST_ERROR: {:?}", r.body);
+    let log = server.wait_for_log("resolves only to loopback");
+    assert!(log.contains("outbound_allowed_hosts"), "{log}");
+    let body = serde_json::json!({ "prefix": "a", "source": format!("{origin}/m.wasm") });
+    let (status, why) = server
+        .admin("POST", "/services/add", body.to_string().as_bytes())
+        .error();
+    assert_eq!(status, 502, "{why}");
+    assert!(
+        why.contains("resolves only to loopback") && why.contains("fetch_allowed_hosts"),
+        "{why}"
+    );
+    assert_eq!(
+        hits.load(Ordering::SeqCst),
+        0,
+        "nothing reached the upstream"
+    );
+    drop(server);
+
+    let config = ConfigFile::new(
+        "listed-name",
+        &format!(
+            "engine = {DEFAULT_ENGINE:?}\noutbound_allowed_hosts = [{origin:?}]\nfetch_allowed_hosts = [{origin:?}]\n"
+        ),
+    );
+    let server = Frenezulo::start(&["--config", config.path()]);
+    assert_eq!(put_with_hosts(&server, "call", &[&origin]).status, 201);
+    let r = server.admin("POST", "/call", format!("{origin}/m.wasm").as_bytes());
+    assert_eq!(r.body[0], 0, "listed, the call is made: {:?}", r.body);
+    let r = server.admin("POST", "/services/add", body.to_string().as_bytes());
+    assert_eq!(r.status, 201, "{}", r.text());
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}

@@ -1,8 +1,8 @@
 //! Fetching a module named by URL for `POST /services/add`: `http://` and `https://`
 //! (rustls) through ureq, with a connect timeout, a total timeout, at most a few redirects
 //! and a size cap; only from origins within the operator's `fetch_allowed_hosts` (the
-//! source and every redirect's target); `file://` only under the directories the operator
-//! allows.
+//! source and every redirect's target, each connecting to public addresses only unless the
+//! operator listed it); `file://` only under the directories the operator allows.
 
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use crate::guest::HostCeiling;
+use crate::resolver::CallResolver;
 
 /// Redirects followed at most.
 pub const MAX_REDIRECTS: u32 = 3;
@@ -67,14 +68,24 @@ pub fn fetch(source: &str, limits: &FetchLimits) -> Result<Vec<u8>, FetchError> 
     let mut response = loop {
         limits.allowed.check(&url).map_err(FetchError::NotAllowed)?;
         let left = deadline.saturating_duration_since(Instant::now());
-        let agent: ureq::Agent = ureq::Agent::config_builder()
+        let config = ureq::Agent::config_builder()
             .timeout_global(Some(left))
             .timeout_connect(Some(left.min(Duration::from_secs(10))))
             .max_redirects(0)
             .http_status_as_error(false)
             .user_agent(concat!("frenezulo/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .into();
+            .build();
+        // A host allowed as a public one must resolve to public addresses.
+        let resolver = if limits.allowed.public_only() {
+            CallResolver::public_only(limits.allowed.key())
+        } else {
+            CallResolver::any()
+        };
+        let agent = ureq::Agent::with_parts(
+            config,
+            ureq::unversioned::transport::DefaultConnector::new(),
+            resolver,
+        );
         let response = agent
             .get(&url)
             .call()

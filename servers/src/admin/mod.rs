@@ -1239,7 +1239,7 @@ fn service_json(
         })).collect::<Vec<_>>(),
         "volumes": s.guest.volumes,
         "allowed_hosts": s.guest.allowed_hosts,
-        "http_max_concurrency": s.guest.outbound(&s.outbound_in_flight).map(|g| g.max_in_flight),
+        "http_max_concurrency": s.guest.outbound(&s.outbound_in_flight, false).map(|g| g.max_in_flight),
     });
     if !snapshots.is_empty() {
         let totals = metrics::service_totals(snapshots, &s.name);

@@ -170,6 +170,9 @@ pub struct Registry {
     env: EnvValues,
     workers: usize,
     inboxes: Vec<Inbox>,
+    /// Whether the API's grants may reach public addresses only (the operator set no
+    /// `outbound_allowed_hosts`).
+    outbound_public_only: bool,
 }
 
 impl Registry {
@@ -195,6 +198,7 @@ impl Registry {
             env,
             workers,
             inboxes: Vec::new(),
+            outbound_public_only: true,
         };
         for mut s in statics {
             s.service.version = this.next_version();
@@ -315,12 +319,14 @@ impl Registry {
             .collect()
     }
 
-    /// Stops serving the API's stored services whose `allowed_hosts` the operator's
-    /// `ceiling` does not allow (it may have been set or tightened since they were
-    /// granted). As with limits out of range, the manifest keeps the entry for a `PUT` that
-    /// names hosts within the ceiling, or a `DELETE`; a built-in service of the name comes
-    /// back meanwhile. Called at start, before any thread is attached.
-    pub fn withhold_outside(&mut self, ceiling: &HostCeiling) {
+    /// Holds the API's services to the operator's outbound `ceiling`: their calls reach
+    /// public addresses only if it is unset, and stored services whose `allowed_hosts` it
+    /// does not allow (it may have been set or tightened since they were granted) are not
+    /// served. As with limits out of range, the manifest keeps such an entry for a `PUT`
+    /// that names hosts within the ceiling, or a `DELETE`; a built-in service of the name
+    /// comes back meanwhile. Called at start, before any thread is attached.
+    pub fn apply_outbound_ceiling(&mut self, ceiling: &HostCeiling) {
+        self.outbound_public_only = ceiling.public_only();
         let refused: Vec<(ServiceName, String)> = self
             .services
             .values()
@@ -744,7 +750,10 @@ impl Registry {
             merged.into_iter().collect(),
             s.routes.clone(),
             volumes,
-            s.guest.outbound(&s.outbound_in_flight),
+            s.guest.outbound(
+                &s.outbound_in_flight,
+                s.origin == Origin::Api && self.outbound_public_only,
+            ),
         );
         setup.name = s.name.to_string();
         RegistryChange::Put {
@@ -1038,7 +1047,7 @@ mod tests {
         ] {
             r.put(name, module(b"m"), None, None, grant(hosts)).unwrap();
         }
-        r.withhold_outside(&HostCeiling::unset("outbound_allowed_hosts"));
+        r.apply_outbound_ceiling(&HostCeiling::unset("outbound_allowed_hosts"));
         assert!(r.service(&metadata).is_none(), "not served");
         assert!(r.entry(&metadata).is_some(), "kept");
         assert_eq!(r.service(&public).unwrap().origin, Origin::Api);

@@ -94,6 +94,15 @@ impl Inbox {
             let _ = self.waker.wake();
         }
     }
+
+    /// An inbox no thread reads: the test reads what was sent (keep the poller alive).
+    #[cfg(test)]
+    pub fn unattended() -> io::Result<(Self, std::sync::mpsc::Receiver<Message>, Poll)> {
+        let poll = Poll::new()?;
+        let waker = Arc::new(Waker::new(poll.registry(), WAKER)?);
+        let (tx, rx) = std::sync::mpsc::channel();
+        Ok((Self { tx, waker }, rx, poll))
+    }
 }
 
 /// What one serving thread runs with.
