@@ -26,7 +26,6 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::time::Duration;
 
 use async_nats::jetstream::{self, kv, object_store};
@@ -36,7 +35,7 @@ use thiserror::Error;
 use tokio::io::AsyncReadExt as _;
 use tracing::{error, info, warn};
 
-use crate::admin::Event;
+use crate::mailbox::Mailbox;
 use crate::registry::manifest::Entry;
 use crate::registry::store::Digest;
 
@@ -169,7 +168,9 @@ pub struct Cluster {
 
 impl Cluster {
     /// Starts the NATS thread. It connects in the background and keeps trying.
-    pub fn start(config: ClusterConfig, events: SyncSender<Event>) -> std::io::Result<Self> {
+    /// What it learns goes to `events` (which may block while the receiver is busy:
+    /// the NATS thread then waits, and NATS keeps what it has not read).
+    pub fn start(config: ClusterConfig, events: Mailbox<ClusterEvent>) -> std::io::Result<Self> {
         let (commands, rx) = tokio::sync::mpsc::channel(COMMANDS);
         let available = Arc::new(AtomicBool::new(false));
         let flag = available.clone();
@@ -215,18 +216,18 @@ struct Buckets {
 async fn run(
     config: ClusterConfig,
     mut commands: tokio::sync::mpsc::Receiver<Command>,
-    events: SyncSender<Event>,
+    events: Mailbox<ClusterEvent>,
     available: Arc<AtomicBool>,
 ) {
     let client = match connect(&config).await {
         Ok(client) => client,
         Err(e) => {
-            error!(target: "cluster", url = %crate::config::redact_url(&config.url), error = %e, "cannot use the shared registry");
+            error!(target: "cluster", url = %redact_url(&config.url), error = %e, "cannot use the shared registry");
             return;
         }
     };
     let emit = |event: ClusterEvent| {
-        let _ = events.send(Event::Cluster(Box::new(event)));
+        events.send(event);
     };
     let mut was_available = false;
     loop {
@@ -249,7 +250,7 @@ async fn run(
                         Ok(Err(e)) => e,
                         _ => "not connected".to_owned(),
                     };
-                    warn!(target: "cluster", url = %crate::config::redact_url(&config.url), reason = why, "shared registry unavailable; serving the last known services");
+                    warn!(target: "cluster", url = %redact_url(&config.url), reason = why, "shared registry unavailable; serving the last known services");
                 }
                 was_available = false;
                 available.store(false, Ordering::Release);
@@ -258,7 +259,7 @@ async fn run(
                 continue;
             }
         };
-        info!(target: "cluster", url = %crate::config::redact_url(&config.url), kv = config.kv_bucket, objects = config.object_bucket, "shared registry available");
+        info!(target: "cluster", url = %redact_url(&config.url), kv = config.kv_bucket, objects = config.object_bucket, "shared registry available");
         was_available = true;
         available.store(true, Ordering::Release);
         collect_garbage(&buckets).await;
@@ -561,6 +562,24 @@ async fn collect_garbage(buckets: &Buckets) {
     }
 }
 
+/// `url` with any `user:password@` taken out of each address (`nats://***@host:4222`),
+/// for health answers and logs: the health call needs no token.
+pub fn redact_url(url: &str) -> String {
+    url.split(',')
+        .map(|one| {
+            let Some((scheme, rest)) = one.split_once("://") else {
+                return one.to_owned();
+            };
+            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..end].rfind('@') {
+                Some(at) => format!("{scheme}://***{}", &rest[at..]),
+                None => one.to_owned(),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -580,5 +599,19 @@ mod tests {
         assert_eq!(name.len(), 64);
         assert!(d.ends_with(&name));
         assert_eq!(object_name("md5:abc"), None);
+    }
+
+    #[test]
+    fn urls_lose_their_userinfo() {
+        assert_eq!(
+            redact_url("nats://user:secret@nats.example:4222"),
+            "nats://***@nats.example:4222"
+        );
+        assert_eq!(
+            redact_url("tls://a:b@h1:4222,nats://h2:4222/x@y"),
+            "tls://***@h1:4222,nats://h2:4222/x@y"
+        );
+        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(redact_url("nats://p%40ss@h"), "nats://***@h");
     }
 }

@@ -13,10 +13,18 @@ use frenezulo_engines::{CompileError, CompiledModule};
 use tracing::{error, info};
 
 use crate::artifacts::{Artifacts, Loaded};
-use crate::serve::{Inbox, Message};
+use crate::mailbox::Mailbox;
 
 /// What a compile produced, as a serving thread receives it.
 pub type Compiled = Result<Arc<dyn CompiledModule>, CompileError>;
+
+/// A finished compile, for each thread that asked.
+pub struct CompileDone {
+    /// The module version.
+    pub module: ModuleKey,
+    /// The compiled module, or why not.
+    pub result: Compiled,
+}
 
 /// A handle to the pool; cheap to clone, one per serving thread.
 #[derive(Clone)]
@@ -46,7 +54,7 @@ enum Entry {
     /// Compiled; alive while some serving thread holds it.
     Ready(Weak<dyn CompiledModule>),
     /// Being compiled; these threads wait for it.
-    Compiling(Vec<Inbox>),
+    Compiling(Vec<Mailbox<CompileDone>>),
 }
 
 impl CompilePool {
@@ -101,8 +109,13 @@ impl CompilePool {
 
     /// Asks for `module`: returns it at once if a serving thread holds it already,
     /// otherwise compiles it (once, however many threads ask) and answers each asker's
-    /// inbox with [`Message::Compiled`].
-    pub fn request(&self, module: ModuleKey, wasm: Bytes, reply: &Inbox) -> Option<Compiled> {
+    /// mailbox with a [`CompileDone`].
+    pub fn request(
+        &self,
+        module: ModuleKey,
+        wasm: Bytes,
+        reply: &Mailbox<CompileDone>,
+    ) -> Option<Compiled> {
         let mut shared = self.lock();
         match shared.get_mut(&module) {
             Some(Entry::Ready(weak)) => {
@@ -168,8 +181,9 @@ impl CompilePool {
                 }
                 waiting
             };
-            for inbox in waiting {
-                inbox.send(Message::Compiled {
+            for mailbox in waiting {
+                // A thread that is gone has nothing to load it into.
+                mailbox.send(CompileDone {
                     module: job.module.clone(),
                     result: result.clone(),
                 });

@@ -12,8 +12,11 @@ use frenezulo_engines::EngineKind;
 use crate::cluster::ClusterConfig;
 use crate::guest::{GuestConfig, HostCeiling};
 use crate::outbound::OutboundLimits;
-use crate::registry::manifest::Origin;
-use serde::{Deserialize, Serialize};
+use crate::spec::{
+    EnvValues, LimitsConfig, Origin, ServiceSpec, Size, Span, ceiling, check_env, check_size,
+    check_timeout,
+};
+use serde::Deserialize;
 
 /// Everything the server runs with, after merging file, flags and defaults.
 #[derive(Debug, Clone)]
@@ -65,24 +68,6 @@ pub struct Settings {
     pub outbound: OutboundLimits,
     /// The shared registry of a cluster, if this node is part of one.
     pub cluster: Option<ClusterConfig>,
-}
-
-/// A service to load at start.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ServiceSpec {
-    /// Its name, which is its prefix.
-    pub name: String,
-    /// Path of its `.wasm` or `.wat` module.
-    pub module: PathBuf,
-    /// Its limits.
-    pub limits: ServiceLimits,
-    /// Environment values for its guests.
-    pub env: BTreeMap<String, String>,
-    /// Entrypoint, argv template and volumes (host paths already joined to the config
-    /// file's directory).
-    pub guest: GuestConfig,
-    /// The config file or the command line.
-    pub origin: Origin,
 }
 
 /// Refuses two services whose routes share a base (`/a`, `/a/` and `/a/...`): which one
@@ -170,225 +155,6 @@ struct NatsConfig {
     root_certificates: Option<PathBuf>,
 }
 
-/// Per-service limits as written; each unset key falls back to `[limits]`, then the default.
-#[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    memory: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    deadline: Option<Span>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    stdout: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    body: Option<Size>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    concurrency: Option<usize>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    queue: Option<usize>,
-    /// The service's share of a serving thread's guest time against others with work.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    cpu_weight: Option<u32>,
-}
-
-impl LimitsConfig {
-    /// Every key set, to the values of `limits`.
-    pub fn of(limits: &ServiceLimits) -> LimitsConfig {
-        LimitsConfig {
-            memory: Some(Size(limits.memory_bytes)),
-            deadline: Some(Span(limits.deadline)),
-            stdout: Some(Size(limits.stdout_bytes)),
-            body: Some(Size(limits.body_bytes)),
-            concurrency: Some(limits.max_concurrency),
-            queue: Some(limits.max_queued),
-            cpu_weight: Some(limits.cpu_weight),
-        }
-    }
-
-    /// These keys over `other`'s: a key set here wins.
-    pub fn over(&self, other: &LimitsConfig) -> LimitsConfig {
-        LimitsConfig {
-            memory: self.memory.or(other.memory),
-            deadline: self.deadline.or(other.deadline),
-            stdout: self.stdout.or(other.stdout),
-            body: self.body.or(other.body),
-            concurrency: self.concurrency.or(other.concurrency),
-            queue: self.queue.or(other.queue),
-            cpu_weight: self.cpu_weight.or(other.cpu_weight),
-        }
-    }
-
-    /// Refuses values no service can run with, and values above the documented ceilings
-    /// in [`ceiling`]. Every way in (config file, API, manifest load, a shared registry's
-    /// entry) goes through here before the limits are applied.
-    pub fn check(&self) -> Result<(), LimitError> {
-        if let Some(Size(v)) = self.memory {
-            check_size(
-                "memory",
-                v,
-                ceiling::MIN_MEMORY_BYTES,
-                ceiling::MEMORY_BYTES,
-            )?;
-        }
-        if let Some(Span(v)) = self.deadline {
-            check_span("deadline", v, ceiling::MIN_DEADLINE, ceiling::DEADLINE)?;
-        }
-        if let Some(Size(v)) = self.stdout {
-            check_size("stdout", v, 0, ceiling::STDOUT_BYTES)?;
-        }
-        if let Some(Size(v)) = self.body {
-            check_size("body", v, 0, ceiling::BODY_BYTES)?;
-        }
-        if let Some(v) = self.concurrency {
-            check_count("concurrency", v, 1, ceiling::CONCURRENCY)?;
-        }
-        if let Some(v) = self.queue {
-            check_count("queue", v, 0, ceiling::QUEUE)?;
-        }
-        if let Some(v) = self.cpu_weight {
-            let max = frenezulo_core::MAX_CPU_WEIGHT;
-            check_count("cpu_weight", v as usize, 1, max as usize)?;
-        }
-        Ok(())
-    }
-
-    /// `limits` with the keys set here applied.
-    pub fn apply(&self, mut limits: ServiceLimits) -> ServiceLimits {
-        if let Some(v) = self.memory {
-            limits.memory_bytes = v.0;
-        }
-        if let Some(v) = self.deadline {
-            limits.deadline = v.0;
-        }
-        if let Some(v) = self.stdout {
-            limits.stdout_bytes = v.0;
-        }
-        if let Some(v) = self.body {
-            limits.body_bytes = v.0;
-        }
-        if let Some(v) = self.concurrency {
-            limits.max_concurrency = v;
-        }
-        if let Some(v) = self.queue {
-            limits.max_queued = v;
-        }
-        if let Some(v) = self.cpu_weight {
-            limits.cpu_weight = v;
-        }
-        limits
-    }
-}
-
-/// The largest value each setting may have, whoever sets it. They keep arithmetic on them
-/// (a deadline added to the clock, buffers sized by them) from overflowing, and a token
-/// holder from asking for more than one machine has. README.md and SECURITY.md list them.
-pub mod ceiling {
-    use std::time::Duration;
-
-    /// One WebAssembly page: the smallest memory a module can have.
-    pub const MIN_MEMORY_BYTES: usize = 64 * 1024;
-    /// A 32-bit guest's whole address space (65536 pages).
-    pub const MEMORY_BYTES: usize = 65_536 * MIN_MEMORY_BYTES;
-    /// The shortest deadline (zero would answer 504 before any work).
-    pub const MIN_DEADLINE: Duration = Duration::from_millis(1);
-    /// A request's deadline: one hour.
-    pub const DEADLINE: Duration = Duration::from_secs(3600);
-    /// What one run may write to stdout, held in memory until the response is sent.
-    pub const STDOUT_BYTES: usize = 1 << 30;
-    /// A request body (per service, and the server's `max_body`), held in memory.
-    pub const BODY_BYTES: usize = 1 << 30;
-    /// A service's tasks running at once.
-    pub const CONCURRENCY: usize = 65_536;
-    /// A service's requests waiting for a task.
-    pub const QUEUE: usize = 1 << 20;
-    /// Any of the server's own timeouts (`idle_timeout`, `keep_alive_timeout`,
-    /// `request_timeout`, `write_timeout`, `drain_timeout`, `fetch_timeout`,
-    /// `outbound_timeout`): one day.
-    pub const TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-}
-
-/// Why a limit's value was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LimitError {
-    /// Below the smallest value a service can run with.
-    #[error("`{key}` is {value}; it must be at least {min}")]
-    TooSmall {
-        /// The setting.
-        key: &'static str,
-        /// Its value, as given.
-        value: String,
-        /// The smallest allowed.
-        min: String,
-    },
-    /// Above the ceiling in [`ceiling`].
-    #[error("`{key}` is {value}; it must be at most {max}")]
-    TooLarge {
-        /// The setting.
-        key: &'static str,
-        /// Its value, as given.
-        value: String,
-        /// The largest allowed.
-        max: String,
-    },
-}
-
-fn check_range<T: PartialOrd>(
-    key: &'static str,
-    value: T,
-    min: T,
-    max: T,
-    show: impl Fn(&T) -> String,
-) -> Result<(), LimitError> {
-    if value < min {
-        return Err(LimitError::TooSmall {
-            key,
-            value: show(&value),
-            min: show(&min),
-        });
-    }
-    if value > max {
-        return Err(LimitError::TooLarge {
-            key,
-            value: show(&value),
-            max: show(&max),
-        });
-    }
-    Ok(())
-}
-
-fn check_size(key: &'static str, v: usize, min: usize, max: usize) -> Result<(), LimitError> {
-    check_range(key, v, min, max, |n| format_size(*n))
-}
-
-fn check_span(
-    key: &'static str,
-    v: Duration,
-    min: Duration,
-    max: Duration,
-) -> Result<(), LimitError> {
-    check_range(key, v, min, max, |d| format_duration(*d))
-}
-
-fn check_count(key: &'static str, v: usize, min: usize, max: usize) -> Result<(), LimitError> {
-    check_range(key, v, min, max, usize::to_string)
-}
-
-/// Checks one of the server's own timeouts against [`ceiling::TIMEOUT`].
-pub fn check_timeout(key: &'static str, v: Duration) -> Result<(), LimitError> {
-    check_span(key, v, Duration::ZERO, ceiling::TIMEOUT)
-}
-
-/// `"4GiB"` for whole binary units, bytes otherwise.
-pub fn format_size(n: usize) -> String {
-    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", n >> shift);
-        }
-    }
-    format!("{n}B")
-}
-
 // Read once at start: the size of the variants does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Deserialize)]
@@ -419,117 +185,6 @@ enum ServiceEntry {
         #[serde(flatten)]
         limits: LimitsConfig,
     },
-}
-
-/// A byte size: an integer, or a string with a unit (`"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"`).
-/// Written back as an integer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "SizeRepr", into = "usize")]
-pub struct Size(pub usize);
-
-impl From<Size> for usize {
-    fn from(s: Size) -> usize {
-        s.0
-    }
-}
-
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum SizeRepr {
-    Int(usize),
-    Text(String),
-}
-
-impl TryFrom<SizeRepr> for Size {
-    type Error = String;
-
-    fn try_from(r: SizeRepr) -> Result<Self, String> {
-        match r {
-            SizeRepr::Int(n) => Ok(Size(n)),
-            SizeRepr::Text(s) => parse_size(&s).map(Size),
-        }
-    }
-}
-
-/// A duration: an integer number of seconds, or a string with a unit (`"250ms"`, `"10s"`, `"5m"`, `"1h"`).
-/// Written back as a string: whole seconds as `"10s"`, anything finer in milliseconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(try_from = "SizeRepr", into = "String")]
-pub struct Span(pub Duration);
-
-impl From<Span> for String {
-    fn from(s: Span) -> String {
-        format_duration(s.0)
-    }
-}
-
-/// `"10s"` for whole seconds, `"250ms"` otherwise: what [`parse_duration`] reads back.
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
-}
-
-impl TryFrom<SizeRepr> for Span {
-    type Error = String;
-
-    fn try_from(r: SizeRepr) -> Result<Self, String> {
-        match r {
-            SizeRepr::Int(n) => Ok(Span(Duration::from_secs(n as u64))),
-            SizeRepr::Text(s) => parse_duration(&s).map(Span),
-        }
-    }
-}
-
-fn split_unit(s: &str) -> (&str, &str) {
-    let s = s.trim();
-    let at = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    (&s[..at], s[at..].trim())
-}
-
-/// Parses `"64MiB"`-style sizes.
-pub fn parse_size(s: &str) -> Result<usize, String> {
-    let (num, unit) = split_unit(s);
-    let n: usize = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a size like 64MiB"))?;
-    let scale: usize = match unit {
-        "" | "B" => 1,
-        "KiB" | "K" | "KB" => 1 << 10,
-        "MiB" | "M" | "MB" => 1 << 20,
-        "GiB" | "G" | "GB" => 1 << 30,
-        _ => {
-            return Err(format!(
-                "`{s}`: unknown size unit `{unit}` (use B, KiB, MiB, GiB)"
-            ));
-        }
-    };
-    n.checked_mul(scale)
-        .ok_or_else(|| format!("`{s}` is too large"))
-}
-
-/// Parses `"250ms"`-style durations; a bare number is seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let (num, unit) = split_unit(s);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{s}` is not a duration like 10s"))?;
-    let scale: u64 = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "" | "s" => 1,
-        "m" | "min" => 60,
-        "h" => 3600,
-        _ => {
-            return Err(format!(
-                "`{s}`: unknown duration unit `{unit}` (use ms, s, m, h)"
-            ));
-        }
-    };
-    n.checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("`{s}` is too long"))
 }
 
 /// What the command line can set; `None` leaves the file's value or the default.
@@ -565,24 +220,6 @@ pub struct Overrides {
     pub env_file: Option<PathBuf>,
 }
 
-/// `url` with any `user:password@` taken out of each address (`nats://***@host:4222`),
-/// for health answers and logs: the health call needs no token.
-pub fn redact_url(url: &str) -> String {
-    url.split(',')
-        .map(|one| {
-            let Some((scheme, rest)) = one.split_once("://") else {
-                return one.to_owned();
-            };
-            let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            match rest[..end].rfind('@') {
-                Some(at) => format!("{scheme}://***{}", &rest[at..]),
-                None => one.to_owned(),
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Reads an environment file as WAGI takes it: `KEY=VALUE` lines; blank lines and lines
 /// starting with `#` are skipped; the value is the rest of the line, as written.
 pub fn read_env_file(path: &Path) -> anyhow::Result<EnvValues> {
@@ -616,42 +253,8 @@ pub fn default_data_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("frenezulo-data"))
 }
 
-/// A service's environment values, by name.
-pub type EnvValues = BTreeMap<String, String>;
-
 /// Largest module the management API takes, by default (as the seed had it).
 pub const DEFAULT_MAX_MODULE_BYTES: usize = 5 << 20;
-
-/// Checks an environment value's name: what a shell would take, and not a CGI variable
-/// a request sets (those always come from the request).
-pub fn check_env_name(name: &str) -> Result<(), String> {
-    let valid = name
-        .bytes()
-        .enumerate()
-        .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
-    if name.is_empty() || !valid {
-        return Err(format!(
-            "environment name `{name}` must match [A-Za-z_][A-Za-z0-9_]*"
-        ));
-    }
-    if frenezulo_engines::wagi::is_cgi_variable(name) {
-        return Err(format!(
-            "environment name `{name}` is a CGI variable that each request sets"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks every name and value of a service's environment.
-pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
-    for (name, value) in env {
-        check_env_name(name)?;
-        if value.contains('\0') {
-            return Err(format!("environment value of `{name}` contains a NUL byte"));
-        }
-    }
-    Ok(())
-}
 
 /// The default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -1103,34 +706,6 @@ mod tests {
             ..Overrides::default()
         };
         assert!(parse("", cli).is_err());
-    }
-
-    #[test]
-    fn urls_lose_their_userinfo() {
-        assert_eq!(
-            redact_url("nats://user:secret@nats.example:4222"),
-            "nats://***@nats.example:4222"
-        );
-        assert_eq!(
-            redact_url("tls://a:b@h1:4222,nats://h2:4222/x@y"),
-            "tls://***@h1:4222,nats://h2:4222/x@y"
-        );
-        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
-        assert_eq!(redact_url("nats://p%40ss@h"), "nats://***@h");
-    }
-
-    #[test]
-    fn sizes_and_durations() {
-        assert!(parse_duration("18446744073709551615h").is_err(), "overflow");
-        assert_eq!(format_size(4 << 30), "4GiB");
-        assert_eq!(format_size(1000), "1000B");
-        assert_eq!(parse_size("64MiB"), Ok(64 << 20));
-        assert_eq!(parse_size("100"), Ok(100));
-        assert_eq!(parse_size("1 GiB"), Ok(1 << 30));
-        assert!(parse_size("MiB").is_err());
-        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
-        assert!(parse_duration("2 fortnights").is_err());
     }
 
     #[test]

@@ -10,6 +10,8 @@ use std::sync::atomic::AtomicUsize;
 
 use frenezulo_core::{OutboundGrant, ServiceRoute, Volume};
 
+use crate::resolver::is_local_host;
+
 /// Most volumes one service may have.
 pub const MAX_VOLUMES: usize = 16;
 
@@ -299,67 +301,6 @@ fn host_of(origin: &str) -> &str {
     let rest = origin.split_once("://").map_or(origin, |(_, r)| r);
     let host = rest.rsplit_once(':').map_or(rest, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
-}
-
-/// Whether `host` (lower case) names this machine or a network that is not the public
-/// internet: `localhost` and `*.localhost`, loopback, private, link-local, shared (CGNAT),
-/// unspecified, broadcast and multicast addresses, in IPv4 and IPv6 (IPv4-mapped,
-/// -compatible and NAT64 forms included). A name whose last label starts with a digit
-/// but is no plain dotted IPv4 address (`127.1`, `0x7f.1`, `2130706433`) counts as local:
-/// resolvers read those as addresses.
-pub fn is_local_host(host: &str) -> bool {
-    use std::net::{IpAddr, Ipv6Addr};
-    let host = host.trim_end_matches('.');
-    if host.is_empty() || host == "localhost" || host.ends_with(".localhost") {
-        return true;
-    }
-    if host.contains(':') {
-        // Only an IPv6 address has a colon in its host; anything else (`localhost:80`
-        // from `http://localhost:80:80`) is too ambiguous to call public.
-        return host
-            .parse::<Ipv6Addr>()
-            .map_or(true, |ip| is_local_ip(ip.into()));
-    }
-    match host.parse::<IpAddr>() {
-        Ok(ip) => is_local_ip(ip),
-        Err(_) => host
-            .rsplit('.')
-            .next()
-            .is_some_and(|last| last.starts_with(|c: char| c.is_ascii_digit())),
-    }
-}
-
-/// Whether `ip` is an address of this machine or of a network that is not the public
-/// internet (see [`is_local_host`]).
-pub fn is_local_ip(ip: std::net::IpAddr) -> bool {
-    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-    fn v4(ip: Ipv4Addr) -> bool {
-        let [a, b, ..] = ip.octets();
-        a == 0
-            || a == 127
-            || a == 10
-            || (a == 172 && (16..32).contains(&b))
-            || (a == 192 && b == 168)
-            || (a == 169 && b == 254)
-            || (a == 100 && (64..128).contains(&b))
-            || ip.is_broadcast()
-            || ip.is_multicast()
-    }
-    fn v6(ip: Ipv6Addr) -> bool {
-        let s = ip.segments();
-        let embedded = Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32);
-        s[..6] == [0; 6] // ::, ::1 and IPv4-compatible
-            || (s[..5] == [0; 5] && s[5] == 0xffff && v4(embedded)) // IPv4-mapped
-            || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && v4(embedded)) // NAT64
-            || (s[0] & 0xfe00) == 0xfc00 // unique local
-            || (s[0] & 0xffc0) == 0xfe80 // link-local
-            || (s[0] & 0xffc0) == 0xfec0 // site-local (deprecated)
-            || ip.is_multicast()
-    }
-    match ip {
-        IpAddr::V4(ip) => v4(ip),
-        IpAddr::V6(ip) => v6(ip),
-    }
 }
 
 /// A guest path must be absolute and plain: `/static`, `/data/templates`; not `/`, and no

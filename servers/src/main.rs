@@ -25,21 +25,24 @@ mod config;
 mod fds;
 mod guest;
 mod logbuf;
+mod mailbox;
 mod metrics;
 mod outbound;
 mod registry;
 mod resolver;
 mod serve;
+mod spec;
 mod wagi_config;
 
 use artifacts::{Artifacts, Loaded};
 use compile::CompilePool;
 use config::{Overrides, Settings};
 use guest::GuestConfig;
-use registry::manifest::Origin;
+use mailbox::Mailbox;
 use registry::store::{Digest, LocalStore};
 use registry::{Registry, Service, Static};
 use serve::{Inbox, Message, Setup};
+use spec::Origin;
 
 /// The module served as `hello` when no service is configured.
 const BUILTIN_HELLO: &str = include_str!("../../examples/hello.wat");
@@ -124,7 +127,7 @@ struct ServeArgs {
 
     /// How long a service stays compiled in memory with no requests (e.g. 60s, 500ms).
     /// Default: 60s.
-    #[arg(long, value_name = "DURATION", value_parser = config::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = spec::parse_duration)]
     idle_timeout: Option<std::time::Duration>,
 
     /// Directory for the registry of services added through the management API, their
@@ -178,7 +181,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     let (key, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
-    config::check_env_name(key)?;
+    spec::check_env_name(key)?;
     Ok((key.to_owned(), value.to_owned()))
 }
 
@@ -340,8 +343,11 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
             write_timeout: settings.write_timeout,
             compile: compile.clone(),
             outbound: outbound.clone(),
-            initial: registry.initial_messages(),
-            admin: admin_tx.clone(),
+            initial: registry.initial_publications(),
+            admin: {
+                let tx = admin_tx.clone();
+                Mailbox::new(move |r| tx.try_send(admin::Event::Call(r)).is_ok())
+            },
             access_log: settings.access_log,
             on_exit: Box::new(move |clean| {
                 let _ = exited.send(Event::Exited { id, clean });
@@ -351,12 +357,14 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
     registry.release_compiled();
     let cluster = match &settings.cluster {
         Some(config) => {
-            let shown = config::redact_url(&config.url);
+            let shown = cluster::redact_url(&config.url);
             info!(
                 url = shown,
                 "services added through the API are shared through NATS JetStream"
             );
-            let mut cluster = cluster::Cluster::start(config.clone(), admin_tx.clone())?;
+            let tx = admin_tx.clone();
+            let events = Mailbox::new(move |e| tx.send(admin::Event::Cluster(Box::new(e))).is_ok());
+            let mut cluster = cluster::Cluster::start(config.clone(), events)?;
             // `url` is what health, errors and logs show; the connection keeps the real one.
             cluster.url = shown;
             Some(cluster)

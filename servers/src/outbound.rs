@@ -1,7 +1,7 @@
 //! The outbound HTTP calls guests make (`wasi_experimental_http`), made off the serving
 //! threads: a few worker threads with blocking ureq, fed by a bounded queue. A serving
 //! thread hands a waiting task's call over and goes on with its other work; the result
-//! comes back through its inbox, which wakes it.
+//! comes back through its mailbox, which wakes it.
 //!
 //! Redirects are not followed (a 3xx goes to the guest, which may follow it if the target
 //! is allowed too), a call has a time limit in all, and a response body past the size cap
@@ -22,8 +22,8 @@ use frenezulo_engines::outbound::{
 };
 use tracing::{debug, info};
 
+use crate::mailbox::Mailbox;
 use crate::resolver::CallResolver;
-use crate::serve::{Inbox, Message};
 
 /// How calls are made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,11 +49,19 @@ impl Default for OutboundLimits {
     }
 }
 
+/// A finished call, for the thread of the task that made it.
+pub struct OutboundDone {
+    /// The task.
+    pub job: JobId,
+    /// What the call came to.
+    pub result: OutboundResult,
+}
+
 /// A call and where its result goes.
 struct Call {
     request: OutboundRequest,
     job: JobId,
-    reply: Inbox,
+    reply: Mailbox<OutboundDone>,
     /// Set once nobody waits for the result.
     abandoned: Arc<AtomicBool>,
 }
@@ -116,7 +124,7 @@ impl OutboundPool {
         &self,
         job: JobId,
         request: OutboundRequest,
-        reply: Inbox,
+        reply: Mailbox<OutboundDone>,
     ) -> Result<Pending, OutboundResult> {
         let abandoned = Arc::new(AtomicBool::new(false));
         match self.queue.try_send(Call {
@@ -178,7 +186,8 @@ fn work(calls: &Receiver<Call>, agents: &Agents, max: usize) {
         // The call's permit goes before its result, so a guest that calls again at once
         // finds its slot free.
         drop(request);
-        reply.send(Message::Outbound { job, result });
+        // A thread that is gone has no task to wake.
+        reply.send(OutboundDone { job, result });
     }
 }
 

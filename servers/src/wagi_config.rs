@@ -21,9 +21,8 @@ use frenezulo_core::{ServiceLimits, ServiceName, ServiceRoute};
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::config::{ServiceSpec, check_env};
 use crate::guest::GuestConfig;
-use crate::registry::manifest::Origin;
+use crate::spec::{Origin, ServiceSpec, check_env};
 
 /// The file as WAGI writes it.
 #[derive(Debug, Deserialize)]

@@ -36,13 +36,13 @@ use tracing::{error, info, warn};
 use crate::artifacts::{Artifacts, Loaded};
 use crate::cluster::{Cluster, ClusterEvent, Command, WriteError};
 use crate::compile::CompilePool;
-use crate::config::{EnvValues, LimitsConfig, check_env};
 use crate::guest::{GuestConfig, HostCeiling};
 use crate::metrics::{self, ThreadSnapshot};
 use crate::registry::manifest::Entry;
 use crate::registry::store::Digest;
 use crate::registry::{ChangeError, NewModule, Registry, Service};
-use crate::serve::{Inbox, Message};
+use crate::serve::{Inbox, ManagementRequest, Message};
+use crate::spec::{EnvValues, LimitsConfig, check_env};
 
 pub mod fetch;
 pub mod token;
@@ -59,12 +59,7 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(1);
 /// What the management thread takes.
 pub enum Event {
     /// A management request from serving thread `thread`.
-    Call {
-        /// The serving thread to answer through.
-        thread: usize,
-        /// The request.
-        call: Box<ManagementCall>,
-    },
+    Call(ManagementRequest),
     /// A module finished fetching and compiling on a worker thread.
     Prepared(Box<Prepared>),
     /// News from the shared registry's thread.
@@ -204,7 +199,8 @@ pub fn spawn(
     sender: SyncSender<Event>,
     on_exit: Box<dyn FnOnce() + Send>,
 ) -> std::io::Result<()> {
-    setup.registry.attach(setup.inboxes.clone());
+    let threads = setup.inboxes.iter().map(|i| i.mailbox(Message::Registry));
+    setup.registry.attach(threads.collect());
     let mut admin = Admin::new(setup, sender);
     std::thread::Builder::new()
         .name("admin".to_owned())
@@ -220,7 +216,7 @@ pub fn spawn(
             let _exit = Exit(Some(on_exit));
             while let Ok(event) = events.recv() {
                 match event {
-                    Event::Call { thread, call } => admin.on_call(thread, *call),
+                    Event::Call(ManagementRequest { thread, call }) => admin.on_call(thread, *call),
                     Event::Prepared(prepared) => admin.on_prepared(*prepared),
                     Event::Cluster(event) => admin.on_cluster(*event),
                 }

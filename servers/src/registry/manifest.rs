@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use frenezulo_core::{RouteError, ServiceRoute};
 use serde::{Deserialize, Serialize};
 
-use crate::config::LimitsConfig;
 use crate::guest::GuestConfig;
+use crate::spec::{LimitsConfig, Origin};
 
 /// Format version written into every manifest.
 pub const FORMAT: u32 = 1;
@@ -73,39 +73,6 @@ pub struct Entry {
     pub revision: Option<u64>,
     /// When it last changed, in seconds since the Unix epoch.
     pub updated_unix: u64,
-}
-
-/// Who defined a service, which decides who may change it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Origin {
-    /// The management API; it may replace, reconfigure and remove it.
-    Api,
-    /// The config file; changed by editing the file and restarting.
-    Config,
-    /// A `--service` flag; changed by restarting with other flags.
-    Cli,
-    /// The built-in `hello`, served when nothing else is configured; the API may add a
-    /// service of the same name, which then takes its place.
-    BuiltIn,
-}
-
-impl Origin {
-    /// Whether the management API may replace, reconfigure or remove such a service.
-    pub fn api_may_change(self) -> bool {
-        matches!(self, Origin::Api | Origin::BuiltIn)
-    }
-
-    /// The name shown in listings.
-    pub fn name(self) -> &'static str {
-        match self {
-            Origin::Api => "api",
-            Origin::Config => "config",
-            Origin::Cli => "cli",
-            Origin::BuiltIn => "built-in",
-        }
-    }
 }
 
 impl Entry {

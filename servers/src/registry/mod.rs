@@ -22,14 +22,15 @@ use frenezulo_engines::CompiledModule;
 use thiserror::Error;
 use tracing::{error, info, warn};
 
-use crate::config::{EnvValues, LimitError, LimitsConfig};
 use crate::guest::{GuestConfig, HostCeiling};
-use crate::serve::{Inbox, Message};
+use crate::mailbox::Mailbox;
+use crate::spec::{EnvValues, LimitError, LimitsConfig};
 
 pub mod manifest;
 pub mod store;
 
-use manifest::{Entry, Manifest, Origin};
+use crate::spec::Origin;
+use manifest::{Entry, Manifest};
 use store::{BlobStore, Digest, ManifestStore, StoreError};
 
 /// Both halves of a store.
@@ -81,6 +82,15 @@ impl Service {
     }
 }
 
+/// A change for one serving thread: what its core takes, and the compiled module of a
+/// `Put` when the publisher has it (so the thread need not load it again).
+pub struct Publication {
+    /// The change.
+    pub change: RegistryChange,
+    /// The compiled module of a `Put`, if the publisher holds it.
+    pub compiled: Option<Arc<dyn CompiledModule>>,
+}
+
 /// A service from the command line, the config file or the built-in, compiled at start.
 pub struct Static {
     /// The service, version unset.
@@ -125,7 +135,7 @@ pub enum ChangeError {
         /// Its route.
         theirs: String,
     },
-    /// A limit is out of its range (see [`crate::config::ceiling`]).
+    /// A limit is out of its range (see [`crate::spec::ceiling`]).
     #[error("limits: {0}")]
     Limits(#[from] LimitError),
     /// The store failed; nothing changed.
@@ -169,7 +179,8 @@ pub struct Registry {
     /// Server-wide environment values, under each service's own.
     env: EnvValues,
     workers: usize,
-    inboxes: Vec<Inbox>,
+    /// Every serving thread, to publish changes to.
+    threads: Vec<Mailbox<Publication>>,
     /// Whether the API's grants may reach public addresses only (the operator set no
     /// `outbound_allowed_hosts`).
     outbound_public_only: bool,
@@ -197,7 +208,7 @@ impl Registry {
             base_limits,
             env,
             workers,
-            inboxes: Vec::new(),
+            threads: Vec::new(),
             outbound_public_only: true,
         };
         for mut s in statics {
@@ -356,12 +367,12 @@ impl Registry {
     }
 
     /// The serving threads to publish changes to, once they exist.
-    pub fn attach(&mut self, inboxes: Vec<Inbox>) {
-        self.inboxes = inboxes;
+    pub fn attach(&mut self, threads: Vec<Mailbox<Publication>>) {
+        self.threads = threads;
     }
 
-    /// The messages that give a new serving thread the registry as it is.
-    pub fn initial_messages(&self) -> Vec<Message> {
+    /// What gives a new serving thread the registry as it is.
+    pub fn initial_publications(&self) -> Vec<Publication> {
         self.services
             .values()
             .map(|s| {
@@ -370,7 +381,7 @@ impl Registry {
                     .get(&s.name)
                     .filter(|st| st.service.version == s.version)
                     .and_then(|st| st.compiled.clone());
-                Message::Registry {
+                Publication {
                     change: self.put_change(s),
                     compiled,
                 }
@@ -694,16 +705,12 @@ impl Registry {
                 self.publish_put(&builtin, None);
                 self.services.insert(name.clone(), builtin);
             }
-            None => {
-                for inbox in &self.inboxes {
-                    inbox.send(Message::Registry {
-                        change: RegistryChange::Remove {
-                            service: name.clone(),
-                        },
-                        compiled: None,
-                    });
-                }
-            }
+            None => self.publish(|| Publication {
+                change: RegistryChange::Remove {
+                    service: name.clone(),
+                },
+                compiled: None,
+            }),
         }
     }
 
@@ -768,11 +775,17 @@ impl Registry {
     }
 
     fn publish_put(&self, s: &Service, compiled: Option<Arc<dyn CompiledModule>>) {
-        for inbox in &self.inboxes {
-            inbox.send(Message::Registry {
-                change: self.put_change(s),
-                compiled: compiled.clone(),
-            });
+        self.publish(|| Publication {
+            change: self.put_change(s),
+            compiled: compiled.clone(),
+        });
+    }
+
+    /// Sends every serving thread its own copy of a change.
+    fn publish(&self, make: impl Fn() -> Publication) {
+        for thread in &self.threads {
+            // A thread that is gone (the process is stopping) needs no news.
+            thread.send(make());
         }
     }
 }

@@ -19,12 +19,12 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{self, Read};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use frenezulo_core::{
-    ConnId, Execution, GuestFailure, Input, JobId, MAX_UNSENT, ModuleKey, Output, RegistryChange,
-    Responded, Response, Server, ServerConfig,
+    ConnId, Execution, GuestFailure, Input, JobId, MAX_UNSENT, ManagementCall, ModuleKey, Output,
+    RegistryChange, Responded, Response, Server, ServerConfig,
 };
 use frenezulo_engines::outbound::OutboundResult;
 use frenezulo_engines::{CompiledModule, GuestTask, RunOutput, Slice};
@@ -32,10 +32,11 @@ use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tracing::{debug, error, info, warn};
 
-use crate::admin;
-use crate::compile::{CompilePool, Compiled};
+use crate::compile::{CompileDone, CompilePool, Compiled};
+use crate::mailbox::Mailbox;
 use crate::metrics::{ThreadMetrics, ThreadSnapshot};
-use crate::outbound::OutboundPool;
+use crate::outbound::{OutboundDone, OutboundPool};
+use crate::registry::Publication;
 
 mod net;
 
@@ -45,12 +46,7 @@ use net::{Connection, Flushed, Phase};
 /// A message for a serving thread.
 pub enum Message {
     /// The registry changed; `compiled` is the module if it was compiled already.
-    Registry {
-        /// The change, as the core takes it.
-        change: RegistryChange,
-        /// The compiled module of a `Put`, when the publisher has it.
-        compiled: Option<Arc<dyn CompiledModule>>,
-    },
+    Registry(Publication),
     /// A compile this thread asked for finished.
     Compiled {
         /// The module version.
@@ -95,6 +91,15 @@ impl Inbox {
         }
     }
 
+    /// A mailbox that delivers each item here as the message `wrap` makes of it.
+    pub fn mailbox<T: 'static>(&self, wrap: fn(T) -> Message) -> Mailbox<T> {
+        let inbox = self.clone();
+        Mailbox::new(move |item| {
+            inbox.send(wrap(item));
+            true
+        })
+    }
+
     /// An inbox no thread reads: the test reads what was sent (keep the poller alive).
     #[cfg(test)]
     pub fn unattended() -> io::Result<(Self, std::sync::mpsc::Receiver<Message>, Poll)> {
@@ -103,6 +108,14 @@ impl Inbox {
         let (tx, rx) = std::sync::mpsc::channel();
         Ok((Self { tx, waker }, rx, poll))
     }
+}
+
+/// A management call a serving thread hands over, with the thread to answer through.
+pub struct ManagementRequest {
+    /// The serving thread.
+    pub thread: usize,
+    /// The call.
+    pub call: Box<ManagementCall>,
 }
 
 /// What one serving thread runs with.
@@ -122,9 +135,10 @@ pub struct Setup {
     /// Where guests' outbound calls are made.
     pub outbound: OutboundPool,
     /// Messages to take before the first connection: the registry as it is at start.
-    pub initial: Vec<Message>,
-    /// Where management calls go.
-    pub admin: SyncSender<admin::Event>,
+    pub initial: Vec<Publication>,
+    /// Where management calls go; a call it refuses (the management thread is busy) is
+    /// answered 503.
+    pub admin: Mailbox<ManagementRequest>,
     /// Whether to log a line per request.
     pub access_log: bool,
     /// Called as the thread ends, with false if it panicked.
@@ -211,7 +225,10 @@ struct Loop {
     write_timeout: Duration,
     core: Server,
     inbox: Receiver<Message>,
-    own_inbox: Inbox,
+    /// Where the compile pool answers this thread.
+    compiled_to: Mailbox<CompileDone>,
+    /// Where the outbound pool answers this thread.
+    outbound_to: Mailbox<OutboundDone>,
     compile: CompilePool,
     outbound: OutboundPool,
     /// Connections by slot; a slot's generation makes reused slots new `ConnId`s.
@@ -235,7 +252,7 @@ struct Loop {
     yielded: Option<(JobId, Duration)>,
     /// The task that ended last and the guest time it used, for its response's log line.
     last_ended: Option<(JobId, Duration)>,
-    admin: SyncSender<admin::Event>,
+    admin: Mailbox<ManagementRequest>,
     access_log: bool,
     metrics: ThreadMetrics,
     /// This turn of the loop runs no more slices after this instant, or after one that
@@ -263,7 +280,14 @@ impl Loop {
             write_timeout: setup.write_timeout,
             core: Server::new(setup.core),
             inbox,
-            own_inbox: own,
+            compiled_to: own.mailbox(|d: CompileDone| Message::Compiled {
+                module: d.module,
+                result: d.result,
+            }),
+            outbound_to: own.mailbox(|d: OutboundDone| Message::Outbound {
+                job: d.job,
+                result: d.result,
+            }),
             compile: setup.compile,
             outbound: setup.outbound,
             conns: Vec::new(),
@@ -287,8 +311,8 @@ impl Loop {
             date_second: 0,
             buf: vec![0; READ_BUF].into_boxed_slice(),
         };
-        for message in initial {
-            this.take(message);
+        for publication in initial {
+            this.take(Message::Registry(publication));
         }
         Ok(this)
     }
@@ -431,7 +455,8 @@ impl Loop {
                     info!(service = %module.service, version = module.version, thread = self.id, "cold start");
                     self.metrics.cold_start(&module.service);
                     if let Some(result) =
-                        self.compile.request(module.clone(), wasm, &self.own_inbox)
+                        self.compile
+                            .request(module.clone(), wasm, &self.compiled_to)
                     {
                         self.on_compiled(module, result);
                     }
@@ -459,12 +484,12 @@ impl Loop {
                 }
                 Output::Manage(call) => {
                     let id = call.call;
-                    let event = admin::Event::Call {
+                    let request = ManagementRequest {
                         thread: self.id,
                         call,
                     };
                     // A full queue is answered at once rather than waited on.
-                    if self.admin.try_send(event).is_err() {
+                    if !self.admin.send(request) {
                         let response =
                             Response::text(503, "the management API is busy, retry shortly")
                                 .with_header("Retry-After", "1");
@@ -580,7 +605,7 @@ impl Loop {
             }
             Slice::Waiting(call) => {
                 // The thread goes on with other work while the call is made elsewhere.
-                match self.outbound.submit(job, call, self.own_inbox.clone()) {
+                match self.outbound.submit(job, call, self.outbound_to.clone()) {
                     Ok(pending) => {
                         task.call = Some(pending);
                         self.metrics.outbound_call(&task.module.service);
@@ -622,7 +647,7 @@ impl Loop {
     /// Acts on one message; false when the thread must exit now.
     fn take(&mut self, message: Message) -> bool {
         match message {
-            Message::Registry { change, compiled } => {
+            Message::Registry(Publication { change, compiled }) => {
                 let module = match &change {
                     RegistryChange::Put { module, .. } => Some(module.clone()),
                     _ => None,
