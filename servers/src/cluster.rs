@@ -391,7 +391,9 @@ async fn write(buckets: &Buckets, command: Command) -> ClusterEvent {
             .await;
             let result = match deleted {
                 Ok(Ok(())) => Ok(expected),
-                Ok(Err(e)) if is_conflict(&e.to_string()) => Err(WriteError::Conflict(name)),
+                Ok(Err(e)) if e.kind() == kv::DeleteErrorKind::WrongLastRevision => {
+                    Err(WriteError::Conflict(name))
+                }
                 Ok(Err(e)) => Err(WriteError::Unavailable(e.to_string())),
                 Err(_) => Err(WriteError::Unavailable("timed out".to_owned())),
             };
@@ -425,29 +427,35 @@ async fn put(
         }
     }
     let value = Bytes::from(serde_json::to_vec(entry).expect("entries serialize"));
+    // Each error as (whether the revision was not the one expected, what it says).
     let written = match expected {
         Some(revision) => {
             tokio::time::timeout(OP_TIMEOUT, buckets.kv.update(name, value, revision))
                 .await
-                .map(|r| r.map_err(|e| e.to_string()))
+                .map(|r| {
+                    r.map_err(|e| {
+                        let conflict = e.kind() == kv::UpdateErrorKind::WrongLastRevision;
+                        (conflict, e.to_string())
+                    })
+                })
         }
         None => tokio::time::timeout(OP_TIMEOUT, buckets.kv.create(name, value))
             .await
-            .map(|r| r.map_err(|e| e.to_string())),
+            .map(|r| {
+                r.map_err(|e| {
+                    (
+                        e.kind() == kv::CreateErrorKind::AlreadyExists,
+                        e.to_string(),
+                    )
+                })
+            }),
     };
     match written {
         Ok(Ok(revision)) => Ok(revision),
-        Ok(Err(e)) if is_conflict(&e) => Err(WriteError::Conflict(name.to_owned())),
-        Ok(Err(e)) => Err(unavailable(e)),
+        Ok(Err((true, _))) => Err(WriteError::Conflict(name.to_owned())),
+        Ok(Err((false, e))) => Err(unavailable(e)),
         Err(_) => Err(unavailable("writing the entry timed out".to_owned())),
     }
-}
-
-/// Whether a KV error says the revision was not the one expected (the client's error kinds
-/// differ between create, update and delete; their messages agree).
-fn is_conflict(message: &str) -> bool {
-    let m = message.to_ascii_lowercase();
-    m.contains("wrong last") || m.contains("already exists") || m.contains("key exists")
 }
 
 /// Turns a watched entry into an event: a removal, or the entry with its checked module.
@@ -583,14 +591,6 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn conflicts_are_told_from_outages() {
-        assert!(is_conflict("wrong last sequence: 4"));
-        assert!(is_conflict("key already exists"));
-        assert!(!is_conflict("timed out"));
-        assert!(!is_conflict("no responders"));
-    }
 
     #[test]
     fn objects_are_named_by_hex_digest() {
