@@ -57,6 +57,9 @@
 //! [`Input::Disconnected`], or [`Input::ReadClosed`] while a guest still owes it a
 //! response (as nginx takes it, 499): its tasks are cancelled and it is closed unanswered.
 //!
+//! [`contract::Monitor`] checks this contract from outside, both sides of it; the core's
+//! tests, the fuzz target, the simulator and debug builds of the server run one.
+//!
 //! Every request that is parsed gets exactly one response, in order per connection, unless
 //! its connection goes away first. Every [`Output::Compile`] must be answered with
 //! [`Input::Compiled`].
@@ -66,6 +69,7 @@
 //! Engines and the WAGI guest ABI live in `frenezulo-engines`; sockets, serving threads
 //! and the CLI in the `frenezulo` binary; virtual-time workloads in `frenezulo-sim`.
 
+pub mod contract;
 pub mod guest;
 pub mod http;
 pub mod response;

@@ -27,6 +27,7 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use frenezulo_core::contract::Monitor;
 use frenezulo_core::{
     ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Response,
     Server, ServerConfig, ServiceLimits, ServiceName,
@@ -203,6 +204,8 @@ enum Step {
 
 struct Thread {
     core: Server,
+    /// Checks this thread and its core keep the polling contract.
+    monitor: Monitor,
     backlog: VecDeque<Waiting>,
     conns: HashMap<ConnId, Conn>,
     next_conn: u64,
@@ -280,6 +283,7 @@ pub fn run(cfg: &SimConfig, epoch: Instant) -> Result<Outcome, Violation> {
             }
             Thread {
                 core,
+                monitor: Monitor::new(),
                 backlog: VecDeque::new(),
                 conns: HashMap::new(),
                 next_conn: 0,
@@ -704,10 +708,12 @@ impl Sim<'_> {
         check!(now >= th.last_input, "thread {i}: core time went backwards");
         th.last_input = now;
         self.out.inputs += 1;
+        th.monitor.input(&input);
         th.core.handle(at, input);
         let mut compiled_now = Vec::new();
         while let Some(output) = self.threads[i].core.poll_output() {
             let th = &mut self.threads[i];
+            th.monitor.output(&output);
             match output {
                 Output::Transmit { .. } => {}
                 Output::Close { conn } => {

@@ -254,6 +254,9 @@ struct Loop {
     last_ended: Option<(JobId, Duration)>,
     admin: Mailbox<ManagementRequest>,
     access_log: bool,
+    /// Debug builds check that this loop and its core keep the polling contract.
+    #[cfg(debug_assertions)]
+    monitor: frenezulo_core::contract::Monitor,
     metrics: ThreadMetrics,
     /// This turn of the loop runs no more slices after this instant, or after one that
     /// yielded: then the sockets are polled again.
@@ -304,6 +307,8 @@ impl Loop {
             last_ended: None,
             admin: setup.admin,
             access_log: setup.access_log,
+            #[cfg(debug_assertions)]
+            monitor: Default::default(),
             metrics: ThreadMetrics::default(),
             turn_ends: Instant::now(),
             turn_yielded: false,
@@ -413,12 +418,16 @@ impl Loop {
     /// Feeds the core one input and carries out what it asks.
     fn handle(&mut self, input: Input<'_>) {
         let now = Instant::now();
+        #[cfg(debug_assertions)]
+        self.monitor.input(&input);
         self.core.handle(now, input);
         self.carry_out();
     }
 
     fn carry_out(&mut self) {
         while let Some(output) = self.core.poll_output() {
+            #[cfg(debug_assertions)]
+            self.monitor.output(&output);
             match output {
                 Output::Transmit { conn, head, body } => {
                     let Some(slot) = self.slot_of(conn) else {
