@@ -113,3 +113,63 @@ impl Entry {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A manifest as frenezulo wrote it before services had routes (format 1, every field
+    /// of the time set) still loads, means the same, and is written back unchanged.
+    #[test]
+    fn a_manifest_from_before_routes_loads_as_it_was() {
+        let before = r#"{
+  "format": 1,
+  "services": {
+    "shop": {
+      "digest": "sha256:0000000000000000000000000000000000000000000000000000000000000000",
+      "size": 42,
+      "source": "https://example.com/shop.wasm",
+      "origin": "api",
+      "limits": {
+        "memory": 33554432,
+        "deadline": "2s",
+        "cpu_weight": 2
+      },
+      "env": {
+        "MODE": "prod"
+      },
+      "entrypoint": "main",
+      "argv": "${SCRIPT_NAME} ${ARGS}",
+      "allowed_hosts": [
+        "https://api.example.com"
+      ],
+      "http_max_concurrency": 4,
+      "routes": [
+        "/hello hello"
+      ],
+      "revision": 7,
+      "updated_unix": 1700000000
+    }
+  }
+}"#;
+        let manifest: Manifest = serde_json::from_str(before).unwrap();
+        let shop = &manifest.services["shop"];
+        assert_eq!(shop.route, None, "served at /shop, as before");
+        let guest = shop.guest().unwrap();
+        assert_eq!(guest.entrypoint.as_deref(), Some("main"));
+        assert_eq!(guest.allowed_hosts, ["https://api.example.com"]);
+        assert_eq!(serde_json::to_string_pretty(&manifest).unwrap(), before);
+    }
+
+    #[test]
+    fn a_stored_route_that_is_no_route_is_refused() {
+        let mut entry = Entry::uploaded(b"m");
+        entry.route = Some("/services/x".to_owned());
+        assert!(entry.guest().is_err());
+        entry.route = Some("/api/...".to_owned());
+        assert_eq!(
+            entry.guest().unwrap().route.unwrap().to_string(),
+            "/api/..."
+        );
+    }
+}

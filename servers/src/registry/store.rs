@@ -17,7 +17,7 @@ use bytes::Bytes;
 use sha2::{Digest as _, Sha256};
 use thiserror::Error;
 
-use super::manifest::Manifest;
+use super::manifest::{FORMAT, Manifest};
 
 /// A module's SHA-256, which names it in the blob store.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -187,10 +187,21 @@ impl ManifestStore for LocalStore {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Manifest::default()),
             Err(e) => return Err(io_error(&path)(e)),
         };
-        serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
-            path,
-            reason: e.to_string(),
-        })
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?;
+        if manifest.format > FORMAT {
+            return Err(StoreError::Corrupt {
+                path,
+                reason: format!(
+                    "written by a newer frenezulo (format {}; this one reads up to {FORMAT})",
+                    manifest.format
+                ),
+            });
+        }
+        Ok(manifest)
     }
 
     fn commit(&mut self, manifest: &Manifest) -> Result<(), StoreError> {
@@ -391,5 +402,15 @@ mod tests {
             LocalStore::open(tmp.path()),
             Err(StoreError::NotPrivate { .. })
         ));
+    }
+
+    #[test]
+    fn a_manifest_from_a_newer_version_is_not_read_as_this_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let newer = r#"{"format": 99, "services": {}}"#;
+        std::fs::write(dir.path().join(MANIFEST), newer).unwrap();
+        let e = store.load().unwrap_err().to_string();
+        assert!(e.contains("written by a newer frenezulo (format 99"), "{e}");
     }
 }
