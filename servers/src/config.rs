@@ -287,7 +287,7 @@ impl Settings {
     }
 
     /// Merges a parsed file (whose relative paths are under `base`) with overrides.
-    pub fn merge(file: FileConfig, base: &Path, overrides: Overrides) -> anyhow::Result<Self> {
+    pub fn merge(mut file: FileConfig, base: &Path, overrides: Overrides) -> anyhow::Result<Self> {
         let engine = match (overrides.engine, &file.engine) {
             (Some(e), _) => e,
             (None, Some(name)) => name.parse().map_err(anyhow::Error::msg)?,
@@ -302,157 +302,23 @@ impl Settings {
         if workers == 0 {
             bail!("workers must be at least 1");
         }
-        // The server's own settings: from the operator, but a typo must be a clear error
-        // at start, not an overflow on the first request.
-        for (key, value) in [
-            (
-                "idle_timeout",
-                overrides.idle_timeout.or(file.idle_timeout.map(|s| s.0)),
-            ),
-            ("keep_alive_timeout", file.keep_alive_timeout.map(|s| s.0)),
-            ("request_timeout", file.request_timeout.map(|s| s.0)),
-            ("write_timeout", file.write_timeout.map(|s| s.0)),
-            ("drain_timeout", file.drain_timeout.map(|s| s.0)),
-            ("fetch_timeout", file.fetch_timeout.map(|s| s.0)),
-            ("outbound_timeout", file.outbound_timeout.map(|s| s.0)),
-        ] {
-            if let Some(v) = value {
-                check_timeout(key, v)?;
-            }
-        }
-        for (key, value) in [
-            ("max_body", file.max_body),
-            ("max_module_size", file.max_module_size),
-        ] {
-            if let Some(Size(v)) = value {
-                check_size(key, v, 0, ceiling::BODY_BYTES)?;
-            }
-        }
-        let defaults = ServerConfig::default();
-        let framing = FramingLimits {
-            max_head_bytes: file
-                .max_header_bytes
-                .map_or(defaults.framing.max_head_bytes, |s| s.0),
-            max_headers: defaults.framing.max_headers,
-            max_body_bytes: file
-                .max_body
-                .map_or(defaults.framing.max_body_bytes, |s| s.0),
-        };
-        let server = ServerConfig {
-            framing,
-            keep_alive_timeout: file
-                .keep_alive_timeout
-                .map_or(defaults.keep_alive_timeout, |s| s.0),
-            request_timeout: file
-                .request_timeout
-                .map_or(defaults.request_timeout, |s| s.0),
-            max_pipelined: file.max_pipelined.unwrap_or(defaults.max_pipelined).max(1),
-            max_running: overrides
-                .max_running
-                .or(file.max_running)
-                .unwrap_or(DEFAULT_RUNNING_PER_WORKER * workers)
-                .max(1),
-            max_queued: file.max_queued.unwrap_or(defaults.max_queued),
-            max_queued_bytes: file
-                .max_queued_bytes
-                .map_or(defaults.max_queued_bytes, |s| s.0),
-            idle_timeout: overrides
-                .idle_timeout
-                .or(file.idle_timeout.map(|s| s.0))
-                .unwrap_or(defaults.idle_timeout),
-        };
+        check_server_bounds(&file, &overrides)?;
+        let max_module_bytes = file
+            .max_module_size
+            .map_or(DEFAULT_MAX_MODULE_BYTES, |s| s.0);
+        let server = server_config(&file, &overrides, workers, max_module_bytes);
         file.limits
             .check()
             .map_err(|e| anyhow::anyhow!("[limits]: {e}"))?;
         let base_limits = file.limits.apply(ServiceLimits {
-            body_bytes: framing.max_body_bytes,
+            // Each service's requests: the configured `max_body`, not the module cap.
+            body_bytes: file
+                .max_body
+                .map_or(ServerConfig::default().framing.max_body_bytes, |s| s.0),
             ..ServiceLimits::default()
         });
-        let mut services = Vec::new();
-        for (name, entry) in file.services {
-            let (module, limits, env, guest) = match entry {
-                ServiceEntry::Path(module) => {
-                    (module, base_limits, BTreeMap::new(), GuestConfig::default())
-                }
-                ServiceEntry::Table {
-                    module,
-                    route,
-                    env,
-                    entrypoint,
-                    argv,
-                    volumes,
-                    allowed_hosts,
-                    http_max_concurrency,
-                    limits,
-                } => {
-                    let route = route
-                        .as_deref()
-                        .map(ServiceRoute::prefix)
-                        .transpose()
-                        .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
-                    let guest = GuestConfig {
-                        route,
-                        default_host: None,
-                        entrypoint,
-                        argv,
-                        volumes: volumes
-                            .into_iter()
-                            .map(|(g, h)| (g, base.join(h)))
-                            .collect(),
-                        allowed_hosts,
-                        http_max_concurrency,
-                    };
-                    limits
-                        .check()
-                        .map_err(|e| e.to_string())
-                        .and_then(|()| check_env(&env))
-                        .and_then(|()| guest.check())
-                        .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
-                    (module, limits.apply(base_limits), env, guest)
-                }
-            };
-            services.push(ServiceSpec {
-                name,
-                module: base.join(module),
-                limits,
-                env,
-                guest,
-                origin: Origin::Config,
-            });
-        }
-        let wagi_config = overrides
-            .wagi_config
-            .clone()
-            .or(file.wagi_config.as_ref().map(|f| base.join(f)));
-        if let Some(path) = wagi_config {
-            let taken = services.iter().map(|s| s.name.clone()).collect();
-            services.extend(crate::wagi_config::read(&path, base_limits, &taken)?);
-        }
-        for (name, module) in overrides.services {
-            services.retain(|s| s.name != name);
-            services.push(ServiceSpec {
-                name,
-                module,
-                limits: base_limits,
-                env: BTreeMap::new(),
-                guest: GuestConfig::default(),
-                origin: Origin::Cli,
-            });
-        }
-        check_routes(&services)?;
-        // Lowest first: the environment file (the command line's, else the config file's),
-        // then the config file's `env`, then `--env`.
-        let env_file = overrides
-            .env_file
-            .clone()
-            .or(file.env_file.as_ref().map(|f| base.join(f)));
-        let mut env = match &env_file {
-            Some(path) => read_env_file(path)?,
-            None => EnvValues::new(),
-        };
-        env.extend(file.env.clone());
-        env.extend(overrides.env.iter().cloned());
-        check_env(&env).map_err(|e| anyhow::anyhow!("server-wide environment: {e}"))?;
+        let services = services(&mut file, base, &overrides, base_limits)?;
+        let env = guest_env(&file, base, &overrides)?;
         let outbound_allowed_hosts = HostCeiling::new(
             "outbound_allowed_hosts",
             file.outbound_allowed_hosts.as_deref(),
@@ -461,13 +327,8 @@ impl Settings {
         let fetch_allowed_hosts =
             HostCeiling::new("fetch_allowed_hosts", file.fetch_allowed_hosts.as_deref())
                 .map_err(anyhow::Error::msg)?;
-        let max_module_bytes = file
-            .max_module_size
-            .map_or(DEFAULT_MAX_MODULE_BYTES, |s| s.0);
-        // Uploads come through the same framing as requests: let a module of the largest
-        // size through; each service's own body limit still applies to its requests.
-        let mut server = server;
-        server.framing.max_body_bytes = server.framing.max_body_bytes.max(max_module_bytes);
+        let cluster = cluster_config(&mut file, base, overrides.registry.clone())?;
+        let outbound = outbound_limits(&file);
         Ok(Settings {
             engine,
             listen: overrides
@@ -496,44 +357,239 @@ impl Settings {
                 .filter(|t| !t.is_empty()),
             max_module_bytes,
             fetch_timeout: file.fetch_timeout.map_or(Duration::from_secs(30), |s| s.0),
-            module_dirs: file.module_dirs.into_iter().map(|d| base.join(d)).collect(),
+            module_dirs: file.module_dirs.iter().map(|d| base.join(d)).collect(),
             outbound_allowed_hosts,
             fetch_allowed_hosts,
             access_log: !overrides.no_access_log && file.access_log.unwrap_or(true),
             env,
-            cluster: match overrides.registry.or(file.registry) {
-                None => None,
-                Some(url) if url == "local" => None,
-                Some(url) => {
-                    if !["nats://", "tls://", "ws://", "wss://"]
-                        .iter()
-                        .any(|p| url.starts_with(p))
-                    {
-                        bail!("registry `{url}` must be `local` or a nats:// URL");
-                    }
-                    let mut c = ClusterConfig::new(url);
-                    let n = file.nats;
-                    c.kv_bucket = n.kv_bucket.unwrap_or(c.kv_bucket);
-                    c.object_bucket = n.object_bucket.unwrap_or(c.object_bucket);
-                    c.token = n.token;
-                    c.credentials = n.credentials.map(|p| base.join(p));
-                    c.require_tls = n.require_tls;
-                    c.root_certificates = n.root_certificates.map(|p| base.join(p));
-                    Some(c)
-                }
-            },
-            outbound: {
-                let d = OutboundLimits::default();
-                OutboundLimits {
-                    workers: file.outbound_workers.unwrap_or(d.workers).clamp(1, 1024),
-                    timeout: file.outbound_timeout.map_or(d.timeout, |s| s.0),
-                    max_response_bytes: file
-                        .outbound_max_response
-                        .map_or(d.max_response_bytes, |s| s.0),
-                    ..d
-                }
-            },
+            cluster,
+            outbound,
         })
+    }
+}
+
+/// The server's own timeouts and sizes, each within its ceiling: from the operator, but a
+/// typo must be a clear error at start, not an overflow on the first request.
+fn check_server_bounds(file: &FileConfig, overrides: &Overrides) -> anyhow::Result<()> {
+    for (key, value) in [
+        (
+            "idle_timeout",
+            overrides.idle_timeout.or(file.idle_timeout.map(|s| s.0)),
+        ),
+        ("keep_alive_timeout", file.keep_alive_timeout.map(|s| s.0)),
+        ("request_timeout", file.request_timeout.map(|s| s.0)),
+        ("write_timeout", file.write_timeout.map(|s| s.0)),
+        ("drain_timeout", file.drain_timeout.map(|s| s.0)),
+        ("fetch_timeout", file.fetch_timeout.map(|s| s.0)),
+        ("outbound_timeout", file.outbound_timeout.map(|s| s.0)),
+    ] {
+        if let Some(v) = value {
+            check_timeout(key, v)?;
+        }
+    }
+    for (key, value) in [
+        ("max_body", file.max_body),
+        ("max_module_size", file.max_module_size),
+    ] {
+        if let Some(Size(v)) = value {
+            check_size(key, v, 0, ceiling::BODY_BYTES)?;
+        }
+    }
+    Ok(())
+}
+
+/// What each serving thread's core runs with. Uploads come through the same framing as
+/// requests, so it lets a module of `max_module_bytes` through; each service's own body
+/// limit still applies to its requests.
+fn server_config(
+    file: &FileConfig,
+    overrides: &Overrides,
+    workers: usize,
+    max_module_bytes: usize,
+) -> ServerConfig {
+    let defaults = ServerConfig::default();
+    let max_body = file
+        .max_body
+        .map_or(defaults.framing.max_body_bytes, |s| s.0);
+    ServerConfig {
+        framing: FramingLimits {
+            max_head_bytes: file
+                .max_header_bytes
+                .map_or(defaults.framing.max_head_bytes, |s| s.0),
+            max_headers: defaults.framing.max_headers,
+            max_body_bytes: max_body.max(max_module_bytes),
+        },
+        keep_alive_timeout: file
+            .keep_alive_timeout
+            .map_or(defaults.keep_alive_timeout, |s| s.0),
+        request_timeout: file
+            .request_timeout
+            .map_or(defaults.request_timeout, |s| s.0),
+        max_pipelined: file.max_pipelined.unwrap_or(defaults.max_pipelined).max(1),
+        max_running: overrides
+            .max_running
+            .or(file.max_running)
+            .unwrap_or(DEFAULT_RUNNING_PER_WORKER * workers)
+            .max(1),
+        max_queued: file.max_queued.unwrap_or(defaults.max_queued),
+        max_queued_bytes: file
+            .max_queued_bytes
+            .map_or(defaults.max_queued_bytes, |s| s.0),
+        idle_timeout: overrides
+            .idle_timeout
+            .or(file.idle_timeout.map(|s| s.0))
+            .unwrap_or(defaults.idle_timeout),
+    }
+}
+
+/// The services to load at start: the config file's (its paths under `base`), then the
+/// module map's, then `--service` over both; no two on one route.
+fn services(
+    file: &mut FileConfig,
+    base: &Path,
+    overrides: &Overrides,
+    base_limits: ServiceLimits,
+) -> anyhow::Result<Vec<ServiceSpec>> {
+    let mut services = Vec::new();
+    for (name, entry) in std::mem::take(&mut file.services) {
+        services.push(file_service(name, entry, base, base_limits)?);
+    }
+    let wagi_config = overrides
+        .wagi_config
+        .clone()
+        .or(file.wagi_config.as_ref().map(|f| base.join(f)));
+    if let Some(path) = wagi_config {
+        let taken = services.iter().map(|s| s.name.clone()).collect();
+        services.extend(crate::wagi_config::read(&path, base_limits, &taken)?);
+    }
+    for (name, module) in &overrides.services {
+        services.retain(|s| s.name != *name);
+        services.push(ServiceSpec {
+            name: name.clone(),
+            module: module.clone(),
+            limits: base_limits,
+            env: BTreeMap::new(),
+            guest: GuestConfig::default(),
+            origin: Origin::Cli,
+        });
+    }
+    check_routes(&services)?;
+    Ok(services)
+}
+
+/// One `[services]` entry, checked.
+fn file_service(
+    name: String,
+    entry: ServiceEntry,
+    base: &Path,
+    base_limits: ServiceLimits,
+) -> anyhow::Result<ServiceSpec> {
+    let (module, limits, env, guest) = match entry {
+        ServiceEntry::Path(module) => {
+            (module, base_limits, BTreeMap::new(), GuestConfig::default())
+        }
+        ServiceEntry::Table {
+            module,
+            route,
+            env,
+            entrypoint,
+            argv,
+            volumes,
+            allowed_hosts,
+            http_max_concurrency,
+            limits,
+        } => {
+            let route = route
+                .as_deref()
+                .map(ServiceRoute::prefix)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
+            let guest = GuestConfig {
+                route,
+                default_host: None,
+                entrypoint,
+                argv,
+                volumes: volumes
+                    .into_iter()
+                    .map(|(g, h)| (g, base.join(h)))
+                    .collect(),
+                allowed_hosts,
+                http_max_concurrency,
+            };
+            limits
+                .check()
+                .map_err(|e| e.to_string())
+                .and_then(|()| check_env(&env))
+                .and_then(|()| guest.check())
+                .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
+            (module, limits.apply(base_limits), env, guest)
+        }
+    };
+    Ok(ServiceSpec {
+        name,
+        module: base.join(module),
+        limits,
+        env,
+        guest,
+        origin: Origin::Config,
+    })
+}
+
+/// Every guest's environment, lowest first: the environment file (the command line's,
+/// else the config file's), then the config file's `env`, then `--env`.
+fn guest_env(file: &FileConfig, base: &Path, overrides: &Overrides) -> anyhow::Result<EnvValues> {
+    let env_file = overrides
+        .env_file
+        .clone()
+        .or(file.env_file.as_ref().map(|f| base.join(f)));
+    let mut env = match &env_file {
+        Some(path) => read_env_file(path)?,
+        None => EnvValues::new(),
+    };
+    env.extend(file.env.clone());
+    env.extend(overrides.env.iter().cloned());
+    check_env(&env).map_err(|e| anyhow::anyhow!("server-wide environment: {e}"))?;
+    Ok(env)
+}
+
+/// The shared registry, if `registry` (the command line's, else the file's) names NATS.
+fn cluster_config(
+    file: &mut FileConfig,
+    base: &Path,
+    registry: Option<String>,
+) -> anyhow::Result<Option<ClusterConfig>> {
+    let url = match registry.or(file.registry.take()) {
+        None => return Ok(None),
+        Some(url) if url == "local" => return Ok(None),
+        Some(url) => url,
+    };
+    if !["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|p| url.starts_with(p))
+    {
+        bail!("registry `{url}` must be `local` or a nats:// URL");
+    }
+    let mut c = ClusterConfig::new(url);
+    let n = std::mem::take(&mut file.nats);
+    c.kv_bucket = n.kv_bucket.unwrap_or(c.kv_bucket);
+    c.object_bucket = n.object_bucket.unwrap_or(c.object_bucket);
+    c.token = n.token;
+    c.credentials = n.credentials.map(|p| base.join(p));
+    c.require_tls = n.require_tls;
+    c.root_certificates = n.root_certificates.map(|p| base.join(p));
+    Ok(Some(c))
+}
+
+/// How guests' outbound calls are made.
+fn outbound_limits(file: &FileConfig) -> OutboundLimits {
+    let d = OutboundLimits::default();
+    OutboundLimits {
+        workers: file.outbound_workers.unwrap_or(d.workers).clamp(1, 1024),
+        timeout: file.outbound_timeout.map_or(d.timeout, |s| s.0),
+        max_response_bytes: file
+            .outbound_max_response
+            .map_or(d.max_response_bytes, |s| s.0),
+        ..d
     }
 }
 

@@ -238,69 +238,11 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
     };
     let mut settings = Settings::load(cli.config.as_deref(), overrides)?;
     let per_thread = settings.per_thread();
-    let nofile = fds::raise_limit();
-    let mut demand = fds::Demand {
-        workers: settings.workers,
-        max_connections: settings.max_connections,
-        max_running: per_thread.max_running * settings.workers,
-        outbound_workers: settings.outbound.workers,
-        volumes: settings
-            .services
-            .iter()
-            .any(|s| !s.guest.volumes.is_empty()),
-    };
-    let budget = match fds::budget(nofile, demand) {
-        Ok(budget) => budget,
-        // The default that does not fit is lowered; a number the operator set is refused.
-        Err(e) => match fds::connections_that_fit(nofile, demand) {
-            Some(fit) if !settings.max_connections_set => {
-                warn!(
-                    limit = nofile,
-                    max_connections = fit,
-                    "the default max_connections ({}) does not fit the open-file limit; lowered",
-                    config::DEFAULT_MAX_CONNECTIONS
-                );
-                settings.max_connections = fit;
-                demand.max_connections = fit;
-                fds::budget(nofile, demand).map_err(anyhow::Error::msg)?
-            }
-            _ => anyhow::bail!(e),
-        },
-    };
-    frenezulo_engines::wasi::files::limit_open_files(budget.guest_files);
-    info!(
-        limit = nofile,
-        guest_files = budget.guest_files,
-        spare = budget.spare,
-        "open-file limit"
-    );
-    if demand.volumes && budget.guest_files < frenezulo_engines::wasi::files::MAX_OPEN {
-        warn!(
-            guest_files = budget.guest_files,
-            "guests may open fewer files than usual so that every running guest fits the \
-             open-file limit; raise the limit for the full {}",
-            frenezulo_engines::wasi::files::MAX_OPEN
-        );
-    }
+    fit_open_files(&mut settings, &per_thread)?;
     let store = LocalStore::open(&settings.data_dir).context("opening the data directory")?;
     info!(dir = %settings.data_dir.display(), "data directory");
     let (token, _) = admin::token::resolve(settings.admin_token.clone(), &settings.data_dir)?;
-    let engine_config = EngineConfig {
-        // Every thread's running tasks; slack covers a compile that instantiates nothing.
-        max_instances: u32::try_from(per_thread.max_running * settings.workers + 2)
-            .unwrap_or(u32::MAX),
-        // Services added later may ask for up to the largest limit configured.
-        max_memory_bytes: settings
-            .services
-            .iter()
-            .map(|s| s.limits.memory_bytes)
-            .chain([
-                settings.base_limits.memory_bytes,
-                ServiceLimits::default().memory_bytes,
-            ])
-            .max()
-            .unwrap_or_default(),
-    };
+    let engine_config = engine_config(&settings, &per_thread);
     let engine = frenezulo_engines::create(settings.engine, &engine_config)?;
     let artifacts = Arc::new(Artifacts::open(engine, &settings.data_dir));
     let statics = load_services(&settings, &artifacts)?;
@@ -355,22 +297,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
         })?);
     }
     registry.release_compiled();
-    let cluster = match &settings.cluster {
-        Some(config) => {
-            let shown = cluster::redact_url(&config.url);
-            info!(
-                url = shown,
-                "services added through the API are shared through NATS JetStream"
-            );
-            let tx = admin_tx.clone();
-            let events = Mailbox::new(move |e| tx.send(admin::Event::Cluster(Box::new(e))).is_ok());
-            let mut cluster = cluster::Cluster::start(config.clone(), events)?;
-            // `url` is what health, errors and logs show; the connection keeps the real one.
-            cluster.url = shown;
-            Some(cluster)
-        }
-        None => None,
-    };
+    let cluster = start_cluster(&settings, &admin_tx)?;
     let admin_exited = events_tx.clone();
     admin::spawn(
         admin::Setup {
@@ -402,6 +329,105 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
     println!("frenezulo listening on http://{local}");
     std::io::stdout().flush()?;
     supervise(&events, &inboxes, settings.drain_timeout, STOP_GRACE)
+}
+
+/// Raises the open-file limit and fits the server in it: guests get what is left after
+/// the server's own descriptors; a default `max_connections` that does not fit is lowered,
+/// one the operator set is refused.
+fn fit_open_files(
+    settings: &mut Settings,
+    per_thread: &frenezulo_core::ServerConfig,
+) -> anyhow::Result<()> {
+    let nofile = fds::raise_limit();
+    let mut demand = fds::Demand {
+        workers: settings.workers,
+        max_connections: settings.max_connections,
+        max_running: per_thread.max_running * settings.workers,
+        outbound_workers: settings.outbound.workers,
+        volumes: settings
+            .services
+            .iter()
+            .any(|s| !s.guest.volumes.is_empty()),
+    };
+    let budget = match fds::budget(nofile, demand) {
+        Ok(budget) => budget,
+        // The default that does not fit is lowered; a number the operator set is refused.
+        Err(e) => match fds::connections_that_fit(nofile, demand) {
+            Some(fit) if !settings.max_connections_set => {
+                warn!(
+                    limit = nofile,
+                    max_connections = fit,
+                    "the default max_connections ({}) does not fit the open-file limit; lowered",
+                    config::DEFAULT_MAX_CONNECTIONS
+                );
+                settings.max_connections = fit;
+                demand.max_connections = fit;
+                fds::budget(nofile, demand).map_err(anyhow::Error::msg)?
+            }
+            _ => anyhow::bail!(e),
+        },
+    };
+    frenezulo_engines::wasi::files::limit_open_files(budget.guest_files);
+    info!(
+        limit = nofile,
+        guest_files = budget.guest_files,
+        spare = budget.spare,
+        "open-file limit"
+    );
+    if demand.volumes && budget.guest_files < frenezulo_engines::wasi::files::MAX_OPEN {
+        warn!(
+            guest_files = budget.guest_files,
+            "guests may open fewer files than usual so that every running guest fits the \
+             open-file limit; raise the limit for the full {}",
+            frenezulo_engines::wasi::files::MAX_OPEN
+        );
+    }
+    Ok(())
+}
+
+/// The engine's limits: room for every thread's running tasks, and memory for the largest
+/// limit any service may be given.
+fn engine_config(settings: &Settings, per_thread: &frenezulo_core::ServerConfig) -> EngineConfig {
+    EngineConfig {
+        // Every thread's running tasks; slack covers a compile that instantiates nothing.
+        max_instances: u32::try_from(per_thread.max_running * settings.workers + 2)
+            .unwrap_or(u32::MAX),
+        // Services added later may ask for up to the largest limit configured.
+        max_memory_bytes: settings
+            .services
+            .iter()
+            .map(|s| s.limits.memory_bytes)
+            .chain([
+                settings.base_limits.memory_bytes,
+                ServiceLimits::default().memory_bytes,
+            ])
+            .max()
+            .unwrap_or_default(),
+    }
+}
+
+/// The NATS thread of a cluster, reporting to the management thread, if this node is in
+/// one.
+fn start_cluster(
+    settings: &Settings,
+    admin_tx: &mpsc::SyncSender<admin::Event>,
+) -> anyhow::Result<Option<cluster::Cluster>> {
+    Ok(match &settings.cluster {
+        Some(config) => {
+            let shown = cluster::redact_url(&config.url);
+            info!(
+                url = shown,
+                "services added through the API are shared through NATS JetStream"
+            );
+            let tx = admin_tx.clone();
+            let events = Mailbox::new(move |e| tx.send(admin::Event::Cluster(Box::new(e))).is_ok());
+            let mut cluster = cluster::Cluster::start(config.clone(), events)?;
+            // `url` is what health, errors and logs show; the connection keeps the real one.
+            cluster.url = shown;
+            Some(cluster)
+        }
+        None => None,
+    })
 }
 
 /// What the main thread waits for.

@@ -158,8 +158,17 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
         }
     }
     let mut out = String::with_capacity(4096);
+    render_requests(&mut out, &by_service);
+    render_services(&mut out, &by_service);
+    render_loads(&mut out, loads);
+    render_threads(&mut out, snapshots);
+    out
+}
+
+/// Responses by service and status, and the latency histogram.
+fn render_requests(out: &mut String, by_service: &BTreeMap<String, ServiceMetrics>) {
     counter(
-        &mut out,
+        out,
         "frenezulo_requests_total",
         "Responses by service (empty for requests that matched none) and status code.",
         by_service.iter().flat_map(|(s, m)| {
@@ -176,7 +185,7 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
         out,
         "# HELP {name} From a request being parsed to its response being queued.\n# TYPE {name} histogram"
     );
-    for (service, m) in &by_service {
+    for (service, m) in by_service {
         let label = escape(service);
         let mut cumulative = 0;
         for (bound, n) in LATENCY_BUCKETS.iter().zip(m.latency) {
@@ -194,10 +203,13 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
         let _ = writeln!(out, "{name}_sum{{service=\"{label}\"}} {}", m.latency_sum);
         let _ = writeln!(out, "{name}_count{{service=\"{label}\"}} {count}");
     }
+}
 
+/// Counters of each named service.
+fn render_services(out: &mut String, by_service: &BTreeMap<String, ServiceMetrics>) {
     let named = || by_service.iter().filter(|(s, _)| !s.is_empty());
     counter(
-        &mut out,
+        out,
         "frenezulo_guest_seconds_total",
         "Time guests ran, by service.",
         named().map(|(s, m)| {
@@ -208,7 +220,7 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
         }),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_cold_starts_total",
         "Requests that found their service cold and waited for it to load, counted once per serving thread and load.",
         named().map(|(s, m)| {
@@ -219,7 +231,7 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
         }),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_outbound_calls_total",
         "Outbound HTTP calls guests made (wasi_experimental_http), by service.",
         named().map(|(s, m)| {
@@ -230,7 +242,7 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
         }),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_timeouts_total",
         "Requests answered 504 (deadline passed), by service.",
         named().map(|(s, m)| {
@@ -238,8 +250,12 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
             (format!("service=\"{}\"", escape(s)), n.to_string())
         }),
     );
+}
+
+/// How modules were made ready, by service.
+fn render_loads(out: &mut String, loads: &BTreeMap<ServiceName, LoadStats>) {
     counter(
-        &mut out,
+        out,
         "frenezulo_module_loads_total",
         "Modules made ready, by service and how: compiled, or deserialized from the artifact cache.",
         loads.iter().flat_map(|(s, l)| {
@@ -256,7 +272,7 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
         }),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_module_load_seconds_total",
         "Time spent compiling or deserializing modules, by service.",
         loads.iter().map(|(s, l)| {
@@ -266,60 +282,63 @@ pub fn render(snapshots: &[ThreadSnapshot], loads: &BTreeMap<ServiceName, LoadSt
             )
         }),
     );
+}
+
+/// Gauges and counters of each serving thread.
+fn render_threads(out: &mut String, snapshots: &[ThreadSnapshot]) {
     let per_thread = |f: fn(&ThreadSnapshot) -> u64| {
         snapshots
             .iter()
             .map(move |s| (format!("thread=\"{}\"", s.thread), f(s).to_string()))
     };
     gauge(
-        &mut out,
+        out,
         "frenezulo_instances_running",
         "Guest instances running or between time slices, by serving thread.",
         per_thread(|s| s.running as u64),
     );
     gauge(
-        &mut out,
+        out,
         "frenezulo_queue_depth",
         "Requests waiting for a guest instance, by serving thread.",
         per_thread(|s| s.queued as u64),
     );
     gauge(
-        &mut out,
+        out,
         "frenezulo_connections",
         "Open client connections, by serving thread.",
         per_thread(|s| s.connections as u64),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_rejected_total",
         "Requests refused with 503 because the queues were full, by serving thread.",
         per_thread(|s| s.stats.shed),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_evictions_total",
         "Compiled modules dropped after idling, by serving thread.",
         per_thread(|s| s.stats.evictions),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_cancelled_total",
         "Guest tasks stopped before they finished (deadline, client gone), by serving thread.",
         per_thread(|s| s.stats.cancelled),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_abandoned_total",
         "Connections closed unanswered because the client closed while a guest still owed it a response, by serving thread.",
         per_thread(|s| s.stats.abandoned),
     );
     counter(
-        &mut out,
+        out,
         "frenezulo_yields_total",
         "Time slices that ended with the guest still running, by serving thread.",
         per_thread(|s| s.stats.yields),
     );
-    out
 }
 
 fn counter(
