@@ -28,6 +28,10 @@ use frenezulo_core::subroute::SubRoutes;
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, RunLimits};
 use thiserror::Error;
 
+mod abi;
+mod file_table;
+mod host;
+mod http_calls;
 pub mod outbound;
 pub mod shape;
 pub mod wagi;

@@ -5,7 +5,8 @@
 
 use wasmparser::{CompositeInnerType, ExternalKind, Parser, Payload, TypeRef, ValType};
 
-use crate::wasi::{self, ValKind};
+use crate::abi::ValKind;
+use crate::wasi;
 use crate::{CompileError, EngineConfig};
 
 /// A function signature in the kinds WASI uses (`None` for any other value type).

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use frenezulo_core::subroute::ROUTES_EXPORT;
 use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
 
-use crate::wasi::{GuestIo, HostStop};
+use crate::host::{GuestIo, HostStop};
 
 /// Most header lines a guest's CGI output may have.
 pub const MAX_CGI_HEADERS: usize = 100;
@@ -99,7 +99,7 @@ pub fn guest_io(request: &GuestRequest, limits: &RunLimits) -> GuestIo {
         http.query(),
     );
     io.grant(&request.setup);
-    io.http = crate::outbound::Calls::within(limits.memory_bytes);
+    io.http = crate::http_calls::Calls::within(limits.memory_bytes);
     // `_routes` writes route lines, not a CGI response.
     io.raw_output = &*request.entrypoint == ROUTES_EXPORT;
     io

@@ -11,9 +11,10 @@ use wasmi::{
     TypedResumableCall, TypedResumableCallHostTrap, TypedResumableCallOutOfFuel, Val,
 };
 
+use crate::host::{GuestIo, HostStop};
 use crate::outbound::{self, OutboundResult, not_delivered};
 use crate::wagi::{self, Ending, MemoryLimiter};
-use crate::wasi::{self, GuestIo, HostStop, Provided};
+use crate::wasi::{self, Provided};
 use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineKind, GuestTask, Slice};
 
 /// Fuel per time slice: about [`crate::SLICE`] of interpretation in a release build

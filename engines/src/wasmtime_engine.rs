@@ -20,9 +20,10 @@ use wasmtime::{
     InstancePre, Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, Val,
 };
 
+use crate::host::{GuestIo, HostStop};
 use crate::outbound::{self, OutboundRequest, OutboundResult, not_delivered};
 use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
-use crate::wasi::{self, GuestIo, HostStop, Provided};
+use crate::wasi::{self, Provided};
 use crate::{
     CompileError, CompiledModule, Engine, EngineConfig, EngineError, EngineKind, GuestTask, Slice,
 };

@@ -11,64 +11,14 @@
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
+pub use crate::abi::{ValKind, errno};
+use crate::abi::{iovecs, slice, slice_mut, write_bytes, write_u32, write_u64};
+pub use crate::host::{GuestIo, HostStop, STDERR_CAP};
 
 pub mod files;
 
 /// The import module name of WASI preview 1.
 pub const MODULE: &str = "wasi_snapshot_preview1";
-
-/// WASI errno values used here.
-pub mod errno {
-    /// No error.
-    pub const SUCCESS: i32 = 0;
-    /// Bad file descriptor.
-    pub const BADF: i32 = 8;
-    /// Bad address: a pointer outside linear memory.
-    pub const FAULT: i32 = 21;
-    /// Invalid argument.
-    pub const INVAL: i32 = 28;
-    /// I/O error.
-    pub const IO: i32 = 29;
-    /// Function not implemented.
-    pub const NOSYS: i32 = 52;
-    /// Not supported.
-    pub const NOTSUP: i32 = 58;
-    /// Invalid seek (stdio is a stream).
-    pub const SPIPE: i32 = 70;
-    /// Capability insufficient: what file and socket calls get.
-    pub const NOTCAPABLE: i32 = 76;
-}
-
-/// Most iovecs one read or write may pass, as POSIX `IOV_MAX`.
-const MAX_IOVS: u32 = 1024;
-
-/// Why a host call stops the guest rather than returning an errno.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum HostStop {
-    /// The guest called `proc_exit`.
-    Exit(i32),
-    /// The guest wrote past its stdout cap.
-    StdoutFull,
-    /// A WASI call came before the instance's memory was known (from a start function).
-    NoMemory,
-    /// The guest waits on an outbound call: the engine suspends it (never an ending,
-    /// except where it cannot suspend).
-    Waiting,
-}
-
-impl std::fmt::Display for HostStop {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            HostStop::Exit(code) => write!(f, "guest exited with status {code}"),
-            HostStop::StdoutFull => f.write_str("guest output exceeded its limit"),
-            HostStop::NoMemory => f.write_str("WASI call before memory was available"),
-            HostStop::Waiting => f.write_str("outbound call where the guest cannot wait"),
-        }
-    }
-}
-
-impl std::error::Error for HostStop {}
 
 /// How a WASI import is provided.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,15 +27,6 @@ pub enum Provided {
     Implemented,
     /// By a stub that returns this errno (the import must return one `i32`).
     Stub(i32),
-}
-
-/// Value types that appear in WASI preview-1 signatures.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ValKind {
-    /// `i32`
-    I32,
-    /// `i64`
-    I64,
 }
 
 /// Calls `$m!(name(arg: type, ...))` for each implemented WASI function that returns an
@@ -194,130 +135,7 @@ pub fn check_import(
     }
 }
 
-/// Most stderr bytes kept per run; the rest is dropped (the guest is not told).
-pub const STDERR_CAP: usize = 16 * 1024;
-
-/// The guest's view of the world for one run: its inputs and captured outputs.
-#[derive(Debug, Default)]
-pub struct GuestIo {
-    /// argv strings, each NUL-terminated, back to back.
-    args: Vec<u8>,
-    argc: u32,
-    /// `KEY=VALUE` strings, each NUL-terminated, back to back.
-    env: Vec<u8>,
-    envc: u32,
-    stdin: Bytes,
-    stdin_pos: usize,
-    stdout: Vec<u8>,
-    stdout_cap: usize,
-    stderr: Vec<u8>,
-    /// Whether stdout is returned as it is rather than parsed as CGI output.
-    pub(crate) raw_output: bool,
-    /// Volumes and the files opened beneath them.
-    files: files::Files,
-    /// The service's grants (for outbound calls), when run for a request.
-    setup: Option<std::sync::Arc<frenezulo_core::GuestSetup>>,
-    /// Outbound HTTP calls and the responses held open.
-    pub(crate) http: crate::outbound::Calls,
-}
-
 impl GuestIo {
-    /// A guest whose stdin is `stdin` and whose stdout may hold `stdout_cap` bytes; argv
-    /// and environment are added with the `push_*` methods. `env_capacity` sizes the
-    /// environment buffer up front.
-    pub fn new(stdin: Bytes, stdout_cap: usize, env_capacity: usize) -> Self {
-        GuestIo {
-            stdin,
-            stdout_cap,
-            env: Vec::with_capacity(env_capacity),
-            ..GuestIo::default()
-        }
-    }
-
-    /// Adds an argv item (NUL bytes, which C strings cannot hold, are dropped).
-    pub fn push_arg(&mut self, arg: &[u8]) {
-        push_c_string(&mut self.args, arg);
-        self.args.push(0);
-        self.argc += 1;
-    }
-
-    /// Adds an environment variable.
-    pub fn push_env(&mut self, key: &[u8], value: &[u8]) {
-        push_c_string(&mut self.env, key);
-        self.env.push(b'=');
-        push_c_string(&mut self.env, value);
-        self.env.push(0);
-        self.envc += 1;
-    }
-
-    /// Adds an environment variable whose value is formatted in place.
-    pub fn push_env_display(&mut self, key: &[u8], value: impl std::fmt::Display) {
-        use std::io::Write as _;
-        push_c_string(&mut self.env, key);
-        self.env.push(b'=');
-        let _ = write!(self.env, "{value}");
-        self.env.push(0);
-        self.envc += 1;
-    }
-
-    /// Adds an environment variable whose value is a decimal number (no formatter: this
-    /// runs several times per request).
-    pub fn push_env_number(&mut self, key: &[u8], value: u64) {
-        self.begin_env(key);
-        push_decimal(&mut self.env, value);
-        self.end_env();
-    }
-
-    /// Adds an environment variable whose value is an IP address.
-    pub fn push_env_ip(&mut self, key: &[u8], ip: std::net::IpAddr) {
-        match ip {
-            std::net::IpAddr::V4(v4) => {
-                self.begin_env(key);
-                for (i, octet) in v4.octets().into_iter().enumerate() {
-                    if i > 0 {
-                        self.env.push(b'.');
-                    }
-                    push_decimal(&mut self.env, u64::from(octet));
-                }
-                self.end_env();
-            }
-            v6 => self.push_env_display(key, v6),
-        }
-    }
-
-    /// Starts an environment variable whose value the caller appends with
-    /// [`GuestIo::env_value_part`] and ends with [`GuestIo::end_env`].
-    pub fn begin_env(&mut self, key: &[u8]) {
-        push_c_string(&mut self.env, key);
-        self.env.push(b'=');
-    }
-
-    /// Appends to the value of the variable begun with [`GuestIo::begin_env`].
-    pub fn env_value_part(&mut self, part: &[u8]) {
-        push_c_string(&mut self.env, part);
-    }
-
-    /// Ends the variable begun with [`GuestIo::begin_env`].
-    pub fn end_env(&mut self) {
-        self.env.push(0);
-        self.envc += 1;
-    }
-
-    /// What the guest wrote to stdout.
-    pub fn stdout(&self) -> &[u8] {
-        &self.stdout
-    }
-
-    /// Takes what the guest wrote to stdout.
-    pub fn take_stdout(&mut self) -> Vec<u8> {
-        std::mem::take(&mut self.stdout)
-    }
-
-    /// What the guest wrote to stderr, up to [`STDERR_CAP`].
-    pub fn stderr(&self) -> &[u8] {
-        &self.stderr
-    }
-
     /// `args_sizes_get(argc_out, buf_size_out)`.
     pub fn args_sizes_get(
         &mut self,
@@ -373,35 +191,6 @@ impl GuestIo {
             _ => return Ok(errno::INVAL),
         };
         Ok(errno_of(write_u64(mem, out, nanos)))
-    }
-
-    /// Grants the guest what its service was granted: volumes, as preopened directories
-    /// from fd 3 on, and outbound calls.
-    pub fn grant(&mut self, setup: &std::sync::Arc<frenezulo_core::GuestSetup>) {
-        if !setup.volumes.is_empty() {
-            self.files = files::Files::new(&setup.volumes);
-        }
-        self.setup = Some(setup.clone());
-    }
-
-    /// `wasi_experimental_http::req`: `None` when the call was set aside and the guest
-    /// must wait for it, else the code to return now.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn http_req(
-        &mut self,
-        mem: &[u8],
-        url: (i32, i32),
-        method: (i32, i32),
-        headers: (i32, i32),
-        body: (i32, i32),
-        out: (i32, i32),
-    ) -> Option<i32> {
-        let Some(setup) = self.setup.as_deref() else {
-            return Some(crate::outbound::code::DESTINATION_NOT_ALLOWED);
-        };
-        self.http
-            .begin(mem, setup, url, method, headers, body, out)
-            .err()
     }
 
     /// `fd_close(fd)`: stdio may be closed (a no-op); so may volumes and opened files.
@@ -550,18 +339,6 @@ impl GuestIo {
     }
 }
 
-fn push_decimal(buf: &mut Vec<u8>, n: u64) {
-    buf.extend_from_slice(frenezulo_core::response::decimal(n, &mut [0; 20]));
-}
-
-fn push_c_string(buf: &mut Vec<u8>, s: &[u8]) {
-    if s.contains(&0) {
-        buf.extend(s.iter().filter(|&&b| b != 0));
-    } else {
-        buf.extend_from_slice(s);
-    }
-}
-
 fn is_stdio(fd: i32) -> bool {
     (0..=2).contains(&fd)
 }
@@ -574,45 +351,6 @@ fn monotonic_base() -> Instant {
 
 fn errno_of(written: Option<()>) -> i32 {
     written.map_or(errno::FAULT, |()| errno::SUCCESS)
-}
-
-pub(crate) fn slice(mem: &[u8], ptr: i32, len: u32) -> Option<&[u8]> {
-    let start = ptr as u32 as usize;
-    mem.get(start..start.checked_add(len as usize)?)
-}
-
-pub(crate) fn slice_mut(mem: &mut [u8], ptr: i32, len: u32) -> Option<&mut [u8]> {
-    let start = ptr as u32 as usize;
-    mem.get_mut(start..start.checked_add(len as usize)?)
-}
-
-/// Copies `value` into guest memory at `ptr`; `None` if it does not fit.
-pub(crate) fn write_bytes(mem: &mut [u8], ptr: i32, value: &[u8]) -> Option<()> {
-    slice_mut(mem, ptr, value.len() as u32)?.copy_from_slice(value);
-    Some(())
-}
-
-fn write_u32(mem: &mut [u8], ptr: i32, value: u32) -> Option<()> {
-    write_bytes(mem, ptr, &value.to_le_bytes())
-}
-
-fn write_u64(mem: &mut [u8], ptr: i32, value: u64) -> Option<()> {
-    write_bytes(mem, ptr, &value.to_le_bytes())
-}
-
-/// The `(ptr, len)` pairs of an iovec array, or `None` if it is out of bounds or too long.
-fn iovecs(mem: &[u8], iovs: i32, count: i32) -> Option<Vec<(u32, u32)>> {
-    let count = u32::try_from(count).ok().filter(|c| *c <= MAX_IOVS)?;
-    let raw = slice(mem, iovs, count * 8)?;
-    Some(
-        raw.chunks_exact(8)
-            .map(|c| {
-                let ptr = u32::from_le_bytes(c[..4].try_into().expect("4 bytes"));
-                let len = u32::from_le_bytes(c[4..].try_into().expect("4 bytes"));
-                (ptr, len)
-            })
-            .collect(),
-    )
 }
 
 fn sizes(mem: &mut [u8], count_out: i32, size_out: i32, count: u32, size: usize) -> i32 {
@@ -640,6 +378,7 @@ fn strings(mem: &mut [u8], ptrs: i32, buf: i32, strings: &[u8]) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn io() -> GuestIo {
         let mut io = GuestIo::new(Bytes::from_static(b"body bytes"), 8, 0);
@@ -649,28 +388,6 @@ mod tests {
         io.begin_env(b"EMPTY");
         io.end_env();
         io
-    }
-
-    #[test]
-    fn numbers_and_addresses_format_as_display_does() {
-        let mut io = GuestIo::new(Bytes::new(), 8, 0);
-        let mut want = Vec::new();
-        for n in [0u64, 7, 10, 65535, u64::MAX] {
-            io.push_env_number(b"N", n);
-            want.extend_from_slice(format!("N={n}\0").as_bytes());
-        }
-        for ip in [
-            "10.1.2.3",
-            "0.0.0.0",
-            "255.255.255.255",
-            "::1",
-            "2001:db8::7",
-        ] {
-            let ip: std::net::IpAddr = ip.parse().unwrap();
-            io.push_env_ip(b"IP", ip);
-            want.extend_from_slice(format!("IP={ip}\0").as_bytes());
-        }
-        assert_eq!(io.env, want);
     }
 
     fn u32_at(mem: &[u8], at: usize) -> u32 {
