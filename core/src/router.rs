@@ -103,11 +103,56 @@ impl Router {
             }
         }
         if let Some(n) = self.lengths.get_mut(&base.len()) {
-            *n -= 1;
+            crate::server::decrement(n, 1, "the router's count of bases of a length");
             if *n == 0 {
                 self.lengths.remove(&base.len());
             }
         }
+    }
+
+    /// Whether `service` has a route.
+    pub(crate) fn has(&self, service: &ServiceName) -> bool {
+        self.bases.contains_key(service)
+    }
+
+    /// How many services have a route.
+    pub(crate) fn service_count(&self) -> usize {
+        self.bases.len()
+    }
+
+    /// Panics if the table disagrees with itself: each service's base holds its claim and
+    /// no other claim, claims are sorted by service, and `lengths` counts the claims by base length.
+    pub(crate) fn check_invariants(&self) {
+        let mut claims_total = 0;
+        let mut lengths = BTreeMap::new();
+        for (base, claims) in &self.by_base {
+            assert!(!claims.is_empty(), "router: empty claim list at {base:?}");
+            assert!(
+                claims.windows(2).all(|w| w[0].service < w[1].service),
+                "router: claims at {base:?} not sorted by service"
+            );
+            for c in claims {
+                assert_eq!(
+                    self.bases.get(&c.service),
+                    Some(base),
+                    "router: claim of {} at {base:?} is not its base",
+                    c.service
+                );
+                assert_eq!(
+                    c.route.base(),
+                    base,
+                    "router: claim filed under another base"
+                );
+            }
+            claims_total += claims.len();
+            *lengths.entry(base.len()).or_insert(0usize) += claims.len();
+        }
+        assert_eq!(
+            claims_total,
+            self.bases.len(),
+            "router: claims and services' bases disagree"
+        );
+        assert_eq!(lengths, self.lengths, "router: base length counts are off");
     }
 
     /// Where `path` (without the query) goes.

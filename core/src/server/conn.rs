@@ -22,7 +22,7 @@ pub(super) struct Slot {
     arrived: Instant,
     head_only: bool,
     pub(super) close: bool,
-    ready: Option<(Bytes, Bytes)>,
+    pub(super) ready: Option<(Bytes, Bytes)>,
 }
 
 pub(super) struct Conn {
@@ -30,7 +30,7 @@ pub(super) struct Conn {
     pub(super) remote: SocketAddr,
     pub(super) local: SocketAddr,
     pub(super) pipeline: VecDeque<Slot>,
-    next_seq: u64,
+    pub(super) next_seq: u64,
     /// No more requests are parsed: a request asked to close, framing failed, or the peer
     /// stopped sending.
     pub(super) stop_parsing: bool,
@@ -39,7 +39,7 @@ pub(super) struct Conn {
     was_mid_request: bool,
     /// When the connection times out as things stand (`None` while a response is owed).
     deadline: Option<Instant>,
-    timer: LazyTimer,
+    pub(super) timer: LazyTimer,
     /// Bytes the driver has yet to write, as last reported ([`super::Input::Unsent`]).
     pub(super) unsent: usize,
 }

@@ -16,6 +16,7 @@ use crate::route::ServiceName;
 use crate::router::Router;
 
 mod conn;
+mod invariants;
 mod registry;
 mod sched;
 #[cfg(test)]
@@ -90,6 +91,16 @@ fn later(at: Instant, wait: Duration) -> Instant {
     at.checked_add(wait.min(CENTURY))
         .or_else(|| at.checked_add(Duration::from_secs(24 * 3600)))
         .unwrap_or(at)
+}
+
+/// `*counter -= by`, or a panic naming the counter: a count that would go below zero
+/// means the bookkeeping is wrong, and admission must stop rather than run on a wrapped
+/// count (release builds of this crate keep overflow checks too, for `+=`).
+#[track_caller]
+pub(crate) fn decrement(counter: &mut usize, by: usize, name: &str) {
+    *counter = counter
+        .checked_sub(by)
+        .unwrap_or_else(|| panic!("{name} would go below zero: {counter} - {by}"));
 }
 
 /// One thread's share of a server-wide limit: rounded up, and at least one.
@@ -536,6 +547,9 @@ pub struct Server {
     /// request whose deadline passed at the same instant is not started first.
     firing_timers: bool,
     stats: Stats,
+    /// Inputs handled since the last [`Server::check_invariants`] (debug builds only).
+    #[cfg(debug_assertions)]
+    unchecked_inputs: usize,
 }
 
 impl Server {
@@ -565,6 +579,8 @@ impl Server {
             shutting_down: false,
             firing_timers: false,
             stats: Stats::default(),
+            #[cfg(debug_assertions)]
+            unchecked_inputs: 0,
         }
     }
 
@@ -668,6 +684,10 @@ impl Server {
             Input::Unsent { conn, bytes } => self.on_unsent(now, conn, bytes),
             Input::Shutdown => self.on_shutdown(now),
         }
+        // `poll_output` only pops outputs, which no invariant covers: after `handle` is
+        // the one place the state changes.
+        #[cfg(debug_assertions)]
+        self.check_after_handle();
     }
 
     fn fire_timers(&mut self, now: Instant) {

@@ -24,7 +24,7 @@ pub(super) struct Service {
     pub(super) queue: VecDeque<JobId>,
     /// Since when the service has had nothing to do; `None` while busy.
     idle_since: Option<Instant>,
-    idle_timer: LazyTimer,
+    pub(super) idle_timer: LazyTimer,
 }
 
 impl Server {
@@ -55,6 +55,7 @@ impl Server {
             .unwrap_or_else(|| ServiceRoute::of_name(&name));
         let Some(service) = self.services.get_mut(&name) else {
             self.router.insert(&name, route, setup.routes.clone());
+            let (state, running) = self.take_back(&key);
             self.services.insert(
                 name,
                 Service {
@@ -62,8 +63,8 @@ impl Server {
                     wasm,
                     limits,
                     setup,
-                    state: Lifecycle::Cold,
-                    running: 0,
+                    state,
+                    running,
                     queue: VecDeque::new(),
                     idle_since: None,
                     idle_timer: LazyTimer::default(),
@@ -75,19 +76,36 @@ impl Server {
             return;
         }
         self.router.insert(&name, route, setup.routes.clone());
+        let (state, running) = self.take_back(&key);
+        let service = self.services.get_mut(&name).expect("found above");
         let old = std::mem::replace(&mut service.key, key);
-        let old_state = std::mem::replace(&mut service.state, Lifecycle::Cold);
-        let old_running = std::mem::take(&mut service.running);
+        let old_state = std::mem::replace(&mut service.state, state);
+        let old_running = std::mem::replace(&mut service.running, running);
         service.wasm = wasm;
         service.limits = limits;
         service.setup = setup;
         service.idle_since = None;
         let has_queue = !service.queue.is_empty();
         self.retire(old, old_state, old_running);
-        if has_queue {
+        if has_queue && state == Lifecycle::Warm {
+            self.mark_ready(&name);
+        } else if has_queue {
             self.start_loading(&name);
         }
         self.pump();
+    }
+
+    /// The state and running count a service starts with on version `key`: cold and
+    /// idle, unless `key` is a version still retiring: the service was removed while
+    /// tasks ran on it and is put back at that version (directly, or by way of a lower
+    /// one), so the registry allowed it though the core has not finished with it.
+    /// The driver still holds that one compiled, and its tasks are the service's again:
+    /// counted once, under the service, so neither count goes below zero when they end.
+    fn take_back(&mut self, key: &ModuleKey) -> (Lifecycle, usize) {
+        match self.retiring.remove(key) {
+            Some(running) => (Lifecycle::Warm, running),
+            None => (Lifecycle::Cold, 0),
+        }
     }
 
     fn remove_service(&mut self, now: Instant, name: &ServiceName) {
@@ -123,12 +141,14 @@ impl Server {
     /// Counts a finished task out of the version it ran on, evicting a retired version
     /// once its last task is done.
     pub(super) fn task_done(&mut self, module: &ModuleKey) {
-        self.running -= 1;
+        super::decrement(&mut self.running, 1, "running");
         match self.services.get_mut(&module.service) {
-            Some(s) if s.key == *module => s.running -= 1,
+            Some(s) if s.key == *module => {
+                super::decrement(&mut s.running, 1, "a service's running");
+            }
             _ => {
                 if let Some(n) = self.retiring.get_mut(module) {
-                    *n -= 1;
+                    super::decrement(n, 1, "a retiring version's running");
                     if *n == 0 {
                         self.retiring.remove(module);
                         self.outputs.push_back(Output::Evict {

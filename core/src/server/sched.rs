@@ -39,17 +39,17 @@ use crate::route::ServiceName;
 use crate::router::Destination;
 
 pub(super) struct Job {
-    conn: ConnId,
-    seq: u64,
-    service: ServiceName,
-    deadline: Instant,
-    state: JobState,
+    pub(super) conn: ConnId,
+    pub(super) seq: u64,
+    pub(super) service: ServiceName,
+    pub(super) deadline: Instant,
+    pub(super) state: JobState,
 }
 
 // Boxing the request would cost an allocation per request; jobs are few (bounded by the
 // queues), so the unused bytes of a started one cost little.
 #[allow(clippy::large_enum_variant)]
-enum JobState {
+pub(super) enum JobState {
     /// Admitted, waiting for a task slot.
     Queued(GuestRequest),
     /// Started on this module version: its slice is out, or it is parked in its lane.
@@ -80,8 +80,8 @@ impl Class {
 
 /// The slice out with the driver, and whom to charge for it.
 pub(super) struct SliceOut {
-    job: JobId,
-    lane: ServiceName,
+    pub(super) job: JobId,
+    pub(super) lane: ServiceName,
     class: Class,
     weight: u32,
 }
@@ -90,9 +90,9 @@ pub(super) struct SliceOut {
 /// and the virtual time it used. Kept apart from the registry entry, so tasks of a
 /// removed service still get turns.
 pub(super) struct Lane {
-    parked: VecDeque<JobId>,
+    pub(super) parked: VecDeque<JobId>,
     /// Its key in `ready` while it waits for a turn.
-    queued_as: Option<(u64, u64)>,
+    pub(super) queued_as: Option<(u64, u64)>,
     /// Virtual time at the end of its last slice: its next start tag while it has work.
     finish: u64,
     /// The lane's own clock, in nanoseconds: per [`Class`], where its time used has come
@@ -558,16 +558,16 @@ impl Server {
             && let Some(pos) = s.queue.iter().position(|j| *j == job)
         {
             s.queue.remove(pos);
-            self.queued -= 1;
-            self.queued_bytes -= queued_body(state);
+            super::decrement(&mut self.queued, 1, "queued");
+            super::decrement(&mut self.queued_bytes, queued_body(state), "queued_bytes");
         }
     }
 
     /// Counts a job that is still known out of the queues, before it starts or is failed.
     pub(super) fn left_queue(&mut self, job: JobId) {
         let bytes = self.jobs.get(&job).map_or(0, |j| queued_body(&j.state));
-        self.queued -= 1;
-        self.queued_bytes -= bytes;
+        super::decrement(&mut self.queued, 1, "queued");
+        super::decrement(&mut self.queued_bytes, bytes, "queued_bytes");
     }
 }
 

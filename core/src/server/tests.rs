@@ -1529,3 +1529,248 @@ proptest! {
         prop_assert_eq!(h.server.running(), 0);
     }
 }
+
+// The core checks itself: `check_invariants` runs after every `handle` in debug builds
+// (so every test above runs it), and it must be able to fail.
+
+/// A harness with a warm service "a", one task out, one parked, one waiting and one
+/// request queued, and a management call out: every kind of bookkeeping in use.
+fn busy() -> Harness {
+    let limits = ServiceLimits {
+        max_concurrency: 3,
+        ..ServiceLimits::default()
+    };
+    let mut h = Harness::new(ServerConfig {
+        max_running: 3,
+        ..ServerConfig::default()
+    });
+    let module = h.put("a", limits);
+    h.input(Input::Compiled {
+        module,
+        result: Ok(()),
+    });
+    let mut conn = 0;
+    request(&mut h, &mut conn, "a", "/1");
+    let waiting = h.out.take().unwrap();
+    h.input(Input::Waiting {
+        job: waiting,
+        ran: SLICE,
+    });
+    request(&mut h, &mut conn, "a", "/2");
+    request(&mut h, &mut conn, "a", "/3");
+    let c = h.connect(conn);
+    h.send(
+        c,
+        "POST /a/4 HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    let c = h.connect(conn + 1);
+    h.send(c, &get("/services/a"));
+    // /2 yields and resumes, yields again, and /3 starts (fair queueing in the lane).
+    let parked = h.yield_out();
+    assert_eq!(h.out, Some(parked));
+    h.yield_out();
+    assert!(h.out.is_some_and(|out| out != parked));
+    assert_eq!((h.server.running(), h.server.queued()), (3, 1));
+    assert_eq!((h.server.waiting.len(), h.calls.len()), (1, 1));
+    h
+}
+
+/// Whether `check_invariants` panics.
+fn check_fails(server: &Server) -> bool {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| server.check_invariants())).is_err()
+}
+
+#[test]
+fn check_invariants_catches_corrupted_bookkeeping() {
+    assert!(!check_fails(&busy().server), "a busy server checks out");
+    type Corrupt = fn(&mut Server);
+    let corruptions: [(&str, Corrupt); 14] = [
+        ("running too high", |s| s.running += 1),
+        ("running too low", |s| s.running -= 1),
+        ("a service's running", |s| {
+            s.services.values_mut().next().unwrap().running -= 1;
+        }),
+        ("a retiring count with no tasks", |s| {
+            s.retiring.insert(key("gone", 9), 1);
+        }),
+        ("queued", |s| s.queued += 1),
+        ("queued_bytes", |s| s.queued_bytes -= 1),
+        ("a queue entry lost", |s| {
+            s.services.values_mut().next().unwrap().queue.clear();
+        }),
+        ("an unknown job queued", |s| {
+            let q = &mut s.services.values_mut().next().unwrap().queue;
+            q.push_back(JobId(999));
+            s.queued += 1;
+        }),
+        ("the slice out forgotten", |s| s.slice_out = None),
+        ("an unknown job waiting", |s| {
+            s.waiting.insert(JobId(999));
+        }),
+        ("a parked task lost", |s| {
+            s.lanes.values_mut().next().unwrap().parked.clear();
+        }),
+        ("a job's connection gone", |s| {
+            let conn = s.jobs.values().next().unwrap().conn;
+            s.conns.remove(&conn);
+        }),
+        ("a route without a service", |s| {
+            let name = s.services.keys().next().unwrap().clone();
+            s.router.remove(&name);
+        }),
+        ("a job without its deadline timer", |s| {
+            let (id, job) = s.jobs.iter().next().unwrap();
+            let timer = (job.deadline, Timer::Job(*id));
+            s.timers.remove(&timer);
+        }),
+    ];
+    for (what, corrupt) in corruptions {
+        let mut h = busy();
+        corrupt(&mut h.server);
+        assert!(check_fails(&h.server), "not caught: {what}");
+    }
+}
+
+#[test]
+fn a_counter_that_would_go_below_zero_panics_with_its_name() {
+    let mut h = busy();
+    h.server.queued = 0;
+    let job = *h
+        .server
+        .services
+        .values()
+        .next()
+        .unwrap()
+        .queue
+        .front()
+        .unwrap();
+    let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        h.server.left_queue(job);
+    }))
+    .unwrap_err();
+    let message = err.downcast_ref::<String>().unwrap();
+    assert!(message.contains("queued would go below zero"), "{message}");
+}
+
+#[test]
+fn a_normal_workload_keeps_the_books() {
+    let mut h = busy();
+    h.server.check_invariants();
+    let mut conn = 10;
+    for i in 0..6 {
+        request(&mut h, &mut conn, "a", &format!("/more/{i}"));
+        h.server.check_invariants();
+    }
+    h.yield_out();
+    h.server.check_invariants();
+    h.finish();
+    h.server.check_invariants();
+    // Replaced while tasks run: they finish on the old version, counted as retiring.
+    let module = h.put("a", ServiceLimits::default());
+    h.server.check_invariants();
+    h.input(Input::Compiled {
+        module,
+        result: Ok(()),
+    });
+    h.server.check_invariants();
+    let waiting = *h.server.waiting.first().unwrap();
+    h.input(Input::Woken { job: waiting });
+    h.server.check_invariants();
+    for call in std::mem::take(&mut h.calls) {
+        h.input(Input::Managed {
+            call: call.call,
+            response: Response::text(200, "ok"),
+        });
+        h.server.check_invariants();
+    }
+    h.input(Input::Disconnected { conn: ConnId(12) });
+    h.server.check_invariants();
+    h.advance(Duration::from_secs(11));
+    h.server.check_invariants();
+    while h.out.is_some() {
+        h.finish();
+        h.server.check_invariants();
+    }
+    h.input(Input::Registry(RegistryChange::Remove {
+        service: ServiceName::new("a").unwrap(),
+    }));
+    h.server.check_invariants();
+    h.input(Input::Shutdown);
+    h.advance(Duration::from_secs(60));
+    h.server.check_invariants();
+    assert_eq!((h.server.running(), h.server.queued()), (0, 0));
+    assert!(h.server.retiring.is_empty() && h.server.jobs.is_empty());
+}
+
+#[test]
+fn a_version_put_back_while_its_tasks_retire_counts_them_once() {
+    let mut h = warm(&[("a", ServiceLimits::default())]);
+    let mut conn = 0;
+    request(&mut h, &mut conn, "a", "/1");
+    assert!(h.out.is_some());
+    let module = h.tasks.values().next().unwrap().module.clone();
+    // Removed with its task running, then put back at the same version.
+    h.input(Input::Registry(RegistryChange::Remove {
+        service: module.service.clone(),
+    }));
+    h.input(Input::Registry(RegistryChange::Put {
+        module: module.clone(),
+        wasm: Bytes::from_static(b"wasm"),
+        limits: ServiceLimits::default(),
+        setup: Default::default(),
+    }));
+    // The driver still holds it compiled: it serves at once, and counts the old task.
+    let info = h.server.services().next().unwrap();
+    assert_eq!((info.state, info.running), (Lifecycle::Warm, 1));
+    h.finish();
+    request(&mut h, &mut conn, "a", "/2");
+    h.finish();
+    assert_eq!(h.server.running(), 0);
+    assert_eq!(h.statuses(ConnId(1)), vec![200]);
+    assert!(h.evicted.is_empty(), "the version still serves");
+    h.advance(Duration::from_secs(61));
+    assert_eq!(h.evicted, vec![module.clone()]);
+
+    // The same by way of a lower version: removed, put back lower, then replaced by it.
+    let module = ModuleKey {
+        version: 10,
+        ..module
+    };
+    let put = |h: &mut Harness, module: &ModuleKey| {
+        h.input(Input::Registry(RegistryChange::Put {
+            module: module.clone(),
+            wasm: Bytes::from_static(b"wasm"),
+            limits: ServiceLimits::default(),
+            setup: Default::default(),
+        }));
+    };
+    put(&mut h, &module);
+    h.input(Input::Compiled {
+        module: module.clone(),
+        result: Ok(()),
+    });
+    request(&mut h, &mut conn, "a", "/3");
+    h.yield_out();
+    h.input(Input::Registry(RegistryChange::Remove {
+        service: module.service.clone(),
+    }));
+    put(
+        &mut h,
+        &ModuleKey {
+            version: 5,
+            ..module.clone()
+        },
+    );
+    request(&mut h, &mut conn, "a", "/4");
+    put(&mut h, &module);
+    let info = h.server.services().next().unwrap();
+    assert_eq!(
+        (info.module.version, info.state, info.running),
+        (10, Lifecycle::Warm, 1)
+    );
+    while h.out.is_some() {
+        h.finish();
+    }
+    assert_eq!(h.server.running(), 0);
+    assert_eq!(h.statuses(ConnId(3)), vec![200]);
+}
