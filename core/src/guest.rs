@@ -90,27 +90,14 @@ pub struct GuestSetup {
     pub argv: String,
     /// Sub-routes below the prefix, from the module's `_routes` export.
     pub routes: SubRoutes,
-    /// Directories the guest may read, as WASI preopens.
-    pub volumes: Vec<Volume>,
-    /// Outbound HTTP, if granted.
-    pub outbound: Option<Arc<OutboundGrant>>,
+    /// What the operator grants beyond the request (directories, outbound calls), for
+    /// the engine: host resources the core passes along and never looks at.
+    pub host: Option<HostGrants>,
 }
 
-/// What a service's guests may call over HTTP (WAGI's `allowed_hosts` and
-/// `http_max_concurrency`), and how many of its calls are out right now, server-wide.
-#[derive(Debug)]
-pub struct OutboundGrant {
-    /// The origins allowed, each `scheme://host:port` in lower case; `None` allows any
-    /// (WAGI's `insecure:allow-all`).
-    pub allowed: Option<Vec<String>>,
-    /// Most calls of this service in flight at once, all serving threads together.
-    pub max_in_flight: usize,
-    /// Calls in flight now, shared by every serving thread's copy of the grant.
-    pub in_flight: Arc<std::sync::atomic::AtomicUsize>,
-    /// Whether calls may connect to public addresses only, whatever a host name resolves
-    /// to: the operator's ceiling allowed these origins as public hosts.
-    pub public_only: bool,
-}
+/// Host resources granted to a service's guests, opaque to the core: the engines define
+/// what is in it (`frenezulo_engines::host::Grants`) and the driver fills it in.
+pub type HostGrants = Arc<dyn std::any::Any + Send + Sync>;
 
 /// The entrypoint a WASI command starts at.
 pub const DEFAULT_ENTRYPOINT: &str = "_start";
@@ -128,19 +115,9 @@ impl Default for GuestSetup {
             entrypoint: DEFAULT_ENTRYPOINT.into(),
             argv: DEFAULT_ARGV.to_owned(),
             routes: SubRoutes::default(),
-            volumes: Vec::new(),
-            outbound: None,
+            host: None,
         }
     }
-}
-
-/// A host directory a guest may read, opened once by the operator's side.
-#[derive(Debug, Clone)]
-pub struct Volume {
-    /// Where the guest sees it: an absolute guest path such as `/static`.
-    pub guest_path: String,
-    /// The directory, opened read-only; every path a guest names is resolved beneath it.
-    pub dir: Arc<std::fs::File>,
 }
 
 /// Limits on one guest run.

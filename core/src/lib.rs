@@ -79,8 +79,8 @@ mod server;
 pub mod subroute;
 
 pub use guest::{
-    DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup, ModuleKey,
-    OutboundGrant, RunLimits, Volume,
+    DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup, HostGrants,
+    ModuleKey, RunLimits,
 };
 pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;

@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{guest, request};
 use criterion::{Criterion, criterion_group, criterion_main};
-use frenezulo_core::{GuestSetup, RunLimits, Volume};
-use frenezulo_engines::{EngineConfig, EngineKind, run_to_completion};
+use frenezulo_core::{GuestSetup, RunLimits};
+use frenezulo_engines::{EngineConfig, EngineKind, Grants, Volume, run_to_completion};
 
 fn bench(c: &mut Criterion) {
     let config = EngineConfig {
@@ -63,10 +63,14 @@ fn bench(c: &mut Criterion) {
             "DATABASE_URL".to_owned(),
             "postgres://db:5432/app".to_owned(),
         )],
-        volumes: vec![Volume {
-            guest_path: "/static".to_owned(),
-            dir: std::sync::Arc::new(std::fs::File::open(common::repo("examples")).unwrap()),
-        }],
+        host: Grants {
+            volumes: vec![Volume {
+                guest_path: "/static".to_owned(),
+                dir: std::sync::Arc::new(std::fs::File::open(common::repo("examples")).unwrap()),
+            }],
+            ..Grants::default()
+        }
+        .into_host(),
         ..Default::default()
     });
     let mut g = c.benchmark_group("grants");

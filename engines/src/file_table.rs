@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::sync::Arc;
 
-use frenezulo_core::Volume;
+use crate::grants::Volume;
 
 use crate::abi::{errno, iovecs, slice_mut};
 

@@ -8,6 +8,7 @@
 use bytes::Bytes;
 
 use crate::file_table::Files;
+use crate::grants::Grants;
 use crate::http_calls::Calls;
 
 /// Why a host call stops the guest rather than returning an errno.
@@ -164,8 +165,10 @@ impl GuestIo {
     /// Grants the guest what its service was granted: volumes, as preopened directories
     /// from fd 3 on, and outbound calls.
     pub fn grant(&mut self, setup: &std::sync::Arc<frenezulo_core::GuestSetup>) {
-        if !setup.volumes.is_empty() {
-            self.files = Files::new(&setup.volumes);
+        if let Some(grants) = Grants::of(setup)
+            && !grants.volumes.is_empty()
+        {
+            self.files = Files::new(&grants.volumes);
         }
         self.setup = Some(setup.clone());
     }

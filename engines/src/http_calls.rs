@@ -11,6 +11,7 @@ use bytes::Bytes;
 use frenezulo_core::GuestSetup;
 
 use crate::abi::{slice, slice_mut, write_bytes};
+use crate::grants::Grants;
 
 /// The module's error codes, as its guests know them.
 pub mod code {
@@ -212,7 +213,7 @@ impl Calls {
             return Err(code::INVALID_URL);
         };
         let service = &setup.name;
-        let Some(grant) = &setup.outbound else {
+        let Some(grant) = Grants::of(setup).and_then(|g| g.outbound.as_ref()) else {
             tracing::warn!(target: "outbound", service, origin, "outbound call refused: the service has no allowed_hosts");
             return Err(code::DESTINATION_NOT_ALLOWED);
         };
@@ -452,27 +453,27 @@ fn is_token(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use frenezulo_core::OutboundGrant;
+    use crate::grants::OutboundGrant;
 
     fn grant(allowed: Option<&[&str]>, max: usize) -> GuestSetup {
-        GuestSetup {
-            outbound: Some(Arc::new(OutboundGrant {
+        let grants = Grants {
+            outbound: Some(OutboundGrant {
                 allowed: allowed.map(|a| a.iter().map(|s| origin_of(s).unwrap()).collect()),
                 max_in_flight: max,
                 in_flight: Arc::new(AtomicUsize::new(0)),
                 public_only: false,
-            })),
+            }),
+            ..Grants::default()
+        };
+        GuestSetup {
+            host: grants.into_host(),
             ..GuestSetup::default()
         }
     }
 
     fn in_flight(setup: &GuestSetup) -> usize {
-        setup
-            .outbound
-            .as_ref()
-            .unwrap()
-            .in_flight
-            .load(Ordering::Relaxed)
+        let grant = Grants::of(setup).and_then(|g| g.outbound.as_ref()).unwrap();
+        grant.in_flight.load(Ordering::Relaxed)
     }
 
     /// Guest memory with `url` at 100, `method` at 600, `headers` at 700.

@@ -30,6 +30,7 @@ use thiserror::Error;
 
 mod abi;
 mod file_table;
+mod grants;
 mod host;
 mod http_calls;
 pub mod outbound;
@@ -47,6 +48,7 @@ pub use wasmi_engine::WasmiEngine;
 #[cfg(feature = "wasmtime")]
 pub use wasmtime_engine::WasmtimeEngine;
 
+pub use grants::{Grants, OutboundGrant, Volume};
 pub use wagi::RunOutput;
 
 /// A WebAssembly engine: compiles modules for [`CompiledModule::run`].

@@ -11,8 +11,8 @@ use common::{guest, printer, repo, request};
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
 use frenezulo_engines::outbound::{OutboundError, OutboundResponse, OutboundResult, origin_of};
 use frenezulo_engines::{
-    CompileError, DiscoverRoutesError, Engine, EngineConfig, EngineKind, RunOutput, Slice,
-    check_entrypoints, discover_routes, run_to_completion,
+    CompileError, DiscoverRoutesError, Engine, EngineConfig, EngineKind, Grants, OutboundGrant,
+    RunOutput, Slice, Volume, check_entrypoints, discover_routes, run_to_completion,
 };
 
 /// The engine most cases share (tests run in parallel, so its instance pool is shared too).
@@ -73,22 +73,42 @@ fn body(r: &Response) -> String {
 
 /// A setup that grants outbound calls to `allowed` (any origin when `None`).
 fn outbound_setup(allowed: Option<&[&str]>, max: usize) -> Arc<GuestSetup> {
-    Arc::new(GuestSetup {
-        outbound: Some(Arc::new(frenezulo_core::OutboundGrant {
+    let grants = Grants {
+        outbound: Some(OutboundGrant {
             allowed: allowed.map(|a| a.iter().map(|u| origin_of(u).unwrap()).collect()),
             max_in_flight: max,
             in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             public_only: false,
-        })),
+        }),
+        ..Grants::default()
+    };
+    Arc::new(GuestSetup {
+        host: grants.into_host(),
         ..Default::default()
     })
 }
 
+/// A setup that grants the directory `dir` as `/static`.
+fn volume_setup(dir: &std::path::Path) -> Arc<GuestSetup> {
+    let grants = Grants {
+        volumes: vec![Volume {
+            guest_path: "/static".to_owned(),
+            dir: Arc::new(std::fs::File::open(dir).unwrap()),
+        }],
+        ..Grants::default()
+    };
+    Arc::new(GuestSetup {
+        host: grants.into_host(),
+        ..Default::default()
+    })
+}
+
+fn outbound_grant(setup: &GuestSetup) -> &OutboundGrant {
+    Grants::of(setup).and_then(|g| g.outbound.as_ref()).unwrap()
+}
+
 fn in_flight(setup: &GuestSetup) -> usize {
-    setup
-        .outbound
-        .as_ref()
-        .unwrap()
+    outbound_grant(setup)
         .in_flight
         .load(std::sync::atomic::Ordering::Acquire)
 }
@@ -251,11 +271,7 @@ conformance! {
 
     fn volumes_are_read_only_and_cannot_be_escaped(e) {
         let fixture = Fixture::new();
-        let volume = frenezulo_core::Volume {
-            guest_path: "/static".to_owned(),
-            dir: Arc::new(std::fs::File::open(fixture.volume()).unwrap()),
-        };
-        let setup = Arc::new(GuestSetup { volumes: vec![volume], ..Default::default() });
+        let setup = volume_setup(&fixture.volume());
         let module = e.compile(&guest("engines/tests/guests/volume.wat")).unwrap();
         let open = |path: &str| {
             let mut req = request("POST", "/svc", &[], path.as_bytes());
@@ -283,11 +299,7 @@ conformance! {
         let fifo = fixture.volume().join("pipe");
         let status = std::process::Command::new("mkfifo").arg(&fifo).status().expect("run mkfifo");
         assert!(status.success());
-        let volume = frenezulo_core::Volume {
-            guest_path: "/static".to_owned(),
-            dir: Arc::new(std::fs::File::open(fixture.volume()).unwrap()),
-        };
-        let setup = Arc::new(GuestSetup { volumes: vec![volume], ..Default::default() });
+        let setup = volume_setup(&fixture.volume());
         let module = e.compile(&guest("engines/tests/guests/volume.wat")).unwrap();
         let mut req = request("POST", "/svc", &[], b"pipe");
         req.setup = setup;
@@ -365,7 +377,7 @@ conformance! {
         assert_eq!(code(&only, "http://127.0.0.1:9/", Some(timeout)), 11);
         // At the concurrency limit, a second call is refused at once.
         let busy = outbound_setup(None, 1);
-        busy.outbound.as_ref().unwrap().in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        outbound_grant(&busy).in_flight.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         assert_eq!(code(&busy, "http://anywhere/", None), 13);
         // run_to_completion makes no calls: the guest hears the host could not.
         let mut req = request("POST", "/svc", &[], b"http://anywhere/");

@@ -8,7 +8,8 @@ use std::sync::Arc;
 
 use std::sync::atomic::AtomicUsize;
 
-use frenezulo_core::{OutboundGrant, ServiceRoute, Volume};
+use frenezulo_core::ServiceRoute;
+use frenezulo_engines::{Grants, OutboundGrant, Volume};
 
 use crate::resolver::is_local_host;
 
@@ -119,7 +120,7 @@ impl GuestConfig {
         &self,
         in_flight: &Arc<AtomicUsize>,
         public_only: bool,
-    ) -> Option<Arc<OutboundGrant>> {
+    ) -> Option<OutboundGrant> {
         if self.allowed_hosts.is_empty() {
             return None;
         }
@@ -129,14 +130,14 @@ impl GuestConfig {
                 .filter_map(|h| frenezulo_engines::outbound::origin_of(h))
                 .collect()
         });
-        Some(Arc::new(OutboundGrant {
+        Some(OutboundGrant {
             allowed,
             max_in_flight: self
                 .http_max_concurrency
                 .unwrap_or(DEFAULT_HTTP_MAX_CONCURRENCY),
             in_flight: in_flight.clone(),
             public_only,
-        }))
+        })
     }
 
     /// Opens every volume's host directory, read-only, relative to `base`.
@@ -162,21 +163,20 @@ impl GuestConfig {
             .collect()
     }
 
-    /// The core's view, with the module's sub-routes, volumes opened, environment merged
-    /// and the outbound grant.
+    /// The core's view, with the module's sub-routes, environment merged, and the grants
+    /// (volumes opened, the outbound grant) for the engine.
     pub fn setup(
         &self,
         env: Vec<(String, String)>,
         routes: frenezulo_core::subroute::SubRoutes,
-        volumes: Vec<Volume>,
-        outbound: Option<Arc<OutboundGrant>>,
+        grants: Grants,
     ) -> frenezulo_core::GuestSetup {
         let defaults = frenezulo_core::GuestSetup::default();
         frenezulo_core::GuestSetup {
             name: String::new(),
             route: self.route.clone(),
             default_host: self.default_host.as_deref().map(Into::into),
-            outbound,
+            host: grants.into_host(),
             env,
             entrypoint: self
                 .entrypoint
@@ -184,7 +184,6 @@ impl GuestConfig {
                 .map_or(defaults.entrypoint, Into::into),
             argv: self.argv.clone().unwrap_or(defaults.argv),
             routes,
-            volumes,
         }
     }
 }

@@ -594,7 +594,7 @@ fn load_services(
             .with_context(context)?;
         frenezulo_engines::check_entrypoints(
             compiled.as_ref(),
-            &guest.setup(Vec::new(), routes.clone(), Vec::new(), None),
+            &guest.setup(Vec::new(), routes.clone(), Default::default()),
         )
         .map_err(anyhow::Error::msg)
         .with_context(context)?;

@@ -184,7 +184,8 @@ pub enum RegistryChange {
         wasm: Bytes,
         /// The service's limits.
         limits: ServiceLimits,
-        /// How its guests run: environment, entrypoint, argv, sub-routes, volumes.
+        /// How its guests run: environment, entrypoint, argv, route and sub-routes, and the
+        /// host grants it carries for the engine.
         setup: Arc<GuestSetup>,
     },
     /// Removes a service: queued requests get 503, started ones finish, then 404.

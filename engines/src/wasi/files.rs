@@ -372,8 +372,8 @@ fn write_filestat(mem: &mut [u8], out: i32, m: &Metadata) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::grants::{Grants, Volume};
     use bytes::Bytes;
-    use frenezulo_core::Volume;
 
     /// A volume's directory, removed when dropped.
     type Dir = tempfile::TempDir;
@@ -388,11 +388,15 @@ mod tests {
         std::fs::write(root.join("a.txt"), "0123456789").unwrap();
         std::fs::write(root.join("sub/b.txt"), "b").unwrap();
         let mut io = GuestIo::new(Bytes::new(), 64, 0);
-        io.grant(&Arc::new(frenezulo_core::GuestSetup {
+        let grants = Grants {
             volumes: vec![Volume {
                 guest_path: "/data".to_owned(),
                 dir: Arc::new(File::open(root).unwrap()),
             }],
+            ..Grants::default()
+        };
+        io.grant(&Arc::new(frenezulo_core::GuestSetup {
+            host: grants.into_host(),
             ..Default::default()
         }));
         (dir, io)

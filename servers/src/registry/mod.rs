@@ -16,9 +16,10 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use frenezulo_core::subroute::SubRoutes;
 use frenezulo_core::{
-    ModuleKey, RegistryChange, RouteError, ServiceLimits, ServiceName, ServiceRoute, Volume,
+    ModuleKey, RegistryChange, RouteError, ServiceLimits, ServiceName, ServiceRoute,
 };
 use frenezulo_engines::CompiledModule;
+use frenezulo_engines::{Grants, Volume};
 use thiserror::Error;
 use tracing::{error, info, warn};
 
@@ -466,7 +467,7 @@ impl Registry {
                 theirs: other.route().to_string(),
             });
         }
-        let setup = guest.setup(Vec::new(), module.routes.clone(), Vec::new(), None);
+        let setup = guest.setup(Vec::new(), module.routes.clone(), Grants::default());
         frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
             .map_err(ChangeError::Entrypoint)?;
         let limits = match (limits, old) {
@@ -753,15 +754,16 @@ impl Registry {
                 }),
             })
             .collect();
-        let mut setup = s.guest.setup(
-            merged.into_iter().collect(),
-            s.routes.clone(),
+        let grants = Grants {
             volumes,
-            s.guest.outbound(
+            outbound: s.guest.outbound(
                 &s.outbound_in_flight,
                 s.origin == Origin::Api && self.outbound_public_only,
             ),
-        );
+        };
+        let mut setup = s
+            .guest
+            .setup(merged.into_iter().collect(), s.routes.clone(), grants);
         setup.name = s.name.to_string();
         RegistryChange::Put {
             module: ModuleKey {
