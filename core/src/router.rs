@@ -103,7 +103,9 @@ impl Router {
             }
         }
         if let Some(n) = self.lengths.get_mut(&base.len()) {
-            crate::server::decrement(n, 1, "the router's count of bases of a length");
+            *n = n
+                .checked_sub(1)
+                .expect("the router's count of bases of a length went below zero");
             if *n == 0 {
                 self.lengths.remove(&base.len());
             }
