@@ -8,6 +8,10 @@
 //! the same outputs. It does not run WebAssembly: it asks its driver to, one time slice at
 //! a time, through [`Output::Execute`] and [`Output::Resume`].
 //!
+//! Beside it, [`control::Control`] is the control plane's state machine: the order in which
+//! changes to the registry are prepared, written to a shared store and applied, with the
+//! same contract style (its module docs).
+//!
 //! One [`Server`] serves one thread's share of the connections. A process runs one per
 //! serving thread; they share nothing but the registry changes each is fed.
 //!
@@ -70,6 +74,7 @@
 //! and the CLI in the `frenezulo` binary; virtual-time workloads in `frenezulo-sim`.
 
 pub mod contract;
+pub mod control;
 pub mod guest;
 pub mod http;
 pub mod response;

@@ -17,37 +17,40 @@
 //! | `PATCH /services/{prefix}` | `{"limits"?, "env"?}`: change without uploading again |
 //! | `DELETE /services/{prefix}` | remove; requests in flight finish |
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use frenezulo_core::control::{Ask, Control, ControlConfig, Input};
 use frenezulo_core::{
-    JobId, ManagementCall, ModuleKey, Response, RunLimits, ServiceLimits, ServiceName, ServiceRoute,
+    JobId, ManagementCall, ModuleKey, Response, ServiceLimits, ServiceName, ServiceRoute,
 };
-use frenezulo_engines::{CompiledModule, EngineKind};
+use frenezulo_engines::EngineKind;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
 use tracing::{error, info, warn};
 
-use crate::artifacts::{Artifacts, Loaded};
-use crate::cluster::{Cluster, ClusterEvent, Command, WriteError};
+use crate::artifacts::Artifacts;
+use crate::cluster::{Cluster, ClusterEvent, WriteError};
 use crate::compile::CompilePool;
 use crate::guest::{GuestConfig, HostCeiling};
 use crate::metrics::{self, ThreadSnapshot};
 use crate::registry::manifest::Entry;
-use crate::registry::store::Digest;
-use crate::registry::{ChangeError, NewModule, Registry, Service};
+use crate::registry::{ChangeError, Registry, Service};
 use crate::serve::{Inbox, ManagementRequest, Message};
 use crate::spec::{EnvValues, LimitsConfig, check_env};
 
+mod changes;
 pub mod fetch;
 pub mod token;
 
-use fetch::{FetchError, FetchLimits};
+pub use changes::Prepared;
+use changes::{Job, Plane, Ready, Settings};
+use fetch::FetchLimits;
 
 /// Calls waiting for this thread, all serving threads together; past it, 503.
 pub const QUEUE: usize = 64;
@@ -66,66 +69,6 @@ pub enum Event {
     Cluster(Box<ClusterEvent>),
 }
 
-/// A new module, fetched and compiled (or why not), and the change it is for.
-pub struct Prepared {
-    /// Who asked; `None` for a change another node made.
-    origin: Option<CallOrigin>,
-    name: ServiceName,
-    limits: Option<LimitsConfig>,
-    env: Option<EnvValues>,
-    guest: GuestConfig,
-    /// The revision the caller says it changes (`If-Match`), in a cluster.
-    if_match: Option<u64>,
-    /// For another node's change: its revision and entry.
-    remote: Option<(u64, Entry)>,
-    result: Result<(NewModule, Loaded, Duration), PrepareError>,
-}
-
-impl Prepared {
-    /// A change a caller asked for, before its module is ready.
-    fn asked(
-        origin: &CallOrigin,
-        name: ServiceName,
-        limits: Option<LimitsConfig>,
-        env: Option<EnvValues>,
-        guest: GuestConfig,
-        if_match: Option<u64>,
-    ) -> Self {
-        Prepared {
-            origin: Some(origin.clone()),
-            name,
-            limits,
-            env,
-            guest,
-            if_match,
-            remote: None,
-            result: Err(PrepareError::Empty),
-        }
-    }
-}
-
-/// A write to the shared registry in flight, and what to do once it is in.
-enum PendingWrite {
-    Put {
-        origin: CallOrigin,
-        name: ServiceName,
-        entry: Entry,
-        module: NewModule,
-        loaded: Loaded,
-        elapsed: Duration,
-    },
-    Configure {
-        origin: CallOrigin,
-        name: ServiceName,
-        entry: Entry,
-        compiled: Option<Arc<dyn CompiledModule>>,
-    },
-    Remove {
-        origin: CallOrigin,
-        name: ServiceName,
-    },
-}
-
 /// Who asked, so the answer can find them and the log say who it was.
 #[derive(Clone)]
 struct CallOrigin {
@@ -135,35 +78,6 @@ struct CallOrigin {
     method: String,
     path: String,
     started: Instant,
-}
-
-#[derive(Debug, thiserror::Error)]
-enum PrepareError {
-    #[error(transparent)]
-    Fetch(#[from] FetchError),
-    #[error("the module is empty")]
-    Empty,
-    #[error("not a WebAssembly module or WAT text: {0}")]
-    Parse(String),
-    /// A fetched source that does not parse: its content is not quoted back.
-    #[error("the fetched source is not a WebAssembly module or WAT text")]
-    NotModule,
-    #[error("module is larger than the limit of {0} bytes")]
-    TooLarge(usize),
-    #[error("module refused: {0}")]
-    Compile(#[from] frenezulo_engines::CompileError),
-    #[error("module refused: {0}")]
-    Routes(String),
-}
-
-impl PrepareError {
-    fn status(&self) -> u16 {
-        match self {
-            PrepareError::TooLarge(_) | PrepareError::Fetch(FetchError::TooLarge(_)) => 413,
-            PrepareError::Fetch(FetchError::Status(_) | FetchError::Transfer(_)) => 502,
-            _ => 400,
-        }
-    }
 }
 
 /// What the management thread runs with.
@@ -230,25 +144,12 @@ struct Admin {
     /// SHA-256 of the token: compared in constant time, whatever the length given.
     token: [u8; 32],
     sender: SyncSender<Event>,
-    preparing: usize,
-    /// Other nodes' changes waiting for a preparing slot (at most one per service, the
-    /// newest): a node catching up compiles [`MAX_PREPARING`] at a time, not all at once.
-    waiting_remote: VecDeque<RemoteChange>,
+    /// The order of changes: preparing slots, revisions, shared writes in flight.
+    control: Control<Plane>,
     started: Instant,
-    /// Writes to the shared registry in flight, by token.
-    writes: HashMap<u64, PendingWrite>,
-    next_write: u64,
 }
 
-/// Another node's change, before it is prepared.
-struct RemoteChange {
-    name: ServiceName,
-    revision: u64,
-    entry: Entry,
-    wasm: Bytes,
-}
-
-/// A response now, or later (a worker is preparing a module).
+/// A response now, or later (the control plane answers once the change is done).
 enum Reply {
     Now(Response),
     Later,
@@ -256,19 +157,24 @@ enum Reply {
 
 impl Admin {
     fn new(setup: Setup, sender: SyncSender<Event>) -> Self {
-        Admin {
+        let config = ControlConfig {
+            shared: setup.cluster.is_some(),
+            max_preparing: MAX_PREPARING,
+        };
+        let control = Control::new(config, setup.registry.stored());
+        let mut admin = Admin {
             token: Sha256::digest(setup.token.as_bytes()).into(),
             setup,
             sender,
-            preparing: 0,
-            waiting_remote: VecDeque::new(),
+            control,
             started: Instant::now(),
-            writes: HashMap::new(),
-            next_write: 0,
-        }
+        };
+        admin.sync_shared();
+        admin
     }
 
     fn on_call(&mut self, thread: usize, call: ManagementCall) {
+        self.sync_shared();
         let origin = CallOrigin {
             thread,
             call: call.call,
@@ -303,7 +209,7 @@ impl Admin {
             ("GET", "") => Reply::Now(self.list()),
             ("GET", "metrics") => Reply::Now(self.metrics()),
             // In a cluster, a write while NATS is away changes nothing: refused at once.
-            (_, _) if method != "GET" && self.cluster_unavailable() => {
+            (_, _) if method != "GET" && !self.control.writable() => {
                 Reply::Now(unavailable(self.setup.cluster.as_ref()))
             }
             ("POST", "add") => self.add(origin, &call.request.body),
@@ -511,11 +417,17 @@ impl Admin {
         }
         let fetch = self.setup.fetch.clone();
         let source = add.source;
-        let change = Prepared::asked(origin, name, add.limits, add.env, guest, None);
-        // What a fetch brings back is never quoted in an answer.
-        self.prepare(change, false, move || {
-            Ok((fetch::fetch(&source, &fetch)?, source))
-        })
+        let job = Job::Asked {
+            get: Box::new(move || Ok((fetch::fetch(&source, &fetch)?, source))),
+            // What a fetch brings back is never quoted in an answer.
+            quote: false,
+            settings: Box::new(Settings {
+                limits: add.limits,
+                env: add.env,
+                guest,
+            }),
+        };
+        self.ask(origin, name, None, Ask::Prepare(job))
     }
 
     fn upload(
@@ -537,10 +449,12 @@ impl Admin {
             return Reply::Now(response);
         }
         let body = body.clone();
-        let change = Prepared::asked(origin, name, limits, env, guest, if_match);
-        self.prepare(change, true, move || {
-            Ok((body.to_vec(), "upload".to_owned()))
-        })
+        let job = Job::Asked {
+            get: Box::new(move || Ok((body.to_vec(), "upload".to_owned()))),
+            quote: true,
+            settings: Box::new(Settings { limits, env, guest }),
+        };
+        self.ask(origin, name, if_match, Ask::Prepare(job))
     }
 
     /// Checks what a change asks for before any work is done.
@@ -573,367 +487,6 @@ impl Admin {
             .check_api_owned(&name)
             .map_err(|e| change_error(&e))?;
         Ok(name)
-    }
-
-    /// Fetches (by `get`) and compiles a module on a worker thread; the answer follows in
-    /// [`Admin::on_prepared`]. `quote` says whether a parse error may show the module's
-    /// text (the caller's own upload) or not (a fetched source).
-    fn prepare(
-        &mut self,
-        change: Prepared,
-        quote: bool,
-        get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
-    ) -> Reply {
-        if self.preparing >= MAX_PREPARING {
-            return Reply::Now(
-                error(503, "too many modules being added at once, retry shortly")
-                    .with_header("Retry-After", "1"),
-            );
-        }
-        match self.spawn_prepare(change, quote, get) {
-            Ok(()) => Reply::Later,
-            Err(e) => Reply::Now(error(
-                503,
-                &format!("could not start preparing the module: {e}"),
-            )),
-        }
-    }
-
-    /// Compiles another node's change on a worker thread, like an upload; it is published
-    /// once compiled, so no request reaches a version that is not ready.
-    /// At most [`MAX_PREPARING`] are prepared at once, API calls included; the rest wait
-    /// in `waiting_remote` (a newer change of a service replaces its older one there).
-    fn prepare_remote(&mut self, name: ServiceName, revision: u64, entry: Entry, wasm: Bytes) {
-        if self.preparing >= MAX_PREPARING {
-            self.waiting_remote.retain(|c| c.name != name);
-            self.waiting_remote.push_back(RemoteChange {
-                name,
-                revision,
-                entry,
-                wasm,
-            });
-            return;
-        }
-        let source = entry.source.clone();
-        let prepared = Prepared {
-            origin: None,
-            limits: Some(entry.limits.clone()),
-            env: None,
-            // Checked when it arrived (`on_cluster`).
-            guest: entry.guest().unwrap_or_default(),
-            if_match: None,
-            remote: Some((revision, entry)),
-            name: name.clone(),
-            result: Err(PrepareError::Empty),
-        };
-        // Its parse errors go to this node's log only.
-        if let Err(e) = self.spawn_prepare(prepared, true, move || Ok((wasm.to_vec(), source))) {
-            error!(target: "cluster", service = %name, error = %e, "could not start loading a shared change");
-        }
-    }
-
-    /// Runs `get` and the compile on a worker thread; `prepared` comes back with the result.
-    fn spawn_prepare(
-        &mut self,
-        mut prepared: Prepared,
-        quote: bool,
-        get: impl FnOnce() -> Result<(Vec<u8>, String), FetchError> + Send + 'static,
-    ) -> std::io::Result<()> {
-        self.preparing += 1;
-        let limits = prepared.limits.clone();
-        let artifacts = self.setup.artifacts.clone();
-        let max = self.setup.fetch.max_bytes;
-        // `_routes` runs within the limits the service will have.
-        let run_limits = limits
-            .as_ref()
-            .map_or(self.setup.base_limits, |l| l.apply(self.setup.base_limits))
-            .run_limits();
-        let sender = self.sender.clone();
-        let spawned = std::thread::Builder::new()
-            .name("admin-prepare".to_owned())
-            .spawn(move || {
-                prepared.result = get()
-                    .map_err(PrepareError::from)
-                    .and_then(|(bytes, source)| {
-                        prepare_module(&artifacts, bytes, source, max, &run_limits).map_err(|e| {
-                            match e {
-                                PrepareError::Parse(_) if !quote => PrepareError::NotModule,
-                                e => e,
-                            }
-                        })
-                    });
-                let _ = sender.send(Event::Prepared(Box::new(prepared)));
-            });
-        if spawned.is_err() {
-            self.preparing -= 1;
-        }
-        spawned.map(drop)
-    }
-
-    /// Starts waiting changes of other nodes while there are free preparing slots.
-    fn start_waiting_remote(&mut self) {
-        while self.preparing < MAX_PREPARING
-            && let Some(change) = self.waiting_remote.pop_front()
-        {
-            if self.setup.registry.revision(&change.name) < Some(change.revision) {
-                self.prepare_remote(change.name, change.revision, change.entry, change.wasm);
-            }
-        }
-    }
-
-    fn on_prepared(&mut self, p: Prepared) {
-        self.preparing -= 1;
-        self.start_waiting_remote();
-        let Prepared {
-            origin,
-            name,
-            limits,
-            env,
-            guest,
-            if_match,
-            remote,
-            result,
-        } = p;
-        let (module, loaded, elapsed) = match (result, &origin) {
-            (Ok(ready), _) => ready,
-            (Err(e), Some(origin)) => {
-                info!(target: "admin", service = %name, error = %e, "module refused");
-                return self.answer(origin, error(e.status(), &e.to_string()));
-            }
-            (Err(e), None) => {
-                error!(target: "cluster", service = %name, error = %e, "a shared service cannot be loaded on this node; it keeps the version it has");
-                return;
-            }
-        };
-        let Some(origin) = origin else {
-            let (revision, mut entry) = remote.expect("a change without a caller is remote");
-            if self.setup.registry.revision(&name) >= Some(revision) {
-                return;
-            }
-            entry.revision = Some(revision);
-            let digest = module.digest;
-            match self.finish_put(&name, entry, module, loaded, elapsed) {
-                Ok(_) => {
-                    info!(target: "cluster", service = %name, revision, %digest, "service updated from the shared registry")
-                }
-                Err(e) => {
-                    error!(target: "cluster", service = %name, error = %e, "shared change not applied")
-                }
-            }
-            return;
-        };
-        let entry = match self
-            .setup
-            .registry
-            .entry_for_put(&name, &module, limits, env, guest)
-        {
-            Ok(entry) => entry,
-            Err(e) => return self.answer(&origin, change_error(&e)),
-        };
-        // Hosts kept from the stored entry are held to the ceiling as it is now.
-        if let Err(e) = self.within_ceiling(&entry) {
-            return self.answer(&origin, error(400, &e));
-        }
-        if self.setup.cluster.is_some() {
-            let expected = if_match.or_else(|| self.setup.registry.revision(&name));
-            let wasm = module.wasm.clone();
-            let command = |token| Command::Put {
-                token,
-                name: name.to_string(),
-                entry: Box::new(entry.clone()),
-                wasm: Some(wasm),
-                expected,
-            };
-            let pending = PendingWrite::Put {
-                origin: origin.clone(),
-                name: name.clone(),
-                entry: entry.clone(),
-                module,
-                loaded,
-                elapsed,
-            };
-            return self.write(&origin, command, pending);
-        }
-        let response = self.put_response(&name, entry, module, loaded, elapsed);
-        self.answer(&origin, response);
-    }
-
-    /// Installs a new module and says so.
-    fn put_response(
-        &mut self,
-        name: &ServiceName,
-        entry: Entry,
-        module: NewModule,
-        loaded: Loaded,
-        elapsed: Duration,
-    ) -> Response {
-        match self.finish_put(name, entry, module, loaded, elapsed) {
-            Ok(new) => {
-                let registry = &self.setup.registry;
-                let service = registry.service(name).expect("just put");
-                info!(target: "admin", service = %name, version = service.version, digest = %service.digest, source = service.source, "service {}", if new { "added" } else { "replaced" });
-                let loads = self.setup.compile.load_stats();
-                json_response(
-                    if new { 201 } else { 200 },
-                    &service_json(service, &[], &loads, false),
-                )
-            }
-            Err(e) => change_error(&e),
-        }
-    }
-
-    /// Stores and publishes a module, and tells the compile pool it is ready.
-    fn finish_put(
-        &mut self,
-        name: &ServiceName,
-        entry: Entry,
-        module: NewModule,
-        loaded: Loaded,
-        elapsed: Duration,
-    ) -> Result<bool, ChangeError> {
-        let compiled = module.compiled.clone();
-        let digest = module.digest;
-        let new = self.setup.registry.install(name, entry, module)?;
-        // A shared service hidden by this node's own of the same name is stored, not
-        // served: its compiled module must not be filed under the served one's version.
-        if let Some(service) = self.setup.registry.service(name)
-            && service.digest == digest
-        {
-            let key = ModuleKey {
-                service: name.clone(),
-                version: service.version,
-            };
-            self.setup.compile.insert(key, &compiled);
-            self.setup.compile.record(name, loaded, elapsed);
-        }
-        Ok(new)
-    }
-
-    /// Hands a write to the shared registry; the caller is answered when it is in.
-    fn write(
-        &mut self,
-        origin: &CallOrigin,
-        command: impl FnOnce(u64) -> Command,
-        pending: PendingWrite,
-    ) {
-        let cluster = self.setup.cluster.as_ref().expect("only in a cluster");
-        let token = self.next_write;
-        self.next_write += 1;
-        match cluster.send(command(token)) {
-            Ok(()) => {
-                self.writes.insert(token, pending);
-            }
-            Err(e) => self.answer(origin, write_error(&e)),
-        }
-    }
-
-    fn cluster_unavailable(&self) -> bool {
-        self.setup.cluster.as_ref().is_some_and(|c| !c.available())
-    }
-
-    fn on_cluster(&mut self, event: ClusterEvent) {
-        match event {
-            ClusterEvent::Changed {
-                name,
-                revision,
-                entry,
-                wasm,
-            } => {
-                let Ok(name) = ServiceName::new(&name) else {
-                    warn!(target: "cluster", key = name, "shared entry under a key that is no service name; ignored");
-                    return;
-                };
-                // Another node's writer is trusted no more than a token holder: the same
-                // checks apply (a newer node may also allow what this one does not).
-                let checked = entry
-                    .limits
-                    .check()
-                    .map_err(|e| e.to_string())
-                    .and_then(|()| check_env(&entry.env))
-                    .and_then(|()| entry.guest().map_err(|e| e.to_string()))
-                    .and_then(|guest| guest.check())
-                    .and_then(|()| self.within_ceiling(&entry));
-                if let Err(e) = checked {
-                    error!(target: "cluster", service = %name, revision, error = %e, "shared entry refused; this node keeps the version it has");
-                    return;
-                }
-                if self.setup.registry.revision(&name) < Some(revision) {
-                    self.prepare_remote(name, revision, *entry, wasm);
-                }
-            }
-            ClusterEvent::Removed { name, revision } => {
-                let Ok(name) = ServiceName::new(&name) else {
-                    return;
-                };
-                // A change still waiting to be prepared is older than its removal.
-                self.waiting_remote
-                    .retain(|c| c.name != name || c.revision > revision);
-                let known = self.setup.registry.entry(&name).map(|e| e.revision);
-                if let Some(current) = known
-                    && current < Some(revision)
-                {
-                    match self.setup.registry.uninstall(&name) {
-                        Ok(()) => {
-                            info!(target: "cluster", service = %name, revision, "service removed through the shared registry")
-                        }
-                        Err(e) => {
-                            error!(target: "cluster", service = %name, error = %e, "shared removal not applied")
-                        }
-                    }
-                }
-            }
-            ClusterEvent::Written { token, result } => {
-                let Some(pending) = self.writes.remove(&token) else {
-                    return;
-                };
-                self.on_written(pending, result);
-            }
-        }
-    }
-
-    /// A write to the shared registry is in (or failed): apply it here and answer.
-    fn on_written(&mut self, pending: PendingWrite, result: Result<u64, WriteError>) {
-        let (origin, response) = match (pending, result) {
-            (PendingWrite::Put { origin, .. }, Err(e))
-            | (PendingWrite::Configure { origin, .. }, Err(e))
-            | (PendingWrite::Remove { origin, .. }, Err(e)) => {
-                info!(target: "admin", error = %e, "shared registry write refused");
-                (origin, write_error(&e))
-            }
-            (
-                PendingWrite::Put {
-                    origin,
-                    name,
-                    mut entry,
-                    module,
-                    loaded,
-                    elapsed,
-                },
-                Ok(revision),
-            ) => {
-                entry.revision = Some(revision);
-                let response = self.put_response(&name, entry, module, loaded, elapsed);
-                (origin, response)
-            }
-            (
-                PendingWrite::Configure {
-                    origin,
-                    name,
-                    mut entry,
-                    compiled,
-                },
-                Ok(revision),
-            ) => {
-                entry.revision = Some(revision);
-                let response = self.configured_response(&name, entry, compiled);
-                (origin, response)
-            }
-            (PendingWrite::Remove { origin, name }, Ok(_)) => {
-                let response = self.removed_response(&name);
-                (origin, response)
-            }
-        };
-        self.answer(&origin, response);
     }
 
     fn configure(
@@ -981,85 +534,35 @@ impl Admin {
                 version: s.version,
             })
         });
-        if self.setup.cluster.is_some() {
-            let wasm = registry.service(name).map(|s| s.wasm.clone());
-            let expected = if_match.or(entry.revision);
-            let command = |token| Command::Put {
-                token,
-                name: name.to_string(),
-                entry: Box::new(entry.clone()),
-                wasm,
-                expected,
-            };
-            let pending = PendingWrite::Configure {
-                origin: origin.clone(),
-                name: name.clone(),
-                entry: entry.clone(),
-                compiled,
-            };
-            self.write(origin, command, pending);
-            return Reply::Later;
-        }
-        Reply::Now(self.configured_response(name, entry, compiled))
-    }
-
-    /// Installs a reconfigured entry and says so.
-    fn configured_response(
-        &mut self,
-        name: &ServiceName,
-        entry: Entry,
-        compiled: Option<Arc<dyn CompiledModule>>,
-    ) -> Response {
-        let registry = &mut self.setup.registry;
-        match registry.install_configured(name, entry, compiled.clone()) {
-            Ok(()) => {
-                let service = registry.service(name).expect("configured");
-                if let Some(compiled) = &compiled {
-                    let key = ModuleKey {
-                        service: name.clone(),
-                        version: service.version,
-                    };
-                    self.setup.compile.insert(key, compiled);
-                }
-                info!(target: "admin", service = %name, version = service.version, "service reconfigured");
-                json_response(200, &service_json(service, &[], &BTreeMap::new(), false))
-            }
-            Err(e) => change_error(&e),
-        }
+        let ask = Ask::Put(Ready::Settings {
+            entry: Box::new(entry),
+            compiled,
+        });
+        self.ask(origin, name.clone(), if_match, ask)
     }
 
     fn remove(&mut self, origin: &CallOrigin, name: &ServiceName, if_match: Option<u64>) -> Reply {
         if let Err(e) = self.setup.registry.check_remove(name) {
             return Reply::Now(change_error(&e));
         }
-        let expected = if_match.or_else(|| self.setup.registry.revision(name));
-        if let (Some(_), Some(expected)) = (&self.setup.cluster, expected) {
-            let command = |token| Command::Delete {
-                token,
-                name: name.to_string(),
-                expected,
-            };
-            let pending = PendingWrite::Remove {
-                origin: origin.clone(),
-                name: name.clone(),
-            };
-            self.write(origin, command, pending);
-            return Reply::Later;
-        }
-        // Not in the shared registry (added before this node joined one): removed here.
-        Reply::Now(self.removed_response(name))
+        self.ask(origin, name.clone(), if_match, Ask::Remove)
     }
 
-    /// Drops a service here and says so; one the shared registry's watch removed first is
-    /// gone already, which is the same outcome.
-    fn removed_response(&mut self, name: &ServiceName) -> Response {
-        match self.setup.registry.uninstall(name) {
-            Ok(()) | Err(ChangeError::NotFound(_)) => {
-                info!(target: "admin", service = %name, "service removed");
-                json_response(200, &json!({ "removed": name.as_str() }))
-            }
-            Err(e) => change_error(&e),
-        }
+    /// Hands a caller's change to the control plane; the answer follows from it.
+    fn ask(
+        &mut self,
+        origin: &CallOrigin,
+        name: ServiceName,
+        if_match: Option<u64>,
+        ask: Ask<Plane>,
+    ) -> Reply {
+        self.drive(Input::Call {
+            caller: origin.clone(),
+            name,
+            if_match,
+            ask,
+        });
+        Reply::Later
     }
 }
 
@@ -1094,43 +597,6 @@ fn unavailable(cluster: Option<&Cluster>) -> Response {
         ),
     )
     .with_header("Retry-After", "1")
-}
-
-/// Parses (WAT to binary), checks the size, compiles and hashes a module, and learns its
-/// sub-routes.
-fn prepare_module(
-    artifacts: &Artifacts,
-    bytes: Vec<u8>,
-    source: String,
-    max: usize,
-    run_limits: &RunLimits,
-) -> Result<(NewModule, Loaded, Duration), PrepareError> {
-    if bytes.is_empty() {
-        return Err(PrepareError::Empty);
-    }
-    if bytes.len() > max {
-        return Err(PrepareError::TooLarge(max));
-    }
-    let wasm = wat::parse_bytes(&bytes)
-        .map_err(|e| PrepareError::Parse(e.to_string()))?
-        .into_owned();
-    if wasm.len() > max {
-        return Err(PrepareError::TooLarge(max));
-    }
-    let (compiled, loaded, elapsed) = artifacts.load(&wasm)?;
-    let routes = frenezulo_engines::discover_routes(compiled.as_ref(), run_limits)
-        .map_err(|e| PrepareError::Routes(e.to_string()))?;
-    Ok((
-        NewModule {
-            digest: Digest::of(&wasm),
-            wasm: wasm.into(),
-            source,
-            compiled,
-            routes,
-        },
-        loaded,
-        elapsed,
-    ))
 }
 
 /// Limits (`memory=32MiB&deadline=2s&...`), environment values (`env=KEY=VALUE`,
@@ -1360,9 +826,9 @@ mod tests {
                 wasm: Bytes::from(wasm.clone()),
             });
             assert!(
-                admin.preparing <= MAX_PREPARING,
+                admin.control.preparing() <= MAX_PREPARING,
                 "{} at once",
-                admin.preparing
+                admin.control.preparing()
             );
         }
         // Removed before its turn: never prepared.
@@ -1370,22 +836,22 @@ mod tests {
             name: format!("s{}", count - 1),
             revision: count as u64 + 1,
         });
-        while admin.preparing > 0 {
+        while admin.control.preparing() > 0 {
             let Event::Prepared(prepared) = events.recv().unwrap() else {
                 panic!("only preparations come back");
             };
             admin.on_prepared(*prepared);
             assert!(
-                admin.preparing <= MAX_PREPARING,
+                admin.control.preparing() <= MAX_PREPARING,
                 "{} at once",
-                admin.preparing
+                admin.control.preparing()
             );
         }
-        assert!(admin.waiting_remote.is_empty());
+        assert_eq!(admin.control.waiting(), 0);
         for i in 0..count - 1 {
             let name = ServiceName::new(&format!("s{i}")).unwrap();
             assert_eq!(
-                admin.setup.registry.revision(&name),
+                admin.setup.registry.entry(&name).and_then(|e| e.revision),
                 Some(i as u64 + 1),
                 "s{i}"
             );
@@ -1419,7 +885,11 @@ mod tests {
             &["https://api.example.com", "http://10.0.0.5:8080"],
         ] {
             admin.on_cluster(changed(1, hosts));
-            assert_eq!(admin.preparing, 0, "{hosts:?} refused before any work");
+            assert_eq!(
+                admin.control.preparing(),
+                0,
+                "{hosts:?} refused before any work"
+            );
         }
         admin.setup.outbound_ceiling = HostCeiling::new(
             "outbound_allowed_hosts",
@@ -1427,13 +897,20 @@ mod tests {
         )
         .unwrap();
         admin.on_cluster(changed(2, &["http://169.254.169.254"]));
-        assert_eq!(admin.preparing, 1, "within the operator's ceiling");
+        assert_eq!(
+            admin.control.preparing(),
+            1,
+            "within the operator's ceiling"
+        );
         let Event::Prepared(prepared) = events.recv().unwrap() else {
             panic!("only preparations come back");
         };
         admin.on_prepared(*prepared);
         let name = ServiceName::new("s").unwrap();
-        assert_eq!(admin.setup.registry.revision(&name), Some(2));
+        assert_eq!(
+            admin.setup.registry.entry(&name).and_then(|e| e.revision),
+            Some(2)
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use frenezulo_core::control::Known;
 use frenezulo_core::subroute::SubRoutes;
 use frenezulo_core::{
     ModuleKey, RegistryChange, RouteError, ServiceLimits, ServiceName, ServiceRoute,
@@ -154,6 +155,7 @@ fn origin_text(origin: Origin) -> &'static str {
 }
 
 /// A new module for a service, validated and compiled.
+#[derive(Clone)]
 pub struct NewModule {
     /// The module bytes.
     pub wasm: Bytes,
@@ -589,17 +591,25 @@ impl Registry {
         hidden
     }
 
-    /// The shared registry's revision of the API's entry for `name`, if any.
-    pub fn revision(&self, name: &ServiceName) -> Option<u64> {
-        self.manifest
-            .services
-            .get(name.as_str())
-            .and_then(|e| e.revision)
-    }
-
     /// The API's stored entry for `name`.
+    #[cfg(test)]
     pub fn entry(&self, name: &ServiceName) -> Option<&Entry> {
         self.manifest.services.get(name.as_str())
+    }
+
+    /// What the control plane knows at start: every entry the API stored, with its revision.
+    pub fn stored(&self) -> Vec<(ServiceName, Known)> {
+        self.manifest
+            .services
+            .iter()
+            .filter_map(|(name, e)| {
+                let known = Known {
+                    revision: e.revision,
+                    present: true,
+                };
+                Some((ServiceName::new(name).ok()?, known))
+            })
+            .collect()
     }
 
     /// Changes a service's limits (the keys given) or environment (all of it), keeping its
