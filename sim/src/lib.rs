@@ -8,7 +8,12 @@
 //! [`report`] tables, JSON and SVG. One seed fans out to a random stream per subsystem
 //! ([`rng`]); the same seed and options give the same bytes. Invariants are checked as a run
 //! goes ([`model::Violation`]). No wall clock is read: the model keeps virtual time.
+//!
+//! [`cluster`] does the same for the control plane: several nodes' real
+//! `frenezulo_core::control::Control` against a modelled shared store with delays,
+//! conflicts, outages, partitions and restarts.
 
+pub mod cluster;
 pub mod model;
 pub mod profile;
 pub mod report;

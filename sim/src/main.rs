@@ -81,6 +81,16 @@ enum Scenario {
         #[arg(long, default_value_t = 2.0)]
         deadline: f64,
     },
+    /// Several nodes' control planes against a shared store with delays, conflicts,
+    /// outages, partitions and restarts (default 60 s of changes).
+    Cluster {
+        /// Nodes.
+        #[arg(long, default_value_t = 3)]
+        nodes: usize,
+        /// Changes asked per second, all nodes together.
+        #[arg(long, default_value_t = 5.0)]
+        change_rate: f64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -179,6 +189,13 @@ fn main() -> ExitCode {
                     FaultArg::Hang => FaultKind::Hang,
                 },
                 deadline_s: *deadline,
+            },
+        ),
+        Scenario::Cluster { nodes, change_rate } => scenarios::cluster(
+            &common,
+            &scenarios::Cluster {
+                nodes: *nodes,
+                change_rate: *change_rate,
             },
         ),
     };

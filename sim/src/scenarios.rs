@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use frenezulo_core::{ServerConfig, ServiceLimits};
 use serde_json::{Value, json};
 
+use crate::cluster::{self, ClusterConfig};
 use crate::model::{self, Arrivals, Exec, Outcome, ServiceSpec, SimConfig, Violation};
 use crate::profile::Profile;
 use crate::report::{Plot, Report};
@@ -593,5 +594,116 @@ pub fn faults(common: &Common, o: &Faults) -> Result<Report, Failure> {
                 series: vec![("2xx p99".to_owned(), ok_p99)],
             },
         ]),
+    })
+}
+
+/// Options of `cluster`.
+#[derive(Debug, Clone)]
+pub struct Cluster {
+    /// Nodes.
+    pub nodes: usize,
+    /// Changes asked per second, all nodes together.
+    pub change_rate: f64,
+}
+
+impl Default for Cluster {
+    fn default() -> Self {
+        Self {
+            nodes: 3,
+            change_rate: 5.0,
+        }
+    }
+}
+
+/// Several nodes' control planes against a shared store, calm and with each kind of fault:
+/// what callers are answered, and how long the nodes take to agree once the faults end.
+pub fn cluster(common: &Common, o: &Cluster) -> Result<Report, Failure> {
+    let base = ClusterConfig {
+        seed: common.seed,
+        nodes: o.nodes,
+        change_rate: o.change_rate,
+        duration_s: common.duration_s.unwrap_or(60.0),
+        ..ClusterConfig::default()
+    };
+    let points = [
+        ("calm", base.clone()),
+        (
+            "store outages",
+            ClusterConfig {
+                outage_rate: 0.1,
+                ..base.clone()
+            },
+        ),
+        (
+            "partitions",
+            ClusterConfig {
+                partition_rate: 0.2,
+                ..base.clone()
+            },
+        ),
+        (
+            "restarts",
+            ClusterConfig {
+                restart_rate: 0.1,
+                ..base.clone()
+            },
+        ),
+        (
+            "all of them",
+            ClusterConfig {
+                outage_rate: 0.1,
+                partition_rate: 0.2,
+                restart_rate: 0.1,
+                ..base.clone()
+            },
+        ),
+    ];
+    let mut rows = Vec::new();
+    for (label, config) in &points {
+        let c = cluster::run(config).map_err(|violation| Failure {
+            point: (*label).to_owned(),
+            violation,
+        })?;
+        rows.push(vec![
+            json!(label),
+            json!(c.asked),
+            json!(c.done),
+            json!(c.conflicts),
+            json!(c.unavailable),
+            json!(c.refused),
+            json!(c.lost_callers),
+            json!(c.remote_applied),
+            json!(c.remote_refused),
+            json!(c.store_revisions),
+            json!(c.converge_ms),
+        ]);
+    }
+    Ok(Report {
+        scenario: "cluster".to_owned(),
+        seed: common.seed,
+        columns: [
+            "faults",
+            "asked",
+            "done",
+            "409",
+            "503",
+            "refused",
+            "lost (node restarted)",
+            "applied from others",
+            "refused from others",
+            "store revisions",
+            "converge ms",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        rows,
+        notes: vec![
+            "409: the store's compare-and-set failed, or a newer change overtook the caller's"
+                .to_owned(),
+            "503: the store was unreachable, or 4 modules were being prepared already".to_owned(),
+            "converge ms: virtual time from the end of changes and faults until every node serves what the store holds"
+                .to_owned(),
+        ],
+        plot: None,
     })
 }

@@ -4,6 +4,7 @@
 use std::time::Instant;
 
 use frenezulo_core::{ServerConfig, ServiceLimits};
+use frenezulo_sim::cluster::{self, ClusterConfig};
 use frenezulo_sim::model::{self, Arrivals, Exec, ServiceSpec, SimConfig};
 use frenezulo_sim::profile::Profile;
 use frenezulo_sim::scenarios::{self, Common, FaultKind, Neighbour, Traffic};
@@ -80,6 +81,38 @@ fn invariants_hold_over_many_seeds() {
         };
         scenarios::scale_to_zero(&common(seed, 30.0), &o).unwrap_or_else(|f| fail(f));
     }
+}
+
+#[test]
+fn the_control_plane_keeps_its_invariants_over_many_seeds() {
+    // Every kind of fault at once, busier than the scenario's default, many seeds.
+    let seeds: u64 =
+        std::env::var("SIM_SEEDS").map_or(64, |s| s.parse().expect("SIM_SEEDS is a count"));
+    for seed in 0..seeds {
+        let config = ClusterConfig {
+            seed,
+            duration_s: 30.0,
+            change_rate: 20.0,
+            foreign_rate: 1.0,
+            outage_rate: 0.2,
+            partition_rate: 0.3,
+            restart_rate: 0.2,
+            max_preparing: 2,
+            ..ClusterConfig::default()
+        };
+        let outcome = cluster::run(&config).unwrap_or_else(|v| {
+            panic!(
+                "seed {seed}: {}; reproduce with `frenezulo-sim --seed {seed} cluster` or this test's config",
+                v.0
+            )
+        });
+        assert!(
+            outcome.done > 0 && outcome.remote_applied > 0,
+            "seed {seed}: {outcome:?}"
+        );
+    }
+    let report = scenarios::cluster(&common(3, 20.0), &scenarios::Cluster::default()).unwrap();
+    assert_eq!(report.rows.len(), 5);
 }
 
 /// One thread, admission control off: connections are served one at a time in arrival
@@ -189,7 +222,7 @@ fn a_hanging_neighbour_slows_others_by_slices_and_stalls_no_one() {
 fn model_code_reads_no_clock() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let mut files = Vec::new();
-    for dir in ["core/src", "core/src/server", "sim/src"] {
+    for dir in ["core/src", "core/src/server", "core/src/control", "sim/src"] {
         for entry in std::fs::read_dir(root.join(dir)).unwrap() {
             let path = entry.unwrap().path();
             let name = path.file_name().unwrap().to_string_lossy().into_owned();

@@ -711,6 +711,9 @@ impl<T: Payloads> Control<T> {
         match result {
             Err(e) => self.reply(source, name, Outcome::ApplyFailed(e)),
             Ok(applied) => {
+                // A change made here only (no revision) keeps the revision this node knew:
+                // what it knows never goes back, or a late older change could be applied.
+                let revision = revision.or_else(|| self.revision(&name));
                 let present = !removes;
                 self.known.insert(name.clone(), Known { revision, present });
                 self.reply(source, name, Outcome::Done(applied));

@@ -643,6 +643,8 @@ impl Cluster {
                         let before = node.applied.get(&name).and_then(|a| a.0);
                         assert!(before <= Some(r), "{name} went back from {before:?} to {r}");
                     }
+                    // Like the registry: a change made here only keeps the revision stored.
+                    let revision = revision.or_else(|| node.applied.get(&name).and_then(|a| a.0));
                     node.applied.insert(name, (revision, value));
                     node.control
                         .handle(Input::Applied {
@@ -859,4 +861,45 @@ proptest! {
             prop_assert_eq!(kept, Some(&(key.clone(), *value)), "acknowledged {} at {}", key, revision);
         }
     }
+}
+
+#[test]
+fn a_change_made_here_only_does_not_forget_a_removal_seen_from_the_store() {
+    let mut c = control(true, 2);
+    remote(&mut c, "s", 5, RemoteChange::Put(1));
+    let Output::Prepare { ticket, .. } = only(&mut c) else {
+        panic!()
+    };
+    remote(&mut c, "s", 6, RemoteChange::Remove);
+    assert!(outputs(&mut c).is_empty(), "nothing served yet: remembered");
+    // A removal this node makes on its own (nothing in the store to expect).
+    call(&mut c, 1, "s", None, Ask::Remove);
+    let Output::Apply {
+        ticket: removal,
+        revision: None,
+        ..
+    } = only(&mut c)
+    else {
+        panic!()
+    };
+    c.handle(Input::Applied {
+        ticket: removal,
+        result: Ok(()),
+    })
+    .unwrap();
+    outputs(&mut c);
+    assert_eq!(c.known(&name("s")).unwrap().revision, Some(6));
+    c.handle(Input::Prepared {
+        ticket,
+        result: Ok(1),
+    })
+    .unwrap();
+    assert!(matches!(
+        only(&mut c),
+        Output::Remote {
+            revision: 5,
+            outcome: Outcome::Superseded { current: 6 },
+            ..
+        }
+    ));
 }
