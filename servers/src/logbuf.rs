@@ -33,6 +33,27 @@ pub fn flush() {
     });
 }
 
+/// Writes a line the caller formats into the thread's buffer (if it batches; otherwise to
+/// stderr at once), without going through the log subscriber.
+pub fn append(format: impl FnOnce(&mut Vec<u8>)) {
+    let mut format = Some(format);
+    let full = BUFFER.with(|b| {
+        let mut b = b.borrow_mut();
+        let buffer = b.as_mut()?;
+        format.take()?(buffer);
+        Some(buffer.len() >= MAX_BUFFERED)
+    });
+    match (full, format) {
+        (Some(true), _) => flush(),
+        (None, Some(format)) => {
+            let mut line = Vec::new();
+            format(&mut line);
+            let _ = io::stderr().write_all(&line);
+        }
+        _ => {}
+    }
+}
+
 /// The subscriber's writer: stderr, through the thread's buffer if it batches.
 pub struct Stderr;
 

@@ -551,6 +551,19 @@ fn the_access_log_has_a_line_per_request_and_can_be_turned_off() {
         .expect("hello's line");
     assert!(hello.contains("status=200 bytes="), "{log}");
     assert!(hello.contains("guest_us="), "{log}");
+    // The shape `tracing`'s formatter gives every other line: an RFC 3339 time in UTC with
+    // microseconds, two spaces, the level, the target.
+    let (stamp, rest) = hello.split_once("  ").expect("a timestamp first");
+    let digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let shape: Vec<&str> = stamp.split(['-', 'T', ':', '.', 'Z']).collect();
+    assert!(
+        stamp.len() == 27 && shape.len() == 8 && shape[..7].iter().all(|p| digits(p)),
+        "{hello}"
+    );
+    assert!(
+        rest.starts_with("INFO access: service=\"hello\" status=200 bytes="),
+        "{hello}"
+    );
     assert!(
         access.iter().any(|l| l.contains("service=\"\" status=404")),
         "{log}"
@@ -572,6 +585,21 @@ fn the_access_log_has_a_line_per_request_and_can_be_turned_off() {
     assert_eq!(quiet.get("/hello").status, 200);
     assert_eq!(quiet.get("/stderr").status, 200);
     let log = quiet.wait_for_log("guest says hi on stderr");
+    assert!(!log.contains(" access:"), "{log}");
+    // The log filter turns it off too.
+    let filtered = Frenezulo::start_with_env(
+        &[
+            "--engine",
+            DEFAULT_ENGINE,
+            "--workers",
+            "1",
+            "--service",
+            &stderr,
+        ],
+        &[("RUST_LOG", "info,access=off")],
+    );
+    assert_eq!(filtered.get("/stderr").status, 200);
+    let log = filtered.wait_for_log("guest says hi on stderr");
     assert!(!log.contains(" access:"), "{log}");
 }
 

@@ -356,11 +356,6 @@ impl<T: Payloads> Control<T> {
         self.known.get(name).copied()
     }
 
-    /// Every service this node knows of, removed ones included.
-    pub fn known_all(&self) -> impl Iterator<Item = (&ServiceName, &Known)> {
-        self.known.iter()
-    }
-
     /// Modules being prepared now.
     pub fn preparing(&self) -> usize {
         self.preparing
@@ -406,12 +401,12 @@ impl<T: Payloads> Control<T> {
             Input::Prepared { ticket, result } => {
                 let flight = self.take(ticket, Step::Preparing, "Prepared")?;
                 self.preparing -= 1;
-                self.on_prepared(ticket, flight, result);
+                self.on_prepared(flight, result);
                 self.start_waiting();
             }
             Input::Written { ticket, result } => {
                 let flight = self.take(ticket, Step::Writing, "Written")?;
-                self.on_written(ticket, flight, result);
+                self.on_written(flight, result);
             }
             Input::Applied { ticket, result } => {
                 let flight = self.take(ticket, Step::Applying, "Applied")?;
@@ -655,12 +650,7 @@ impl<T: Payloads> Control<T> {
         }
     }
 
-    fn on_prepared(
-        &mut self,
-        _ticket: Ticket,
-        flight: Flight<T>,
-        result: Result<T::Ready, T::Refusal>,
-    ) {
+    fn on_prepared(&mut self, flight: Flight<T>, result: Result<T::Ready, T::Refusal>) {
         let Flight { name, source, .. } = flight;
         let ready = match result {
             Ok(ready) => ready,
@@ -676,12 +666,7 @@ impl<T: Payloads> Control<T> {
         }
     }
 
-    fn on_written(
-        &mut self,
-        _ticket: Ticket,
-        flight: Flight<T>,
-        result: Result<u64, T::WriteError>,
-    ) {
+    fn on_written(&mut self, flight: Flight<T>, result: Result<u64, T::WriteError>) {
         let Flight {
             name,
             source,

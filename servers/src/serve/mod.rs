@@ -37,7 +37,9 @@ use crate::mailbox::Mailbox;
 use crate::metrics::{ThreadMetrics, ThreadSnapshot};
 use crate::outbound::{OutboundDone, OutboundPool};
 use crate::registry::Publication;
+use access::AccessLog;
 
+mod access;
 mod net;
 
 pub use net::bind;
@@ -253,7 +255,7 @@ struct Loop {
     /// The task that ended last and the guest time it used, for its response's log line.
     last_ended: Option<(JobId, Duration)>,
     admin: Mailbox<ManagementRequest>,
-    access_log: bool,
+    access_log: AccessLog,
     /// Debug builds check that this loop and its core keep the polling contract.
     #[cfg(debug_assertions)]
     monitor: frenezulo_core::contract::Monitor,
@@ -306,7 +308,7 @@ impl Loop {
             yielded: None,
             last_ended: None,
             admin: setup.admin,
-            access_log: setup.access_log,
+            access_log: AccessLog::new(setup.access_log),
             #[cfg(debug_assertions)]
             monitor: Default::default(),
             metrics: ThreadMetrics::default(),
@@ -406,9 +408,11 @@ impl Loop {
 
     fn refresh_date(&mut self) {
         let wall = SystemTime::now();
-        let second = wall
+        let since_epoch = wall
             .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
+            .unwrap_or_default();
+        self.access_log.turn(since_epoch.as_micros() as u64);
+        let second = since_epoch.as_secs();
         if second != self.date_second {
             self.date_second = second;
             self.core.set_http_date(&httpdate::fmt_http_date(wall));
@@ -518,18 +522,7 @@ impl Loop {
             _ => Duration::ZERO,
         };
         self.metrics.record(r, guest);
-        if self.access_log {
-            let service = r.service.as_ref().map_or("", |s| s.as_str());
-            info!(
-                target: "access",
-                service,
-                status = r.status,
-                bytes = r.bytes,
-                us = r.elapsed.as_micros() as u64,
-                guest_us = guest.as_micros() as u64,
-                thread = self.id,
-            );
-        }
+        self.access_log.write(r, guest, self.id);
     }
 
     fn snapshot(&self) -> ThreadSnapshot {

@@ -1,0 +1,137 @@
+//! The access log line of each response, written straight into the thread's log buffer.
+//!
+//! Going through `tracing`'s formatter cost about 13% of a serving thread's peak (an event,
+//! its fields visited, a timestamp formatted per line). The line here has the same shape as
+//! the formatter's (`2026-11-30T20:54:01.622523Z  INFO access: service="hello" status=200
+//! bytes=143 us=967 guest_us=683 thread=0`), so what reads the log reads it unchanged, but
+//! it is written with a few integer formats into the buffer the loop flushes once per turn,
+//! and its timestamp is the turn's (formatted once per turn, as nginx caches its time).
+//! `RUST_LOG` still decides: the target `access` below `info` turns it off.
+
+use std::io::Write;
+use std::time::Duration;
+
+use frenezulo_core::Responded;
+
+/// One serving thread's access log.
+pub struct AccessLog {
+    enabled: bool,
+    /// The turn's wall time, microseconds since the Unix epoch.
+    wall_us: u64,
+    /// `wall_us` formatted, once it is needed.
+    stamp: Option<String>,
+}
+
+impl AccessLog {
+    /// An access log that writes when `wanted` and the log filter lets `access` through.
+    pub fn new(wanted: bool) -> Self {
+        AccessLog {
+            enabled: wanted && tracing::enabled!(target: "access", tracing::Level::INFO),
+            wall_us: 0,
+            stamp: None,
+        }
+    }
+
+    /// The wall time of the turn that starts.
+    pub fn turn(&mut self, wall_us: u64) {
+        if wall_us != self.wall_us {
+            self.wall_us = wall_us;
+            self.stamp = None;
+        }
+    }
+
+    /// Writes the line of one response.
+    pub fn write(&mut self, r: &Responded, guest: Duration, thread: usize) {
+        if !self.enabled {
+            return;
+        }
+        let stamp = self.stamp.get_or_insert_with(|| rfc3339(self.wall_us));
+        let service = r.service.as_ref().map_or("", |s| s.as_str());
+        crate::logbuf::append(|out| {
+            // Names are checked to be plain ASCII without quotes: nothing to escape.
+            let _ = writeln!(
+                out,
+                "{stamp}  INFO access: service=\"{service}\" status={} bytes={} us={} guest_us={} thread={thread}",
+                r.status,
+                r.bytes,
+                r.elapsed.as_micros(),
+                guest.as_micros(),
+            );
+        });
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for microseconds since the Unix epoch, in UTC.
+fn rfc3339(us: u64) -> String {
+    let secs = us / 1_000_000;
+    let (days, of_day) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        of_day / 3600,
+        of_day / 60 % 60,
+        of_day % 60,
+        us % 1_000_000
+    )
+}
+
+/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
+/// `civil_from_days`).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_in_utc_with_microseconds() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(
+            rfc3339(1_796_068_441_622_523),
+            "2026-11-30T19:54:01.622523Z"
+        );
+        assert_eq!(
+            rfc3339(4_102_444_799_999_999),
+            "2099-12-31T23:59:59.999999Z"
+        );
+        // Against days counted one at a time, across ordinary and leap years.
+        let mut expected = (1970, 1, 1);
+        for day in 0..(366 * 4 * 3) {
+            assert_eq!(civil_from_days(day), expected, "day {day}");
+            let leap = expected.0 % 4 == 0 && (expected.0 % 100 != 0 || expected.0 % 400 == 0);
+            let days_in = [
+                31,
+                if leap { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ];
+            expected.2 += 1;
+            if expected.2 > days_in[expected.1 as usize - 1] {
+                expected = (expected.0, expected.1 + 1, 1);
+                if expected.1 > 12 {
+                    expected = (expected.0 + 1, 1, 1);
+                }
+            }
+        }
+    }
+}
