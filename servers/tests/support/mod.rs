@@ -435,15 +435,18 @@ impl HttpResponse {
 impl Client {
     /// A new connection to `addr`.
     pub fn connect_to(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        stream.set_nodelay(true).unwrap();
-        Client {
+        Self::try_connect_to(addr).expect("connect")
+    }
+
+    /// A new connection to `addr`, or why not (a server that may be gone already).
+    pub fn try_connect_to(addr: SocketAddr) -> std::io::Result<Client> {
+        let stream = TcpStream::connect(addr)?;
+        stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+        stream.set_nodelay(true)?;
+        Ok(Client {
             stream,
             buf: Vec::new(),
-        }
+        })
     }
 
     /// Reads one response, or `None` if the connection closes first.
