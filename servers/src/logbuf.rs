@@ -1,7 +1,8 @@
 //! Log output to stderr, batched on serving threads. The access log writes a line per
 //! request; a `write(2)` for each cost a quarter of a serving thread's throughput. A serving
-//! thread keeps its lines in a buffer and writes them once per turn of its loop, with the
-//! responses of that turn; every other thread writes each line at once.
+//! thread keeps its lines in a buffer and writes them when the buffer fills a batch, when
+//! the oldest has waited 100 ms, or before the loop goes idle (see `serve`); every other
+//! thread writes each line at once.
 
 use std::cell::RefCell;
 use std::io::{self, Write};
@@ -19,6 +20,11 @@ thread_local! {
 /// Makes the calling thread keep its log lines until [`flush`].
 pub fn batch_this_thread() {
     BUFFER.with(|b| *b.borrow_mut() = Some(Vec::with_capacity(MAX_BUFFERED)));
+}
+
+/// Bytes the calling thread holds.
+pub fn buffered() -> usize {
+    BUFFER.with(|b| b.borrow().as_ref().map_or(0, Vec::len))
 }
 
 /// Writes what the calling thread buffered.

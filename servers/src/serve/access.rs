@@ -4,11 +4,10 @@
 //! its fields visited, a timestamp formatted per line). The line here has the same shape as
 //! the formatter's (`2026-11-30T20:54:01.622523Z  INFO access: service="hello" status=200
 //! bytes=143 us=967 guest_us=683 thread=0`), so what reads the log reads it unchanged, but
-//! it is written with a few integer formats into the buffer the loop flushes once per turn,
-//! and its timestamp is the turn's (formatted once per turn, as nginx caches its time).
+//! it is written with a few integer conversions into the buffer the loop flushes once per
+//! turn, and its timestamp is the turn's (formatted once per turn, as nginx caches its time).
 //! `RUST_LOG` still decides: the target `access` below `info` turns it off.
 
-use std::io::Write;
 use std::time::Duration;
 
 use frenezulo_core::Responded;
@@ -18,9 +17,12 @@ pub struct AccessLog {
     enabled: bool,
     /// The turn's wall time, microseconds since the Unix epoch.
     wall_us: u64,
-    /// `wall_us` formatted, once it is needed.
-    stamp: Option<String>,
+    /// `wall_us` formatted, once it is needed (`None` until then).
+    stamp: Option<[u8; STAMP]>,
 }
+
+/// Bytes of `2026-11-30T20:54:01.622523Z`.
+const STAMP: usize = 27;
 
 impl AccessLog {
     /// An access log that writes when `wanted` and the log filter lets `access` through.
@@ -45,34 +47,67 @@ impl AccessLog {
         if !self.enabled {
             return;
         }
-        let stamp = self.stamp.get_or_insert_with(|| rfc3339(self.wall_us));
+        let stamp = *self.stamp.get_or_insert_with(|| rfc3339(self.wall_us));
         let service = r.service.as_ref().map_or("", |s| s.as_str());
+        // By hand rather than through `fmt`: this runs once per response.
         crate::logbuf::append(|out| {
+            out.extend_from_slice(&stamp);
+            out.extend_from_slice(b"  INFO access: service=\"");
             // Names are checked to be plain ASCII without quotes: nothing to escape.
-            let _ = writeln!(
-                out,
-                "{stamp}  INFO access: service=\"{service}\" status={} bytes={} us={} guest_us={} thread={thread}",
-                r.status,
-                r.bytes,
-                r.elapsed.as_micros(),
-                guest.as_micros(),
-            );
+            out.extend_from_slice(service.as_bytes());
+            out.extend_from_slice(b"\" status=");
+            decimal(out, u64::from(r.status));
+            out.extend_from_slice(b" bytes=");
+            decimal(out, r.bytes as u64);
+            out.extend_from_slice(b" us=");
+            decimal(out, r.elapsed.as_micros() as u64);
+            out.extend_from_slice(b" guest_us=");
+            decimal(out, guest.as_micros() as u64);
+            out.extend_from_slice(b" thread=");
+            decimal(out, thread as u64);
+            out.push(b'\n');
         });
     }
 }
 
+/// Appends `n` in decimal.
+fn decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for microseconds since the Unix epoch, in UTC.
-fn rfc3339(us: u64) -> String {
+fn rfc3339(us: u64) -> [u8; STAMP] {
     let secs = us / 1_000_000;
     let (days, of_day) = (secs / 86_400, secs % 86_400);
     let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        of_day / 3600,
-        of_day / 60 % 60,
-        of_day % 60,
-        us % 1_000_000
-    )
+    let mut stamp = *b"0000-00-00T00:00:00.000000Z";
+    // Each field right-aligned in its zeros, at its offset.
+    let mut put = |end: usize, mut n: u64| {
+        let mut at = end;
+        while n > 0 && at > 0 {
+            at -= 1;
+            stamp[at] = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+    };
+    put(4, year.clamp(0, 9999) as u64);
+    put(7, u64::from(month));
+    put(10, u64::from(day));
+    put(13, of_day / 3600);
+    put(16, of_day / 60 % 60);
+    put(19, of_day % 60);
+    put(26, us % 1_000_000);
+    stamp
 }
 
 /// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
@@ -95,17 +130,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 404, 1_000_000, u64::MAX] {
+            let mut out = b"x=".to_vec();
+            decimal(&mut out, n);
+            assert_eq!(out, format!("x={n}").into_bytes());
+        }
+    }
+
+    #[test]
     fn timestamps_are_rfc3339_in_utc_with_microseconds() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
-        assert_eq!(
-            rfc3339(1_796_068_441_622_523),
-            "2026-11-30T19:54:01.622523Z"
-        );
-        assert_eq!(
-            rfc3339(4_102_444_799_999_999),
-            "2099-12-31T23:59:59.999999Z"
-        );
+        let text = |us| String::from_utf8(rfc3339(us).to_vec()).unwrap();
+        assert_eq!(text(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(text(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
+        assert_eq!(text(1_796_068_441_622_523), "2026-11-30T19:54:01.622523Z");
+        assert_eq!(text(4_102_444_799_999_999), "2099-12-31T23:59:59.999999Z");
         // Against days counted one at a time, across ordinary and leap years.
         let mut expected = (1970, 1, 1);
         for day in 0..(366 * 4 * 3) {

@@ -165,6 +165,10 @@ const READ_BUF: usize = 16 * 1024;
 const READS_PER_TURN: usize = 4;
 /// Guest time one turn of the loop runs inline, between polls of the sockets.
 const TURN_BUDGET: Duration = Duration::from_millis(2);
+/// Log bytes a busy serving thread holds before it writes them.
+const LOG_BATCH: usize = 16 * 1024;
+/// How long a busy serving thread holds a log line at most (an idle one holds none).
+const LOG_HOLD: Duration = Duration::from_millis(100);
 /// How long accepting waits after it failed for want of resources.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// Stack of a serving thread: guests' host calls and wasmi's interpreter run on it.
@@ -256,6 +260,8 @@ struct Loop {
     last_ended: Option<(JobId, Duration)>,
     admin: Mailbox<ManagementRequest>,
     access_log: AccessLog,
+    /// When the oldest log line this thread holds was written, if it holds any.
+    log_held_since: Option<Instant>,
     /// Debug builds check that this loop and its core keep the polling contract.
     #[cfg(debug_assertions)]
     monitor: frenezulo_core::contract::Monitor,
@@ -309,6 +315,7 @@ impl Loop {
             last_ended: None,
             admin: setup.admin,
             access_log: AccessLog::new(setup.access_log),
+            log_held_since: None,
             #[cfg(debug_assertions)]
             monitor: Default::default(),
             metrics: ThreadMetrics::default(),
@@ -328,7 +335,15 @@ impl Loop {
         let mut events = Events::with_capacity(256);
         loop {
             let timeout = self.poll_timeout();
-            if let Err(e) = self.poll.poll(&mut events, timeout)
+            // Look first; only a loop with nothing ready may sleep, and it writes the log
+            // lines it holds before it does, so an idle server has none held.
+            let mut polled = self.poll.poll(&mut events, Some(Duration::ZERO));
+            if polled.is_ok() && events.is_empty() && timeout != Some(Duration::ZERO) {
+                crate::logbuf::flush();
+                self.log_held_since = None;
+                polled = self.poll.poll(&mut events, timeout);
+            }
+            if let Err(e) = polled
                 && e.kind() != io::ErrorKind::Interrupted
             {
                 error!(thread = self.id, error = %e, "poll failed; serving thread stops");
@@ -381,7 +396,7 @@ impl Loop {
             }
             self.run_slices();
             self.flush_unflushed();
-            crate::logbuf::flush();
+            self.flush_log();
             if self.shutting_down && self.core.is_drained() && self.open == 0 {
                 info!(thread = self.id, "all connections closed");
                 return;
@@ -404,6 +419,21 @@ impl Loop {
         .flatten()
         .min();
         next.map(|at| at.saturating_duration_since(Instant::now()))
+    }
+
+    /// Writes the log lines held when they fill a batch or the oldest has waited long
+    /// enough: a busy loop writes its log in a few large writes, not one per turn.
+    fn flush_log(&mut self) {
+        let held = crate::logbuf::buffered();
+        if held == 0 {
+            return;
+        }
+        let now = Instant::now();
+        let since = *self.log_held_since.get_or_insert(now);
+        if held >= LOG_BATCH || now.saturating_duration_since(since) >= LOG_HOLD {
+            crate::logbuf::flush();
+            self.log_held_since = None;
+        }
     }
 
     fn refresh_date(&mut self) {
