@@ -118,21 +118,28 @@ pub(super) enum Applied {
     Removed,
 }
 
+/// Why a module could not be made ready.
 #[derive(Debug, thiserror::Error)]
 pub(super) enum PrepareError {
+    /// Fetching its source failed.
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// No bytes.
     #[error("the module is empty")]
     Empty,
+    /// The caller's upload is neither a module nor WAT.
     #[error("not a WebAssembly module or WAT text: {0}")]
     Parse(String),
     /// A fetched source that does not parse: its content is not quoted back.
     #[error("the fetched source is not a WebAssembly module or WAT text")]
     NotModule,
+    /// Larger than `max_module_size`, before or after WAT is turned into a module.
     #[error("module is larger than the limit of {0} bytes")]
     TooLarge(usize),
+    /// The engine refused it (shape, imports, compile).
     #[error("module refused: {0}")]
     Compile(#[from] frenezulo_engines::CompileError),
+    /// Its `_routes` export failed or printed something that is no route.
     #[error("module refused: {0}")]
     Routes(String),
 }
