@@ -88,6 +88,9 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let wasm = module.to_bytes();
+    if selects_on_eqz(&wasm) {
+        return;
+    }
     let (wasmtime, wasmi) = engines();
     let (a, b) = match (wasmtime.compile(&wasm), wasmi.compile(&wasm)) {
         (Ok(a), Ok(b)) => (a, b),
@@ -121,3 +124,29 @@ fuzz_target!(|data: &[u8]| {
         "wasmtime and wasmi disagree"
     );
 });
+
+/// Whether a function has `i32.eqz` right before `select`: wasmi 2.0.0 fuses the two and
+/// then ignores the condition (it always picks the first operand), a bug of its own that
+/// this target found. Skipped until a wasmi release fixes it; the test
+/// `wasmi_2_0_0_ignores_a_select_condition_made_by_eqz` in `engines/src/wasmi_engine.rs`
+/// fails as soon as one does, to say this filter can go.
+fn selects_on_eqz(wasm: &[u8]) -> bool {
+    use wasmparser::{Operator, Parser, Payload};
+    for payload in Parser::new(0).parse_all(wasm) {
+        let Ok(Payload::CodeSectionEntry(body)) = payload else {
+            continue;
+        };
+        let Ok(mut reader) = body.get_operators_reader() else {
+            return false;
+        };
+        let mut eqz = false;
+        while !reader.eof() {
+            let Ok(op) = reader.read() else { break };
+            if eqz && matches!(op, Operator::Select | Operator::TypedSelect { .. }) {
+                return true;
+            }
+            eqz = matches!(op, Operator::I32Eqz);
+        }
+    }
+    false
+}
