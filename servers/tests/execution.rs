@@ -105,13 +105,19 @@ fn spread_in_order(engine: &str) {
             });
         }
     });
-    let log = server.wait_for_log("thread=1");
-    let threads: BTreeSet<&str> = log
-        .lines()
-        .filter(|l| l.contains(" ran "))
-        .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("thread=")))
-        .collect();
-    assert_eq!(threads.len(), 2, "{engine}: requests ran on {threads:?}");
+    // Each serving thread writes its log in batches: wait for both threads' lines.
+    server.eventually(
+        &format!("{engine}: requests logged as run on both threads"),
+        || {
+            let log = server.log();
+            let threads: BTreeSet<&str> = log
+                .lines()
+                .filter(|l| l.contains(" ran "))
+                .filter_map(|l| l.split_whitespace().find(|w| w.starts_with("thread=")))
+                .collect();
+            (threads.len() == 2).then_some(())
+        },
+    );
 }
 
 /// Two hogs (guests that never end) of another service share the one serving thread with
