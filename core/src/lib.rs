@@ -52,7 +52,8 @@
 //! its service's share and delays a service of short requests by at most one slice per
 //! round; within a service, starting new requests and resuming its long ones share its
 //! time the same way. A driver should poll its sockets between slices that yielded, so
-//! that new requests join in and a client that left is noticed.
+//! that new requests join in and a client that left is noticed; [`driver::Slices`] keeps
+//! the slice out and that turn budget for it.
 //!
 //! [`Output::Cancel`] drops a task, whether it is parked or its slice is still queued as
 //! an output; the driver reports nothing more for it, and the core ignores a report for a
@@ -73,8 +74,10 @@
 //! Engines and the WAGI guest ABI live in `frenezulo-engines`; sockets, serving threads
 //! and the CLI in the `frenezulo` binary; virtual-time workloads in `frenezulo-sim`.
 
+pub mod ceiling;
 pub mod contract;
 pub mod control;
+pub mod driver;
 pub mod guest;
 pub mod http;
 pub mod response;
@@ -82,6 +85,8 @@ pub mod route;
 pub mod router;
 mod server;
 pub mod subroute;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use guest::{
     DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup, HostGrants,

@@ -4,9 +4,12 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use serde_json::{Value, json};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
+use crate::api::{AddRequest, ConfigureRequest, EnvView, ErrorBody, ServiceList, ServiceView};
 use crate::config;
+use crate::spec::LimitsConfig;
 
 /// Talk to a running server's management API.
 #[derive(Debug, clap::Args)]
@@ -116,7 +119,7 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&body);
             }
-            print_table(body["services"].as_array().map_or(&[][..], |v| v));
+            print_table(&typed::<ServiceList>(body)?.services);
         }
         Action::Show { name, show_env } => {
             let query = if *show_env { "?show_env=true" } else { "" };
@@ -124,7 +127,7 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&body);
             }
-            print_service(&body);
+            print_service(&typed(body)?);
         }
         Action::Add {
             name,
@@ -133,24 +136,29 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
             limits,
             env,
         } => {
-            let limits = pairs(limits, "--limit")?;
+            let limit_pairs = pairs(limits, "--limit")?;
             let env = pairs(env, "--env")?;
             let is_url = ["http://", "https://", "file://"]
                 .iter()
                 .any(|s| source.starts_with(s));
             let body = if is_url {
-                let mut request = json!({ "prefix": name, "source": source });
-                if let Some(route) = route {
-                    request["route"] = json!(route);
-                }
-                if !limits.is_empty() {
-                    request["limits"] = limits_json(&limits);
-                }
-                if !env.is_empty() {
-                    request["env"] = json!(env);
-                }
-                api.call("POST", "/add", Some(Body::Json(request)))?
+                let request = AddRequest {
+                    prefix: name.clone(),
+                    source: source.clone(),
+                    route: route.clone(),
+                    limits: limits_of(&limit_pairs)?,
+                    env: (!env.is_empty()).then_some(env),
+                    ..AddRequest::default()
+                };
+                api.call(
+                    "POST",
+                    "/add",
+                    Some(Body::Json(serde_json::to_value(request)?)),
+                )?
             } else {
+                // Checked here, with the server's own parser, before the module is sent.
+                limits_of(&limit_pairs)?;
+                let limits = limit_pairs;
                 let module =
                     std::fs::read(source).map_err(|e| anyhow::anyhow!("reading {source}: {e}"))?;
                 let query: Vec<String> = route
@@ -176,11 +184,10 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
             if args.json {
                 return print_json(&body);
             }
+            let view: ServiceView = typed(body)?;
             println!(
                 "{name}: {} ({} bytes, {})",
-                body["digest"].as_str().unwrap_or("?"),
-                body["size"],
-                body["source"].as_str().unwrap_or("?")
+                view.digest, view.size, view.source
             );
         }
         Action::Set {
@@ -189,24 +196,21 @@ fn execute(args: &ServicesArgs) -> anyhow::Result<()> {
             env,
             clear_env,
         } => {
-            let limits = pairs(limits, "--limit")?;
             let env = pairs(env, "--env")?;
-            let mut request = json!({});
-            if !limits.is_empty() {
-                request["limits"] = limits_json(&limits);
-            }
-            if !env.is_empty() || *clear_env {
-                request["env"] = json!(env);
-            }
+            let request = ConfigureRequest {
+                limits: limits_of(&pairs(limits, "--limit")?)?,
+                env: (!env.is_empty() || *clear_env).then_some(env),
+            };
             anyhow::ensure!(
-                request != json!({}),
+                !request.is_empty(),
                 "nothing to change: give --limit, --env or --clear-env"
             );
+            let request = serde_json::to_value(request)?;
             let body = api.call("PATCH", &format!("/{name}"), Some(Body::Json(request)))?;
             if args.json {
                 return print_json(&body);
             }
-            print_service(&body);
+            print_service(&typed(body)?);
         }
         Action::Rm { name } => {
             let body = api.call("DELETE", &format!("/{name}"), None)?;
@@ -295,15 +299,13 @@ impl Api {
     /// A call whose answer is JSON; an error status becomes an error with the server's message.
     fn call(&self, method: &str, path: &str, body: Option<Body>) -> anyhow::Result<Value> {
         let (status, text) = self.send(method, path, body)?;
-        let value: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !(200..300).contains(&status) {
-            let message = value["error"]
-                .as_str()
-                .map(str::to_owned)
-                .unwrap_or_else(|| value.to_string());
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map_or_else(|_| text.trim().to_owned(), |body| body.error);
             anyhow::bail!("{message} (HTTP {status})");
         }
-        Ok(value)
+        serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("the server's answer is not JSON ({e}): {text}"))
     }
 
     fn text(&self, path: &str) -> anyhow::Result<String> {
@@ -328,19 +330,22 @@ fn pairs(items: &[String], flag: &str) -> anyhow::Result<BTreeMap<String, String
         .collect()
 }
 
-/// Limits as the API takes them: counts as numbers, sizes and durations as text.
-fn limits_json(limits: &BTreeMap<String, String>) -> Value {
-    let map = limits
-        .iter()
-        .map(|(k, v)| {
-            let value = match (k.as_str(), v.parse::<u64>()) {
-                ("concurrency" | "queue" | "cpu_weight", Ok(n)) => json!(n),
-                _ => json!(v),
-            };
-            (k.clone(), value)
-        })
-        .collect();
-    Value::Object(map)
+/// `--limit` pairs as the API takes them, checked with the server's own parser.
+fn limits_of(pairs: &BTreeMap<String, String>) -> anyhow::Result<Option<LimitsConfig>> {
+    if pairs.is_empty() {
+        return Ok(None);
+    }
+    let limits = LimitsConfig::from_pairs(pairs).map_err(|e| anyhow::anyhow!("--limit: {e}"))?;
+    limits
+        .check()
+        .map_err(|e| anyhow::anyhow!("--limit: {e}"))?;
+    Ok(Some(limits))
+}
+
+/// An answer read as the type the API documents for it.
+fn typed<T: DeserializeOwned>(body: Value) -> anyhow::Result<T> {
+    serde_json::from_value(body)
+        .map_err(|e| anyhow::anyhow!("the server's answer is not what this client expects: {e}"))
 }
 
 /// Percent-encodes a query component.
@@ -360,20 +365,20 @@ fn print_json(value: &Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(services: &[Value]) {
+fn print_table(services: &[ServiceView]) {
     let rows: Vec<[String; 7]> = services
         .iter()
         .map(|s| {
             [
-                s["prefix"].as_str().unwrap_or("").to_owned(),
-                s["route"].as_str().unwrap_or("").to_owned(),
-                s["origin"].as_str().unwrap_or("").to_owned(),
-                s["state"].as_str().unwrap_or("-").to_owned(),
-                s["counters"]["requests"]
-                    .as_u64()
-                    .map_or("-".to_owned(), |n| n.to_string()),
-                s["size"].as_u64().map_or("-".to_owned(), |n| n.to_string()),
-                s["source"].as_str().unwrap_or("").to_owned(),
+                s.prefix.clone(),
+                s.route.clone(),
+                s.origin.name().to_owned(),
+                s.state.clone().unwrap_or_else(|| "-".to_owned()),
+                s.counters
+                    .as_ref()
+                    .map_or("-".to_owned(), |c| c.requests.to_string()),
+                s.size.to_string(),
+                s.source.clone(),
             ]
         })
         .collect();
@@ -397,26 +402,49 @@ fn print_table(services: &[Value]) {
     }
 }
 
-fn print_service(s: &Value) {
-    let field = |v: &Value| match v {
-        Value::String(s) => s.clone(),
-        Value::Null => "-".to_owned(),
-        other => other.to_string(),
-    };
-    for key in [
-        "prefix", "route", "origin", "state", "source", "digest", "size", "version",
-    ] {
-        println!("{key:<10} {}", field(&s[key]));
+fn print_service(s: &ServiceView) {
+    let or_dash = |v: Option<String>| v.unwrap_or_else(|| "-".to_owned());
+    let fields = [
+        ("prefix", s.prefix.clone()),
+        ("route", s.route.clone()),
+        ("origin", s.origin.name().to_owned()),
+        ("state", or_dash(s.state.clone())),
+        ("source", s.source.clone()),
+        ("digest", s.digest.clone()),
+        ("size", s.size.to_string()),
+        ("version", s.version.to_string()),
+    ];
+    for (key, value) in fields {
+        println!("{key:<10} {value}");
     }
-    if let Some(limits) = s["limits"].as_object() {
+    let limits = serde_json::to_value(&s.limits).unwrap_or_default();
+    if let Some(limits) = limits.as_object() {
         let text: Vec<String> = limits
             .iter()
-            .map(|(k, v)| format!("{k}={}", field(v)))
+            .map(|(k, v)| match v {
+                Value::String(v) => format!("{k}={v}"),
+                other => format!("{k}={other}"),
+            })
             .collect();
         println!("{:<10} {}", "limits", text.join(" "));
     }
-    println!("{:<10} {}", "env", field(&s["env"]));
-    if s["counters"].is_object() {
-        println!("{:<10} {}", "counters", s["counters"]);
+    let env = match &s.env {
+        EnvView::Names(names) => names.join(" "),
+        EnvView::Values(values) => values
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(" "),
+    };
+    println!(
+        "{:<10} {}",
+        "env",
+        or_dash((!env.is_empty()).then_some(env))
+    );
+    if let Some(c) = &s.counters {
+        println!(
+            "{:<10} requests={} running={} queued={} cold_starts={} by_status={:?}",
+            "counters", c.requests, c.running, c.queued, c.cold_starts, c.by_status
+        );
     }
 }

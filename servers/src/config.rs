@@ -6,12 +6,14 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits, ServiceRoute};
+use frenezulo_core::control::catalog::Catalog;
+use frenezulo_core::{FramingLimits, ServerConfig, ServiceLimits, ServiceName, ServiceRoute};
 use frenezulo_engines::EngineKind;
 
 use crate::cluster::ClusterConfig;
 use crate::guest::{GuestConfig, HostCeiling};
 use crate::outbound::OutboundLimits;
+use crate::settings::ServiceSettings;
 use crate::spec::{
     EnvValues, LimitsConfig, Origin, ServiceSpec, Size, Span, ceiling, check_env, check_size,
     check_timeout,
@@ -73,27 +75,17 @@ pub struct Settings {
 /// Refuses two services whose routes share a base (`/a`, `/a/` and `/a/...`): which one
 /// answers would depend on the order they were read.
 fn check_routes(services: &[ServiceSpec]) -> anyhow::Result<()> {
-    let mut owners: BTreeMap<String, (&ServiceSpec, ServiceRoute)> = BTreeMap::new();
-    for s in services {
-        let route = match &s.guest.route {
-            Some(route) => route.clone(),
-            // A bad name is reported with the service's other checks, at load.
-            None => match ServiceRoute::prefix(&format!("/{}", s.name)) {
-                Ok(route) => route,
-                Err(_) => continue,
-            },
-        };
-        if let Some((other, theirs)) = owners.get(route.base()) {
-            bail!(
-                "services `{}` ({} `{theirs}`) and `{}` ({} `{route}`) share a route; give each a path of its own",
-                other.name,
-                other.origin.name(),
-                s.name,
-                s.origin.name(),
-            );
-        }
-        owners.insert(route.base().to_owned(), (s, route));
-    }
+    let own = services.iter().filter_map(|s| {
+        // A bad name is reported with the service's other checks, at load.
+        let name = ServiceName::new(&s.name).ok()?;
+        let route = s
+            .guest
+            .route
+            .clone()
+            .unwrap_or_else(|| ServiceRoute::of_name(&name));
+        Some((name, s.origin, route))
+    });
+    Catalog::new(own)?;
     Ok(())
 }
 
@@ -504,24 +496,28 @@ fn file_service(
                 .map(ServiceRoute::prefix)
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
-            let guest = GuestConfig {
+            let settings = ServiceSettings {
                 route,
-                default_host: None,
+                limits,
+                env,
                 entrypoint,
                 argv,
+                allowed_hosts,
+                http_max_concurrency,
+            };
+            let guest = GuestConfig {
                 volumes: volumes
                     .into_iter()
                     .map(|(g, h)| (g, base.join(h)))
                     .collect(),
-                allowed_hosts,
-                http_max_concurrency,
+                ..settings.guest()
             };
-            limits
+            settings
                 .check()
                 .map_err(|e| e.to_string())
-                .and_then(|()| check_env(&env))
                 .and_then(|()| guest.check())
                 .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
+            let ServiceSettings { limits, env, .. } = settings;
             (module, limits.apply(base_limits), env, guest)
         }
     };

@@ -17,6 +17,7 @@ use frenezulo_engines::{EngineConfig, EngineKind};
 use tracing::{error, info, warn};
 
 mod admin;
+mod api;
 mod artifacts;
 mod client;
 mod cluster;
@@ -31,6 +32,7 @@ mod outbound;
 mod registry;
 mod resolver;
 mod serve;
+mod settings;
 mod spec;
 mod wagi_config;
 
@@ -181,7 +183,7 @@ fn parse_env(s: &str) -> Result<(String, String), String> {
     let (key, value) = s
         .split_once('=')
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))?;
-    spec::check_env_name(key)?;
+    spec::check_env_name(key).map_err(|e| e.to_string())?;
     Ok((key.to_owned(), value.to_owned()))
 }
 

@@ -9,6 +9,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use frenezulo_core::ServiceLimits;
+pub use frenezulo_core::ceiling::{self, LimitError, check_size, check_timeout, format_duration};
 use serde::{Deserialize, Serialize};
 
 use crate::guest::GuestConfig;
@@ -31,38 +32,7 @@ pub struct ServiceSpec {
     pub origin: Origin,
 }
 
-/// Who defined a service, which decides who may change it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-#[non_exhaustive]
-pub enum Origin {
-    /// The management API; it may replace, reconfigure and remove it.
-    Api,
-    /// The config file; changed by editing the file and restarting.
-    Config,
-    /// A `--service` flag; changed by restarting with other flags.
-    Cli,
-    /// The built-in `hello`, served when nothing else is configured; the API may add a
-    /// service of the same name, which then takes its place.
-    BuiltIn,
-}
-
-impl Origin {
-    /// Whether the management API may replace, reconfigure or remove such a service.
-    pub fn api_may_change(self) -> bool {
-        matches!(self, Origin::Api | Origin::BuiltIn)
-    }
-
-    /// The name shown in listings.
-    pub fn name(self) -> &'static str {
-        match self {
-            Origin::Api => "api",
-            Origin::Config => "config",
-            Origin::Cli => "cli",
-            Origin::BuiltIn => "built-in",
-        }
-    }
-}
+pub use frenezulo_core::control::catalog::Origin;
 
 /// Per-service limits as written; each unset key falls back to `[limits]`, then the default.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -112,38 +82,46 @@ impl LimitsConfig {
         }
     }
 
-    /// Refuses values no service can run with, and values above the documented ceilings
-    /// in [`ceiling`]. Every way in (config file, API, manifest load, a shared registry's
-    /// entry) goes through here before the limits are applied.
+    /// Refuses values no service can run with, and values above the ceilings in
+    /// [`ceiling`]. Every way in (config file, API, manifest load, a shared registry's
+    /// entry) goes through here before the limits are applied. The keys not set take their
+    /// defaults, which are within their ceilings.
     pub fn check(&self) -> Result<(), LimitError> {
-        if let Some(Size(v)) = self.memory {
-            check_size(
-                "memory",
-                v,
-                ceiling::MIN_MEMORY_BYTES,
-                ceiling::MEMORY_BYTES,
-            )?;
+        self.apply(ServiceLimits::default()).check()
+    }
+
+    /// Limits from `key=value` text, as a query string or the command line gives them.
+    pub fn from_pairs<K: AsRef<str>, V: AsRef<str>>(
+        pairs: impl IntoIterator<Item = (K, V)>,
+    ) -> Result<LimitsConfig, String> {
+        let mut limits = LimitsConfig::default();
+        for (key, value) in pairs {
+            let (key, value) = (key.as_ref(), value.as_ref());
+            let count = || {
+                value
+                    .parse::<usize>()
+                    .map_err(|_| format!("`{key}` must be a whole number, not `{value}`"))
+            };
+            match key {
+                "memory" => limits.memory = Some(Size(parse_size(value)?)),
+                "deadline" => limits.deadline = Some(Span(parse_duration(value)?)),
+                "stdout" => limits.stdout = Some(Size(parse_size(value)?)),
+                "body" => limits.body = Some(Size(parse_size(value)?)),
+                "concurrency" => limits.concurrency = Some(count()?),
+                "queue" => limits.queue = Some(count()?),
+                "cpu_weight" => {
+                    let weight = u32::try_from(count()?)
+                        .map_err(|_| format!("`cpu_weight` {value} is too large"))?;
+                    limits.cpu_weight = Some(weight);
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown limit `{key}`; the limits are memory, deadline, stdout, body, concurrency, queue and cpu_weight"
+                    ));
+                }
+            }
         }
-        if let Some(Span(v)) = self.deadline {
-            check_span("deadline", v, ceiling::MIN_DEADLINE, ceiling::DEADLINE)?;
-        }
-        if let Some(Size(v)) = self.stdout {
-            check_size("stdout", v, 0, ceiling::STDOUT_BYTES)?;
-        }
-        if let Some(Size(v)) = self.body {
-            check_size("body", v, 0, ceiling::BODY_BYTES)?;
-        }
-        if let Some(v) = self.concurrency {
-            check_count("concurrency", v, 1, ceiling::CONCURRENCY)?;
-        }
-        if let Some(v) = self.queue {
-            check_count("queue", v, 0, ceiling::QUEUE)?;
-        }
-        if let Some(v) = self.cpu_weight {
-            let max = frenezulo_core::MAX_CPU_WEIGHT;
-            check_count("cpu_weight", v as usize, 1, max as usize)?;
-        }
-        Ok(())
+        Ok(limits)
     }
 
     /// `limits` with the keys set here applied.
@@ -171,116 +149,6 @@ impl LimitsConfig {
         }
         limits
     }
-}
-
-/// The largest value each setting may have, whoever sets it. They keep arithmetic on them
-/// (a deadline added to the clock, buffers sized by them) from overflowing, and a token
-/// holder from asking for more than one machine has. README.md and SECURITY.md list them.
-pub mod ceiling {
-    use std::time::Duration;
-
-    /// One WebAssembly page: the smallest memory a module can have.
-    pub const MIN_MEMORY_BYTES: usize = 64 * 1024;
-    /// A 32-bit guest's whole address space (65536 pages).
-    pub const MEMORY_BYTES: usize = 65_536 * MIN_MEMORY_BYTES;
-    /// The shortest deadline (zero would answer 504 before any work).
-    pub const MIN_DEADLINE: Duration = Duration::from_millis(1);
-    /// A request's deadline: one hour.
-    pub const DEADLINE: Duration = Duration::from_secs(3600);
-    /// What one run may write to stdout, held in memory until the response is sent.
-    pub const STDOUT_BYTES: usize = 1 << 30;
-    /// A request body (per service, and the server's `max_body`), held in memory.
-    pub const BODY_BYTES: usize = 1 << 30;
-    /// A service's tasks running at once.
-    pub const CONCURRENCY: usize = 65_536;
-    /// A service's requests waiting for a task.
-    pub const QUEUE: usize = 1 << 20;
-    /// Any of the server's own timeouts (`idle_timeout`, `keep_alive_timeout`,
-    /// `request_timeout`, `write_timeout`, `drain_timeout`, `fetch_timeout`,
-    /// `outbound_timeout`): one day.
-    pub const TIMEOUT: Duration = Duration::from_secs(24 * 3600);
-}
-
-/// Why a limit's value was refused.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum LimitError {
-    /// Below the smallest value a service can run with.
-    #[error("`{key}` is {value}; it must be at least {min}")]
-    TooSmall {
-        /// The setting.
-        key: &'static str,
-        /// Its value, as given.
-        value: String,
-        /// The smallest allowed.
-        min: String,
-    },
-    /// Above the ceiling in [`ceiling`].
-    #[error("`{key}` is {value}; it must be at most {max}")]
-    TooLarge {
-        /// The setting.
-        key: &'static str,
-        /// Its value, as given.
-        value: String,
-        /// The largest allowed.
-        max: String,
-    },
-}
-
-fn check_range<T: PartialOrd>(
-    key: &'static str,
-    value: T,
-    min: T,
-    max: T,
-    show: impl Fn(&T) -> String,
-) -> Result<(), LimitError> {
-    if value < min {
-        return Err(LimitError::TooSmall {
-            key,
-            value: show(&value),
-            min: show(&min),
-        });
-    }
-    if value > max {
-        return Err(LimitError::TooLarge {
-            key,
-            value: show(&value),
-            max: show(&max),
-        });
-    }
-    Ok(())
-}
-
-pub fn check_size(key: &'static str, v: usize, min: usize, max: usize) -> Result<(), LimitError> {
-    check_range(key, v, min, max, |n| format_size(*n))
-}
-
-fn check_span(
-    key: &'static str,
-    v: Duration,
-    min: Duration,
-    max: Duration,
-) -> Result<(), LimitError> {
-    check_range(key, v, min, max, |d| format_duration(*d))
-}
-
-pub fn check_count(key: &'static str, v: usize, min: usize, max: usize) -> Result<(), LimitError> {
-    check_range(key, v, min, max, usize::to_string)
-}
-
-/// Checks one of the server's own timeouts against [`ceiling::TIMEOUT`].
-pub fn check_timeout(key: &'static str, v: Duration) -> Result<(), LimitError> {
-    check_span(key, v, Duration::ZERO, ceiling::TIMEOUT)
-}
-
-/// `"4GiB"` for whole binary units, bytes otherwise.
-pub fn format_size(n: usize) -> String {
-    for (unit, shift) in [("GiB", 30), ("MiB", 20), ("KiB", 10)] {
-        if n >= 1 << shift && n.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", n >> shift);
-        }
-    }
-    format!("{n}B")
 }
 
 /// A byte size: an integer, or a string with a unit (`"64MiB"`, `"512KiB"`, `"1GiB"`, `"100B"`).
@@ -322,15 +190,6 @@ pub struct Span(pub Duration);
 impl From<Span> for String {
     fn from(s: Span) -> String {
         format_duration(s.0)
-    }
-}
-
-/// `"10s"` for whole seconds, `"250ms"` otherwise: what [`parse_duration`] reads back.
-pub fn format_duration(d: Duration) -> String {
-    if d.subsec_millis() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
     }
 }
 
@@ -398,31 +257,42 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 pub type EnvValues = BTreeMap<String, String>;
 
 /// Checks an environment value's name: what a shell would take, and not a CGI variable
-/// a request sets (those always come from the request).
-pub fn check_env_name(name: &str) -> Result<(), String> {
+/// Why an environment value was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnvError {
+    /// Not a name a shell or a guest can use.
+    #[error("environment name `{0}` must match [A-Za-z_][A-Za-z0-9_]*")]
+    BadName(String),
+    /// A CGI variable, which each request sets.
+    #[error("environment name `{0}` is a CGI variable that each request sets")]
+    CgiVariable(String),
+    /// A value with a NUL byte, which no C string can carry.
+    #[error("environment value of `{0}` contains a NUL byte")]
+    Nul(String),
+}
+
+/// Checks one environment name: a shell's, and not one each request sets.
+pub fn check_env_name(name: &str) -> Result<(), EnvError> {
     let valid = name
         .bytes()
         .enumerate()
         .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
     if name.is_empty() || !valid {
-        return Err(format!(
-            "environment name `{name}` must match [A-Za-z_][A-Za-z0-9_]*"
-        ));
+        return Err(EnvError::BadName(name.to_owned()));
     }
     if frenezulo_engines::wagi::is_cgi_variable(name) {
-        return Err(format!(
-            "environment name `{name}` is a CGI variable that each request sets"
-        ));
+        return Err(EnvError::CgiVariable(name.to_owned()));
     }
     Ok(())
 }
 
 /// Checks every name and value of a service's environment.
-pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), String> {
+pub fn check_env(env: &BTreeMap<String, String>) -> Result<(), EnvError> {
     for (name, value) in env {
         check_env_name(name)?;
         if value.contains('\0') {
-            return Err(format!("environment value of `{name}` contains a NUL byte"));
+            return Err(EnvError::Nul(name.clone()));
         }
     }
     Ok(())
@@ -435,8 +305,6 @@ mod tests {
     #[test]
     fn sizes_and_durations() {
         assert!(parse_duration("18446744073709551615h").is_err(), "overflow");
-        assert_eq!(format_size(4 << 30), "4GiB");
-        assert_eq!(format_size(1000), "1000B");
         assert_eq!(parse_size("64MiB"), Ok(64 << 20));
         assert_eq!(parse_size("100"), Ok(100));
         assert_eq!(parse_size("1 GiB"), Ok(1 << 30));

@@ -132,7 +132,7 @@ fn service(
         http_max_concurrency: entry.http_max_concurrency.map(|n| n as usize),
     };
     guest.check()?;
-    check_env(&entry.environment)?;
+    check_env(&entry.environment).map_err(|e| e.to_string())?;
     Ok(ServiceSpec {
         name: name_for(&route, taken),
         module: from_working_dir(Path::new(module)),

@@ -705,6 +705,14 @@ fn the_binary_is_also_the_client() {
     );
     let (ok, out) = client(&["show", "echo"]);
     assert!(ok && out.contains("memory=16777216"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("env") && l.ends_with(" COLOUR")),
+        "names only: {out}"
+    );
+    // Limits are checked with the server's own parser before anything is sent.
+    let (ok, out) = client(&["set", "echo", "--limit", "colour=blue"]);
+    assert!(!ok && out.contains("unknown limit `colour`"), "{out}");
     let (ok, out) = client(&["metrics"]);
     assert!(ok && out.contains("frenezulo_requests_total"), "{out}");
     let (ok, out) = client(&["rm", "echo"]);

@@ -91,6 +91,16 @@ enum Scenario {
         #[arg(long, default_value_t = 5.0)]
         change_rate: f64,
     },
+    /// The core under the fuzz target's fake driver: one seed fans out to many random
+    /// sequences of events, each checked against the polling contract and the core's bounds.
+    Contract {
+        /// Sequences to run.
+        #[arg(long, default_value_t = 1000)]
+        runs: usize,
+        /// Events per sequence at most.
+        #[arg(long, default_value_t = 200)]
+        ops: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -196,6 +206,13 @@ fn main() -> ExitCode {
             &scenarios::Cluster {
                 nodes: *nodes,
                 change_rate: *change_rate,
+            },
+        ),
+        Scenario::Contract { runs, ops } => scenarios::contract(
+            &common,
+            &scenarios::Contract {
+                runs: *runs,
+                ops: *ops,
             },
         ),
     };

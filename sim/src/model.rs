@@ -28,9 +28,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use frenezulo_core::contract::Monitor;
+use frenezulo_core::driver::{SliceOut, Slices};
 use frenezulo_core::{
-    ConnId, Execution, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Response,
-    Server, ServerConfig, ServiceLimits, ServiceName,
+    ConnId, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Response, Server,
+    ServerConfig, ServiceLimits, ServiceName,
 };
 
 use crate::profile::Profile;
@@ -186,11 +187,6 @@ struct Task {
     trap: bool,
 }
 
-enum Pending {
-    Start(Box<Execution>),
-    Resume(JobId),
-}
-
 /// The step a thread is busy with until its `Wake`.
 enum Step {
     Accept(Waiting),
@@ -210,14 +206,13 @@ struct Thread {
     conns: HashMap<ConnId, Conn>,
     next_conn: u64,
     tasks: HashMap<JobId, Task>,
-    pending: Option<Pending>,
+    /// The slice the core handed out and the turn's budget.
+    slices: Slices,
     step: Option<Step>,
     /// Compiles that finished while the thread was busy.
     inbox: Vec<ModuleKey>,
     in_turn: bool,
     turn_accepts: usize,
-    turn_ends: Time,
-    turn_yielded: bool,
     last_input: Time,
     /// The earliest `Timer` event scheduled for it.
     timer_event: Option<Time>,
@@ -288,13 +283,11 @@ pub fn run(cfg: &SimConfig, epoch: Instant) -> Result<Outcome, Violation> {
                 conns: HashMap::new(),
                 next_conn: 0,
                 tasks: HashMap::new(),
-                pending: None,
+                slices: Slices::new(Duration::from_micros(cfg.profile.slice_us as u64)),
                 step: None,
                 inbox: Vec::new(),
                 in_turn: false,
                 turn_accepts: 0,
-                turn_ends: 0,
-                turn_yielded: false,
                 last_input: 0,
                 timer_event: None,
             }
@@ -485,7 +478,7 @@ impl Sim<'_> {
                     && t.backlog.is_empty()
                     && t.conns.is_empty()
                     && t.tasks.is_empty()
-                    && t.pending.is_none()
+                    && !t.slices.is_out()
             })
     }
 
@@ -529,7 +522,7 @@ impl Sim<'_> {
     fn can_accept(&self, i: usize) -> bool {
         let th = &self.threads[i];
         self.cfg.admission
-            || (th.pending.is_none()
+            || (!th.slices.is_out()
                 && th.core.running() + th.core.queued() < self.per_thread.max_running)
     }
 
@@ -551,19 +544,20 @@ impl Sim<'_> {
             let th = &self.threads[i];
             if !th.in_turn {
                 let can_accept = !th.backlog.is_empty() && self.can_accept(i);
-                if th.pending.is_none() && !can_accept {
+                if !th.slices.is_out() && !can_accept {
                     break;
                 }
+                let at = self.instant(now);
                 let th = &mut self.threads[i];
                 th.in_turn = true;
                 th.turn_accepts = th.backlog.len();
-                th.turn_ends = now + self.cfg.profile.slice_us as Time;
-                th.turn_yielded = false;
+                th.slices.begin_turn(at);
+            }
+            let at = self.instant(now);
+            if let Some(slice) = self.threads[i].slices.next(at) {
+                return self.start_slice(i, slice);
             }
             let th = &self.threads[i];
-            if th.pending.is_some() && !th.turn_yielded && now < th.turn_ends {
-                return self.start_slice(i);
-            }
             if th.turn_accepts > 0 && !th.backlog.is_empty() && self.can_accept(i) {
                 let th = &mut self.threads[i];
                 th.turn_accepts -= 1;
@@ -579,11 +573,11 @@ impl Sim<'_> {
         Ok(())
     }
 
-    fn start_slice(&mut self, i: usize) -> Result<(), Violation> {
+    fn start_slice(&mut self, i: usize, slice: SliceOut) -> Result<(), Violation> {
         let profile = &self.cfg.profile;
         let th = &mut self.threads[i];
-        let (job, overhead) = match th.pending.take().expect("caller checked") {
-            Pending::Start(e) => {
+        let (job, overhead) = match slice {
+            SliceOut::Start(e) => {
                 // `run` registers service `i` as version `i + 1`: no lookup by name per task.
                 let service = (e.module.version - 1) as usize;
                 let spec = &self.cfg.services[service];
@@ -601,7 +595,7 @@ impl Sim<'_> {
                 );
                 (e.job, profile.instance_us)
             }
-            Pending::Resume(job) => (job, 0.0),
+            SliceOut::Resume(job) => (job, 0.0),
         };
         let task = th.tasks.get_mut(&job);
         check!(task.is_some(), "thread {i}: slice of unknown task {job:?}");
@@ -670,7 +664,7 @@ impl Sim<'_> {
             }
             Some(Step::Slice { job, ran, finished }) => match finished {
                 None => {
-                    self.threads[i].turn_yielded = true;
+                    self.threads[i].slices.yielded();
                     self.input(i, Input::Yielded { job, ran })?;
                 }
                 Some(result) => {
@@ -714,6 +708,22 @@ impl Sim<'_> {
         while let Some(output) = self.threads[i].core.poll_output() {
             let th = &mut self.threads[i];
             th.monitor.output(&output);
+            match &output {
+                Output::Execute(e) => check!(
+                    !th.tasks.contains_key(&e.job) && !self.ended.contains(&(i, e.job)),
+                    "thread {i}: {:?} started twice",
+                    e.job
+                ),
+                Output::Resume { job } => check!(
+                    th.tasks.contains_key(job),
+                    "thread {i}: resume of no task {job:?}"
+                ),
+                _ => {}
+            }
+            let was_out = th.slices.out_job();
+            let Some(output) = th.slices.take(output) else {
+                continue;
+            };
             match output {
                 Output::Transmit { .. } => {}
                 Output::Close { conn } => {
@@ -749,32 +759,8 @@ impl Sim<'_> {
                         self.request_compile(i, module);
                     }
                 }
-                Output::Execute(e) => {
-                    check!(th.pending.is_none(), "thread {i}: two slices out");
-                    check!(
-                        !th.tasks.contains_key(&e.job) && !self.ended.contains(&(i, e.job)),
-                        "thread {i}: {:?} started twice",
-                        e.job
-                    );
-                    th.pending = Some(Pending::Start(e));
-                }
-                Output::Resume { job } => {
-                    check!(th.pending.is_none(), "thread {i}: two slices out");
-                    check!(
-                        th.tasks.contains_key(&job),
-                        "thread {i}: resume of no task {job:?}"
-                    );
-                    th.pending = Some(Pending::Resume(job));
-                }
                 Output::Cancel { job } => {
-                    let pending_job = match &th.pending {
-                        Some(Pending::Start(e)) => Some(e.job),
-                        Some(Pending::Resume(j)) => Some(*j),
-                        None => None,
-                    };
-                    if pending_job == Some(job) {
-                        th.pending = None;
-                    }
+                    let pending_job = was_out;
                     let was_started = th.tasks.remove(&job).is_some();
                     let reported = self.reporting == Some((i, job));
                     // A task cancelled before its first slice ran was never started here.

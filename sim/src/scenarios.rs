@@ -707,3 +707,70 @@ pub fn cluster(common: &Common, o: &Cluster) -> Result<Report, Failure> {
         plot: None,
     })
 }
+
+/// Options of [`contract`].
+#[derive(Debug, Clone)]
+pub struct Contract {
+    /// Runs, each from its own stream of the seed.
+    pub runs: usize,
+    /// Ops per run at most.
+    pub ops: usize,
+}
+
+impl Default for Contract {
+    fn default() -> Self {
+        Self {
+            runs: 1000,
+            ops: 200,
+        }
+    }
+}
+
+/// The core under the shared fake driver (`frenezulo_core::testing`, the fuzz target's):
+/// one seed fans out to `runs` op sequences, each checked against the polling contract,
+/// the core's bounds and one response per request. A failing run names its index; the
+/// same seed runs the same sequences.
+pub fn contract(common: &Common, o: &Contract) -> Result<Report, Failure> {
+    use frenezulo_core::testing::{Harness, seeded_ops};
+    let root = crate::rng::Rng::new(common.seed);
+    let mut total = frenezulo_core::testing::Summary::default();
+    for run in 0..o.runs {
+        let seed = root.fork(&format!("contract run {run}")).next_u64();
+        let ops = seeded_ops(seed, o.ops);
+        let summary = Harness::run(common.epoch, &ops).map_err(|v| Failure {
+            point: format!("run {run}"),
+            violation: Violation(v.0),
+        })?;
+        total.ops += summary.ops;
+        total.requests += summary.requests;
+        total.responses += summary.responses;
+        total.started += summary.started;
+        total.cancelled += summary.cancelled;
+    }
+    Ok(Report {
+        scenario: "contract".to_owned(),
+        seed: common.seed,
+        columns: [
+            "runs",
+            "ops",
+            "requests",
+            "responses",
+            "tasks started",
+            "cancelled",
+        ]
+        .map(str::to_owned)
+        .to_vec(),
+        rows: vec![vec![
+            json!(o.runs),
+            json!(total.ops),
+            json!(total.requests),
+            json!(total.responses),
+            json!(total.started),
+            json!(total.cancelled),
+        ]],
+        notes: vec![
+            "responses include those to raw bytes (400s) and to connections that left".to_owned(),
+        ],
+        plot: None,
+    })
+}

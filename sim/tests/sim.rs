@@ -115,6 +115,28 @@ fn the_control_plane_keeps_its_invariants_over_many_seeds() {
     assert_eq!(report.rows.len(), 5);
 }
 
+#[test]
+fn the_core_keeps_the_contract_over_seeded_sequences() {
+    let runs = std::env::var("SIM_SEEDS").map_or(200, |s| s.parse().expect("SIM_SEEDS is a count"));
+    let o = scenarios::Contract {
+        runs,
+        ..scenarios::Contract::default()
+    };
+    let report = scenarios::contract(&common(5, 1.0), &o).unwrap_or_else(|f| {
+        panic!(
+            "{}: {}; reproduce with `frenezulo-sim --seed 5 contract --runs {runs}`",
+            f.point, f.violation.0
+        )
+    });
+    let row = &report.rows[0];
+    // Requests were made and answered, and tasks ran: the sequences reach the core's work.
+    for column in [2, 3, 4] {
+        assert!(row[column].as_u64().unwrap() > 0, "{row:?}");
+    }
+    let again = scenarios::contract(&common(5, 1.0), &o).unwrap();
+    assert_eq!(report.json(), again.json(), "the same seed runs the same");
+}
+
 /// One thread, admission control off: connections are served one at a time in arrival
 /// order, each taking the same time: an M/D/1 queue. Its mean response time is
 /// W = D + rho * D / (2 (1 - rho)).

@@ -12,9 +12,10 @@
 //! is unavailable. What a change contains (an entry, a compiled module, why one was refused)
 //! is opaque to it: the driver names those types through [`Payloads`].
 //!
-//! The rules about a service's contents (who owns a name or a route, limits, what a remote
-//! entry must pass) stay with the driver's registry; the driver checks them before it hands
-//! a change in, and when it composes a prepared change.
+//! The rules about a service's contents live beside it, as pure checks the driver's registry
+//! asks before it hands a change in and when it composes a prepared change: who owns a name
+//! or a route and whether a stored service is served ([`catalog`]), and the ceilings every
+//! limit is held to, whoever sets it ([`crate::ceiling`]).
 //!
 //! # The polling contract
 //!
@@ -40,6 +41,7 @@ use thiserror::Error;
 
 use crate::ServiceName;
 
+pub mod catalog;
 #[cfg(test)]
 mod tests;
 

@@ -9,22 +9,23 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use frenezulo_core::control::catalog;
 use frenezulo_core::control::{Change, Input, Outcome, Output, Payloads, RemoteChange, Ticket};
 use frenezulo_core::{ModuleKey, Response, RunLimits, ServiceName};
 use frenezulo_engines::CompiledModule;
-use serde_json::json;
+
 use tracing::{debug, error, info, warn};
 
 use super::error as http_error;
 use super::fetch::FetchError;
-use super::{Admin, CallOrigin, Event, change_error, json_response, service_json};
+use super::{Admin, CallOrigin, Event, change_error, json_response, service_view};
+use crate::api;
 use crate::artifacts::{Artifacts, Loaded};
 use crate::cluster::{ClusterEvent, Command, WriteError};
-use crate::guest::GuestConfig;
 use crate::registry::manifest::Entry;
 use crate::registry::store::Digest;
 use crate::registry::{ChangeError, NewModule};
-use crate::spec::{EnvValues, LimitsConfig, check_env};
+use crate::settings::{SettingsError, SettingsPatch};
 
 /// What the management thread carries through the control plane.
 pub(super) struct Plane;
@@ -50,17 +51,10 @@ pub(super) enum Job {
         /// Whether a parse error may quote the module (the caller's own upload) or not (a
         /// fetched source).
         quote: bool,
-        settings: Box<Settings>,
+        settings: Box<SettingsPatch>,
     },
     /// Another node's entry and module, checked when they arrived.
     Shared { entry: Box<Entry>, wasm: Bytes },
-}
-
-/// What a caller asked a new module's service to have (what it leaves out, it keeps).
-pub(super) struct Settings {
-    pub limits: Option<LimitsConfig>,
-    pub env: Option<EnvValues>,
-    pub guest: GuestConfig,
 }
 
 /// A change ready to write and apply.
@@ -159,7 +153,7 @@ pub struct Prepared {
     ticket: Ticket,
     name: ServiceName,
     /// The caller's settings; `None` for another node's change, whose entry is here.
-    asked: Option<Box<Settings>>,
+    asked: Option<Box<SettingsPatch>>,
     entry: Option<Box<Entry>>,
     result: Result<(NewModule, Loaded, Duration), PrepareError>,
 }
@@ -288,11 +282,7 @@ impl Admin {
             .and_then(|(module, loaded, elapsed)| {
                 let entry = match (asked, entry) {
                     (Some(asked), _) => {
-                        let Settings { limits, env, guest } = *asked;
-                        let entry = self
-                            .setup
-                            .registry
-                            .entry_for_put(&name, &module, limits, env, guest)?;
+                        let entry = self.setup.registry.entry_for_put(&name, &module, &asked)?;
                         // Hosts kept from the stored entry are held to the ceiling as it is now.
                         self.within_ceiling(&entry).map_err(Refusal::Ceiling)?;
                         Box::new(entry)
@@ -406,7 +396,9 @@ impl Admin {
             }
             // One the shared registry's watch removed first is gone already: the same outcome.
             Change::Remove => match registry.uninstall(name) {
-                Ok(()) | Err(ChangeError::NotFound(_)) => Ok(Applied::Removed),
+                Ok(()) | Err(ChangeError::Refused(catalog::Refusal::NotFound(_))) => {
+                    Ok(Applied::Removed)
+                }
                 Err(e) => Err(e),
             },
         }
@@ -424,7 +416,7 @@ impl Admin {
                 let loads = self.setup.compile.load_stats();
                 json_response(
                     if new { 201 } else { 200 },
-                    &service_json(service, &[], &loads, false),
+                    &service_view(service, &[], &loads, false),
                 )
             }
             Outcome::Done(Applied::Configured) => {
@@ -432,11 +424,16 @@ impl Admin {
                     return http_error(500, "the service was stored but is not served");
                 };
                 info!(target: "admin", service = %name, version = service.version, "service reconfigured");
-                json_response(200, &service_json(service, &[], &Default::default(), false))
+                json_response(200, &service_view(service, &[], &Default::default(), false))
             }
             Outcome::Done(Applied::Removed) => {
                 info!(target: "admin", service = %name, "service removed");
-                json_response(200, &json!({ "removed": name.as_str() }))
+                json_response(
+                    200,
+                    &api::Removed {
+                        removed: name.as_str().to_owned(),
+                    },
+                )
             }
             Outcome::Superseded { current } => http_error(
                 409,
@@ -474,12 +471,10 @@ impl Admin {
                 // Another node's writer is trusted no more than a token holder: the same
                 // checks apply (a newer node may also allow what this one does not).
                 let checked = entry
-                    .limits
-                    .check()
+                    .settings()
+                    .map_err(SettingsError::from)
+                    .and_then(|settings| settings.check())
                     .map_err(|e| e.to_string())
-                    .and_then(|()| check_env(&entry.env))
-                    .and_then(|()| entry.guest().map_err(|e| e.to_string()))
-                    .and_then(|guest| guest.check())
                     .and_then(|()| self.within_ceiling(&entry));
                 if let Err(e) = checked {
                     error!(target: "cluster", service = %name, revision, error = %e, "shared entry refused; this node keeps the version it has");

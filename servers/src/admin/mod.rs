@@ -24,32 +24,38 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use frenezulo_core::control::catalog::Refusal;
 use frenezulo_core::control::{Ask, Control, ControlConfig, Input};
 use frenezulo_core::{
     JobId, ManagementCall, ModuleKey, Response, ServiceLimits, ServiceName, ServiceRoute,
 };
 use frenezulo_engines::EngineKind;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::json;
 use sha2::{Digest as _, Sha256};
 use tracing::{error, info, warn};
 
+use crate::api::{
+    AddRequest, ConfigureRequest, Counters, EnvView, ErrorBody, Loads, ServiceList, ServiceView,
+    SubRouteView,
+};
 use crate::artifacts::Artifacts;
 use crate::cluster::{Cluster, ClusterEvent, WriteError};
 use crate::compile::CompilePool;
-use crate::guest::{GuestConfig, HostCeiling};
+use crate::guest::HostCeiling;
 use crate::metrics::{self, ThreadSnapshot};
 use crate::registry::manifest::Entry;
 use crate::registry::{ChangeError, Registry, Service};
 use crate::serve::{Inbox, ManagementRequest, Message};
-use crate::spec::{EnvValues, LimitsConfig, check_env};
+use crate::settings::SettingsPatch;
+use crate::spec::LimitsConfig;
 
 mod changes;
 pub mod fetch;
 pub mod token;
 
 pub use changes::Prepared;
-use changes::{Job, Plane, Ready, Settings};
+use changes::{Job, Plane, Ready};
 use fetch::FetchLimits;
 
 /// Calls waiting for this thread, all serving threads together; past it, 503.
@@ -329,13 +335,13 @@ impl Admin {
     fn list(&self) -> Response {
         let snapshots = self.snapshots();
         let loads = self.setup.compile.load_stats();
-        let services: Vec<Value> = self
+        let services = self
             .setup
             .registry
             .services()
-            .map(|s| service_json(s, &snapshots, &loads, false))
+            .map(|s| service_view(s, &snapshots, &loads, false))
             .collect();
-        json_response(200, &json!({ "services": services }))
+        json_response(200, &ServiceList { services })
     }
 
     fn metrics(&self) -> Response {
@@ -357,75 +363,34 @@ impl Admin {
         let show_env = query_pairs(query).any(|(k, v)| k == "show_env" && v == "true");
         let snapshots = self.snapshots();
         let loads = self.setup.compile.load_stats();
-        json_response(200, &service_json(service, &snapshots, &loads, show_env))
+        json_response(200, &service_view(service, &snapshots, &loads, show_env))
     }
 
     fn add(&mut self, origin: &CallOrigin, body: &[u8]) -> Reply {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Add {
-            prefix: String,
-            source: String,
-            #[serde(default)]
-            route: Option<String>,
-            #[serde(default)]
-            limits: Option<LimitsConfig>,
-            #[serde(default)]
-            env: Option<EnvValues>,
-            #[serde(default)]
-            entrypoint: Option<String>,
-            #[serde(default)]
-            argv: Option<String>,
-            #[serde(default)]
-            allowed_hosts: Vec<String>,
-            #[serde(default)]
-            http_max_concurrency: Option<usize>,
-        }
-        let add: Add = match serde_json::from_slice(body) {
+        let add: AddRequest = match serde_json::from_slice(body) {
             Ok(add) => add,
             Err(e) => {
                 return Reply::Now(error(
                     400,
-                    &format!(
-                        "body must be JSON like {{\"prefix\": \"shop\", \"source\": \"https://host/shop.wasm\"}}: {e}"
-                    ),
+                    &format!("body must be JSON like {}: {e}", AddRequest::EXAMPLE),
                 ));
             }
         };
-        let route = match add.route.as_deref().map(ServiceRoute::prefix).transpose() {
-            Ok(route) => route,
+        let patch = match add.patch() {
+            Ok(patch) => patch,
             Err(e) => return Reply::Now(error(400, &e.to_string())),
         };
-        let guest = GuestConfig {
-            route,
-            default_host: None,
-            entrypoint: add.entrypoint,
-            argv: add.argv,
-            volumes: Default::default(),
-            allowed_hosts: add.allowed_hosts,
-            http_max_concurrency: add.http_max_concurrency,
-        };
-        let name = match self.check_change(&add.prefix, add.limits.as_ref(), add.env.as_ref()) {
+        let name = match self.check_change(&add.prefix, &patch) {
             Ok(name) => name,
             Err(response) => return Reply::Now(response),
         };
-        if let Err(e) = guest
-            .check()
-            .and_then(|()| guest.check_within(&self.setup.outbound_ceiling))
-        {
-            return Reply::Now(error(400, &e));
-        }
         let fetch = self.setup.fetch.clone();
         let source = add.source;
         let job = Job::Asked {
             get: Box::new(move || Ok((fetch::fetch(&source, &fetch)?, source))),
             // What a fetch brings back is never quoted in an answer.
             quote: false,
-            settings: Box::new(Settings {
-                limits: add.limits,
-                env: add.env,
-                guest,
-            }),
+            settings: Box::new(patch),
         };
         self.ask(origin, name, None, Ask::Prepare(job))
     }
@@ -438,36 +403,30 @@ impl Admin {
         body: &Bytes,
         if_match: Option<u64>,
     ) -> Reply {
-        let (limits, env, guest) = match config_from_query(query) {
-            Ok(parsed) => parsed,
+        let patch = match patch_from_query(query) {
+            Ok(patch) => patch,
             Err(e) => return Reply::Now(error(400, &e)),
         };
-        if let Err(e) = guest.check_within(&self.setup.outbound_ceiling) {
-            return Reply::Now(error(400, &e));
-        }
-        if let Err(response) = self.check_change(name.as_str(), limits.as_ref(), env.as_ref()) {
+        if let Err(response) = self.check_change(name.as_str(), &patch) {
             return Reply::Now(response);
         }
         let body = body.clone();
         let job = Job::Asked {
             get: Box::new(move || Ok((body.to_vec(), "upload".to_owned()))),
             quote: true,
-            settings: Box::new(Settings { limits, env, guest }),
+            settings: Box::new(patch),
         };
         self.ask(origin, name, if_match, Ask::Prepare(job))
     }
 
-    /// Checks what a change asks for before any work is done.
-    fn check_change(
-        &self,
-        prefix: &str,
-        limits: Option<&LimitsConfig>,
-        env: Option<&EnvValues>,
-    ) -> Result<ServiceName, Response> {
+    /// Checks what a change asks for before any work is done: the name, the settings
+    /// given, the memory this server was started for, the operator's outbound ceiling and
+    /// who owns the service.
+    fn check_change(&self, prefix: &str, patch: &SettingsPatch) -> Result<ServiceName, Response> {
         let name =
             ServiceName::new(prefix).map_err(|e| error(400, &format!("prefix `{prefix}`: {e}")))?;
-        if let Some(limits) = limits {
-            limits.check().map_err(|e| error(400, &e.to_string()))?;
+        patch.check().map_err(|e| error(400, &e.to_string()))?;
+        if let Some(limits) = &patch.limits {
             let memory = limits.apply(self.setup.base_limits).memory_bytes;
             if memory > self.setup.max_memory_bytes {
                 return Err(error(
@@ -479,8 +438,11 @@ impl Admin {
                 ));
             }
         }
-        if let Some(env) = env {
-            check_env(env).map_err(|e| error(400, &e))?;
+        if let Some(hosts) = &patch.allowed_hosts {
+            self.setup
+                .outbound_ceiling
+                .check_all(hosts)
+                .map_err(|e| error(400, &e))?;
         }
         self.setup
             .registry
@@ -496,30 +458,21 @@ impl Admin {
         body: &[u8],
         if_match: Option<u64>,
     ) -> Reply {
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Configure {
-            #[serde(default)]
-            limits: Option<LimitsConfig>,
-            #[serde(default)]
-            env: Option<EnvValues>,
-        }
-        let c: Configure = match serde_json::from_slice(body) {
+        let c: ConfigureRequest = match serde_json::from_slice(body) {
             Ok(c) => c,
             Err(e) => {
                 return Reply::Now(error(
                     400,
-                    &format!(
-                        "body must be JSON like {{\"limits\": {{\"memory\": \"32MiB\"}}, \"env\": {{\"KEY\": \"value\"}}}}: {e}"
-                    ),
+                    &format!("body must be JSON like {}: {e}", ConfigureRequest::EXAMPLE),
                 ));
             }
         };
-        if let Err(response) = self.check_change(name.as_str(), c.limits.as_ref(), c.env.as_ref()) {
+        let patch = c.patch();
+        if let Err(response) = self.check_change(name.as_str(), &patch) {
             return Reply::Now(response);
         }
         let registry = &self.setup.registry;
-        let entry = match registry.entry_for_configure(name, c.limits, c.env) {
+        let entry = match registry.entry_for_configure(name, &patch) {
             Ok(entry) => entry,
             Err(e) => return Reply::Now(change_error(&e)),
         };
@@ -602,55 +555,40 @@ fn unavailable(cluster: Option<&Cluster>) -> Response {
 /// Limits (`memory=32MiB&deadline=2s&...`), environment values (`env=KEY=VALUE`,
 /// repeatable), `route`, `entrypoint`, `argv`, `allowed_host` (repeatable) and
 /// `http_max_concurrency` from an upload's query string.
-#[allow(clippy::type_complexity)]
-fn config_from_query(
-    query: &str,
-) -> Result<(Option<LimitsConfig>, Option<EnvValues>, GuestConfig), String> {
-    let mut limits = serde_json::Map::new();
-    let mut env: Option<EnvValues> = None;
-    let mut guest = GuestConfig::default();
+fn patch_from_query(query: &str) -> Result<SettingsPatch, String> {
+    let mut limits = Vec::new();
+    let mut patch = SettingsPatch::default();
     for (key, value) in query_pairs(query) {
         match key.as_str() {
             "route" => {
-                guest.route = Some(ServiceRoute::prefix(&value).map_err(|e| e.to_string())?);
+                patch.route = Some(ServiceRoute::prefix(&value).map_err(|e| e.to_string())?);
             }
-            "entrypoint" => guest.entrypoint = Some(value),
-            "argv" => guest.argv = Some(value),
-            "allowed_host" => guest.allowed_hosts.push(value),
+            "entrypoint" => patch.entrypoint = Some(value),
+            "argv" => patch.argv = Some(value),
+            "allowed_host" => patch.allowed_hosts.get_or_insert_default().push(value),
             "http_max_concurrency" => {
                 let n = value.parse().map_err(|_| {
                     format!("`http_max_concurrency` must be a whole number, not `{value}`")
                 })?;
-                guest.http_max_concurrency = Some(n);
+                patch.http_max_concurrency = Some(n);
             }
             "env" => {
                 let (k, v) = value
                     .split_once('=')
                     .ok_or_else(|| format!("`env={value}` is not env=KEY=VALUE"))?;
-                env.get_or_insert_default()
+                patch
+                    .env
+                    .get_or_insert_default()
                     .insert(k.to_owned(), v.to_owned());
             }
-            "concurrency" | "queue" | "cpu_weight" => {
-                let n: u64 = value
-                    .parse()
-                    .map_err(|_| format!("`{key}` must be a whole number, not `{value}`"))?;
-                limits.insert(key, n.into());
-            }
-            _ => {
-                limits.insert(key, value.into());
-            }
+            _ => limits.push((key, value)),
         }
     }
-    let limits = if limits.is_empty() {
-        None
-    } else {
-        Some(
-            serde_json::from_value(Value::Object(limits))
-                .map_err(|e| format!("query string: {e}"))?,
-        )
-    };
-    guest.check()?;
-    Ok((limits, env, guest))
+    if !limits.is_empty() {
+        patch.limits = Some(LimitsConfig::from_pairs(limits)?);
+    }
+    patch.check().map_err(|e| e.to_string())?;
+    Ok(patch)
 }
 
 /// `key=value` pairs of a query string, percent-decoded (`+` is a space).
@@ -666,43 +604,63 @@ fn query_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
     })
 }
 
-fn service_json(
+fn service_view(
     s: &Service,
     snapshots: &[ThreadSnapshot],
     loads: &BTreeMap<ServiceName, crate::compile::LoadStats>,
     show_env: bool,
-) -> Value {
+) -> ServiceView {
     let env = if show_env {
-        json!(s.env)
+        EnvView::Values(s.env.clone())
     } else {
-        json!(s.env.keys().collect::<Vec<_>>())
+        EnvView::Names(s.env.keys().cloned().collect())
     };
     let route = s.route();
-    let mut view = json!({
-        "prefix": s.name.as_str(),
-        "route": route.to_string(),
-        "origin": s.origin.name(),
-        // The command line's and the config file's services are read-only here.
-        "changeable_by_api": s.origin.api_may_change(),
-        "source": s.source,
-        "digest": s.digest.to_string(),
-        "size": s.wasm.len(),
-        "version": s.version,
-        "revision": s.revision,
-        "updated_unix": s.updated_unix,
-        "limits": LimitsConfig::of(&s.limits),
-        "limits_set": s.limits_set,
-        "env": env,
-        "entrypoint": s.guest.entrypoint.as_deref().unwrap_or(frenezulo_core::DEFAULT_ENTRYPOINT),
-        "argv": s.guest.argv.as_deref().unwrap_or(frenezulo_core::DEFAULT_ARGV),
-        "routes": s.routes.routes().iter().map(|r| json!({
-            "route": route.join(&r.pattern).to_string(),
-            "entrypoint": &*r.entrypoint,
-        })).collect::<Vec<_>>(),
-        "volumes": s.guest.volumes,
-        "allowed_hosts": s.guest.allowed_hosts,
-        "http_max_concurrency": s.guest.outbound(&s.outbound_in_flight, false).map(|g| g.max_in_flight),
-    });
+    let mut view = ServiceView {
+        prefix: s.name.as_str().to_owned(),
+        route: route.to_string(),
+        origin: s.origin,
+        changeable_by_api: s.origin.api_may_change(),
+        source: s.source.clone(),
+        digest: s.digest.to_string(),
+        size: s.wasm.len(),
+        version: s.version,
+        revision: s.revision,
+        updated_unix: s.updated_unix,
+        limits: LimitsConfig::of(&s.limits),
+        limits_set: s.limits_set.clone(),
+        env,
+        entrypoint: s
+            .guest
+            .entrypoint
+            .as_deref()
+            .unwrap_or(frenezulo_core::DEFAULT_ENTRYPOINT)
+            .to_owned(),
+        argv: s
+            .guest
+            .argv
+            .as_deref()
+            .unwrap_or(frenezulo_core::DEFAULT_ARGV)
+            .to_owned(),
+        routes: s
+            .routes
+            .routes()
+            .iter()
+            .map(|r| SubRouteView {
+                route: route.join(&r.pattern).to_string(),
+                entrypoint: r.entrypoint.to_string(),
+            })
+            .collect(),
+        volumes: s.guest.volumes.clone(),
+        allowed_hosts: s.guest.allowed_hosts.clone(),
+        http_max_concurrency: s
+            .guest
+            .outbound(&s.outbound_in_flight, false)
+            .map(|g| g.max_in_flight),
+        state: None,
+        counters: None,
+        loads: None,
+    };
     if !snapshots.is_empty() {
         let totals = metrics::service_totals(snapshots, &s.name);
         let infos = || {
@@ -711,27 +669,34 @@ fn service_json(
                 .flat_map(|t| &t.services)
                 .filter(|i| i.module.service == s.name)
         };
-        view["state"] = json!(metrics::service_state(snapshots, &s.name).map(metrics::state_name));
-        view["counters"] = json!({
-            "requests": totals.count(),
-            "by_status": totals.by_status,
-            "running": infos().map(|i| i.running).sum::<usize>(),
-            "queued": infos().map(|i| i.queued).sum::<usize>(),
-            "cold_starts": totals.cold_starts,
+        view.state = metrics::service_state(snapshots, &s.name)
+            .map(|state| metrics::state_name(state).to_owned());
+        view.counters = Some(Counters {
+            requests: totals.count(),
+            by_status: totals.by_status.clone(),
+            running: infos().map(|i| i.running).sum(),
+            queued: infos().map(|i| i.queued).sum(),
+            cold_starts: totals.cold_starts,
         });
     }
     if let Some(l) = loads.get(&s.name) {
-        view["loads"] =
-            json!({ "compiled": l.compiled, "artifact": l.from_artifact, "seconds": l.seconds });
+        view.loads = Some(Loads {
+            compiled: l.compiled,
+            artifact: l.from_artifact,
+            seconds: l.seconds,
+        });
     }
     view
 }
 
 fn change_error(e: &ChangeError) -> Response {
     let status = match e {
-        ChangeError::NotApiDefined { .. } | ChangeError::RouteTaken { .. } => 409,
-        ChangeError::NotFound(_) => 404,
-        ChangeError::Entrypoint(_) | ChangeError::Limits(_) | ChangeError::Route(_) => 400,
+        ChangeError::Refused(Refusal::NotApiDefined { .. } | Refusal::RouteTaken { .. }) => 409,
+        ChangeError::Refused(Refusal::NotFound(_)) => 404,
+        ChangeError::Entrypoint(_)
+        | ChangeError::Limits(_)
+        | ChangeError::Route(_)
+        | ChangeError::Settings(_) => 400,
         _ => 500,
     };
     if status == 500 {
@@ -748,7 +713,7 @@ fn method_not_allowed(tail: &str) -> Response {
     error(405, &format!("use {allow} on /services/{tail}")).with_header("Allow", allow)
 }
 
-fn json_response(status: u16, value: &Value) -> Response {
+fn json_response(status: u16, value: &impl Serialize) -> Response {
     let mut body = serde_json::to_vec_pretty(value).expect("JSON values serialize");
     body.push(b'\n');
     Response {
@@ -762,7 +727,10 @@ fn json_response(status: u16, value: &Value) -> Response {
 }
 
 fn error(status: u16, message: &str) -> Response {
-    json_response(status, &json!({ "error": message }))
+    let body = ErrorBody {
+        error: message.to_owned(),
+    };
+    json_response(status, &body)
 }
 
 #[cfg(test)]
@@ -915,27 +883,27 @@ mod tests {
 
     #[test]
     fn query_strings_give_limits_and_environment() {
-        let (limits, env, guest) = config_from_query(
-            "memory=32MiB&deadline=250ms&queue=3&env=DB%3Durl=x&env=FLAG=&entrypoint=main&argv=a+%24%7BARGS%7D",
+        let patch = patch_from_query(
+            "memory=32MiB&deadline=250ms&queue=3&env=DB%3Durl=x&env=FLAG=&entrypoint=main&argv=a+%24%7BARGS%7D&allowed_host=https://a.example",
         )
         .unwrap();
-        assert_eq!(guest.entrypoint.as_deref(), Some("main"));
-        assert_eq!(guest.argv.as_deref(), Some("a ${ARGS}"));
-        let limits = limits.unwrap();
+        assert_eq!(patch.entrypoint.as_deref(), Some("main"));
+        assert_eq!(patch.argv.as_deref(), Some("a ${ARGS}"));
+        assert_eq!(patch.allowed_hosts.unwrap(), ["https://a.example"]);
+        let limits = patch.limits.unwrap();
         let applied = limits.apply(frenezulo_core::ServiceLimits::default());
         assert_eq!(applied.memory_bytes, 32 << 20);
         assert_eq!(applied.deadline, Duration::from_millis(250));
         assert_eq!(applied.max_queued, 3);
-        let env = env.unwrap();
+        let env = patch.env.unwrap();
         assert_eq!(env["DB"], "url=x");
         assert_eq!(env["FLAG"], "");
-        assert_eq!(
-            config_from_query("").unwrap(),
-            (None, None, GuestConfig::default())
-        );
-        assert!(config_from_query("entrypoint=").is_err());
-        assert!(config_from_query("queue=many").is_err());
-        assert!(config_from_query("colour=blue").is_err());
-        assert!(config_from_query("env=NOEQUALS").is_err());
+        assert_eq!(patch_from_query("").unwrap(), SettingsPatch::default());
+        assert!(patch_from_query("entrypoint=").is_err());
+        assert!(patch_from_query("queue=many").is_err());
+        assert!(patch_from_query("colour=blue").is_err());
+        assert!(patch_from_query("env=NOEQUALS").is_err());
+        assert!(patch_from_query("env=QUERY_STRING=x").is_err());
+        assert!(patch_from_query("memory=8GiB").is_err());
     }
 }

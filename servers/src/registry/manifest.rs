@@ -7,6 +7,7 @@ use frenezulo_core::{RouteError, ServiceRoute};
 use serde::{Deserialize, Serialize};
 
 use crate::guest::GuestConfig;
+use crate::settings::ServiceSettings;
 use crate::spec::{LimitsConfig, Origin};
 
 /// Format version written into every manifest.
@@ -98,19 +99,44 @@ impl Entry {
         }
     }
 
-    /// The route, entrypoint, argv template and outbound grant stored (the API sets no
-    /// volumes); refused if the stored route is not one (written by hand, or by another
-    /// node's newer version).
-    pub fn guest(&self) -> Result<GuestConfig, RouteError> {
-        Ok(GuestConfig {
+    /// The settings stored; refused if the stored route is not one (written by hand, or
+    /// by another node's newer version).
+    pub fn settings(&self) -> Result<ServiceSettings, RouteError> {
+        Ok(ServiceSettings {
             route: self.route.as_deref().map(ServiceRoute::parse).transpose()?,
-            default_host: None,
+            limits: self.limits.clone(),
+            env: self.env.clone(),
             entrypoint: self.entrypoint.clone(),
             argv: self.argv.clone(),
-            volumes: BTreeMap::new(),
             allowed_hosts: self.allowed_hosts.clone(),
             http_max_concurrency: self.http_max_concurrency,
         })
+    }
+
+    /// Stores `settings` in place of those the entry has.
+    pub fn set_settings(&mut self, settings: ServiceSettings) {
+        let ServiceSettings {
+            route,
+            limits,
+            env,
+            entrypoint,
+            argv,
+            allowed_hosts,
+            http_max_concurrency,
+        } = settings;
+        self.route = route.map(|r| r.to_string());
+        self.limits = limits;
+        self.env = env;
+        self.entrypoint = entrypoint;
+        self.argv = argv;
+        self.allowed_hosts = allowed_hosts;
+        self.http_max_concurrency = http_max_concurrency;
+    }
+
+    /// The route, entrypoint, argv template and outbound grant stored (the API sets no
+    /// volumes); refused as [`Entry::settings`] is.
+    pub fn guest(&self) -> Result<GuestConfig, RouteError> {
+        Ok(self.settings()?.guest())
     }
 }
 

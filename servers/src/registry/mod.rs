@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use frenezulo_core::control::Known;
+use frenezulo_core::control::catalog::{Catalog, Placement, Refusal, SharedRoute};
 use frenezulo_core::subroute::SubRoutes;
 use frenezulo_core::{
     ModuleKey, RegistryChange, RouteError, ServiceLimits, ServiceName, ServiceRoute,
@@ -26,6 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::guest::{GuestConfig, HostCeiling};
 use crate::mailbox::Mailbox;
+use crate::settings::{SettingsError, SettingsPatch};
 use crate::spec::{EnvValues, LimitError, LimitsConfig};
 
 pub mod manifest;
@@ -105,52 +107,33 @@ pub struct Static {
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum ChangeError {
-    /// The service is defined by the config file or the command line.
-    #[error(
-        "service `{name}` is defined by the {origin}; change it there and restart frenezulo",
-        origin = origin_text(*.origin)
-    )]
-    NotApiDefined {
-        /// The service.
-        name: ServiceName,
-        /// Who defined it.
-        origin: Origin,
-    },
-    /// No such service.
-    #[error("no service named `{0}`")]
-    NotFound(ServiceName),
+    /// Refused by the rules on names and routes (who owns them).
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     /// The module does not export what the service's entrypoint or sub-routes name.
     #[error("{0}")]
     Entrypoint(String),
     /// The stored route is not a route.
     #[error("route: {0}")]
     Route(#[from] RouteError),
-    /// Another service's route has the same base.
-    #[error(
-        "route `{route}` is taken: service `{by}` owns `{theirs}`; give each service a path of its own"
-    )]
-    RouteTaken {
-        /// The route asked for.
-        route: String,
-        /// The service that has it.
-        by: ServiceName,
-        /// Its route.
-        theirs: String,
-    },
     /// A limit is out of its range (see [`crate::spec::ceiling`]).
     #[error("limits: {0}")]
     Limits(#[from] LimitError),
+    /// The environment, entrypoint, argv template or outbound grant cannot be used.
+    #[error(transparent)]
+    Settings(SettingsError),
     /// The store failed; nothing changed.
     #[error("the registry could not be saved: {0}")]
     Store(#[from] StoreError),
 }
 
-fn origin_text(origin: Origin) -> &'static str {
-    match origin {
-        Origin::Config => "config file",
-        Origin::Cli => "command line (--service)",
-        Origin::BuiltIn => "built-in example",
-        _ => "management API",
+impl From<SettingsError> for ChangeError {
+    fn from(e: SettingsError) -> Self {
+        match e {
+            SettingsError::Limits(e) => ChangeError::Limits(e),
+            SettingsError::Route(e) => ChangeError::Route(e),
+            other => ChangeError::Settings(other),
+        }
     }
 }
 
@@ -187,6 +170,20 @@ pub struct Registry {
     /// Whether the API's grants may reach public addresses only (the operator set no
     /// `outbound_allowed_hosts`).
     outbound_public_only: bool,
+    /// Who owns which name and route, and which stored services are served.
+    catalog: Catalog,
+}
+
+/// Why the registry could not open.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// The store could not be read.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// Two of the node's own services share a route.
+    #[error(transparent)]
+    SharedRoute(#[from] SharedRoute),
 }
 
 impl Registry {
@@ -200,8 +197,13 @@ impl Registry {
         base_limits: ServiceLimits,
         env: EnvValues,
         workers: usize,
-    ) -> Result<Self, StoreError> {
+    ) -> Result<Self, OpenError> {
         let manifest = store.load()?;
+        let catalog = Catalog::new(
+            statics
+                .iter()
+                .map(|s| (s.service.name.clone(), s.service.origin, s.service.route())),
+        )?;
         let mut this = Self {
             store,
             manifest,
@@ -213,6 +215,7 @@ impl Registry {
             workers,
             threads: Vec::new(),
             outbound_public_only: true,
+            catalog,
         };
         for mut s in statics {
             s.service.version = this.next_version();
@@ -225,23 +228,16 @@ impl Registry {
         for (name, entry) in entries {
             match this.load_entry(&name, &entry) {
                 Ok(service) => {
-                    if let Some(s) = this.statics.get(&service.name)
-                        && s.service.origin != Origin::BuiltIn
-                    {
-                        warn!(
-                            service = name,
-                            origin = s.service.origin.name(),
-                            "the API's service of this name is hidden by the one the {} defines",
-                            origin_text(s.service.origin)
-                        );
-                        continue;
+                    if this.place(&service) {
+                        this.services.insert(service.name.clone(), service);
                     }
-                    if this.hidden_by_static_route(&service) {
-                        continue;
-                    }
-                    this.services.insert(service.name.clone(), service);
                 }
-                Err(e) => error!(service = name, error = %e, "stored service not served"),
+                Err(e) => {
+                    error!(service = name, error = %e, "stored service not served");
+                    if let Ok(name) = ServiceName::new(&name) {
+                        this.catalog.kept(&name);
+                    }
+                }
             }
         }
         this.collect_garbage();
@@ -404,12 +400,31 @@ impl Registry {
 
     /// Refuses a change to a service the API does not own.
     pub fn check_api_owned(&self, name: &ServiceName) -> Result<(), ChangeError> {
-        match self.services.get(name) {
-            Some(s) if !s.origin.api_may_change() => Err(ChangeError::NotApiDefined {
-                name: name.clone(),
-                origin: s.origin,
-            }),
-            _ => Ok(()),
+        Ok(self.catalog.may_change(name)?)
+    }
+
+    /// Records the API's stored `service` in the catalog and says whether it is served
+    /// here; logs why not.
+    fn place(&mut self, service: &Service) -> bool {
+        let (name, route) = (&service.name, service.route());
+        match self.catalog.stored(name, &route) {
+            Placement::Served { beside } => {
+                if let Some(other) = beside {
+                    // Two nodes added these at once; every node serves the same one of the
+                    // two where their paths meet until one is changed.
+                    warn!(service = %name, %other, %route, "two services share a route");
+                }
+                true
+            }
+            Placement::HiddenByName { origin } => {
+                warn!(service = %name, origin = origin.name(), "the API's service of this name is hidden by the one the {} defines", origin.place());
+                false
+            }
+            Placement::HiddenByRoute { owner, origin } => {
+                warn!(service = %name, %route, %owner, "the API's service is hidden: its route is one this node's {} gives another service", origin.place());
+                false
+            }
+            _ => false,
         }
     }
 
@@ -427,73 +442,55 @@ impl Registry {
         env: Option<EnvValues>,
         guest: GuestConfig,
     ) -> Result<bool, ChangeError> {
-        let entry = self.entry_for_put(name, &module, limits, env, guest)?;
+        let patch = SettingsPatch {
+            route: guest.route,
+            limits,
+            env,
+            entrypoint: guest.entrypoint,
+            argv: guest.argv,
+            allowed_hosts: (!guest.allowed_hosts.is_empty()).then_some(guest.allowed_hosts),
+            http_max_concurrency: guest.http_max_concurrency,
+        };
+        let entry = self.entry_for_put(name, &module, &patch)?;
         self.install(name, entry, module)
     }
 
-    /// The entry [`Registry::put`] would store, checked, without storing it.
+    /// The entry [`Registry::put`] would store, checked, without storing it: `patch` over
+    /// the service's stored settings, if it has any.
     pub fn entry_for_put(
         &self,
         name: &ServiceName,
         module: &NewModule,
-        limits: Option<LimitsConfig>,
-        env: Option<EnvValues>,
-        guest: GuestConfig,
+        patch: &SettingsPatch,
     ) -> Result<Entry, ChangeError> {
         self.check_api_owned(name)?;
         let old = self.manifest.services.get(name.as_str());
-        let old_guest = old.map(Entry::guest).transpose()?.unwrap_or_default();
-        let guest = GuestConfig {
-            route: guest.route.or(old_guest.route),
-            default_host: None,
-            entrypoint: guest.entrypoint.or(old_guest.entrypoint),
-            argv: guest.argv.or(old_guest.argv),
-            volumes: Default::default(),
-            allowed_hosts: if guest.allowed_hosts.is_empty() {
-                old_guest.allowed_hosts
-            } else {
-                guest.allowed_hosts
-            },
-            http_max_concurrency: guest
-                .http_max_concurrency
-                .or(old_guest.http_max_concurrency),
-        };
-        let route = guest
+        let old = old.map(Entry::settings).transpose()?.unwrap_or_default();
+        let settings = patch.over(&old);
+        let route = settings
             .route
             .clone()
             .unwrap_or_else(|| ServiceRoute::of_name(name));
-        if let Some(other) = self.route_owner(name, &route) {
-            return Err(ChangeError::RouteTaken {
-                route: route.to_string(),
-                by: other.name.clone(),
-                theirs: other.route().to_string(),
-            });
-        }
-        let setup = guest.setup(Vec::new(), module.routes.clone(), Grants::default());
+        self.catalog.may_take(name, &route)?;
+        let setup = settings
+            .guest()
+            .setup(Vec::new(), module.routes.clone(), Grants::default());
         frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
             .map_err(ChangeError::Entrypoint)?;
-        let limits = match (limits, old) {
-            (Some(given), Some(old)) => given.over(&old.limits),
-            (given, old) => given
-                .or_else(|| old.map(|o| o.limits.clone()))
-                .unwrap_or_default(),
-        };
-        // Keys kept from an old entry are checked too (it may predate the ceilings).
-        limits.check()?;
-        Ok(Entry {
+        // What is kept from an old entry is checked too (it may predate the ceilings).
+        settings.check()?;
+        let mut entry = Entry {
             digest: module.digest.to_string(),
             size: module.wasm.len(),
             source: module.source.clone(),
             origin: Origin::Api,
-            limits,
-            env: env
-                .or_else(|| old.map(|o| o.env.clone()))
-                .unwrap_or_default(),
-            route: guest.route.map(|r| r.to_string()),
-            entrypoint: guest.entrypoint,
-            argv: guest.argv,
-            allowed_hosts: guest.allowed_hosts,
-            http_max_concurrency: guest.http_max_concurrency,
+            limits: LimitsConfig::default(),
+            env: EnvValues::new(),
+            route: None,
+            entrypoint: None,
+            argv: None,
+            allowed_hosts: Vec::new(),
+            http_max_concurrency: None,
             routes: module
                 .routes
                 .routes()
@@ -502,7 +499,9 @@ impl Registry {
                 .collect(),
             revision: None,
             updated_unix: unix_now(),
-        })
+        };
+        entry.set_settings(settings);
+        Ok(entry)
     }
 
     /// Stores `entry` for `name` with its module (module first, then the manifest) and
@@ -524,9 +523,6 @@ impl Registry {
         if let Some(old) = &old {
             self.forget_module(&old.digest);
         }
-        if self.hidden_by_static(name) {
-            return Ok(false);
-        }
         let service = Service {
             name: name.clone(),
             origin: Origin::Api,
@@ -544,51 +540,19 @@ impl Registry {
             revision: entry.revision,
             updated_unix: entry.updated_unix,
         };
-        if self.hidden_by_static_route(&service) {
-            self.withdraw(name);
+        if !self.place(&service) {
+            // Hidden by a name of the node's own files: their service is the one served.
+            if self
+                .services
+                .get(name)
+                .is_some_and(|s| s.origin == Origin::Api)
+            {
+                self.withdraw(name);
+            }
             return Ok(false);
-        }
-        if let Some(other) = self.route_owner(name, &service.route()) {
-            // Two nodes added these at once; every node serves the same one of the two
-            // where their paths meet (the first by name) until one is changed.
-            warn!(service = %name, other = %other.name, route = %service.route(), "two services share a route");
         }
         self.publish_put(&service, Some(module.compiled));
         Ok(self.services.insert(name.clone(), service).is_none())
-    }
-
-    /// The service other than `name` whose route has the same base as `route`.
-    pub fn route_owner(&self, name: &ServiceName, route: &ServiceRoute) -> Option<&Service> {
-        self.services
-            .values()
-            .find(|s| s.name != *name && s.route().base() == route.base())
-    }
-
-    /// Whether a service of the config file or command line owns the route of the API's
-    /// `service` (logged if so): the node's own files win, as they do for a name.
-    fn hidden_by_static_route(&self, service: &Service) -> bool {
-        let route = service.route();
-        let owner = self.statics.values().find(|s| {
-            s.service.origin != Origin::BuiltIn
-                && s.service.name != service.name
-                && s.service.route().base() == route.base()
-        });
-        if let Some(owner) = owner {
-            warn!(service = %service.name, route = %route, owner = %owner.service.name, "the API's service is hidden: its route is one this node's {} gives another service", origin_text(owner.service.origin));
-        }
-        owner.is_some()
-    }
-
-    /// Whether a service of the config file or command line hides the API's of this name.
-    fn hidden_by_static(&self, name: &ServiceName) -> bool {
-        let hidden = self
-            .statics
-            .get(name)
-            .is_some_and(|s| s.service.origin != Origin::BuiltIn);
-        if hidden {
-            warn!(service = %name, "the shared registry's service of this name is hidden by this node's own");
-        }
-        hidden
     }
 
     /// The API's stored entry for `name`.
@@ -623,7 +587,12 @@ impl Registry {
         env: Option<EnvValues>,
         compiled: Option<Arc<dyn CompiledModule>>,
     ) -> Result<(), ChangeError> {
-        let entry = self.entry_for_configure(name, limits, env)?;
+        let patch = SettingsPatch {
+            limits,
+            env,
+            ..SettingsPatch::default()
+        };
+        let entry = self.entry_for_configure(name, &patch)?;
         self.install_configured(name, entry, compiled)
     }
 
@@ -631,20 +600,15 @@ impl Registry {
     pub fn entry_for_configure(
         &self,
         name: &ServiceName,
-        limits: Option<LimitsConfig>,
-        env: Option<EnvValues>,
+        patch: &SettingsPatch,
     ) -> Result<Entry, ChangeError> {
         self.check_api_owned(name)?;
         let Some(mut entry) = self.manifest.services.get(name.as_str()).cloned() else {
-            return Err(ChangeError::NotFound(name.clone()));
+            return Err(Refusal::NotFound(name.clone()).into());
         };
-        if let Some(limits) = limits {
-            entry.limits = limits.over(&entry.limits);
-        }
-        entry.limits.check()?;
-        if let Some(env) = env {
-            entry.env = env;
-        }
+        let settings = patch.over(&entry.settings()?);
+        settings.limits.check()?;
+        entry.set_settings(settings);
         entry.updated_unix = unix_now();
         Ok(entry)
     }
@@ -661,7 +625,7 @@ impl Registry {
         let version = self.next_version();
         let base = self.base_limits;
         let Some(service) = self.services.get_mut(name) else {
-            return Err(ChangeError::NotFound(name.clone()));
+            return Err(Refusal::NotFound(name.clone()).into());
         };
         service.limits = entry.limits.apply(base);
         service.limits_set = entry.limits;
@@ -684,24 +648,19 @@ impl Registry {
 
     /// Checks that the API may remove `name` and that it exists.
     pub fn check_remove(&self, name: &ServiceName) -> Result<(), ChangeError> {
-        self.check_api_owned(name)?;
-        if !self.manifest.services.contains_key(name.as_str()) {
-            return Err(ChangeError::NotFound(name.clone()));
-        }
-        Ok(())
+        Ok(self.catalog.may_remove(name)?)
     }
 
     /// Drops the API's entry for `name` from the store and from every thread.
     pub fn uninstall(&mut self, name: &ServiceName) -> Result<(), ChangeError> {
         let Some(old) = self.manifest.services.get(name.as_str()).cloned() else {
-            return Err(ChangeError::NotFound(name.clone()));
+            return Err(Refusal::NotFound(name.clone()).into());
         };
         self.commit(name, None)?;
         self.forget_module(&old.digest);
-        if self.hidden_by_static(name) {
-            return Ok(());
+        if self.catalog.removed(name) {
+            self.withdraw(name);
         }
-        self.withdraw(name);
         Ok(())
     }
 
@@ -958,18 +917,18 @@ mod tests {
             .unwrap();
         assert!(matches!(
             r.put(&fixed, module(b"x"), None, None, GuestConfig::default()),
-            Err(ChangeError::NotApiDefined {
+            Err(ChangeError::Refused(Refusal::NotApiDefined {
                 origin: Origin::Config,
                 ..
-            })
+            }))
         ));
         assert!(matches!(
             r.remove(&fixed),
-            Err(ChangeError::NotApiDefined { .. })
+            Err(ChangeError::Refused(Refusal::NotApiDefined { .. }))
         ));
         assert!(matches!(
             r.remove(&ServiceName::new("nope").unwrap()),
-            Err(ChangeError::NotFound(_))
+            Err(ChangeError::Refused(Refusal::NotFound(_)))
         ));
         let before: Vec<_> = r
             .services()
@@ -1102,7 +1061,9 @@ mod tests {
             (&other, "/hello", "hello"),
         ] {
             match r.put(name, module(b"o"), None, None, at(route)) {
-                Err(ChangeError::RouteTaken { by: b, .. }) => assert_eq!(b.as_str(), by, "{route}"),
+                Err(ChangeError::Refused(Refusal::RouteTaken { by: b, .. })) => {
+                    assert_eq!(b.as_str(), by, "{route}")
+                }
                 other => panic!("{route}: {:?}", other.map(|_| ())),
             }
         }

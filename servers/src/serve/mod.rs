@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::sync::mpsc::{Receiver, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
+use frenezulo_core::driver::{SliceOut, Slices};
 use frenezulo_core::{
     ConnId, Execution, GuestFailure, Input, JobId, MAX_UNSENT, ManagementCall, ModuleKey, Output,
     RegistryChange, Responded, Response, Server, ServerConfig,
@@ -213,12 +214,6 @@ struct Task {
     call: Option<crate::outbound::Pending>,
 }
 
-/// The slice the core handed out, not yet run.
-enum Pending {
-    Start(Box<Execution>),
-    Resume(JobId),
-}
-
 struct Loop {
     id: usize,
     poll: Poll,
@@ -251,7 +246,8 @@ struct Loop {
     /// Few entries, looked up per request: ordered by key, no hashing of the name.
     modules: BTreeMap<ModuleKey, Arc<dyn CompiledModule>>,
     tasks: HashMap<JobId, Task>,
-    pending: Option<Pending>,
+    /// The slice the core handed out and this turn's budget for running slices.
+    slices: Slices,
     /// A slice that yielded, not yet reported: the core is told only after the sockets
     /// were polled and read, so it picks the next slice knowing the requests that arrived
     /// while the guest ran (a short request then goes before the long guest's next slice).
@@ -266,10 +262,6 @@ struct Loop {
     #[cfg(debug_assertions)]
     monitor: frenezulo_core::contract::Monitor,
     metrics: ThreadMetrics,
-    /// This turn of the loop runs no more slices after this instant, or after one that
-    /// yielded: then the sockets are polled again.
-    turn_ends: Instant,
-    turn_yielded: bool,
     shutting_down: bool,
     date_second: u64,
     buf: Box<[u8]>,
@@ -310,7 +302,7 @@ impl Loop {
             io_timers: BTreeSet::new(),
             modules: BTreeMap::new(),
             tasks: HashMap::new(),
-            pending: None,
+            slices: Slices::new(TURN_BUDGET),
             yielded: None,
             last_ended: None,
             admin: setup.admin,
@@ -319,8 +311,6 @@ impl Loop {
             #[cfg(debug_assertions)]
             monitor: Default::default(),
             metrics: ThreadMetrics::default(),
-            turn_ends: Instant::now(),
-            turn_yielded: false,
             shutting_down: false,
             date_second: 0,
             buf: vec![0; READ_BUF].into_boxed_slice(),
@@ -350,8 +340,7 @@ impl Loop {
                 return;
             }
             self.refresh_date();
-            self.turn_ends = Instant::now() + TURN_BUDGET;
-            self.turn_yielded = false;
+            self.slices.begin_turn(Instant::now());
             // The inbox first, whatever woke the poll: a registry change published before a
             // client's connection arrived is in force for that connection's request.
             if !self.read_inbox() {
@@ -391,7 +380,7 @@ impl Loop {
             }
             // Everything this turn read is with the core now: it may pick the next slice.
             if let Some((job, ran)) = self.yielded.take() {
-                self.turn_yielded = false;
+                self.slices.reported();
                 self.handle(Input::Yielded { job, ran });
             }
             self.run_slices();
@@ -406,7 +395,7 @@ impl Loop {
 
     /// How long the next poll may block: not at all while a slice waits.
     fn poll_timeout(&self) -> Option<Duration> {
-        if self.pending.is_some() || self.yielded.is_some() || !self.read_again.is_empty() {
+        if self.slices.is_out() || self.yielded.is_some() || !self.read_again.is_empty() {
             return Some(Duration::ZERO);
         }
         // No wake-up just for the `Date` header: it is refreshed whenever the poll returns.
@@ -462,6 +451,9 @@ impl Loop {
         while let Some(output) = self.core.poll_output() {
             #[cfg(debug_assertions)]
             self.monitor.output(&output);
+            let Some(output) = self.slices.take(output) else {
+                continue;
+            };
             match output {
                 Output::Transmit { conn, head, body } => {
                     let Some(slot) = self.slot_of(conn) else {
@@ -504,17 +496,7 @@ impl Loop {
                         self.on_compiled(module, result);
                     }
                 }
-                Output::Execute(execution) => self.pending = Some(Pending::Start(execution)),
-                Output::Resume { job } => self.pending = Some(Pending::Resume(job)),
                 Output::Cancel { job } => {
-                    let pending = match &self.pending {
-                        Some(Pending::Start(e)) => Some(e.job),
-                        Some(Pending::Resume(j)) => Some(*j),
-                        None => None,
-                    };
-                    if pending == Some(job) {
-                        self.pending = None;
-                    }
                     if let Some(task) = self.tasks.remove(&job) {
                         debug!(service = %task.module.service, job = job.0, ms = task.started.elapsed().as_secs_f64() * 1e3, "task cancelled");
                         self.last_ended = Some((job, task.busy));
@@ -570,22 +552,21 @@ impl Loop {
     /// Runs the slices the core hands out, until none is left, or this turn had a slice
     /// that yielded or spent its budget; then the loop polls its sockets.
     fn run_slices(&mut self) {
-        while !self.turn_yielded && Instant::now() < self.turn_ends {
-            let Some(pending) = self.pending.take() else {
-                break;
-            };
-            self.turn_yielded = self.run_slice(pending);
+        while let Some(slice) = self.slices.next(Instant::now()) {
+            if self.run_slice(slice) {
+                self.slices.yielded();
+            }
         }
     }
 
     /// Runs one slice and reports it with the time it took; returns whether the guest
     /// yielded.
-    fn run_slice(&mut self, pending: Pending) -> bool {
+    fn run_slice(&mut self, slice: SliceOut) -> bool {
         // What the core charges the service: the instance start is its cost too.
         let slice_began = Instant::now();
         // A task is kept in `tasks` only between slices: nearly all finish in their first.
-        let (job, mut task) = match pending {
-            Pending::Start(execution) => {
+        let (job, mut task) = match slice {
+            SliceOut::Start(execution) => {
                 let Execution {
                     job,
                     module,
@@ -608,7 +589,7 @@ impl Loop {
                 };
                 (job, task)
             }
-            Pending::Resume(job) => match self.tasks.remove(&job) {
+            SliceOut::Resume(job) => match self.tasks.remove(&job) {
                 Some(task) => {
                     // A guest that yielded before is likely to run its whole slice: what
                     // is already answered goes out first, so clients need not wait for it.
