@@ -294,6 +294,7 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn name(s: &str) -> ServiceName {
         ServiceName::new(s).unwrap()
@@ -415,5 +416,58 @@ mod tests {
             ])
             .is_ok()
         );
+    }
+
+    proptest::proptest! {
+        /// Whatever the API stores and removes, in any order: a stored service is served
+        /// exactly when the node's own files give neither its name nor its route's base to
+        /// a service of theirs (a model computed from scratch says so after every step);
+        /// the files' services are never the API's to change; and a route is refused to a
+        /// caller exactly when another served service has its base.
+        #[test]
+        fn served_is_what_the_files_leave_free(
+            ops in proptest::collection::vec((0usize..5, 0usize..5, proptest::bool::ANY), 1..40)
+        ) {
+            let names = ["shop", "tool", "hello", "a", "b"].map(name);
+            let routes = ["/shop", "/tools/x", "/hello", "/a", "/shop/..."].map(route);
+            let own = [
+                (names[0].clone(), Origin::Config, routes[0].clone()),
+                (names[1].clone(), Origin::Cli, routes[1].clone()),
+                (names[2].clone(), Origin::BuiltIn, routes[2].clone()),
+            ];
+            let mut c = Catalog::new(own.clone()).unwrap();
+            let mut stored: BTreeMap<ServiceName, ServiceRoute> = BTreeMap::new();
+            for (n, r, remove) in ops {
+                let n = &names[n];
+                if remove {
+                    if c.may_remove(n).is_ok() {
+                        c.removed(n);
+                        stored.remove(n);
+                    }
+                } else if c.may_change(n).is_ok() {
+                    c.stored(n, &routes[r]);
+                    stored.insert(n.clone(), routes[r].clone());
+                } else {
+                    proptest::prop_assert!(own.iter().any(|(o, origin, _)| o == n && *origin != Origin::BuiltIn));
+                }
+                let files = || own.iter().filter(|(_, o, _)| *o != Origin::BuiltIn);
+                let served: BTreeMap<&ServiceName, &ServiceRoute> = stored
+                    .iter()
+                    .filter(|(s, r)| !files().any(|(o, _, or)| o == *s || or.base() == r.base()))
+                    .collect();
+                for n in &names {
+                    proptest::prop_assert_eq!(c.is_served(n), served.contains_key(n), "{}", n);
+                    for r in &routes {
+                        let builtin_free = served.contains_key(&names[2]);
+                        let taken = files()
+                            .map(|(o, _, or)| (o, or))
+                            .chain((!builtin_free).then(|| (&own[2].0, &own[2].2)))
+                            .chain(served.iter().map(|(s, r)| (*s, *r)))
+                            .any(|(o, or)| o != n && or.base() == r.base());
+                        proptest::prop_assert_eq!(c.may_take(n, r).is_err(), taken, "{} {}", n, r);
+                    }
+                }
+            }
+        }
     }
 }

@@ -287,7 +287,10 @@ impl Admin {
                         self.within_ceiling(&entry).map_err(Refusal::Ceiling)?;
                         Box::new(entry)
                     }
-                    (None, Some(entry)) => entry,
+                    (None, Some(entry)) => {
+                        self.setup.registry.check_module(&entry, &module)?;
+                        entry
+                    }
                     (None, None) => unreachable!("a job is asked or shared"),
                 };
                 Ok(Ready::Module {
@@ -475,6 +478,7 @@ impl Admin {
                     .map_err(SettingsError::from)
                     .and_then(|settings| settings.check())
                     .map_err(|e| e.to_string())
+                    .and_then(|()| self.within_pool(&entry.limits))
                     .and_then(|()| self.within_ceiling(&entry));
                 if let Err(e) = checked {
                     error!(target: "cluster", service = %name, revision, error = %e, "shared entry refused; this node keeps the version it has");

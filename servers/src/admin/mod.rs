@@ -246,6 +246,18 @@ impl Admin {
         }
     }
 
+    /// Whether `limits` ask for no more memory than the engine's pool was sized for.
+    fn within_pool(&self, limits: &LimitsConfig) -> Result<(), String> {
+        let memory = limits.apply(self.setup.base_limits).memory_bytes;
+        if memory > self.setup.max_memory_bytes {
+            return Err(format!(
+                "memory limit {memory} bytes is above the {} this server was started for; raise [limits] memory in its config",
+                self.setup.max_memory_bytes
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether what `entry` grants is within the operator's ceiling, as it is now.
     fn within_ceiling(&self, entry: &Entry) -> Result<(), String> {
         let guest = entry.guest().map_err(|e| e.to_string())?;
@@ -427,16 +439,7 @@ impl Admin {
             ServiceName::new(prefix).map_err(|e| error(400, &format!("prefix `{prefix}`: {e}")))?;
         patch.check().map_err(|e| error(400, &e.to_string()))?;
         if let Some(limits) = &patch.limits {
-            let memory = limits.apply(self.setup.base_limits).memory_bytes;
-            if memory > self.setup.max_memory_bytes {
-                return Err(error(
-                    400,
-                    &format!(
-                        "memory limit {memory} bytes is above the {} this server was started for; raise [limits] memory in its config",
-                        self.setup.max_memory_bytes
-                    ),
-                ));
-            }
+            self.within_pool(limits).map_err(|e| error(400, &e))?;
         }
         if let Some(hosts) = &patch.allowed_hosts {
             self.setup
@@ -879,6 +882,52 @@ mod tests {
             admin.setup.registry.entry(&name).and_then(|e| e.revision),
             Some(2)
         );
+    }
+
+    #[test]
+    fn shared_entries_are_held_to_the_memory_pool_and_their_modules_exports() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut admin, events) = admin(tmp.path());
+        let wasm = wat::parse_file(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../examples/hello.wat"
+        ))
+        .unwrap();
+        let changed = |revision, entry: Entry| ClusterEvent::Changed {
+            name: "s".to_owned(),
+            revision,
+            entry: Box::new(entry),
+            wasm: Bytes::from(wasm.clone()),
+        };
+        // More memory than this node's engine pool holds (the test admin's is 1 GiB).
+        let big = LimitsConfig::from_pairs([("memory", "2GiB")]).unwrap();
+        admin.on_cluster(changed(
+            1,
+            Entry {
+                limits: big,
+                ..Entry::uploaded(&wasm)
+            },
+        ));
+        assert_eq!(admin.control.preparing(), 0, "refused before any work");
+        // An entrypoint the module does not export: refused once the module is prepared.
+        admin.on_cluster(changed(
+            2,
+            Entry {
+                entrypoint: Some("missing".to_owned()),
+                ..Entry::uploaded(&wasm)
+            },
+        ));
+        assert_eq!(admin.control.preparing(), 1);
+        let Event::Prepared(prepared) = events.recv().unwrap() else {
+            panic!("only preparations come back");
+        };
+        admin.on_prepared(*prepared);
+        let name = ServiceName::new("s").unwrap();
+        assert!(
+            admin.setup.registry.entry(&name).is_none(),
+            "not stored, not served"
+        );
+        assert_eq!(admin.control.preparing(), 0);
     }
 
     #[test]

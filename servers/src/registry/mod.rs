@@ -27,7 +27,7 @@ use tracing::{error, info, warn};
 
 use crate::guest::{GuestConfig, HostCeiling};
 use crate::mailbox::Mailbox;
-use crate::settings::{SettingsError, SettingsPatch};
+use crate::settings::{ServiceSettings, SettingsError, SettingsPatch};
 use crate::spec::{EnvValues, LimitError, LimitsConfig};
 
 pub mod manifest;
@@ -472,11 +472,7 @@ impl Registry {
             .clone()
             .unwrap_or_else(|| ServiceRoute::of_name(name));
         self.catalog.may_take(name, &route)?;
-        let setup = settings
-            .guest()
-            .setup(Vec::new(), module.routes.clone(), Grants::default());
-        frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
-            .map_err(ChangeError::Entrypoint)?;
+        check_entrypoints(&settings, module)?;
         // What is kept from an old entry is checked too (it may predate the ceilings).
         settings.check()?;
         let mut entry = Entry {
@@ -502,6 +498,12 @@ impl Registry {
         };
         entry.set_settings(settings);
         Ok(entry)
+    }
+
+    /// Checks that `module` exports what `entry` and the module's own sub-routes name (an
+    /// entry another node wrote is held to this as a caller's is).
+    pub fn check_module(&self, entry: &Entry, module: &NewModule) -> Result<(), ChangeError> {
+        check_entrypoints(&entry.settings()?, module)
     }
 
     /// Stores `entry` for `name` with its module (module first, then the manifest) and
@@ -763,6 +765,15 @@ impl Registry {
 
 /// The outbound counter of the service being replaced, so calls still in flight on the
 /// old version count against the new one's limit.
+/// Whether `module` exports the entrypoint `settings` name and its sub-routes' exports.
+fn check_entrypoints(settings: &ServiceSettings, module: &NewModule) -> Result<(), ChangeError> {
+    let setup = settings
+        .guest()
+        .setup(Vec::new(), module.routes.clone(), Grants::default());
+    frenezulo_engines::check_entrypoints(module.compiled.as_ref(), &setup)
+        .map_err(ChangeError::Entrypoint)
+}
+
 fn old_service_counter(
     services: &BTreeMap<ServiceName, Service>,
     name: &ServiceName,
