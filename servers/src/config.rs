@@ -515,7 +515,7 @@ fn file_service(
             settings
                 .check()
                 .map_err(|e| e.to_string())
-                .and_then(|()| guest.check())
+                .and_then(|()| guest.check().map_err(|e| e.to_string()))
                 .map_err(|e| anyhow::anyhow!("service `{name}`: {e}"))?;
             let ServiceSettings { limits, env, .. } = settings;
             (module, limits.apply(base_limits), env, guest)

@@ -56,55 +56,40 @@ pub const MAX_ALLOWED_HOSTS: usize = 64;
 impl GuestConfig {
     /// Checks the names, template and guest paths (not whether host directories exist:
     /// [`GuestConfig::open_volumes`] does).
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), GuestError> {
         if let Some(h) = &self.default_host
             && (h.is_empty() || h.len() > MAX_TEXT || !h.bytes().all(|b| b.is_ascii_graphic()))
         {
-            return Err(format!(
-                "default_host `{h}` must be a host name and optional port, no spaces"
-            ));
+            return Err(GuestError::DefaultHost(h.clone()));
         }
         if let Some(e) = &self.entrypoint
             && (e.is_empty() || e.len() > MAX_TEXT || e.contains(char::is_whitespace))
         {
-            return Err(format!(
-                "entrypoint `{e}` must be an export name: not empty, no spaces"
-            ));
+            return Err(GuestError::Entrypoint(e.clone()));
         }
         if let Some(a) = &self.argv
             && (a.len() > MAX_TEXT || a.contains('\0'))
         {
-            return Err(format!(
-                "argv template must be at most {MAX_TEXT} bytes without NUL"
-            ));
+            return Err(GuestError::Argv);
         }
         if self.volumes.len() > MAX_VOLUMES {
-            return Err(format!("at most {MAX_VOLUMES} volumes per service"));
+            return Err(GuestError::TooManyVolumes);
         }
         for guest in self.volumes.keys() {
             check_guest_path(guest)?;
         }
         if self.allowed_hosts.len() > MAX_ALLOWED_HOSTS {
-            return Err(format!("at most {MAX_ALLOWED_HOSTS} allowed_hosts"));
+            return Err(GuestError::TooManyHosts);
         }
         for host in &self.allowed_hosts {
             if host != ALLOW_ALL && frenezulo_engines::outbound::origin_of(host).is_none() {
-                return Err(format!(
-                    "allowed_hosts entry `{host}` is not an http:// or https:// URL (or `{ALLOW_ALL}`)"
-                ));
+                return Err(GuestError::Host(host.clone()));
             }
         }
-        if self.http_max_concurrency == Some(0) {
-            return Err("http_max_concurrency must be at least 1".to_owned());
+        match self.http_max_concurrency {
+            Some(n) if n == 0 || n > MAX_HTTP_CONCURRENCY => Err(GuestError::HttpConcurrency(n)),
+            _ => Ok(()),
         }
-        if let Some(n) = self.http_max_concurrency
-            && n > MAX_HTTP_CONCURRENCY
-        {
-            return Err(format!(
-                "http_max_concurrency is {n}; it must be at most {MAX_HTTP_CONCURRENCY}"
-            ));
-        }
-        Ok(())
     }
 
     /// Checks `allowed_hosts` against the operator's ceiling, for services the management
@@ -304,12 +289,8 @@ fn host_of(origin: &str) -> &str {
 
 /// A guest path must be absolute and plain: `/static`, `/data/templates`; not `/`, and no
 /// `.` or `..` components (WASI resolves paths below it, never above).
-fn check_guest_path(path: &str) -> Result<(), String> {
-    let bad = || {
-        Err(format!(
-            "volume guest path `{path}` must be absolute, not `/`, without `.` or `..`"
-        ))
-    };
+fn check_guest_path(path: &str) -> Result<(), GuestError> {
+    let bad = || Err(GuestError::GuestPath(path.to_owned()));
     let Some(rest) = path.strip_prefix('/') else {
         return bad();
     };
@@ -320,6 +301,38 @@ fn check_guest_path(path: &str) -> Result<(), String> {
         return bad();
     }
     Ok(())
+}
+
+/// Why a service's guest settings were refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum GuestError {
+    /// `default_host` is not a host name with an optional port.
+    #[error("default_host `{0}` must be a host name and optional port, no spaces")]
+    DefaultHost(String),
+    /// The entrypoint is not an export name.
+    #[error("entrypoint `{0}` must be an export name: not empty, no spaces")]
+    Entrypoint(String),
+    /// The argv template is too long or holds a NUL.
+    #[error("argv template must be at most {MAX_TEXT} bytes without NUL")]
+    Argv,
+    /// More volumes than a service may have.
+    #[error("at most {MAX_VOLUMES} volumes per service")]
+    TooManyVolumes,
+    /// A volume's guest path is not a plain absolute path.
+    #[error("volume guest path `{0}` must be absolute, not `/`, without `.` or `..`")]
+    GuestPath(String),
+    /// More `allowed_hosts` entries than a service may have.
+    #[error("at most {MAX_ALLOWED_HOSTS} allowed_hosts")]
+    TooManyHosts,
+    /// An `allowed_hosts` entry is not an http(s) origin.
+    #[error("allowed_hosts entry `{0}` is not an http:// or https:// URL (or `{ALLOW_ALL}`)")]
+    Host(String),
+    /// `http_max_concurrency` is out of its range.
+    #[error(
+        "http_max_concurrency is {0}; it must be at least 1 and at most {MAX_HTTP_CONCURRENCY}"
+    )]
+    HttpConcurrency(usize),
 }
 
 #[cfg(test)]
@@ -350,7 +363,7 @@ mod tests {
         g.volumes = (0..=MAX_VOLUMES)
             .map(|i| (format!("/v{i}"), PathBuf::from(".")))
             .collect();
-        assert!(g.check().unwrap_err().contains("at most"));
+        assert!(g.check().unwrap_err().to_string().contains("at most"));
     }
 
     #[test]
@@ -375,12 +388,17 @@ mod tests {
         g.allowed_hosts.push(ALLOW_ALL.into());
         assert_eq!(g.outbound(&counter, false).unwrap().allowed, None);
         g.allowed_hosts = vec!["api.example.com".into()];
-        assert!(g.check().unwrap_err().contains("api.example.com"));
+        assert!(
+            g.check()
+                .unwrap_err()
+                .to_string()
+                .contains("api.example.com")
+        );
         g.allowed_hosts = vec![ALLOW_ALL.into()];
         g.http_max_concurrency = Some(0);
         assert!(g.check().is_err());
         g.http_max_concurrency = Some(MAX_HTTP_CONCURRENCY + 1);
-        assert!(g.check().unwrap_err().contains("at most"));
+        assert!(g.check().unwrap_err().to_string().contains("at most"));
         g.http_max_concurrency = Some(MAX_HTTP_CONCURRENCY);
         assert!(g.check().is_ok());
     }

@@ -6,7 +6,7 @@
 use frenezulo_core::{RouteError, ServiceRoute};
 use thiserror::Error;
 
-use crate::guest::GuestConfig;
+use crate::guest::{GuestConfig, GuestError};
 use crate::spec::{EnvError, EnvValues, LimitError, LimitsConfig, check_env};
 
 /// What a service runs with, beside its module.
@@ -42,8 +42,8 @@ pub enum SettingsError {
     #[error("route: {0}")]
     Route(#[from] RouteError),
     /// The entrypoint, argv template or outbound grant cannot be used.
-    #[error("{0}")]
-    Guest(String),
+    #[error(transparent)]
+    Guest(#[from] GuestError),
 }
 
 impl ServiceSettings {
@@ -52,7 +52,7 @@ impl ServiceSettings {
     pub fn check(&self) -> Result<(), SettingsError> {
         self.limits.check()?;
         check_env(&self.env)?;
-        self.guest().check().map_err(SettingsError::Guest)
+        Ok(self.guest().check()?)
     }
 
     /// Its route, entrypoint, argv template and outbound grant, as the guest runs with

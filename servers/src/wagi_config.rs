@@ -131,7 +131,7 @@ fn service(
         allowed_hosts: entry.allowed_hosts.clone(),
         http_max_concurrency: entry.http_max_concurrency.map(|n| n as usize),
     };
-    guest.check()?;
+    guest.check().map_err(|e| e.to_string())?;
     check_env(&entry.environment).map_err(|e| e.to_string())?;
     Ok(ServiceSpec {
         name: name_for(&route, taken),
