@@ -67,7 +67,8 @@ impl wasmi::ResourceLimiter for MemoryLimiter {
 
 /// The wasmi engine.
 pub struct WasmiEngine {
-    engine: Wasmi,
+    /// What every module's own wasmi engine is made with.
+    wasmi_config: Config,
     config: EngineConfig,
 }
 
@@ -77,7 +78,7 @@ impl WasmiEngine {
         let mut wasmi_config = Config::default();
         wasmi_config.consume_fuel(true);
         Self {
-            engine: Wasmi::new(&wasmi_config),
+            wasmi_config,
             config: *config,
         }
     }
@@ -89,11 +90,21 @@ impl Engine for WasmiEngine {
     }
 
     fn compile(&self, wasm: &[u8]) -> Result<Arc<dyn CompiledModule>, CompileError> {
+        Ok(Arc::new(self.compile_module(wasm)?))
+    }
+}
+
+impl WasmiEngine {
+    fn compile_module(&self, wasm: &[u8]) -> Result<WasmiModule, CompileError> {
         crate::shape::check(wasm, &self.config)?;
+        // A wasmi engine keeps the code of every module it compiled until it is dropped
+        // itself (its code map only grows): one engine per module hands a module's code
+        // back when the module goes, so a server that evicts and compiles again does not
+        // grow without bound.
+        let engine = Wasmi::new(&self.wasmi_config);
         let module =
-            Module::new(&self.engine, wasm).map_err(|e| CompileError::Invalid(e.to_string()))?;
-        let mut linker =
-            wasi_linker(&self.engine).map_err(|e| CompileError::Engine(e.to_string()))?;
+            Module::new(&engine, wasm).map_err(|e| CompileError::Invalid(e.to_string()))?;
+        let mut linker = wasi_linker(&engine).map_err(|e| CompileError::Engine(e.to_string()))?;
         // `shape::check` accepted the imports and exports; what is left is linking the
         // unimplemented WASI functions to their errno stubs.
         for import in module.imports().filter(|i| i.module() == wasi::MODULE) {
@@ -123,12 +134,12 @@ impl Engine for WasmiEngine {
                 _ => None,
             })
             .collect();
-        Ok(Arc::new(WasmiModule {
-            engine: self.engine.clone(),
+        Ok(WasmiModule {
+            engine,
             module,
             linker,
             entrypoints,
-        }))
+        })
     }
 }
 
@@ -376,6 +387,27 @@ fn classify(e: &wasmi::Error, instantiating: bool) -> Ending {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// A module's compiled code goes with the module: wasmi keeps code until its engine is
+    /// dropped, so each module has its own (one shared engine grew with every compile).
+    #[test]
+    fn a_modules_code_goes_with_the_module() {
+        let engine = WasmiEngine::new(&EngineConfig::default());
+        let wasm =
+            wat::parse_str(r#"(module (func (export "_start")) (memory (export "memory") 1))"#)
+                .unwrap();
+        let a = engine.compile_module(&wasm).unwrap();
+        let b = engine.compile_module(&wasm).unwrap();
+        assert!(!Wasmi::same(&a.engine, &b.engine));
+        let code = a.engine.weak();
+        drop(a);
+        assert!(
+            code.upgrade().is_none(),
+            "the engine and its code map are gone"
+        );
+    }
+
     /// wasmi 2.0.0 fuses `i32.eqz` into the `select` after it and then ignores the
     /// condition: `select(a, b, i32.eqz c)` gives `a` whatever `c` is. The differential fuzz
     /// target found it, and skips such modules (`selects_on_eqz` in

@@ -27,6 +27,7 @@ mod fds;
 mod guest;
 mod logbuf;
 mod mailbox;
+mod memory;
 mod metrics;
 mod outbound;
 mod registry;

@@ -505,6 +505,9 @@ impl Loop {
                 Output::Evict { module } => {
                     if self.modules.remove(&module).is_some() {
                         info!(service = %module.service, version = module.version, thread = self.id, "evicted");
+                        if self.modules.is_empty() {
+                            crate::memory::give_back();
+                        }
                     }
                 }
                 Output::Manage(call) => {
