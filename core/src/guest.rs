@@ -155,6 +155,10 @@ pub enum GuestFailure {
     /// The guest's stdout is not a valid CGI response.
     #[error("guest output is not a valid CGI response: {0}")]
     BadOutput(String),
+    /// The guest's wasi:http response is unusable: none was set, its body was not
+    /// finished, or the guest set an error.
+    #[error("guest response unusable: {0}")]
+    BadResponse(String),
     /// The module could not be instantiated.
     #[error("guest could not be instantiated: {0}")]
     Instantiate(String),
@@ -165,7 +169,9 @@ impl GuestFailure {
     pub fn status(&self) -> u16 {
         match self {
             GuestFailure::Timeout => 504,
-            GuestFailure::OutputTooLarge | GuestFailure::BadOutput(_) => 502,
+            GuestFailure::OutputTooLarge
+            | GuestFailure::BadOutput(_)
+            | GuestFailure::BadResponse(_) => 502,
             GuestFailure::Trap(_)
             | GuestFailure::OutOfMemory
             | GuestFailure::Exit(_)

@@ -1,6 +1,7 @@
 //! Instantiate + run + drop of a guest, per engine: the per-request cost of frenezulo.
 //!
-//! `cargo bench -p frenezulo-engines` (add `-- hello` or `-- rust` to pick a group).
+//! `cargo bench -p frenezulo-engines` (add `-- hello`, `-- rust` or `-- component` to pick
+//! a group).
 
 // criterion_group! defines an undocumented public function.
 #![allow(missing_docs)]
@@ -48,6 +49,34 @@ fn bench(c: &mut Criterion) {
                     let deadline = Instant::now() + Duration::from_secs(10);
                     let out = run_to_completion(compiled.as_ref(), &request, &limits, deadline);
                     assert!(out.result.is_ok());
+                    out
+                })
+            });
+        }
+        g.finish();
+    }
+    // A wasi:http component (wasmtime only) against the WAGI hello on the same engine: what
+    // the component model and the reference wasi:http host cost per request.
+    #[cfg(feature = "wasmtime")]
+    {
+        let engine = frenezulo_engines::create(EngineKind::Wasmtime, &config).unwrap();
+        let mut g = c.benchmark_group("component");
+        for (name, path) in [
+            ("wagi-hello", "examples/hello.wat"),
+            ("wagi-rust-hello", "examples/rust-hello.wasm"),
+            ("wasi-http-rust-hello", "examples/components/rust-hello.wasm"),
+            ("wasi-http-spin-hello", "examples/components/spin-hello.wasm"),
+        ] {
+            let compiled = engine.compile(&guest(path)).unwrap();
+            g.bench_function(name, |b| {
+                b.iter(|| {
+                    let limits = RunLimits {
+                        memory_bytes: 64 << 20,
+                        stdout_bytes: 1 << 20,
+                    };
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    let out = run_to_completion(compiled.as_ref(), &request, &limits, deadline);
+                    assert!(out.result.is_ok(), "{:?}", out.result);
                     out
                 })
             });

@@ -29,6 +29,8 @@ use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, RunLimits};
 use thiserror::Error;
 
 mod abi;
+#[cfg(feature = "wasmtime")]
+pub mod component;
 mod file_table;
 mod grants;
 mod host;
@@ -105,11 +107,72 @@ pub trait CompiledModule: Send + Sync {
     /// The exported functions that take and return nothing: what an entrypoint or a
     /// sub-route may name.
     fn entrypoints(&self) -> &[String];
+
+    /// How the guest speaks HTTP.
+    fn kind(&self) -> ModuleKind {
+        ModuleKind::Wagi
+    }
+}
+
+/// How a guest speaks HTTP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ModuleKind {
+    /// A WASI preview-1 module that answers in CGI (WAGI): both engines.
+    Wagi,
+    /// A component exporting `wasi:http/incoming-handler` (WASI 0.2): wasmtime only.
+    HttpComponent,
+}
+
+impl ModuleKind {
+    /// What `wasm` holds, read from its header; says nothing of whether it is valid.
+    pub fn of(wasm: &[u8]) -> ModuleKind {
+        if is_component(wasm) {
+            ModuleKind::HttpComponent
+        } else {
+            ModuleKind::Wagi
+        }
+    }
+
+    /// The name the management API shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            ModuleKind::Wagi => "wagi",
+            ModuleKind::HttpComponent => "wasi-http",
+        }
+    }
+}
+
+impl fmt::Display for ModuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Whether `wasm` is a component (the component model's binary) rather than a core module;
+/// says nothing of whether it is valid.
+pub fn is_component(wasm: &[u8]) -> bool {
+    wasmparser::Parser::is_component(wasm)
 }
 
 /// Checks that every export `setup` names (its entrypoint and its sub-routes') is one
 /// `module` can run.
 pub fn check_entrypoints(module: &dyn CompiledModule, setup: &GuestSetup) -> Result<(), String> {
+    if module.kind() == ModuleKind::HttpComponent {
+        // A component answers through its handler export, for every path it owns.
+        if &*setup.entrypoint != frenezulo_core::DEFAULT_ENTRYPOINT {
+            return Err(format!(
+                "a wasi:http component has no entrypoints (`{}` was set); it answers through `wasi:http/incoming-handler`",
+                setup.entrypoint
+            ));
+        }
+        if !setup.routes.routes().is_empty() {
+            return Err(
+                "a wasi:http component takes no sub-routes; it routes its own paths".to_owned(),
+            );
+        }
+        return Ok(());
+    }
     let names = std::iter::once(&setup.entrypoint)
         .chain(setup.routes.routes().iter().map(|r| &r.entrypoint));
     for name in names {
@@ -361,6 +424,17 @@ pub enum CompileError {
     /// The module does not export its linear memory as `memory`.
     #[error("module does not export its linear memory as `memory`")]
     MissingMemory,
+    /// A component was given to an engine that runs only core modules.
+    #[error(
+        "this is a WebAssembly component (wasi:http); components need the wasmtime engine, and this server runs {0}"
+    )]
+    ComponentNeedsWasmtime(EngineKind),
+    /// A component imports something the host does not provide, or with another type.
+    #[error("component not linkable: {0}")]
+    ComponentImport(String),
+    /// A component that does not export `wasi:http/incoming-handler`.
+    #[error("component does not export `wasi:http/incoming-handler@0.2.x`: {0}")]
+    NotAHandler(String),
     /// The engine failed for another reason.
     #[error("engine error: {0}")]
     Engine(String),

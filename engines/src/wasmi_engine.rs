@@ -96,6 +96,9 @@ impl Engine for WasmiEngine {
 
 impl WasmiEngine {
     fn compile_module(&self, wasm: &[u8]) -> Result<WasmiModule, CompileError> {
+        if crate::is_component(wasm) {
+            return Err(CompileError::ComponentNeedsWasmtime(EngineKind::Wasmi));
+        }
         crate::shape::check(wasm, &self.config)?;
         // A wasmi engine keeps the code of every module it compiled until it is dropped
         // itself (its code map only grows): one engine per module hands a module's code

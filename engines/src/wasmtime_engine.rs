@@ -35,7 +35,10 @@ pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 /// (at most 1 ms, about 0.5 ms on average: a short slice is what lets a request of
 /// microseconds go between two slices of a guest that runs on, so that services share a
 /// thread by time; see `bench/load`'s fair-share section).
-const SLICE_TICKS: u64 = 1;
+pub(crate) const SLICE_TICKS: u64 = 1;
+
+/// Core instances a component may hold (and pool slots it takes for them).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
 
 /// Per-store state: the guest's I/O, its memory once known, its limits.
 struct Host {
@@ -69,6 +72,7 @@ impl wasmtime::ResourceLimiter for MemoryLimiter {
 pub struct WasmtimeEngine {
     engine: Wasmtime,
     linker: Linker<Host>,
+    components: wasmtime::component::Linker<crate::component::ComponentHost>,
     stop_ticker: Arc<AtomicBool>,
     config: EngineConfig,
 }
@@ -81,9 +85,15 @@ impl WasmtimeEngine {
             reason,
         };
         let mut pool = PoolingAllocationConfig::new();
-        pool.total_core_instances(config.max_instances)
-            .total_memories(config.max_instances)
-            .total_tables(config.max_instances)
+        // A component instance holds a few core instances (its code, and the adapter and
+        // shim modules toolchains add), each with tables; most have one memory.
+        pool.total_component_instances(config.max_instances)
+            .total_core_instances(config.max_instances * CORE_INSTANCES_PER_COMPONENT)
+            .total_memories(config.max_instances * 2)
+            .total_tables(config.max_instances * CORE_INSTANCES_PER_COMPONENT)
+            .max_core_instances_per_component(CORE_INSTANCES_PER_COMPONENT)
+            .max_memories_per_component(2)
+            .max_tables_per_component(CORE_INSTANCES_PER_COMPONENT)
             .max_memory_size(config.max_memory_bytes)
             // Keep up to 1 MiB of each slot mapped between instances and, where the kernel
             // has PAGEMAP_SCAN (Linux 6.7+), reset only the pages a guest dirtied. Measured
@@ -104,6 +114,7 @@ impl WasmtimeEngine {
             .async_stack_size(1 << 20);
         let engine = Wasmtime::new(&cfg).map_err(|e| setup(e.to_string()))?;
         let linker = wasi_linker(&engine).map_err(|e| setup(e.to_string()))?;
+        let components = crate::component::linker(&engine).map_err(|e| setup(format!("{e:#}")))?;
         let stop_ticker = Arc::new(AtomicBool::new(false));
         let ticker_engine = engine.clone();
         let stop = stop_ticker.clone();
@@ -119,6 +130,7 @@ impl WasmtimeEngine {
         Ok(Self {
             engine,
             linker,
+            components,
             stop_ticker,
             config: *config,
         })
@@ -252,6 +264,9 @@ impl Engine for WasmtimeEngine {
         &self,
         wasm: &[u8],
     ) -> Result<(Arc<dyn CompiledModule>, Option<Vec<u8>>), CompileError> {
+        if crate::is_component(wasm) {
+            return crate::component::compile(&self.engine, &self.components, wasm);
+        }
         crate::shape::check(wasm, &self.config)?;
         let module =
             Module::new(&self.engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
@@ -267,8 +282,15 @@ impl Engine for WasmtimeEngine {
         // SAFETY: the caller vouches that `artifact` is exactly what `compile_to_artifact`
         // serialized on an engine with this fingerprint; wasmtime checks the rest of its
         // header (version, settings) itself.
-        let module = unsafe { Module::deserialize(&self.engine, artifact) }
-            .map_err(|e| CompileError::Engine(format!("artifact refused: {e:#}")))?;
+        let refused = |e: wasmtime::Error| CompileError::Engine(format!("artifact refused: {e:#}"));
+        if let Some(wasmtime::Precompiled::Component) = Wasmtime::detect_precompiled(artifact) {
+            // SAFETY: as above.
+            let component =
+                unsafe { wasmtime::component::Component::deserialize(&self.engine, artifact) }
+                    .map_err(refused)?;
+            return crate::component::prepare(&self.engine, &self.components, &component);
+        }
+        let module = unsafe { Module::deserialize(&self.engine, artifact) }.map_err(refused)?;
         self.prepare(&module)
     }
 }
@@ -352,16 +374,21 @@ impl CompiledModule for WasmtimeModule {
             let host = store.into_data();
             wagi::finish(host.io, ending, host.limiter.refused)
         };
-        Box::new(WasmtimeTask {
-            run: Some(Box::pin(run)),
-            waiting: false,
-            result: None,
-        })
+        task(Box::pin(run))
     }
 
     fn entrypoints(&self) -> &[String] {
         &self.entrypoints
     }
+}
+
+/// A task that runs `run`, a slice per poll.
+pub(crate) fn task(run: Pin<Box<dyn Future<Output = RunOutput>>>) -> Box<dyn GuestTask> {
+    Box::new(WasmtimeTask {
+        run: Some(run),
+        waiting: false,
+        result: None,
+    })
 }
 
 /// The export a task runs.
@@ -450,7 +477,7 @@ async fn run(
     }
 }
 
-fn classify(e: wasmtime::Error) -> Ending {
+pub(crate) fn classify(e: wasmtime::Error) -> Ending {
     if let Some(stop) = e.downcast_ref::<HostStop>() {
         return Ending::Stopped(*stop);
     }

@@ -113,6 +113,9 @@ pub struct ServiceView {
     pub digest: String,
     /// Its module's size in bytes.
     pub size: usize,
+    /// How its guest speaks HTTP: `wagi` (a WASI preview-1 module answering in CGI) or
+    /// `wasi-http` (a `wasi:http/proxy` component), read from the binary.
+    pub kind: String,
     /// The version serving threads know it by.
     pub version: u64,
     /// Its revision in the shared registry, in a cluster.

@@ -627,6 +627,7 @@ fn service_view(
         source: s.source.clone(),
         digest: s.digest.to_string(),
         size: s.wasm.len(),
+        kind: frenezulo_engines::ModuleKind::of(&s.wasm).name().to_owned(),
         version: s.version,
         revision: s.revision,
         updated_unix: s.updated_unix,

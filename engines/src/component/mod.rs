@@ -1,0 +1,364 @@
+//! `wasi:http/proxy` components (WASI 0.2) on wasmtime: what `cargo build --target
+//! wasm32-wasip2`, Spin's SDKs, `componentize-py` and `jco` build.
+//!
+//! Each request gets a fresh instance from a `ProxyPre`, in the same pooled slots, under
+//! the same memory limiter and epoch time slices as a WAGI module's; the host side of WASI
+//! and wasi:http is the reference one (`wasmtime-wasi`, `wasmtime-wasi-http`). The guest's
+//! response is collected while it runs (so a guest that writes more than one channel's
+//! worth never waits on a reader) and answered once its body is finished: the response is
+//! buffered, up to the service's output cap, as a WAGI response is.
+//!
+//! The request reaches the guest with its full path; the prefix the service was matched on
+//! and the rest of the path are in the [`SCRIPT_NAME_HEADER`] and [`PATH_INFO_HEADER`]
+//! headers (a client's own values for those names are dropped).
+
+mod host;
+
+use std::future::Future;
+use std::pin::{Pin, pin};
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
+use http_body::Body as _;
+use http_body_util::BodyExt as _;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine as Wasmtime, Store};
+use wasmtime_wasi_http::WasiHttpView as _;
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
+use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
+use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
+
+pub(crate) use self::host::ComponentHost;
+use crate::wagi::RunOutput;
+use crate::{CompileError, CompiledModule, GuestTask, ModuleKind};
+
+/// The header that carries the path prefix the service was matched on (CGI's
+/// `SCRIPT_NAME`): `/shop` for a request to `/shop/cart`.
+pub const SCRIPT_NAME_HEADER: &str = "frenezulo-script-name";
+
+/// The header that carries the rest of the path after [`SCRIPT_NAME_HEADER`] (CGI's
+/// `PATH_INFO`, raw): `/cart` for a request to `/shop/cart`.
+pub const PATH_INFO_HEADER: &str = "frenezulo-path-info";
+
+/// A linker with WASI 0.2 and wasi:http; built once per engine. Sockets and files are
+/// linked but grant nothing: no preopened directory, no address allowed.
+pub(crate) fn linker(engine: &Wasmtime) -> wasmtime::Result<Linker<ComponentHost>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
+    Ok(linker)
+}
+
+/// A compiled component and its machine code, serialized for the artifact cache.
+type WithArtifact = (std::sync::Arc<dyn CompiledModule>, Option<Vec<u8>>);
+
+/// Compiles and links a component that exports `wasi:http/incoming-handler`.
+pub(crate) fn compile(
+    engine: &Wasmtime,
+    linker: &Linker<ComponentHost>,
+    wasm: &[u8],
+) -> Result<WithArtifact, CompileError> {
+    let component =
+        Component::new(engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+    let artifact = component.serialize().ok();
+    Ok((prepare(engine, linker, &component)?, artifact))
+}
+
+/// Links a compiled (or deserialized) component.
+pub(crate) fn prepare(
+    engine: &Wasmtime,
+    linker: &Linker<ComponentHost>,
+    component: &Component,
+) -> Result<std::sync::Arc<dyn CompiledModule>, CompileError> {
+    let pre = linker
+        .instantiate_pre(component)
+        .map_err(|e| CompileError::ComponentImport(format!("{e:#}")))?;
+    let pre = ProxyPre::new(pre).map_err(|e| CompileError::NotAHandler(format!("{e:#}")))?;
+    Ok(std::sync::Arc::new(HttpComponent {
+        engine: engine.clone(),
+        pre,
+    }))
+}
+
+struct HttpComponent {
+    engine: Wasmtime,
+    pre: ProxyPre<ComponentHost>,
+}
+
+impl CompiledModule for HttpComponent {
+    fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask> {
+        let mut store = Store::new(
+            &self.engine,
+            ComponentHost::new(request, limits.memory_bytes),
+        );
+        store.limiter(|h| &mut h.limiter);
+        store.set_epoch_deadline(crate::wasmtime_engine::SLICE_TICKS);
+        store.epoch_deadline_async_yield_and_update(crate::wasmtime_engine::SLICE_TICKS);
+        let http_request = to_http(request);
+        let pre = self.pre.clone();
+        let cap = limits.stdout_bytes;
+        let mut run = Box::pin(async move {
+            let result = match http_request {
+                Ok(http_request) => handle(&pre, &mut store, http_request, cap).await,
+                Err(why) => Err(GuestFailure::Instantiate(why)),
+            };
+            RunOutput {
+                result,
+                stderr: store.data().log.contents(),
+            }
+        });
+        // wasmtime-wasi's clocks and its spawned tasks want a tokio runtime; its own
+        // ambient one serves when the serving thread has none.
+        let run = std::future::poll_fn(move |cx| {
+            wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| run.as_mut().poll(cx))
+        });
+        crate::wasmtime_engine::task(Box::pin(run))
+    }
+
+    fn entrypoints(&self) -> &[String] {
+        &[]
+    }
+
+    fn kind(&self) -> ModuleKind {
+        ModuleKind::HttpComponent
+    }
+}
+
+/// The request as `http` types: the full URI (authority from `Host`, else the local
+/// address), headers but `Transfer-Encoding` (the body arrives whole), and the prefix
+/// headers.
+fn to_http(request: &GuestRequest) -> Result<http::Request<http_body_util::Full<Bytes>>, String> {
+    let req = &request.request;
+    let host = req
+        .header("host")
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .and_then(|v| v.parse::<http::uri::Authority>().ok())
+        .unwrap_or_else(|| {
+            request
+                .local
+                .to_string()
+                .parse()
+                .expect("a socket address is an authority")
+        });
+    let uri = http::Uri::builder()
+        .scheme("http")
+        .authority(host)
+        .path_and_query(req.target.as_str())
+        .build()
+        .map_err(|e| format!("request target `{}`: {e}", req.target))?;
+    let mut builder = http::Request::builder()
+        .method(req.method.as_str())
+        .uri(uri);
+    for http_header in &req.headers {
+        let (name, value) = (&http_header.name, &http_header.value);
+        if name.eq_ignore_ascii_case("transfer-encoding")
+            || name.eq_ignore_ascii_case(SCRIPT_NAME_HEADER)
+            || name.eq_ignore_ascii_case(PATH_INFO_HEADER)
+        {
+            continue;
+        }
+        builder = builder.header(name.as_str(), value.as_ref());
+    }
+    builder
+        .header(SCRIPT_NAME_HEADER, request.script_name.as_str())
+        .header(PATH_INFO_HEADER, request.path_info.as_str())
+        .body(http_body_util::Full::new(req.body.clone()))
+        .map_err(|e| format!("request not representable: {e}"))
+}
+
+/// Instantiates, calls `handle`, and collects the response it sets.
+async fn handle(
+    pre: &ProxyPre<ComponentHost>,
+    store: &mut Store<ComponentHost>,
+    request: http::Request<http_body_util::Full<Bytes>>,
+    cap: usize,
+) -> Result<Response, GuestFailure> {
+    let (sender, receiver) = tokio::sync::oneshot::channel();
+    let mut view = store.data_mut().http();
+    let made = view
+        .new_incoming_request(
+            Scheme::Http,
+            request.map(|b| b.map_err(|never| -> ErrorCode { match never {} })),
+        )
+        .and_then(|req| Ok((req, view.new_response_outparam(sender)?)));
+    let (req, out) = made.map_err(|e| GuestFailure::Instantiate(format!("{e:#}")))?;
+    let proxy = match pre.instantiate_async(&mut *store).await {
+        Ok(proxy) => proxy,
+        Err(e) => return Err(failure(e, store.data().limiter.refused)),
+    };
+    let mut response = Collect::new(receiver, cap);
+    let called = {
+        let mut call = pin!(
+            proxy
+                .wasi_http_incoming_handler()
+                .call_handle(&mut *store, req, out)
+        );
+        let mut called = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = call.as_mut().poll(cx) {
+                called = Some(result);
+            }
+            // Drained on every turn: a guest that writes more than the body channel holds
+            // waits for it.
+            match (response.poll(cx), &called) {
+                (Poll::Ready(()), _) | (Poll::Pending, Some(_)) => Poll::Ready(()),
+                (Poll::Pending, None) => Poll::Pending,
+            }
+        })
+        .await;
+        called
+    };
+    if let Some(Err(e)) = called {
+        let success = e
+            .downcast_ref::<wasmtime_wasi::I32Exit>()
+            .is_some_and(|exit| exit.0 == 0);
+        if !response.is_complete() && !success {
+            return Err(failure(e, store.data().limiter.refused));
+        }
+    }
+    // The guest returned: what it wrote is in the channel, and a body it never finished
+    // ends when its resources go. Nothing here can wait any more.
+    drop(std::mem::take(store.data_mut().http().table));
+    let _ = response.poll(&mut Context::from_waker(std::task::Waker::noop()));
+    response.finish()
+}
+
+fn failure(e: wasmtime::Error, memory_refused: bool) -> GuestFailure {
+    if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return GuestFailure::Exit(exit.0);
+    }
+    match crate::wasmtime_engine::classify(e) {
+        crate::wagi::Ending::Trapped(_) | crate::wagi::Ending::Instantiate(_) if memory_refused => {
+            GuestFailure::OutOfMemory
+        }
+        crate::wagi::Ending::Instantiate(why) => GuestFailure::Instantiate(why),
+        crate::wagi::Ending::Interrupted => GuestFailure::Timeout,
+        crate::wagi::Ending::Trapped(why) => GuestFailure::Trap(why),
+        other => GuestFailure::Trap(format!("{other:?}")),
+    }
+}
+
+/// The response a guest sets through `response-outparam`, read as it is written.
+struct Collect {
+    receiver: Option<
+        tokio::sync::oneshot::Receiver<Result<http::Response<HyperOutgoingBody>, ErrorCode>>,
+    >,
+    status: u16,
+    headers: Vec<(String, Bytes)>,
+    body: Option<HyperOutgoingBody>,
+    bytes: BytesMut,
+    cap: usize,
+    ended: Option<Result<(), GuestFailure>>,
+}
+
+impl Collect {
+    fn new(
+        receiver: tokio::sync::oneshot::Receiver<
+            Result<http::Response<HyperOutgoingBody>, ErrorCode>,
+        >,
+        cap: usize,
+    ) -> Self {
+        Self {
+            receiver: Some(receiver),
+            status: 0,
+            headers: Vec::new(),
+            body: None,
+            bytes: BytesMut::new(),
+            cap,
+            ended: None,
+        }
+    }
+
+    fn is_complete(&self) -> bool {
+        matches!(self.ended, Some(Ok(())))
+    }
+
+    /// Takes what is there; ready once the response is whole or cannot be.
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.ended.is_some() {
+            return Poll::Ready(());
+        }
+        if let Some(receiver) = self.receiver.as_mut() {
+            let set = match Pin::new(receiver).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(set) => set,
+            };
+            self.receiver = None;
+            match set {
+                Ok(Ok(response)) => {
+                    let (parts, body) = response.into_parts();
+                    self.status = parts.status.as_u16();
+                    self.headers = parts
+                        .headers
+                        .iter()
+                        .map(|(name, value)| {
+                            (
+                                name.as_str().to_owned(),
+                                Bytes::copy_from_slice(value.as_bytes()),
+                            )
+                        })
+                        .collect();
+                    self.body = Some(body);
+                }
+                Ok(Err(code)) => {
+                    return self.end(Err(GuestFailure::BadResponse(format!(
+                        "the component answered with an error: {code:?}"
+                    ))));
+                }
+                Err(_) => {
+                    return self.end(Err(GuestFailure::BadResponse(
+                        "the component returned without setting a response".to_owned(),
+                    )));
+                }
+            }
+        }
+        let Some(body) = self.body.as_mut() else {
+            return Poll::Pending;
+        };
+        loop {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return self.end(Ok(())),
+                Poll::Ready(Some(Err(e))) => {
+                    return self.end(Err(GuestFailure::BadResponse(format!(
+                        "the response body failed: {e:?}"
+                    ))));
+                }
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers have nowhere to go in an HTTP/1.1 response without chunks.
+                    let Ok(data) = frame.into_data() else {
+                        continue;
+                    };
+                    if self.bytes.len() + data.len() > self.cap {
+                        return self.end(Err(GuestFailure::OutputTooLarge));
+                    }
+                    self.bytes.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+
+    fn end(&mut self, result: Result<(), GuestFailure>) -> Poll<()> {
+        self.body = None;
+        self.ended = Some(result);
+        Poll::Ready(())
+    }
+
+    fn finish(self) -> Result<Response, GuestFailure> {
+        match self.ended {
+            Some(Ok(())) => Ok(Response {
+                status: self.status,
+                headers: self.headers,
+                body: self.bytes.freeze(),
+            }),
+            Some(Err(failure)) => Err(failure),
+            None if self.receiver.is_none() => Err(GuestFailure::BadResponse(
+                "the component returned without finishing its response body".to_owned(),
+            )),
+            None => Err(GuestFailure::BadResponse(
+                "the component returned without setting a response".to_owned(),
+            )),
+        }
+    }
+}

@@ -1,0 +1,314 @@
+//! wasi:http components: the committed fixtures (built by `examples/build-components.sh`
+//! with toolchains frenezulo did not write) answer on wasmtime, within the same limits as
+//! WAGI guests; the interpreter refuses them at compile time.
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+mod common;
+
+use common::{guest, request};
+use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
+use frenezulo_engines::{
+    CompileError, Engine, EngineConfig, EngineKind, ModuleKind, check_entrypoints, is_component,
+    run_to_completion,
+};
+
+const HELLO: &str = "examples/components/rust-hello.wasm";
+const ECHO: &str = "examples/components/rust-echo.wasm";
+const SPIN: &str = "examples/components/spin-hello.wasm";
+
+fn limits() -> RunLimits {
+    RunLimits {
+        memory_bytes: 16 << 20,
+        stdout_bytes: 1 << 20,
+    }
+}
+
+#[cfg(feature = "wasmtime")]
+mod wasmtime {
+    use super::*;
+
+    fn engine() -> Arc<dyn Engine> {
+        static ENGINE: OnceLock<Arc<dyn Engine>> = OnceLock::new();
+        ENGINE
+            .get_or_init(|| {
+                let config = EngineConfig {
+                    max_instances: 16,
+                    max_memory_bytes: 64 << 20,
+                };
+                frenezulo_engines::create(EngineKind::Wasmtime, &config).expect("engine")
+            })
+            .clone()
+    }
+
+    fn run_for(
+        path: &str,
+        req: &GuestRequest,
+        limits: RunLimits,
+        within: Duration,
+    ) -> frenezulo_engines::RunOutput {
+        let module = engine().compile(&guest(path)).expect("compiles");
+        assert_eq!(module.kind(), ModuleKind::HttpComponent);
+        run_to_completion(module.as_ref(), req, &limits, Instant::now() + within)
+    }
+
+    fn run(path: &str, req: &GuestRequest) -> frenezulo_engines::RunOutput {
+        run_for(path, req, limits(), Duration::from_secs(20))
+    }
+
+    fn ok(output: &frenezulo_engines::RunOutput) -> &Response {
+        output
+            .result
+            .as_ref()
+            .unwrap_or_else(|e| panic!("expected a response, got {e:?}"))
+    }
+
+    fn text(r: &Response) -> String {
+        String::from_utf8_lossy(&r.body).into_owned()
+    }
+
+    fn header<'a>(r: &'a Response, name: &str) -> Option<&'a [u8]> {
+        r.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| &v[..])
+    }
+
+    #[test]
+    fn every_fixture_is_a_component() {
+        for path in [HELLO, ECHO, SPIN] {
+            assert!(is_component(&guest(path)), "{path}");
+        }
+        assert!(!is_component(&guest("examples/hello.wat")));
+    }
+
+    #[test]
+    fn the_rust_hello_answers() {
+        let out = run(
+            HELLO,
+            &request("GET", "/svc", &[("Host", "example.com")], b""),
+        );
+        let r = ok(&out);
+        assert_eq!(r.status, 200);
+        assert_eq!(text(r), "Hello from a wasi:http component\n");
+        assert_eq!(header(r, "content-type"), Some(&b"text/plain"[..]));
+    }
+
+    #[test]
+    fn the_spin_sdk_hello_answers_with_the_full_path() {
+        let out = run(
+            SPIN,
+            &request("GET", "/svc/a/b?x=1", &[("Host", "example.com")], b""),
+        );
+        let r = ok(&out);
+        assert_eq!(r.status, 200);
+        assert_eq!(text(r), "Hello from Spin's SDK at /svc/a/b\n");
+    }
+
+    #[test]
+    fn the_echo_sees_method_path_prefix_env_and_body() {
+        let mut req = request(
+            "POST",
+            "/svc/items/7?q=1",
+            &[
+                ("Host", "example.com"),
+                // A client cannot say what the prefix is.
+                ("frenezulo-script-name", "/forged"),
+            ],
+            b"the body",
+        );
+        req.setup = Arc::new(GuestSetup {
+            env: vec![("GREETING".to_owned(), "hi there".to_owned())],
+            ..Default::default()
+        });
+        let out = run(ECHO, &req);
+        let r = ok(&out);
+        assert_eq!(r.status, 200);
+        assert_eq!(
+            text(r),
+            "method: POST\npath: /svc/items/7?q=1\nscript-name: /svc\npath-info: /items/7\nGREETING: hi there\nthe body"
+        );
+    }
+
+    #[test]
+    fn a_body_written_in_many_pieces_arrives_whole() {
+        // 300 KiB in 4 KiB writes: more than the body channel holds, so the host must read
+        // while the guest writes.
+        let out = run(
+            ECHO,
+            &request("GET", "/svc?big=307200", &[("Host", "h")], b""),
+        );
+        let r = ok(&out);
+        assert_eq!(r.status, 200);
+        assert!(text(r).ends_with(&".".repeat(307_200)));
+    }
+
+    #[test]
+    fn the_status_the_guest_sets_is_kept() {
+        let out = run(
+            ECHO,
+            &request("GET", "/svc?status=418", &[("Host", "h")], b""),
+        );
+        assert_eq!(ok(&out).status, 418);
+    }
+
+    #[test]
+    fn stderr_goes_to_the_log() {
+        let out = run(ECHO, &request("GET", "/svc?stderr", &[("Host", "h")], b""));
+        assert_eq!(ok(&out).status, 200);
+        assert_eq!(
+            String::from_utf8_lossy(&out.stderr),
+            "echo was asked to write to stderr\n"
+        );
+    }
+
+    #[test]
+    fn a_panic_is_a_trap() {
+        let out = run(ECHO, &request("GET", "/svc?trap", &[("Host", "h")], b""));
+        assert!(
+            matches!(out.result, Err(GuestFailure::Trap(_))),
+            "{:?}",
+            out.result
+        );
+        assert!(String::from_utf8_lossy(&out.stderr).contains("asked to trap"));
+    }
+
+    #[test]
+    fn an_exit_is_an_exit() {
+        // WASI 0.2's `exit` says only success or failure.
+        let out = run(ECHO, &request("GET", "/svc?exit=3", &[("Host", "h")], b""));
+        assert!(
+            matches!(out.result, Err(GuestFailure::Exit(1))),
+            "{:?}",
+            out.result
+        );
+        // Success without a response is no response.
+        let out = run(ECHO, &request("GET", "/svc?exit=0", &[("Host", "h")], b""));
+        assert!(
+            matches!(out.result, Err(GuestFailure::BadResponse(_))),
+            "{:?}",
+            out.result
+        );
+    }
+
+    #[test]
+    fn no_response_set_is_a_bad_gateway() {
+        let out = run(ECHO, &request("GET", "/svc?unset", &[("Host", "h")], b""));
+        let failure = out.result.unwrap_err();
+        assert!(
+            matches!(failure, GuestFailure::BadResponse(_)),
+            "{failure:?}"
+        );
+        assert_eq!(failure.status(), 502);
+    }
+
+    #[test]
+    fn a_loop_is_preempted_at_the_deadline() {
+        let out = run_for(
+            ECHO,
+            &request("GET", "/svc?loop", &[("Host", "h")], b""),
+            limits(),
+            Duration::from_millis(200),
+        );
+        assert!(
+            matches!(out.result, Err(GuestFailure::Timeout)),
+            "{:?}",
+            out.result
+        );
+    }
+
+    #[test]
+    fn memory_is_capped() {
+        let out = run(
+            ECHO,
+            &request("GET", "/svc?alloc=64", &[("Host", "h")], b""),
+        );
+        assert!(
+            matches!(out.result, Err(GuestFailure::OutOfMemory)),
+            "{:?}",
+            out.result
+        );
+        // The same guest within its limit answers.
+        let out = run(ECHO, &request("GET", "/svc?alloc=2", &[("Host", "h")], b""));
+        assert_eq!(ok(&out).status, 200);
+    }
+
+    #[test]
+    fn the_body_is_capped() {
+        let small = RunLimits {
+            stdout_bytes: 64 * 1024,
+            ..limits()
+        };
+        let out = run_for(
+            ECHO,
+            &request("GET", "/svc?big=100000", &[("Host", "h")], b""),
+            small,
+            Duration::from_secs(20),
+        );
+        assert!(
+            matches!(out.result, Err(GuestFailure::OutputTooLarge)),
+            "{:?}",
+            out.result
+        );
+    }
+
+    #[test]
+    fn an_artifact_loads_back_as_a_component() {
+        let (_, artifact) = engine().compile_to_artifact(&guest(HELLO)).unwrap();
+        // SAFETY: made just above by this engine.
+        #[allow(unsafe_code)]
+        let module = unsafe { engine().load_artifact(&artifact.expect("serialized")) }.unwrap();
+        assert_eq!(module.kind(), ModuleKind::HttpComponent);
+        let req = request("GET", "/svc", &[("Host", "h")], b"");
+        let out = run_to_completion(
+            module.as_ref(),
+            &req,
+            &limits(),
+            Instant::now() + Duration::from_secs(20),
+        );
+        assert_eq!(ok(&out).status, 200);
+    }
+
+    #[test]
+    fn entrypoints_and_sub_routes_are_refused_for_a_component() {
+        let module = engine().compile(&guest(HELLO)).unwrap();
+        assert!(check_entrypoints(module.as_ref(), &GuestSetup::default()).is_ok());
+        let named = GuestSetup {
+            entrypoint: "main".into(),
+            ..Default::default()
+        };
+        assert!(check_entrypoints(module.as_ref(), &named).is_err());
+    }
+
+    #[test]
+    fn a_component_without_the_handler_is_refused() {
+        let empty = wat::parse_str("(component)").unwrap();
+        let refused = engine().compile(&empty).err().expect("refused");
+        assert!(matches!(refused, CompileError::NotAHandler(_)), "{refused}");
+        let odd_import = wat::parse_str(
+            r#"(component (import "example:odd/thing" (instance (export "f" (func)))))"#,
+        )
+        .unwrap();
+        let refused = engine().compile(&odd_import).err().expect("refused");
+        assert!(
+            matches!(refused, CompileError::ComponentImport(_)),
+            "{refused}"
+        );
+    }
+}
+
+#[cfg(feature = "wasmi")]
+#[test]
+fn the_interpreter_refuses_a_component_and_says_why() {
+    let engine = frenezulo_engines::create(EngineKind::Wasmi, &EngineConfig::default()).unwrap();
+    let refused = engine.compile(&guest(HELLO)).err().expect("refused");
+    assert_eq!(
+        refused,
+        CompileError::ComponentNeedsWasmtime(EngineKind::Wasmi)
+    );
+    assert!(
+        refused.to_string().contains("need the wasmtime engine"),
+        "{refused}"
+    );
+}

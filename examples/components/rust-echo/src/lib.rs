@@ -1,0 +1,107 @@
+//! Echoes what a wasi:http handler sees: method, path, the prefix headers frenezulo adds,
+//! one environment value, then the request body, written back in several pieces (so the
+//! host must take a body that arrives in parts). `?status=N` answers with status N;
+//! `?stderr` writes a line to stderr; `?trap` panics. Built for `wasm32-wasip2` with the
+//! `wasip2` crate; see `examples/build-components.sh`. Knobs for tests of the host's
+//! limits: `?loop` never returns, `?alloc=N` holds N MiB, `?big=N` answers N more bytes,
+//! `?exit=N` exits with status N, `?unset` returns without setting a response.
+
+use wasip2::http::types::{
+    Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
+};
+
+struct Echo;
+
+wasip2::http::proxy::export!(Echo);
+
+fn header(request: &IncomingRequest, name: &str) -> String {
+    request
+        .headers()
+        .get(name)
+        .first()
+        .map(|v| String::from_utf8_lossy(v).into_owned())
+        .unwrap_or_default()
+}
+
+fn read_body(request: &IncomingRequest) -> Vec<u8> {
+    let mut body = Vec::new();
+    let Ok(incoming) = request.consume() else {
+        return body;
+    };
+    let stream = incoming.stream().expect("the stream, once");
+    // Ends with an error once the body is over.
+    while let Ok(chunk) = stream.blocking_read(16 * 1024) {
+        body.extend_from_slice(&chunk);
+    }
+    body
+}
+
+impl wasip2::exports::http::incoming_handler::Guest for Echo {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let path = request.path_with_query().unwrap_or_default();
+        let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+        if query.split('&').any(|p| p == "trap") {
+            panic!("asked to trap");
+        }
+        let knob = |name: &str| -> Option<u64> {
+            query
+                .split('&')
+                .find_map(|p| p.strip_prefix(name)?.strip_prefix('=')?.parse().ok())
+        };
+        if query.split('&').any(|p| p == "loop") {
+            let mut n = 0u64;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        if let Some(code) = knob("exit") {
+            std::process::exit(code as i32);
+        }
+        if query.split('&').any(|p| p == "unset") {
+            return;
+        }
+        let held = vec![1u8; knob("alloc").unwrap_or(0) as usize * 1024 * 1024];
+        std::hint::black_box(&held);
+        if query.split('&').any(|p| p == "stderr") {
+            eprintln!("echo was asked to write to stderr");
+        }
+        let status = knob("status").map_or(200, |s| s as u16);
+        let method = match request.method() {
+            Method::Get => "GET".to_owned(),
+            Method::Head => "HEAD".to_owned(),
+            Method::Post => "POST".to_owned(),
+            Method::Put => "PUT".to_owned(),
+            Method::Delete => "DELETE".to_owned(),
+            Method::Connect => "CONNECT".to_owned(),
+            Method::Options => "OPTIONS".to_owned(),
+            Method::Trace => "TRACE".to_owned(),
+            Method::Patch => "PATCH".to_owned(),
+            Method::Other(other) => other,
+        };
+        let mut text = format!(
+            "method: {method}\npath: {path}\nscript-name: {}\npath-info: {}\nGREETING: {}\n",
+            header(&request, "frenezulo-script-name"),
+            header(&request, "frenezulo-path-info"),
+            std::env::var("GREETING").unwrap_or_default(),
+        )
+        .into_bytes();
+        text.extend_from_slice(&read_body(&request));
+        text.resize(text.len() + knob("big").unwrap_or(0) as usize, b'.');
+
+        let headers = Fields::from_list(&[(
+            "content-type".to_owned(),
+            b"text/plain".to_vec(),
+        )])
+        .expect("a valid header");
+        let response = OutgoingResponse::new(headers);
+        response.set_status_code(status).expect("a valid status");
+        let body = response.body().expect("the body, once");
+        ResponseOutparam::set(out, Ok(response));
+        let stream = body.write().expect("the stream, once");
+        for piece in text.chunks(4096) {
+            stream.blocking_write_and_flush(piece).expect("written");
+        }
+        drop(stream);
+        OutgoingBody::finish(body, None).expect("finished");
+    }
+}

@@ -1,0 +1,84 @@
+//! wasi:http components end to end: the real binary serves the committed component
+//! fixtures from the command line and from the management API, shows their kind, and the
+//! interpreter refuses them with a 400 that says why.
+
+#[macro_use]
+mod support;
+
+use support::{Frenezulo, json, repo};
+
+#[test]
+fn components_from_the_command_line_answer_under_their_prefix() {
+    let hello = format!("hello={}", repo("examples/components/rust-hello.wasm"));
+    let echo = format!("echo={}", repo("examples/components/rust-echo.wasm"));
+    let spin = format!("spin={}", repo("examples/components/spin-hello.wasm"));
+    let server = Frenezulo::start(&[
+        "--engine",
+        "wasmtime",
+        "--service",
+        &hello,
+        "--service",
+        &echo,
+        "--service",
+        &spin,
+    ]);
+    let r = server.get("/hello");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from a wasi:http component\n");
+    assert_eq!(r.header("Content-Type"), Some("text/plain"));
+
+    let r = server.get("/spin/deeper/path");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from Spin's SDK at /spin/deeper/path\n");
+
+    let r = server.get("/echo/x/y?status=201");
+    assert_eq!(r.status, 201);
+    let text = r.text();
+    assert!(text.contains("path: /echo/x/y?status=201\n"), "{text}");
+    assert!(
+        text.contains("script-name: /echo\npath-info: /x/y\n"),
+        "{text}"
+    );
+
+    // A guest that panics is a 500 with its stderr in the log, tagged with the service.
+    let r = server.get("/echo?trap");
+    assert_eq!(r.status, 500);
+    let log = server.wait_for_log("asked to trap");
+    let line = log
+        .lines()
+        .find(|l| l.contains("asked to trap"))
+        .expect("stderr logged");
+    assert!(line.contains("service=echo"), "{line}");
+
+    let view = json(&server.admin("GET", "/services/hello", b""));
+    assert_eq!(view["kind"], "wasi-http");
+}
+
+#[test]
+fn a_component_is_added_through_the_api_and_shown_as_one() {
+    let server = Frenezulo::start(&["--engine", "wasmtime"]);
+    let wasm = std::fs::read(repo("examples/components/rust-echo.wasm")).unwrap();
+    let r = server.admin("PUT", "/services/echo?env=GREETING%3Dhello", &wasm);
+    assert_eq!(r.status, 201, "{}", r.text());
+    let r = server.get("/echo/a");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("GREETING: hello\n"), "{}", r.text());
+    let view = json(&server.admin("GET", "/services/echo", b""));
+    assert_eq!(view["kind"], "wasi-http");
+    let hello = json(&server.admin("GET", "/services/hello", b""));
+    assert_eq!(hello["kind"], "wagi");
+}
+
+#[test]
+fn the_interpreter_refuses_a_component_with_a_400_that_says_why() {
+    let server = Frenezulo::start(&["--engine", "wasmi"]);
+    let wasm = std::fs::read(repo("examples/components/rust-hello.wasm")).unwrap();
+    let r = server.admin("PUT", "/services/c", &wasm);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(
+        r.text().contains("components need the wasmtime engine"),
+        "{}",
+        r.text()
+    );
+    assert_eq!(server.get("/c").status, 404);
+}
