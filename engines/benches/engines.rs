@@ -64,8 +64,14 @@ fn bench(c: &mut Criterion) {
         for (name, path) in [
             ("wagi-hello", "examples/hello.wat"),
             ("wagi-rust-hello", "examples/rust-hello.wasm"),
-            ("wasi-http-rust-hello", "examples/components/rust-hello.wasm"),
-            ("wasi-http-spin-hello", "examples/components/spin-hello.wasm"),
+            (
+                "wasi-http-rust-hello",
+                "examples/components/rust-hello.wasm",
+            ),
+            (
+                "wasi-http-spin-hello",
+                "examples/components/spin-hello.wasm",
+            ),
         ] {
             let compiled = engine.compile(&guest(path)).unwrap();
             g.bench_function(name, |b| {

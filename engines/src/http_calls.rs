@@ -156,6 +156,52 @@ pub fn origin_of(url: &str) -> Option<String> {
     host_ok.then(|| format!("{scheme}://{}:{port}", host.to_ascii_lowercase()))
 }
 
+/// Checks a call against the service's grant (an `http`/`https` URL, an allowed origin, a
+/// free slot under `http_max_concurrency`) and makes it, counted in flight; `Err` is the
+/// `wasi_experimental_http` code saying why not. Both WAGI's `req` and a component's
+/// `outgoing-handler` come through here.
+pub(crate) fn admit(
+    setup: &GuestSetup,
+    method: &str,
+    url: &str,
+    mut headers: Vec<(String, String)>,
+    body: Vec<u8>,
+) -> Result<OutboundRequest, i32> {
+    // The connection goes to the URL's origin, the one checked: its `Host` is the URL's
+    // authority (set by the driver), never the guest's, which could name another virtual
+    // host behind the allowed one.
+    headers.retain(|(name, _)| !name.eq_ignore_ascii_case("host"));
+    let Some(origin) = origin_of(url) else {
+        return Err(code::INVALID_URL);
+    };
+    let service = &setup.name;
+    let Some(grant) = Grants::of(setup).and_then(|g| g.outbound.as_ref()) else {
+        tracing::warn!(target: "outbound", service, origin, "outbound call refused: the service has no allowed_hosts");
+        return Err(code::DESTINATION_NOT_ALLOWED);
+    };
+    if let Some(allowed) = &grant.allowed
+        && !allowed.contains(&origin)
+    {
+        tracing::warn!(target: "outbound", service, origin, "outbound call refused: origin not in allowed_hosts");
+        return Err(code::DESTINATION_NOT_ALLOWED);
+    }
+    let taken = grant.in_flight.fetch_add(1, Ordering::AcqRel);
+    let permit = InFlight(grant.in_flight.clone());
+    if taken >= grant.max_in_flight {
+        tracing::warn!(target: "outbound", service, origin, limit = grant.max_in_flight, "outbound call refused: http_max_concurrency reached");
+        return Err(code::TOO_MANY_SESSIONS);
+    }
+    Ok(OutboundRequest {
+        method: method.to_owned(),
+        url: url.to_owned(),
+        origin,
+        headers,
+        body,
+        permit,
+        public_only: grant.public_only,
+    })
+}
+
 /// Per instance: the call being made, and the responses held open.
 #[derive(Debug, Default)]
 pub(crate) struct Calls {
@@ -203,44 +249,12 @@ impl Calls {
         if method.is_empty() || !method.bytes().all(is_token) {
             return Err(code::INVALID_METHOD);
         }
-        let mut headers = parse_headers(text(mem, headers, MAX_TEXT)?)?;
-        // The connection goes to the URL's origin, the one checked: its `Host` is the URL's
-        // authority (set by the driver), never the guest's, which could name another
-        // virtual host behind the allowed one.
-        headers.retain(|(name, _)| !name.eq_ignore_ascii_case("host"));
+        let headers = parse_headers(text(mem, headers, MAX_TEXT)?)?;
         let body = bytes(mem, body, MAX_REQUEST_BODY)?.to_vec();
-        let Some(origin) = origin_of(url) else {
-            return Err(code::INVALID_URL);
-        };
-        let service = &setup.name;
-        let Some(grant) = Grants::of(setup).and_then(|g| g.outbound.as_ref()) else {
-            tracing::warn!(target: "outbound", service, origin, "outbound call refused: the service has no allowed_hosts");
-            return Err(code::DESTINATION_NOT_ALLOWED);
-        };
-        if let Some(allowed) = &grant.allowed
-            && !allowed.contains(&origin)
-        {
-            tracing::warn!(target: "outbound", service, origin, "outbound call refused: origin not in allowed_hosts");
-            return Err(code::DESTINATION_NOT_ALLOWED);
-        }
-        let taken = grant.in_flight.fetch_add(1, Ordering::AcqRel);
-        let permit = InFlight(grant.in_flight.clone());
-        if taken >= grant.max_in_flight {
-            tracing::warn!(target: "outbound", service, origin, limit = grant.max_in_flight, "outbound call refused: http_max_concurrency reached");
-            return Err(code::TOO_MANY_SESSIONS);
-        }
         if self.responses.iter().filter(|r| r.is_some()).count() >= MAX_OPEN_RESPONSES {
             return Err(code::TOO_MANY_SESSIONS);
         }
-        self.request = Some(OutboundRequest {
-            method: method.to_owned(),
-            url: url.to_owned(),
-            origin,
-            headers,
-            body,
-            permit,
-            public_only: grant.public_only,
-        });
+        self.request = Some(admit(setup, method, url, headers, body)?);
         self.pending = Some(out);
         Ok(())
     }

@@ -31,6 +31,8 @@ use thiserror::Error;
 mod abi;
 #[cfg(feature = "wasmtime")]
 pub mod component;
+#[cfg(feature = "wasmtime")]
+mod fiber;
 mod file_table;
 mod grants;
 mod host;

@@ -5,37 +5,29 @@
 //! A task is the future of an async call: the guest runs on a fiber, and polling the
 //! future once runs it until it finishes or the epoch deadline makes it yield.
 
-use std::cell::RefCell;
-use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use frenezulo_core::{GuestRequest, RunLimits};
 use wasmtime::{
     Caller, Config, Engine as Wasmtime, Extern, ExternType, InstanceAllocationStrategy,
-    InstancePre, Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, Store, Trap, Val,
+    InstancePre, Linker, Memory, Module, ModuleExport, PoolingAllocationConfig, Store, Val,
 };
 
+use crate::fiber;
 use crate::host::{GuestIo, HostStop};
-use crate::outbound::{self, OutboundRequest, OutboundResult, not_delivered};
-use crate::wagi::{self, Ending, MemoryLimiter, RunOutput};
+use crate::outbound;
+use crate::wagi::{self, Ending, MemoryLimiter};
 use crate::wasi::{self, Provided};
 use crate::{
-    CompileError, CompiledModule, Engine, EngineConfig, EngineError, EngineKind, GuestTask, Slice,
+    CompileError, CompiledModule, Engine, EngineConfig, EngineError, EngineKind, GuestTask,
 };
 
 /// How often the engine's epoch advances.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
-
-/// Epoch ticks in one time slice: a guest yields at the next tick after its slice began
-/// (at most 1 ms, about 0.5 ms on average: a short slice is what lets a request of
-/// microseconds go between two slices of a guest that runs on, so that services share a
-/// thread by time; see `bench/load`'s fair-share section).
-pub(crate) const SLICE_TICKS: u64 = 1;
 
 /// Core instances a component may hold (and pool slots it takes for them).
 const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
@@ -182,17 +174,10 @@ fn wasi_linker(engine: &Wasmtime) -> wasmtime::Result<Linker<Host>> {
     Ok(linker)
 }
 
-thread_local! {
-    /// The call `req` set aside in the slice just polled, for the task to hand out.
-    static CALL_MADE: RefCell<Option<OutboundRequest>> = const { RefCell::new(None) };
-    /// The result the task was given, for the `req` it resumes.
-    static CALL_RESULT: RefCell<Option<OutboundResult>> = const { RefCell::new(None) };
-}
-
 /// `wasi_experimental_http::req` (the module's other functions are registered with the
 /// WASI ones). It is async: it hands its call to the task through
-/// `CALL_MADE` and stays pending, suspending the guest's fiber, until the task is polled
-/// again with the result in `CALL_RESULT`. A thread polls one task at a time, so the two
+/// `fiber::CALL_MADE` and stays pending, suspending the guest's fiber, until the task is polled
+/// again with the result in `fiber::CALL_RESULT`. A thread polls one task at a time, so the two
 /// slots are only ever the polled task's.
 fn http_functions(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
     linker.func_wrap_async(
@@ -226,9 +211,9 @@ fn http_functions(linker: &mut Linker<Host>) -> wasmtime::Result<()> {
                     return Ok(code);
                 }
                 let call = host.io.http.take_request();
-                CALL_MADE.with(|slot| *slot.borrow_mut() = call);
+                fiber::CALL_MADE.with(|slot| *slot.borrow_mut() = call);
                 let result = std::future::poll_fn(|_| {
-                    match CALL_RESULT.with(|slot| slot.borrow_mut().take()) {
+                    match fiber::CALL_RESULT.with(|slot| slot.borrow_mut().take()) {
                         Some(result) => Poll::Ready(result),
                         None => Poll::Pending,
                     }
@@ -361,8 +346,7 @@ impl CompiledModule for WasmtimeModule {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        store.set_epoch_deadline(SLICE_TICKS);
-        store.epoch_deadline_async_yield_and_update(SLICE_TICKS);
+        fiber::slice_by_epoch(&mut store);
         // `_start`'s export is looked up once per module; any other entrypoint by name.
         let entry = match &*request.entrypoint {
             frenezulo_core::DEFAULT_ENTRYPOINT => Entry::Start(self.start),
@@ -374,21 +358,12 @@ impl CompiledModule for WasmtimeModule {
             let host = store.into_data();
             wagi::finish(host.io, ending, host.limiter.refused)
         };
-        task(Box::pin(run))
+        fiber::task(Box::pin(run))
     }
 
     fn entrypoints(&self) -> &[String] {
         &self.entrypoints
     }
-}
-
-/// A task that runs `run`, a slice per poll.
-pub(crate) fn task(run: Pin<Box<dyn Future<Output = RunOutput>>>) -> Box<dyn GuestTask> {
-    Box::new(WasmtimeTask {
-        run: Some(run),
-        waiting: false,
-        result: None,
-    })
 }
 
 /// The export a task runs.
@@ -397,47 +372,6 @@ enum Entry {
     Start(ModuleExport),
     /// Another export, found by name.
     Named(Arc<str>),
-}
-
-/// A run in progress: the future owns the store, so dropping it drops the instance.
-struct WasmtimeTask {
-    run: Option<Pin<Box<dyn Future<Output = RunOutput>>>>,
-    /// Whether the guest waits in `req`.
-    waiting: bool,
-    /// The result of its call, once delivered.
-    result: Option<OutboundResult>,
-}
-
-impl GuestTask for WasmtimeTask {
-    fn run_slice(&mut self) -> Slice {
-        let Some(run) = self.run.as_mut() else {
-            return crate::finished_twice();
-        };
-        if std::mem::take(&mut self.waiting) {
-            let result = self.result.take().unwrap_or(Err(not_delivered()));
-            CALL_RESULT.with(|slot| *slot.borrow_mut() = Some(result));
-        }
-        // Nothing wakes a task: the serving loop resumes it on its next turn.
-        let polled = run.as_mut().poll(&mut Context::from_waker(Waker::noop()));
-        // Left by nobody's fault only if the guest trapped first; never for another task.
-        CALL_RESULT.with(|slot| slot.borrow_mut().take());
-        let call = CALL_MADE.with(|slot| slot.borrow_mut().take());
-        match (polled, call) {
-            (Poll::Pending, Some(call)) => {
-                self.waiting = true;
-                Slice::Waiting(call)
-            }
-            (Poll::Pending, None) => Slice::Yielded,
-            (Poll::Ready(output), _) => {
-                self.run = None;
-                Slice::Finished(output)
-            }
-        }
-    }
-
-    fn deliver(&mut self, result: OutboundResult) {
-        self.result = Some(result);
-    }
 }
 
 async fn run(
@@ -473,18 +407,7 @@ async fn run(
     };
     match start.call_async(&mut *store, ()).await {
         Ok(()) => Ending::Returned,
-        Err(e) => classify(e),
-    }
-}
-
-pub(crate) fn classify(e: wasmtime::Error) -> Ending {
-    if let Some(stop) = e.downcast_ref::<HostStop>() {
-        return Ending::Stopped(*stop);
-    }
-    match e.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => Ending::Interrupted,
-        Some(trap) => Ending::Trapped(trap.to_string()),
-        None => Ending::Trapped(format!("{e:#}")),
+        Err(e) => fiber::classify(e),
     }
 }
 

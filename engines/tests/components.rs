@@ -7,11 +7,13 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::{guest, request};
+use bytes::Bytes;
+use common::{guest, outbound_setup, request};
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
+use frenezulo_engines::outbound::OutboundResponse;
 use frenezulo_engines::{
-    CompileError, Engine, EngineConfig, EngineKind, ModuleKind, check_entrypoints, is_component,
-    run_to_completion,
+    CompileError, Engine, EngineConfig, EngineKind, Grants, ModuleKind, Slice, check_entrypoints,
+    is_component, run_to_completion,
 };
 
 const HELLO: &str = "examples/components/rust-hello.wasm";
@@ -251,6 +253,77 @@ mod wasmtime {
             "{:?}",
             out.result
         );
+    }
+
+    fn in_flight(setup: &GuestSetup) -> usize {
+        Grants::of(setup)
+            .and_then(|g| g.outbound.as_ref())
+            .unwrap()
+            .in_flight
+            .load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    #[test]
+    fn an_outbound_call_is_handed_out_and_its_result_comes_back() {
+        let module = engine().compile(&guest(ECHO)).unwrap();
+        let mut req = request(
+            "GET",
+            "/svc?fetch=http://upstream.example:8080/data",
+            &[("Host", "h")],
+            b"",
+        );
+        req.setup = outbound_setup(Some(&["http://upstream.example:8080"]), 4);
+        let mut task = module.start(&req, &limits());
+        let patience = Instant::now() + Duration::from_secs(60);
+        // The call is handed out as a slice that waits: the serving thread makes it.
+        let call = loop {
+            match task.run_slice() {
+                Slice::Waiting(call) => break call,
+                Slice::Yielded => assert!(Instant::now() < patience, "no call made"),
+                Slice::Finished(out) => panic!("finished without calling: {:?}", out.result),
+            }
+        };
+        assert_eq!(call.method, "GET");
+        assert_eq!(call.url, "http://upstream.example:8080/data");
+        assert_eq!(call.origin, "http://upstream.example:8080");
+        assert_eq!(
+            in_flight(&req.setup),
+            1,
+            "counted against http_max_concurrency"
+        );
+        drop(call);
+        assert_eq!(in_flight(&req.setup), 0);
+        task.deliver(Ok(OutboundResponse {
+            status: 201,
+            headers: vec![("x-a".to_owned(), Bytes::from_static(b"1"))],
+            body: Bytes::from_static(b"upstream says hi"),
+        }));
+        let out = loop {
+            match task.run_slice() {
+                Slice::Finished(out) => break out,
+                Slice::Yielded => assert!(Instant::now() < patience, "never finished"),
+                Slice::Waiting(call) => panic!("a second call: {}", call.url),
+            }
+        };
+        assert_eq!(text(ok(&out)), "upstream 201\nupstream says hi");
+    }
+
+    #[test]
+    fn an_outbound_call_outside_the_grant_is_denied() {
+        let target = "/svc?fetch=http://elsewhere.example/x";
+        // No grant at all, then a grant for another origin: the guest is told
+        // `HTTP-request-denied`, and no call leaves.
+        for setup in [
+            Arc::new(GuestSetup::default()),
+            outbound_setup(Some(&["http://upstream.example"]), 4),
+        ] {
+            let mut req = request("GET", target, &[("Host", "h")], b"");
+            req.setup = setup;
+            let out = run(ECHO, &req);
+            let r = ok(&out);
+            assert_eq!(r.status, 502);
+            assert_eq!(text(r), "fetch failed: ErrorCode::HttpRequestDenied\n");
+        }
     }
 
     #[test]

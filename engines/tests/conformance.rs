@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 mod common;
 
 use bytes::Bytes;
-use common::{guest, printer, repo, request};
+use common::{guest, outbound_setup, printer, repo, request};
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
-use frenezulo_engines::outbound::{OutboundError, OutboundResponse, OutboundResult, origin_of};
+use frenezulo_engines::outbound::{OutboundError, OutboundResponse, OutboundResult};
 use frenezulo_engines::{
     CompileError, DiscoverRoutesError, Engine, EngineConfig, EngineKind, Grants, OutboundGrant,
     RunOutput, Slice, Volume, check_entrypoints, discover_routes, run_to_completion,
@@ -69,23 +69,6 @@ fn ok(result: Result<Response, GuestFailure>) -> Response {
 
 fn body(r: &Response) -> String {
     String::from_utf8_lossy(&r.body).into_owned()
-}
-
-/// A setup that grants outbound calls to `allowed` (any origin when `None`).
-fn outbound_setup(allowed: Option<&[&str]>, max: usize) -> Arc<GuestSetup> {
-    let grants = Grants {
-        outbound: Some(OutboundGrant {
-            allowed: allowed.map(|a| a.iter().map(|u| origin_of(u).unwrap()).collect()),
-            max_in_flight: max,
-            in_flight: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
-            public_only: false,
-        }),
-        ..Grants::default()
-    };
-    Arc::new(GuestSetup {
-        host: grants.into_host(),
-        ..Default::default()
-    })
 }
 
 /// A setup that grants the directory `dir` as `/static`.

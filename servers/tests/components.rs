@@ -5,7 +5,7 @@
 #[macro_use]
 mod support;
 
-use support::{Frenezulo, json, repo};
+use support::{ConfigFile, Frenezulo, Reply, Upstream, json, repo};
 
 #[test]
 fn components_from_the_command_line_answer_under_their_prefix() {
@@ -81,4 +81,56 @@ fn the_interpreter_refuses_a_component_with_a_400_that_says_why() {
         r.text()
     );
     assert_eq!(server.get("/c").status, 404);
+}
+
+/// A component's outbound call goes through the service's grant and frenezulo's client,
+/// and the one serving thread answers other requests while the call is held upstream.
+#[test]
+fn a_component_calls_out_within_its_grant() {
+    let upstream = Upstream::start(|a| match a.path.as_str() {
+        "/hold" => Reply::ok("held").held(),
+        _ => Reply::ok("upstream says hi"),
+    });
+    let config = ConfigFile::new(
+        "component-outbound",
+        &format!(
+            r#"
+            engine = "wasmtime"
+            workers = 1
+            [services.echo]
+            module = "{echo}"
+            allowed_hosts = ["{allowed}"]
+            [services.hello]
+            module = "{hello}"
+            "#,
+            echo = repo("examples/components/rust-echo.wasm"),
+            hello = repo("examples/hello.wat"),
+            allowed = upstream.url(""),
+        ),
+    );
+    let server = Frenezulo::start(&["--config", config.path()]);
+    let r = server.get(&format!("/echo?fetch={}", upstream.url("/data")));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "upstream 200\nupstream says hi");
+
+    let other = format!("http://127.0.0.1:{}/", upstream.addr.port().wrapping_add(1));
+    let r = server.get(&format!("/echo?fetch={other}"));
+    assert_eq!(r.status, 502);
+    assert_eq!(r.text(), "fetch failed: ErrorCode::HttpRequestDenied\n");
+    server.wait_for_log("origin not in allowed_hosts");
+
+    // A call held upstream does not hold the serving thread.
+    let held_url = format!("/echo?fetch={}", upstream.url("/hold"));
+    let addr = server.addr;
+    let held = std::thread::spawn(move || {
+        let mut c = support::Client::connect_to(addr);
+        c.send(format!("GET {held_url} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        c.response()
+    });
+    upstream.wait_for("/hold");
+    assert_eq!(server.get("/hello").status, 200);
+    upstream.open_gate();
+    let r = held.join().unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "upstream 200\nheld");
 }

@@ -1,6 +1,6 @@
 //! A component's store: the reference WASI 0.2 and wasi:http hosts (`wasmtime-wasi`,
-//! `wasmtime-wasi-http`), a log pipe for stdout and stderr, and hooks that keep outbound
-//! calls for frenezulo to make.
+//! `wasmtime-wasi-http`), a log pipe for stdout and stderr, and hooks that hand outbound
+//! calls to frenezulo's driver.
 
 use std::sync::{Arc, Mutex};
 
@@ -10,7 +10,9 @@ use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
-use wasmtime_wasi_http::{RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
+
+use super::outbound::{Outbound, SharedCalls};
 
 use crate::host::STDERR_CAP;
 use crate::wagi::MemoryLimiter;
@@ -20,14 +22,14 @@ pub(crate) struct ComponentHost {
     wasi: WasiCtx,
     http: WasiHttpCtx,
     table: ResourceTable,
-    hooks: NoOutbound,
+    hooks: Outbound,
     pub(super) limiter: MemoryLimiter,
     /// What the guest wrote to stdout and stderr, for the log.
     pub(super) log: LogPipe,
 }
 
 impl ComponentHost {
-    pub(super) fn new(request: &GuestRequest, memory_bytes: usize) -> Self {
+    pub(super) fn new(request: &GuestRequest, memory_bytes: usize, calls: SharedCalls) -> Self {
         let log = LogPipe::default();
         let mut wasi = WasiCtxBuilder::new();
         wasi.envs(&request.setup.env)
@@ -38,7 +40,10 @@ impl ComponentHost {
             wasi: wasi.build(),
             http: WasiHttpCtx::new(),
             table: ResourceTable::new(),
-            hooks: NoOutbound,
+            hooks: Outbound {
+                setup: request.setup.clone(),
+                calls,
+            },
             limiter: MemoryLimiter::new(memory_bytes),
             log,
         }
@@ -61,29 +66,6 @@ impl WasiHttpView for ComponentHost {
             table: &mut self.table,
             hooks: &mut self.hooks,
         }
-    }
-}
-
-/// Outbound calls from components are not wired to frenezulo's outbound client yet: every
-/// `wasi:http/outgoing-handler.handle` is denied, which the guest sees as
-/// `HTTP-request-denied`.
-struct NoOutbound;
-
-impl wasmtime_wasi_http::WasiHttpHooks for NoOutbound {
-    fn send_request(
-        &mut self,
-        _request: http::Request<WasiBody>,
-        _options: Option<RequestOptions>,
-        _fut: Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = wasmtime_wasi_http::Result<(
-                    http::Response<WasiBody>,
-                    Box<dyn Future<Output = wasmtime_wasi_http::Result<()>> + Send>,
-                )>,
-            > + Send,
-    > {
-        Box::new(async { Err(wasmtime_wasi_http::Error::HttpRequestDenied) })
     }
 }
 

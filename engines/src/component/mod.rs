@@ -6,13 +6,15 @@
 //! and wasi:http is the reference one (`wasmtime-wasi`, `wasmtime-wasi-http`). The guest's
 //! response is collected while it runs (so a guest that writes more than one channel's
 //! worth never waits on a reader) and answered once its body is finished: the response is
-//! buffered, up to the service's output cap, as a WAGI response is.
+//! buffered, up to the service's output cap, as a WAGI response is. Outbound calls go
+//! through the service's grant and the driver, as WAGI's do (`outbound.rs`).
 //!
 //! The request reaches the guest with its full path; the prefix the service was matched on
 //! and the rest of the path are in the [`SCRIPT_NAME_HEADER`] and [`PATH_INFO_HEADER`]
 //! headers (a client's own values for those names are dropped).
 
 mod host;
+mod outbound;
 
 use std::future::Future;
 use std::pin::{Pin, pin};
@@ -88,13 +90,13 @@ struct HttpComponent {
 
 impl CompiledModule for HttpComponent {
     fn start(&self, request: &GuestRequest, limits: &RunLimits) -> Box<dyn GuestTask> {
+        let calls = outbound::SharedCalls::default();
         let mut store = Store::new(
             &self.engine,
-            ComponentHost::new(request, limits.memory_bytes),
+            ComponentHost::new(request, limits.memory_bytes, calls.clone()),
         );
         store.limiter(|h| &mut h.limiter);
-        store.set_epoch_deadline(crate::wasmtime_engine::SLICE_TICKS);
-        store.epoch_deadline_async_yield_and_update(crate::wasmtime_engine::SLICE_TICKS);
+        crate::fiber::slice_by_epoch(&mut store);
         let http_request = to_http(request);
         let pre = self.pre.clone();
         let cap = limits.stdout_bytes;
@@ -113,7 +115,10 @@ impl CompiledModule for HttpComponent {
         let run = std::future::poll_fn(move |cx| {
             wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| run.as_mut().poll(cx))
         });
-        crate::wasmtime_engine::task(Box::pin(run))
+        Box::new(outbound::ComponentTask {
+            fiber: crate::fiber::task(Box::pin(run)),
+            calls,
+        })
     }
 
     fn entrypoints(&self) -> &[String] {
@@ -228,7 +233,7 @@ fn failure(e: wasmtime::Error, memory_refused: bool) -> GuestFailure {
     if let Some(exit) = e.downcast_ref::<wasmtime_wasi::I32Exit>() {
         return GuestFailure::Exit(exit.0);
     }
-    match crate::wasmtime_engine::classify(e) {
+    match crate::fiber::classify(e) {
         crate::wagi::Ending::Trapped(_) | crate::wagi::Ending::Instantiate(_) if memory_refused => {
             GuestFailure::OutOfMemory
         }

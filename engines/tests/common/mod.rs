@@ -5,7 +5,9 @@ use std::path::PathBuf;
 
 use bytes::Bytes;
 use frenezulo_core::http::Header;
-use frenezulo_core::{GuestRequest, Request, Version};
+use frenezulo_core::{GuestRequest, GuestSetup, Request, Version};
+use frenezulo_engines::outbound::origin_of;
+use frenezulo_engines::{Grants, OutboundGrant};
 
 /// A path in the repository.
 pub fn repo(path: &str) -> PathBuf {
@@ -59,4 +61,21 @@ pub fn request(method: &str, target: &str, headers: &[(&str, &str)], body: &[u8]
         "10.1.2.3:4567".parse().unwrap(),
         "127.0.0.1:8080".parse().unwrap(),
     )
+}
+
+/// A setup that grants outbound calls to `allowed` (any origin when `None`).
+pub fn outbound_setup(allowed: Option<&[&str]>, max: usize) -> std::sync::Arc<GuestSetup> {
+    let grants = Grants {
+        outbound: Some(OutboundGrant {
+            allowed: allowed.map(|a| a.iter().map(|u| origin_of(u).unwrap()).collect()),
+            max_in_flight: max,
+            in_flight: std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            public_only: false,
+        }),
+        ..Grants::default()
+    };
+    std::sync::Arc::new(GuestSetup {
+        host: grants.into_host(),
+        ..Default::default()
+    })
 }

@@ -4,7 +4,9 @@
 //! `?stderr` writes a line to stderr; `?trap` panics. Built for `wasm32-wasip2` with the
 //! `wasip2` crate; see `examples/build-components.sh`. Knobs for tests of the host's
 //! limits: `?loop` never returns, `?alloc=N` holds N MiB, `?big=N` answers N more bytes,
-//! `?exit=N` exits with status N, `?unset` returns without setting a response.
+//! `?exit=N` exits with status N, `?unset` returns without setting a response, and
+//! `?fetch=http://HOST:PORT/PATH` makes that outbound GET and answers with its status and
+//! body (502 and the error if it fails).
 
 use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -21,6 +23,55 @@ fn header(request: &IncomingRequest, name: &str) -> String {
         .first()
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .unwrap_or_default()
+}
+
+/// GETs `url` (`http://authority/path`) through `wasi:http/outgoing-handler`.
+fn fetch(url: &str) -> Result<(u16, Vec<u8>), String> {
+    use wasip2::http::outgoing_handler;
+    use wasip2::http::types::{OutgoingRequest, Scheme};
+    let rest = url.strip_prefix("http://").ok_or("only http:// URLs")?;
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let request = OutgoingRequest::new(Fields::new());
+    request.set_scheme(Some(&Scheme::Http)).map_err(|()| "scheme")?;
+    request.set_authority(Some(authority)).map_err(|()| "authority")?;
+    request
+        .set_path_with_query(Some(if path.is_empty() { "/" } else { path }))
+        .map_err(|()| "path")?;
+    let body = request.body().map_err(|()| "body")?;
+    OutgoingBody::finish(body, None).map_err(|e| format!("{e:?}"))?;
+    let future = outgoing_handler::handle(request, None).map_err(|e| format!("{e:?}"))?;
+    future.subscribe().block();
+    let response = future
+        .get()
+        .ok_or("no response after the pollable was ready")?
+        .map_err(|()| "response taken twice")?
+        .map_err(|e| format!("{e:?}"))?;
+    let status = response.status();
+    let incoming = response.consume().map_err(|()| "consumed twice")?;
+    let stream = incoming.stream().map_err(|()| "stream")?;
+    let mut bytes = Vec::new();
+    while let Ok(chunk) = stream.blocking_read(16 * 1024) {
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((status, bytes))
+}
+
+fn answer(out: ResponseOutparam, status: u16, text: &[u8]) {
+    let headers = Fields::from_list(&[(
+        "content-type".to_owned(),
+        b"text/plain".to_vec(),
+    )])
+    .expect("a valid header");
+    let response = OutgoingResponse::new(headers);
+    response.set_status_code(status).expect("a valid status");
+    let body = response.body().expect("the body, once");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("the stream, once");
+    for piece in text.chunks(4096) {
+        stream.blocking_write_and_flush(piece).expect("written");
+    }
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finished");
 }
 
 fn read_body(request: &IncomingRequest) -> Vec<u8> {
@@ -60,6 +111,16 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         if query.split('&').any(|p| p == "unset") {
             return;
         }
+        if let Some(url) = query.split('&').find_map(|p| p.strip_prefix("fetch=")) {
+            return match fetch(url) {
+                Ok((status, body)) => {
+                    let mut text = format!("upstream {status}\n").into_bytes();
+                    text.extend_from_slice(&body);
+                    answer(out, 200, &text)
+                }
+                Err(e) => answer(out, 502, format!("fetch failed: {e}\n").as_bytes()),
+            };
+        }
         let held = vec![1u8; knob("alloc").unwrap_or(0) as usize * 1024 * 1024];
         std::hint::black_box(&held);
         if query.split('&').any(|p| p == "stderr") {
@@ -88,20 +149,6 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         text.extend_from_slice(&read_body(&request));
         text.resize(text.len() + knob("big").unwrap_or(0) as usize, b'.');
 
-        let headers = Fields::from_list(&[(
-            "content-type".to_owned(),
-            b"text/plain".to_vec(),
-        )])
-        .expect("a valid header");
-        let response = OutgoingResponse::new(headers);
-        response.set_status_code(status).expect("a valid status");
-        let body = response.body().expect("the body, once");
-        ResponseOutparam::set(out, Ok(response));
-        let stream = body.write().expect("the stream, once");
-        for piece in text.chunks(4096) {
-            stream.blocking_write_and_flush(piece).expect("written");
-        }
-        drop(stream);
-        OutgoingBody::finish(body, None).expect("finished");
+        answer(out, status, &text);
     }
 }

@@ -1,0 +1,94 @@
+//! A wasmtime guest's run as a future on a fiber, polled one time slice at a time: the
+//! task both kinds of guest (WAGI modules, wasi:http components) run as.
+
+use std::cell::RefCell;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, Waker};
+
+use wasmtime::{Store, Trap};
+
+use crate::host::HostStop;
+use crate::outbound::{OutboundRequest, OutboundResult, not_delivered};
+use crate::wagi::{Ending, RunOutput};
+use crate::{GuestTask, Slice};
+
+/// Epoch ticks in one time slice: a guest yields at the next tick after its slice began
+/// (at most 1 ms, about 0.5 ms on average: a short slice is what lets a request of
+/// microseconds go between two slices of a guest that runs on, so that services share a
+/// thread by time; see `bench/load`'s fair-share section).
+pub(crate) const SLICE_TICKS: u64 = 1;
+
+/// Makes `store`'s guest yield at the end of each time slice.
+pub(crate) fn slice_by_epoch<T>(store: &mut Store<T>) {
+    store.set_epoch_deadline(SLICE_TICKS);
+    store.epoch_deadline_async_yield_and_update(SLICE_TICKS);
+}
+
+thread_local! {
+    /// The call `req` set aside in the slice just polled, for the task to hand out.
+    pub(crate) static CALL_MADE: RefCell<Option<OutboundRequest>> = const { RefCell::new(None) };
+    /// The result the task was given, for the `req` it resumes.
+    pub(crate) static CALL_RESULT: RefCell<Option<OutboundResult>> = const { RefCell::new(None) };
+}
+
+/// A task that runs `run`, a slice per poll.
+pub(crate) fn task(run: Pin<Box<dyn Future<Output = RunOutput>>>) -> Box<dyn GuestTask> {
+    Box::new(WasmtimeTask {
+        run: Some(run),
+        waiting: false,
+        result: None,
+    })
+}
+
+/// A run in progress: the future owns the store, so dropping it drops the instance.
+struct WasmtimeTask {
+    run: Option<Pin<Box<dyn Future<Output = RunOutput>>>>,
+    /// Whether the guest waits in `req`.
+    waiting: bool,
+    /// The result of its call, once delivered.
+    result: Option<OutboundResult>,
+}
+
+impl GuestTask for WasmtimeTask {
+    fn run_slice(&mut self) -> Slice {
+        let Some(run) = self.run.as_mut() else {
+            return crate::finished_twice();
+        };
+        if std::mem::take(&mut self.waiting) {
+            let result = self.result.take().unwrap_or(Err(not_delivered()));
+            CALL_RESULT.with(|slot| *slot.borrow_mut() = Some(result));
+        }
+        // Nothing wakes a task: the serving loop resumes it on its next turn.
+        let polled = run.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        // Left by nobody's fault only if the guest trapped first; never for another task.
+        CALL_RESULT.with(|slot| slot.borrow_mut().take());
+        let call = CALL_MADE.with(|slot| slot.borrow_mut().take());
+        match (polled, call) {
+            (Poll::Pending, Some(call)) => {
+                self.waiting = true;
+                Slice::Waiting(call)
+            }
+            (Poll::Pending, None) => Slice::Yielded,
+            (Poll::Ready(output), _) => {
+                self.run = None;
+                Slice::Finished(output)
+            }
+        }
+    }
+
+    fn deliver(&mut self, result: OutboundResult) {
+        self.result = Some(result);
+    }
+}
+
+pub(crate) fn classify(e: wasmtime::Error) -> Ending {
+    if let Some(stop) = e.downcast_ref::<HostStop>() {
+        return Ending::Stopped(*stop);
+    }
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => Ending::Interrupted,
+        Some(trap) => Ending::Trapped(trap.to_string()),
+        None => Ending::Trapped(format!("{e:#}")),
+    }
+}
