@@ -2,34 +2,34 @@
 //! with toolchains frenezulo did not write) answer on wasmtime, within the same limits as
 //! WAGI guests; the interpreter refuses them at compile time.
 
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
-
 mod common;
 
-use bytes::Bytes;
-use common::{guest, outbound_setup, request};
-use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
-use frenezulo_engines::outbound::OutboundResponse;
-use frenezulo_engines::{
-    CompileError, Engine, EngineConfig, EngineKind, Grants, ModuleKind, Slice, check_entrypoints,
-    is_component, run_to_completion,
-};
-
 const HELLO: &str = "examples/components/rust-hello.wasm";
-const ECHO: &str = "examples/components/rust-echo.wasm";
-const SPIN: &str = "examples/components/spin-hello.wasm";
-
-fn limits() -> RunLimits {
-    RunLimits {
-        memory_bytes: 16 << 20,
-        stdout_bytes: 1 << 20,
-    }
-}
 
 #[cfg(feature = "wasmtime")]
 mod wasmtime {
-    use super::*;
+    use super::HELLO;
+    use std::sync::{Arc, OnceLock};
+    use std::time::{Duration, Instant};
+
+    use crate::common::{guest, outbound_setup, request};
+    use bytes::Bytes;
+    use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
+    use frenezulo_engines::outbound::OutboundResponse;
+    use frenezulo_engines::{
+        CompileError, Engine, EngineConfig, EngineKind, Grants, ModuleKind, Slice,
+        check_entrypoints, is_component, run_to_completion,
+    };
+
+    const ECHO: &str = "examples/components/rust-echo.wasm";
+    const SPIN: &str = "examples/components/spin-hello.wasm";
+
+    fn limits() -> RunLimits {
+        RunLimits {
+            memory_bytes: 16 << 20,
+            stdout_bytes: 1 << 20,
+        }
+    }
 
     fn engine() -> Arc<dyn Engine> {
         static ENGINE: OnceLock<Arc<dyn Engine>> = OnceLock::new();
@@ -374,6 +374,9 @@ mod wasmtime {
 #[cfg(feature = "wasmi")]
 #[test]
 fn the_interpreter_refuses_a_component_and_says_why() {
+    use common::guest;
+    use frenezulo_engines::{CompileError, EngineConfig, EngineKind};
+
     let engine = frenezulo_engines::create(EngineKind::Wasmi, &EngineConfig::default()).unwrap();
     let refused = engine.compile(&guest(HELLO)).err().expect("refused");
     assert_eq!(

@@ -5,8 +5,10 @@
 #[macro_use]
 mod support;
 
+#[cfg_attr(not(feature = "wasmtime"), allow(unused_imports))]
 use support::{ConfigFile, Frenezulo, Reply, Upstream, json, repo};
 
+#[cfg(feature = "wasmtime")]
 #[test]
 fn components_from_the_command_line_answer_under_their_prefix() {
     let hello = format!("hello={}", repo("examples/components/rust-hello.wasm"));
@@ -54,6 +56,7 @@ fn components_from_the_command_line_answer_under_their_prefix() {
     assert_eq!(view["kind"], "wasi-http");
 }
 
+#[cfg(feature = "wasmtime")]
 #[test]
 fn a_component_is_added_through_the_api_and_shown_as_one() {
     let server = Frenezulo::start(&["--engine", "wasmtime"]);
@@ -69,6 +72,7 @@ fn a_component_is_added_through_the_api_and_shown_as_one() {
     assert_eq!(hello["kind"], "wagi");
 }
 
+#[cfg(feature = "wasmi")]
 #[test]
 fn the_interpreter_refuses_a_component_with_a_400_that_says_why() {
     let server = Frenezulo::start(&["--engine", "wasmi"]);
@@ -85,6 +89,7 @@ fn the_interpreter_refuses_a_component_with_a_400_that_says_why() {
 
 /// A component's outbound call goes through the service's grant and frenezulo's client,
 /// and the one serving thread answers other requests while the call is held upstream.
+#[cfg(feature = "wasmtime")]
 #[test]
 fn a_component_calls_out_within_its_grant() {
     let upstream = Upstream::start(|a| match a.path.as_str() {
