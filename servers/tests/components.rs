@@ -6,7 +6,7 @@
 mod support;
 
 #[cfg_attr(not(feature = "wasmtime"), allow(unused_imports))]
-use support::{ConfigFile, Frenezulo, Reply, Upstream, json, repo};
+use support::{ConfigFile, Frenezulo, Reply, TempDir, Upstream, json, repo};
 
 #[cfg(feature = "wasmtime")]
 #[test]
@@ -70,6 +70,29 @@ fn a_component_is_added_through_the_api_and_shown_as_one() {
     assert_eq!(view["kind"], "wasi-http");
     let hello = json(&server.admin("GET", "/services/hello", b""));
     assert_eq!(hello["kind"], "wagi");
+}
+
+/// A component added through the API survives a restart, and comes back from the artifact
+/// cache rather than being compiled again.
+#[cfg(feature = "wasmtime")]
+#[test]
+fn a_component_survives_a_restart_from_its_artifact() {
+    let data = TempDir::new("component-restart");
+    let args = ["--engine", "wasmtime", "--data-dir", data.arg()];
+    let mut server = Frenezulo::start(&args);
+    let wasm = std::fs::read(repo("examples/components/rust-hello.wasm")).unwrap();
+    let r = server.admin("PUT", "/services/c", &wasm);
+    assert_eq!(r.status, 201, "{}", r.text());
+    server.kill();
+    let server = Frenezulo::start(&args);
+    let r = server.get("/c/anything");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "Hello from a wasi:http component\n");
+    let metrics = server.metrics();
+    assert!(
+        metrics.contains(r#"frenezulo_module_loads_total{service="c",from="artifact"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[cfg(feature = "wasmi")]
