@@ -237,6 +237,23 @@ mod wasmtime {
     }
 
     #[test]
+    fn host_resources_are_capped() {
+        let out = run(
+            ECHO,
+            &request("GET", "/svc?hold=100", &[("Host", "h")], b""),
+        );
+        assert_eq!(ok(&out).status, 200);
+        // Past the cap the host refuses the resource: a trap, not unbounded host memory.
+        let many = format!("/svc?hold={}", frenezulo_engines::component::MAX_RESOURCES);
+        let out = run(ECHO, &request("GET", &many, &[("Host", "h")], b""));
+        assert!(
+            matches!(out.result, Err(GuestFailure::Trap(_))),
+            "{:?}",
+            out.result
+        );
+    }
+
+    #[test]
     fn the_body_is_capped() {
         let small = RunLimits {
             stdout_bytes: 64 * 1024,

@@ -17,6 +17,15 @@ use super::outbound::{Outbound, SharedCalls};
 use crate::host::STDERR_CAP;
 use crate::wagi::MemoryLimiter;
 
+/// Host resources (fields, bodies, streams, pollables...) one request's instance may hold
+/// at once. They live outside its linear memory, so its memory limit does not bound them:
+/// this does, with [`MAX_FIELDS_BYTES`] (a handler uses a few dozen).
+pub const MAX_RESOURCES: usize = 1024;
+
+/// Most bytes (roughly, as held in memory) one `fields` resource a guest builds may hold:
+/// at most `MAX_RESOURCES * MAX_FIELDS_BYTES` (32 MiB) of headers per instance.
+pub const MAX_FIELDS_BYTES: usize = 32 * 1024;
+
 /// Per-request store data.
 pub(crate) struct ComponentHost {
     wasi: WasiCtx,
@@ -36,10 +45,14 @@ impl ComponentHost {
             .args(&[request.setup.name.as_str()])
             .stdout(log.clone())
             .stderr(log.clone());
+        let mut http = WasiHttpCtx::new();
+        http.set_field_size_limit(MAX_FIELDS_BYTES);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(MAX_RESOURCES);
         Self {
             wasi: wasi.build(),
-            http: WasiHttpCtx::new(),
-            table: ResourceTable::new(),
+            http,
+            table,
             hooks: Outbound {
                 setup: request.setup.clone(),
                 calls,

@@ -32,6 +32,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub(crate) use self::host::ComponentHost;
+pub use self::host::{MAX_FIELDS_BYTES, MAX_RESOURCES};
 use crate::wagi::RunOutput;
 use crate::{CompileError, CompiledModule, GuestTask, ModuleKind};
 

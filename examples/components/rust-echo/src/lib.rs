@@ -5,6 +5,7 @@
 //! `wasip2` crate; see `examples/build-components.sh`. Knobs for tests of the host's
 //! limits: `?loop` never returns, `?alloc=N` holds N MiB, `?big=N` answers N more bytes,
 //! `?exit=N` exits with status N, `?unset` returns without setting a response, and
+//! `?hold=N` holds N header maps (host resources) while it answers, and
 //! `?fetch=http://HOST:PORT/PATH` makes that outbound GET and answers with its status and
 //! body (502 and the error if it fails).
 
@@ -122,6 +123,8 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
             };
         }
         let held = vec![1u8; knob("alloc").unwrap_or(0) as usize * 1024 * 1024];
+        let fields: Vec<Fields> = (0..knob("hold").unwrap_or(0)).map(|_| Fields::new()).collect();
+        std::hint::black_box(&fields);
         std::hint::black_box(&held);
         if query.split('&').any(|p| p == "stderr") {
             eprintln!("echo was asked to write to stderr");
