@@ -29,8 +29,9 @@ use crate::{
 /// How often the engine's epoch advances.
 pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
-/// Core instances a component may hold (and pool slots it takes for them).
-const CORE_INSTANCES_PER_COMPONENT: u32 = 8;
+/// Core instances a component may hold (and pool slots it takes for them): a Rust
+/// component holds 3-5, componentize-py's 14 (CPython's libraries, linked one by one).
+const CORE_INSTANCES_PER_COMPONENT: u32 = 16;
 
 /// Per-store state: the guest's I/O, its memory once known, its limits.
 struct Host {

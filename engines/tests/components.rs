@@ -23,6 +23,8 @@ mod wasmtime {
 
     const ECHO: &str = "examples/components/rust-echo.wasm";
     const SPIN: &str = "examples/components/spin-hello.wasm";
+    /// componentize-py's output: CPython and the handler, 18 MB unzipped.
+    const PYTHON: &str = "examples/components/py-hello.wasm.gz";
 
     fn limits() -> RunLimits {
         RunLimits {
@@ -79,7 +81,7 @@ mod wasmtime {
 
     #[test]
     fn every_fixture_is_a_component() {
-        for path in [HELLO, ECHO, SPIN] {
+        for path in [HELLO, ECHO, SPIN, PYTHON] {
             assert!(is_component(&guest(path)), "{path}");
         }
         assert!(!is_component(&guest("examples/hello.wat")));
@@ -106,6 +108,24 @@ mod wasmtime {
         let r = ok(&out);
         assert_eq!(r.status, 200);
         assert_eq!(text(r), "Hello from Spin's SDK at /svc/a/b\n");
+    }
+
+    #[test]
+    fn the_componentize_py_hello_answers() {
+        // 14 core instances, and CPython's heap: more than the small fixtures need.
+        let limits = RunLimits {
+            memory_bytes: 64 << 20,
+            ..limits()
+        };
+        let out = run_for(
+            PYTHON,
+            &request("GET", "/svc/a?x=1", &[("Host", "example.com")], b""),
+            limits,
+            Duration::from_secs(60),
+        );
+        let r = ok(&out);
+        assert_eq!(r.status, 200);
+        assert_eq!(text(r), "Hello from Python at /svc/a?x=1\n");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `frenezulo`: an HTTP server for microservices compiled to WebAssembly.
 //!
-//! Each service is a WAGI module (a WASI preview-1 command) that owns a URL prefix; every
-//! request runs in a fresh instance. See README.md for the guest ABI and the config file.
+//! Each service is a WAGI module (a WASI preview-1 command) or, on wasmtime, a `wasi:http`
+//! component, and owns a URL prefix; every request runs in a fresh instance. See README.md
+//! for the guest ABIs and the config file.
 
 use std::io::{IsTerminal as _, Write as _};
 use std::path::{Path, PathBuf};
@@ -53,8 +54,10 @@ const BUILTIN_HELLO: &str = include_str!("../../examples/hello.wat");
 /// Serve microservices compiled to WebAssembly over HTTP/1.1.
 ///
 /// Each service is a WAGI module (a WASI preview-1 command: CGI environment in, CGI
-/// headers and body out) that owns a URL prefix: `--service shop=shop.wasm` answers
-/// `/shop`, `/shop/` and everything below. Every request runs in a fresh instance.
+/// headers and body out) or, on the wasmtime engine, a `wasi:http/proxy` component (WASI
+/// 0.2, as `cargo build --target wasm32-wasip2`, Spin's SDKs or componentize-py build it;
+/// the kind is read from the binary). Each owns a URL prefix: `--service shop=shop.wasm`
+/// answers `/shop`, `/shop/` and everything below. Every request runs in a fresh instance.
 /// With no service configured, a built-in `hello` service answers `/hello`.
 ///
 /// Logs go to stderr; set RUST_LOG (e.g. `RUST_LOG=debug`) for more or less detail.

@@ -16,8 +16,15 @@ pub fn repo(path: &str) -> PathBuf {
         .join(path)
 }
 
-/// A guest from the repository (`.wat` or `.wasm`), as wasm bytes.
+/// A guest from the repository (`.wat`, `.wasm`, or `.wasm.gz` for a large one), as wasm bytes.
 pub fn guest(path: &str) -> Vec<u8> {
+    if path.ends_with(".gz") {
+        let mut wasm = Vec::new();
+        let file = std::fs::File::open(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
+        std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(file), &mut wasm)
+            .unwrap_or_else(|e| panic!("{path}: {e}"));
+        return wasm;
+    }
     wat::parse_file(repo(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
