@@ -431,6 +431,10 @@ pub enum CompileError {
         "this is a WebAssembly component (wasi:http); components need the wasmtime engine, and this server runs {0}"
     )]
     ComponentNeedsWasmtime(EngineKind),
+    /// A component wasmtime does not take: malformed, or beyond what one instance may hold
+    /// here (core instances, memories, tables).
+    #[error("component not accepted: {0}")]
+    ComponentRefused(String),
     /// A component imports something the host does not provide, or with another type.
     #[error("component not linkable: {0}")]
     ComponentImport(String),

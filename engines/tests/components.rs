@@ -406,6 +406,27 @@ mod wasmtime {
             "{refused}"
         );
     }
+
+    #[test]
+    fn a_component_beyond_the_pools_limits_is_refused_and_says_which() {
+        // 16 core instances fit (componentize-py's output has 14); 17 do not.
+        let with = |n: usize| {
+            let instances = "(core instance (instantiate $m))".repeat(n);
+            wat::parse_str(format!("(component (core module $m) {instances})")).unwrap()
+        };
+        let refused = engine().compile(&with(17)).err().expect("refused");
+        assert!(
+            matches!(refused, CompileError::ComponentRefused(_)),
+            "{refused}"
+        );
+        assert!(
+            refused.to_string().contains("core module instances"),
+            "{refused}"
+        );
+        // Within the limit it compiles, and is refused only for lacking the handler.
+        let refused = engine().compile(&with(16)).err().expect("refused");
+        assert!(matches!(refused, CompileError::NotAHandler(_)), "{refused}");
+    }
 }
 
 #[cfg(feature = "wasmi")]

@@ -62,8 +62,8 @@ pub(crate) fn compile(
     linker: &Linker<ComponentHost>,
     wasm: &[u8],
 ) -> Result<WithArtifact, CompileError> {
-    let component =
-        Component::new(engine, wasm).map_err(|e| CompileError::Invalid(format!("{e:#}")))?;
+    let component = Component::new(engine, wasm)
+        .map_err(|e| CompileError::ComponentRefused(format!("{e:#}")))?;
     let artifact = component.serialize().ok();
     Ok((prepare(engine, linker, &component)?, artifact))
 }
