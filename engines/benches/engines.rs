@@ -13,8 +13,20 @@ use std::time::{Duration, Instant};
 
 use common::{guest, request};
 use criterion::{Criterion, criterion_group, criterion_main};
-use frenezulo_core::{GuestSetup, RunLimits};
-use frenezulo_engines::{EngineConfig, EngineKind, Grants, Volume, run_to_completion};
+use frenezulo_core::{GuestRequest, GuestSetup, RunLimits};
+use frenezulo_engines::{
+    CompiledModule, EngineConfig, EngineKind, Grants, RunOutput, Volume, run_to_completion,
+};
+
+/// One request in a fresh instance, to the end: what each iteration measures.
+fn run_once(compiled: &dyn CompiledModule, request: &GuestRequest) -> RunOutput {
+    let limits = RunLimits {
+        memory_bytes: 64 << 20,
+        stdout_bytes: 1 << 20,
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    run_to_completion(compiled, request, &limits, deadline)
+}
 
 fn bench(c: &mut Criterion) {
     let config = EngineConfig {
@@ -42,12 +54,7 @@ fn bench(c: &mut Criterion) {
             let compiled = engine.compile(&wasm).unwrap();
             g.bench_function(kind.name(), |b| {
                 b.iter(|| {
-                    let limits = RunLimits {
-                        memory_bytes: 64 << 20,
-                        stdout_bytes: 1 << 20,
-                    };
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    let out = run_to_completion(compiled.as_ref(), &request, &limits, deadline);
+                    let out = run_once(compiled.as_ref(), &request);
                     assert!(out.result.is_ok());
                     out
                 })
@@ -76,12 +83,7 @@ fn bench(c: &mut Criterion) {
             let compiled = engine.compile(&guest(path)).unwrap();
             g.bench_function(name, |b| {
                 b.iter(|| {
-                    let limits = RunLimits {
-                        memory_bytes: 64 << 20,
-                        stdout_bytes: 1 << 20,
-                    };
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    let out = run_to_completion(compiled.as_ref(), &request, &limits, deadline);
+                    let out = run_once(compiled.as_ref(), &request);
                     assert!(out.result.is_ok(), "{:?}", out.result);
                     out
                 })
@@ -114,14 +116,7 @@ fn bench(c: &mut Criterion) {
         let compiled = engine.compile(&wasm).unwrap();
         for (name, req) in [("none", &request), ("env+volume", &granted)] {
             g.bench_function(format!("{}/{name}", kind.name()), |b| {
-                b.iter(|| {
-                    let limits = RunLimits {
-                        memory_bytes: 64 << 20,
-                        stdout_bytes: 1 << 20,
-                    };
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    run_to_completion(compiled.as_ref(), req, &limits, deadline)
-                })
+                b.iter(|| run_once(compiled.as_ref(), req))
             });
         }
     }

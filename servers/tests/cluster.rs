@@ -303,11 +303,7 @@ fn a_module_object_that_does_not_match_its_digest_is_refused() {
         })
     };
     write(substituted);
-    let log = node.wait_for_log("module bytes do not match their digest");
-    let line = log
-        .lines()
-        .find(|l| l.contains("module bytes do not match their digest"))
-        .unwrap();
+    let line = node.wait_for_log_line("module bytes do not match their digest");
     assert!(line.contains("forged"), "{line}");
     assert_eq!(
         node.get("/forged").status,

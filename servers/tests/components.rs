@@ -45,11 +45,7 @@ fn components_from_the_command_line_answer_under_their_prefix() {
     // A guest that panics is a 500 with its stderr in the log, tagged with the service.
     let r = server.get("/echo?trap");
     assert_eq!(r.status, 500);
-    let log = server.wait_for_log("asked to trap");
-    let line = log
-        .lines()
-        .find(|l| l.contains("asked to trap"))
-        .expect("stderr logged");
+    let line = server.wait_for_log_line("asked to trap");
     assert!(line.contains("service=echo"), "{line}");
 
     let view = json(&server.admin("GET", "/services/hello", b""));

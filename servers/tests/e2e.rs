@@ -241,11 +241,7 @@ fn guest_stderr_goes_to_the_log_tagged_with_the_service() {
     let server = examples(ENGINES[ENGINES.len() - 1]);
     let r = server.get("/stderr");
     assert_eq!(r.text(), "ok\n");
-    let log = server.wait_for_log("guest says hi on stderr");
-    let line = log
-        .lines()
-        .find(|l| l.contains("guest says hi on stderr"))
-        .expect("stderr logged");
+    let line = server.wait_for_log_line("guest says hi on stderr");
     assert!(line.contains("service=stderr"), "{line}");
 }
 

@@ -318,6 +318,16 @@ impl Frenezulo {
         })
     }
 
+    /// Waits for a log line containing `needle` and returns the first such line.
+    pub fn wait_for_log_line(&self, needle: &str) -> String {
+        self.eventually(&format!("a log line saying {needle:?}"), || {
+            self.log()
+                .lines()
+                .find(|line| line.contains(needle))
+                .map(str::to_owned)
+        })
+    }
+
     /// [`eventually`] with [`PATIENCE`], showing this server's log if the wait fails.
     pub fn eventually<T>(&self, what: &str, check: impl FnMut() -> Option<T>) -> T {
         poll(PATIENCE, check).unwrap_or_else(|| {
