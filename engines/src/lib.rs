@@ -98,6 +98,29 @@ pub trait Engine: Send + Sync {
             "this engine has no precompiled artifacts".to_owned(),
         ))
     }
+
+    /// Loads a core module (not a component) from an artifact file whose first `len`
+    /// bytes [`Engine::compile_to_artifact`] made (anything after them is ignored): mapped
+    /// where the engine can, so that loading copies nothing.
+    ///
+    /// # Safety
+    ///
+    /// As for [`Engine::load_artifact`]; and the file must not be changed in place while
+    /// the module lives (a cache replaces files by renaming, which leaves a mapping alone).
+    #[allow(unsafe_code)]
+    unsafe fn load_module_artifact_file(
+        &self,
+        file: std::fs::File,
+        len: u64,
+    ) -> Result<Arc<dyn CompiledModule>, CompileError> {
+        use std::io::Read as _;
+        let mut artifact = Vec::new();
+        file.take(len)
+            .read_to_end(&mut artifact)
+            .map_err(|e| CompileError::Engine(format!("artifact not read: {e}")))?;
+        // SAFETY: the caller's promise for the file holds for the bytes read from it.
+        unsafe { self.load_artifact(&artifact) }
+    }
 }
 
 /// A compiled module, shareable across threads; each task gets a fresh instance.

@@ -3,10 +3,13 @@
 //! millisecond instead of compiling for a hundred.
 //!
 //! Files live under `artifacts/<engine fingerprint>/<module sha256>.cwasm`, so that a new
-//! wasmtime version or other settings never meet old code. Each file starts with a magic
-//! line and the SHA-256 of the code after it; a file whose checksum does not match is
+//! wasmtime version or other settings never meet old code. Each file is the code followed
+//! by a magic line and the code's CRC-32, so that a core module's file is mapped as it is
+//! (nothing copied: a cold start from it takes no fresh pages for the code); a file whose
+//! checksum does not match is
 //! deleted and the module compiled again, because deserializing is the one step that trusts
-//! its input. The checksum is not keyed: it catches damage, not a hostile writer, so the
+//! its input. The checksum catches damage (a torn write, a flipped bit), not a hostile
+//! writer, who could write a matching checksum of any strength beside their code; so the
 //! directories must be the server user's own and closed to others (checked at open: a
 //! directory that is not is not used), and an artifact is opened with `O_NOFOLLOW`, so a
 //! symbolic link planted in its place is never loaded.
@@ -23,7 +26,14 @@ use crate::registry::store::{
     Digest, check_private_dir, create_private_dir, remove_temporaries, write_atomic,
 };
 
-const MAGIC: &[u8; 8] = b"FRZART1\n";
+/// The format's marker. Version 1 put a SHA-256 in front of the code (0.15 ms per 180 KB
+/// artifact, most of a cold start's reading, and the code had to be copied out of the file);
+/// version 2 puts this and a CRC-32 after it. Files of version 1 are refused as damaged,
+/// deleted and recompiled once.
+const MAGIC: &[u8; 8] = b"FRZART2\n";
+
+/// The magic line and the code's CRC-32, little-endian, after the code.
+const TRAILER: usize = MAGIC.len() + 4;
 
 /// How a module came to be ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,13 +106,20 @@ impl Artifacts {
         let started = Instant::now();
         let path = self.path(Digest::of(wasm));
         if let Some(path) = &path
-            && let Some(code) = read_checked(path)
+            && let Some((file, len)) = open_checked(path)
         {
-            // SAFETY: `code` is byte for byte what `compile_to_artifact` serialized on an
-            // engine with this fingerprint (the directory's name): its SHA-256 was written
-            // beside it and matches.
+            // SAFETY: the file's first `len` bytes are byte for byte what
+            // `compile_to_artifact` serialized on an engine with this fingerprint (the
+            // directory's name), in the server's own private directory: their checksum was
+            // written after them and matches. Files there are only ever replaced by a
+            // rename, never changed in place.
             #[allow(unsafe_code)]
-            match unsafe { self.engine.load_artifact(&code) } {
+            let loaded = if frenezulo_engines::is_component(wasm) {
+                read_code(file, len).and_then(|code| unsafe { self.engine.load_artifact(&code) })
+            } else {
+                unsafe { self.engine.load_module_artifact_file(file, len) }
+            };
+            match loaded {
                 Ok(module) => return Ok((module, Loaded::FromArtifact, started.elapsed())),
                 Err(e) => {
                     warn!(path = %path.display(), error = %e, "artifact refused; compiling");
@@ -113,10 +130,10 @@ impl Artifacts {
         let (module, code) = self.engine.compile_to_artifact(wasm)?;
         let elapsed = started.elapsed();
         if let (Some(path), Some(code)) = (path, code) {
-            let mut file = Vec::with_capacity(MAGIC.len() + 32 + code.len());
+            let mut file = code;
+            let crc = crc32fast::hash(&file);
             file.extend_from_slice(MAGIC);
-            file.extend_from_slice(&Digest::of(&code).0);
-            file.extend_from_slice(&code);
+            file.extend_from_slice(&crc.to_le_bytes());
             if let Err(e) = write_atomic(&path, &file) {
                 warn!(error = %e, "could not keep the compiled artifact");
             }
@@ -144,43 +161,73 @@ impl Artifacts {
     }
 }
 
-/// The code in an artifact file, if it is a regular file (not a symbolic link: opened with
-/// `O_NOFOLLOW`), whole, and its checksum matches; anything else is deleted.
-fn read_checked(path: &Path) -> Option<Vec<u8>> {
+/// An artifact file and the length of its code, if it is a regular file (not a symbolic
+/// link: opened with `O_NOFOLLOW`), whole, and its checksum matches; anything else is
+/// deleted. The code is read through a small buffer to check it, not kept.
+fn open_checked(path: &Path) -> Option<(fs::File, u64)> {
     use std::io::Read as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    const HEADER: usize = MAGIC.len() + 32;
     let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
     let opened = fs::OpenOptions::new()
         .read(true)
         .custom_flags(flags.bits() as i32)
         .open(path);
-    let mut handle = match opened {
-        Ok(handle) => handle,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
-        Err(e) => {
-            warn!(path = %path.display(), error = %e, "artifact not opened (a symbolic link?); deleting it and compiling");
-            let _ = fs::remove_file(path);
-            return None;
-        }
+    let discard = |why: &str| {
+        warn!(path = %path.display(), "artifact {why}; deleting it and compiling");
+        let _ = fs::remove_file(path);
+        None
     };
-    if !handle.metadata().is_ok_and(|m| m.is_file()) {
-        warn!(path = %path.display(), "artifact is not a regular file; deleting it and compiling");
-        let _ = fs::remove_file(path);
-        return None;
+    let mut file = match opened {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => return discard(&format!("not opened ({e}; a symbolic link?)")),
+    };
+    let size = match file.metadata() {
+        Ok(m) if m.is_file() => m.len(),
+        _ => return discard("is not a regular file"),
+    };
+    let Some(len) = size.checked_sub(TRAILER as u64) else {
+        return discard("is cut short");
+    };
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+        match file.read(&mut buf[..want]) {
+            Ok(0) => return discard("is cut short"),
+            Ok(n) => {
+                crc.update(&buf[..n]);
+                left -= n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
     }
-    let mut file = Vec::new();
-    handle.read_to_end(&mut file).ok()?;
-    let sound = file.len() >= HEADER
-        && file.starts_with(MAGIC)
-        && Digest::of(&file[HEADER..]).0[..] == file[MAGIC.len()..HEADER];
-    if !sound {
-        warn!(path = %path.display(), "artifact checksum does not match; deleting it and compiling");
-        let _ = fs::remove_file(path);
-        return None;
+    let mut trailer = [0u8; TRAILER];
+    match file.read_exact(&mut trailer) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return discard("is cut short"),
+        Err(_) => return None,
     }
-    file.drain(..HEADER);
-    Some(file)
+    if !trailer.starts_with(MAGIC) {
+        return discard("is of another format or damaged");
+    }
+    if crc.finalize().to_le_bytes()[..] != trailer[MAGIC.len()..] {
+        return discard("checksum does not match");
+    }
+    Some((file, len))
+}
+
+/// The first `len` bytes of `file`: a component's artifact, which wasmtime takes as bytes.
+fn read_code(file: fs::File, len: u64) -> Result<Vec<u8>, CompileError> {
+    use std::io::{Read as _, Seek as _};
+    let mut file = file;
+    let mut code = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.rewind()
+        .and_then(|()| file.take(len).read_to_end(&mut code))
+        .map_err(|e| CompileError::Engine(format!("artifact not read: {e}")))?;
+    Ok(code)
 }
 
 #[cfg(all(test, feature = "wasmtime"))]
@@ -211,13 +258,36 @@ mod tests {
         // A flipped bit in the code: the checksum catches it, the module is compiled again.
         let path = artifacts.path(Digest::of(&wasm)).unwrap();
         let mut file = fs::read(&path).unwrap();
-        let last = file.len() - 1;
-        file[last] ^= 1;
+        let middle = file.len() / 2;
+        file[middle] ^= 1;
         fs::write(&path, &file).unwrap();
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
         artifacts.retain(&[]);
         assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+    }
+
+    #[test]
+    fn artifacts_cut_short_or_of_the_first_format_are_recompiled() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (engine, wasm) = wasmtime_and_hello();
+        let artifacts = Artifacts::open(engine, tmp.path());
+        assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+        let path = artifacts.path(Digest::of(&wasm)).unwrap();
+        let sound = fs::read(&path).unwrap();
+        let code = &sound[..sound.len() - TRAILER];
+        let first_format = [b"FRZART1\n".as_slice(), &Digest::of(code).0, code].concat();
+        for damaged in [
+            sound[..TRAILER - 1].to_vec(),
+            sound[..sound.len() - 1].to_vec(),
+            sound[1..].to_vec(),
+            first_format,
+        ] {
+            fs::write(&path, &damaged).unwrap();
+            assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::Compiled);
+            assert_eq!(fs::read(&path).unwrap(), sound, "written again whole");
+            assert_eq!(artifacts.load(&wasm).unwrap().1, Loaded::FromArtifact);
+        }
     }
 
     #[test]
