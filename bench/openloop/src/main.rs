@@ -150,7 +150,7 @@ fn print(cli: &Cli, plan: &Plan, r: &Report) {
     // One line for scripts.
     let c = &r.corrected;
     println!(
-        "RESULT achieved={:.1} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} answered={} errors={} timeouts={} unanswered={}",
+        "RESULT achieved={:.1} p50_us={} p90_us={} p99_us={} p999_us={} max_us={} answered={} s2xx={} s5xx={} errors={} timeouts={} unanswered={}",
         r.achieved(),
         c.value_at_quantile(0.5),
         c.value_at_quantile(0.9),
@@ -158,6 +158,8 @@ fn print(cli: &Cli, plan: &Plan, r: &Report) {
         c.value_at_quantile(0.999),
         c.max(),
         r.answered(),
+        r.by_class[1],
+        r.by_class[4],
         r.errors,
         r.timeouts,
         r.unanswered
