@@ -6,13 +6,12 @@
 //! wasmtime version or other settings never meet old code. Each file is the code followed
 //! by a magic line and the code's CRC-32, so that a core module's file is mapped as it is
 //! (nothing copied: a cold start from it takes no fresh pages for the code); a file whose
-//! checksum does not match is
-//! deleted and the module compiled again, because deserializing is the one step that trusts
-//! its input. The checksum catches damage (a torn write, a flipped bit), not a hostile
-//! writer, who could write a matching checksum of any strength beside their code; so the
-//! directories must be the server user's own and closed to others (checked at open: a
-//! directory that is not is not used), and an artifact is opened with `O_NOFOLLOW`, so a
-//! symbolic link planted in its place is never loaded.
+//! checksum does not match is deleted and the module compiled again, because deserializing
+//! is the one step that trusts its input. The checksum catches damage (a torn write, a
+//! flipped bit), not a hostile writer, who could write a matching checksum of any strength
+//! beside their code; so the directories must be the server user's own and closed to
+//! others (checked at open: a directory that is not is not used), and an artifact is
+//! opened with `O_NOFOLLOW`, so a symbolic link planted in its place is never loaded.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -220,9 +219,8 @@ fn open_checked(path: &Path) -> Option<(fs::File, u64)> {
 }
 
 /// The first `len` bytes of `file`: a component's artifact, which wasmtime takes as bytes.
-fn read_code(file: fs::File, len: u64) -> Result<Vec<u8>, CompileError> {
+fn read_code(mut file: fs::File, len: u64) -> Result<Vec<u8>, CompileError> {
     use std::io::{Read as _, Seek as _};
-    let mut file = file;
     let mut code = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     file.rewind()
         .and_then(|()| file.take(len).read_to_end(&mut code))

@@ -263,7 +263,7 @@ impl<'a> Run<'a> {
             }
         }
         let r = &mut self.report;
-        r.unanswered = r.due - r.answered() - r.errors - r.timeouts;
+        r.unanswered = r.due.saturating_sub(r.answered() + r.errors + r.timeouts);
         r.elapsed = self
             .last_answer
             .saturating_duration_since(self.start + self.plan.warmup);
