@@ -70,6 +70,11 @@ pub struct WasmtimeEngine {
     config: EngineConfig,
 }
 
+/// The error for an artifact wasmtime would not load (another version, settings or CPU).
+fn refused(e: wasmtime::Error) -> CompileError {
+    CompileError::Engine(format!("artifact refused: {e:#}"))
+}
+
 impl WasmtimeEngine {
     /// Creates the engine, its instance pool and the epoch ticker thread.
     pub fn new(config: &EngineConfig) -> Result<Self, EngineError> {
@@ -268,7 +273,6 @@ impl Engine for WasmtimeEngine {
         // SAFETY: the caller vouches that `artifact` is exactly what `compile_to_artifact`
         // serialized on an engine with this fingerprint; wasmtime checks the rest of its
         // header (version, settings) itself.
-        let refused = |e: wasmtime::Error| CompileError::Engine(format!("artifact refused: {e:#}"));
         if let Some(wasmtime::Precompiled::Component) = Wasmtime::detect_precompiled(artifact) {
             // SAFETY: as above.
             let component =
@@ -291,8 +295,8 @@ impl Engine for WasmtimeEngine {
         let _ = len;
         // SAFETY: the caller vouches for the file as for `load_artifact`, and that it is
         // not changed in place while mapped.
-        let module = unsafe { Module::deserialize_open_file(&self.engine, file) }
-            .map_err(|e| CompileError::Engine(format!("artifact refused: {e:#}")))?;
+        let module =
+            unsafe { Module::deserialize_open_file(&self.engine, file) }.map_err(refused)?;
         self.prepare(&module)
     }
 }

@@ -128,7 +128,9 @@ fn print(cli: &Cli, plan: &Plan, r: &Report) {
     );
     println!(
         "  errors {}, timeouts {}, unanswered {}",
-        r.errors, r.timeouts, r.unanswered
+        r.errors,
+        r.timeouts,
+        r.unanswered()
     );
     if let Some(why) = &r.first_error {
         println!("  first error: {why}");
@@ -162,6 +164,6 @@ fn print(cli: &Cli, plan: &Plan, r: &Report) {
         r.by_class[4],
         r.errors,
         r.timeouts,
-        r.unanswered
+        r.unanswered()
     );
 }
