@@ -63,7 +63,9 @@ impl Monitor {
                 self.open.remove(conn);
                 self.closed.insert(*conn);
             }
-            Input::Yielded { job, .. } | Input::Executed { job, .. } => {
+            Input::Yielded { job, .. }
+            | Input::Streamed { job, .. }
+            | Input::Executed { job, .. } => {
                 let current = self.report(*job, "a slice's end");
                 if current && matches!(input, Input::Executed { .. }) {
                     self.end(*job);

@@ -42,11 +42,14 @@
 //! [`Output::Execute`] (start a task and run its first slice) or an [`Output::Resume`] (run
 //! one more slice of a task that yielded), the core asks for nothing else to run until the
 //! driver answers [`Input::Yielded`] (the slice ran out with the guest still running),
-//! [`Input::Waiting`] (the guest waits on an outbound call the driver makes for it) or
-//! [`Input::Executed`] (the guest finished). Each of these carries `ran`, how long the
+//! [`Input::Waiting`] (the guest waits on an outbound call the driver makes for it),
+//! [`Input::Streamed`] (the guest, still running, handed over a piece of its answer to
+//! send now) or [`Input::Executed`] (the guest finished). Each of these carries `ran`, how long the
 //! slice took on the thread as the driver measured it; the core has no clock, and shares
 //! the thread by these times. A waiting task keeps its slot and is not run again until
-//! the driver reports [`Input::Woken`]. The next slice is then already queued as an
+//! the driver reports [`Input::Woken`]; a task whose pieces wait to be written (more than
+//! [`MAX_UNSENT`] bytes on its connection) keeps its slot and runs again once the driver
+//! reports, with [`Input::Unsent`], that they are. The next slice is then already queued as an
 //! output: services with work share the thread's time by start-time fair queueing on the
 //! time they were charged (optionally weighted by `cpu_weight`), so a looping guest gets
 //! its service's share and delays a service of short requests by at most one slice per

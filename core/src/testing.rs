@@ -18,9 +18,10 @@ use proptest::prelude::*;
 
 use crate::contract::Monitor;
 use crate::driver::{SliceOut, Slices};
+use crate::response::stream::Piece;
 use crate::{
-    ConnId, GuestFailure, Input, JobId, ModuleKey, Output, RegistryChange, Response, Server,
-    ServerConfig, ServiceLimits, ServiceName,
+    ConnId, GuestFailure, Input, JobId, MAX_UNSENT, ModuleKey, Output, RegistryChange, Response,
+    Server, ServerConfig, ServiceLimits, ServiceName,
 };
 
 /// One thing that happens to a serving thread's core.
@@ -52,6 +53,18 @@ pub enum Op {
     Yield {
         /// How long the slice ran, in microseconds.
         micros: u16,
+    },
+    /// The slice out ends with a piece of its guest's answer (the head, the first time).
+    Stream {
+        /// How long the slice ran, in microseconds.
+        micros: u16,
+    },
+    /// A connection's bytes not yet written cross the bound, up or down.
+    Backlog {
+        /// Which open connection.
+        conn: u8,
+        /// Over the bound, or written.
+        over: bool,
     },
     /// The slice out ends with its guest waiting on an outbound call.
     Wait {
@@ -107,6 +120,8 @@ pub fn op() -> impl Strategy<Value = Op> {
         6 => (any::<u8>(), any::<u8>()).prop_map(|(conn, service)| Op::Get { conn, service }),
         4 => (any::<u8>(), 0u16..3000).prop_map(|(outcome, micros)| Op::Finish { outcome, micros }),
         2 => (0u16..3000).prop_map(|micros| Op::Yield { micros }),
+        1 => (0u16..3000).prop_map(|micros| Op::Stream { micros }),
+        1 => (any::<u8>(), any::<bool>()).prop_map(|(conn, over)| Op::Backlog { conn, over }),
         1 => (0u16..3000).prop_map(|micros| Op::Wait { micros }),
         1 => any::<u8>().prop_map(|which| Op::Wake { which }),
         2 => any::<bool>().prop_map(|ok| Op::Compile { ok }),
@@ -198,6 +213,8 @@ pub struct Harness {
     calls: Vec<JobId>,
     /// Tasks reported waiting and not woken yet (some may be cancelled since).
     waiting: Vec<JobId>,
+    /// Tasks that sent their answer's head.
+    streamed: BTreeSet<JobId>,
     /// Whole requests sent per connection, and responses seen.
     asked: BTreeMap<ConnId, usize>,
     answered: BTreeMap<ConnId, usize>,
@@ -241,6 +258,7 @@ impl Harness {
             next_version: 1,
             calls: Vec::new(),
             waiting: Vec::new(),
+            streamed: BTreeSet::new(),
             asked: BTreeMap::new(),
             answered: BTreeMap::new(),
             uncounted: BTreeSet::new(),
@@ -301,6 +319,23 @@ impl Harness {
                 if let Some(job) = self.run_slice() {
                     let ran = Duration::from_micros(u64::from(*micros));
                     self.input(Input::Yielded { job, ran });
+                }
+            }
+            Op::Stream { micros } => {
+                if let Some(job) = self.run_slice() {
+                    let piece = if self.streamed.insert(job) {
+                        Piece::Start(Response::text(200, "head"))
+                    } else {
+                        Piece::More(Bytes::from_static(b"more"))
+                    };
+                    let ran = Duration::from_micros(u64::from(*micros));
+                    self.input(Input::Streamed { job, ran, piece });
+                }
+            }
+            Op::Backlog { conn, over } => {
+                if let Some(conn) = self.pick(*conn) {
+                    let bytes = if *over { MAX_UNSENT + 1 } else { 0 };
+                    self.input(Input::Unsent { conn, bytes });
                 }
             }
             Op::Wait { micros } => {
@@ -370,6 +405,10 @@ impl Harness {
             }
             for job in std::mem::take(&mut self.waiting) {
                 self.input(Input::Woken { job });
+            }
+            // Every backlog is written: held tasks run again.
+            for conn in self.open.clone() {
+                self.input(Input::Unsent { conn, bytes: 0 });
             }
             self.compile_all(true);
             while self.slices.is_out() {
@@ -463,6 +502,10 @@ impl Harness {
                 }
                 Output::Manage(call) => self.calls.push(call.call),
                 Output::Responded(r) => {
+                    if r.cut_short {
+                        // Requests behind it go with the connection.
+                        self.uncounted.insert(r.conn);
+                    }
                     *self.answered.entry(r.conn).or_default() += 1;
                     self.summary.responses += 1;
                 }

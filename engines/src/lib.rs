@@ -24,6 +24,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use frenezulo_core::response::stream::Piece;
 use frenezulo_core::subroute::SubRoutes;
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, RunLimits};
 use thiserror::Error;
@@ -286,13 +287,17 @@ pub enum Slice {
     /// The guest waits on this outbound call: make it, [`GuestTask::deliver`] the result,
     /// then run another slice.
     Waiting(outbound::OutboundRequest),
+    /// The guest, still running, handed over a piece of its response to send now: the
+    /// head and first bytes ([`Piece::Start`]), then more of the body. Run another slice
+    /// to continue; the [`RunOutput`] it finishes with then carries the last body bytes.
+    Streamed(Piece),
     /// The guest finished: its response, or why there is none.
     Finished(RunOutput),
 }
 
 /// Runs a task slice after slice until it finishes or `deadline` passes (then
-/// [`GuestFailure::Timeout`]). For tests, benchmarks and tools; the server schedules
-/// slices itself.
+/// [`GuestFailure::Timeout`]), and gives its whole response, pieces it streamed joined
+/// up. For tests, benchmarks and tools; the server schedules slices itself.
 pub fn run_to_completion(
     module: &dyn CompiledModule,
     request: &GuestRequest,
@@ -300,21 +305,40 @@ pub fn run_to_completion(
     deadline: Instant,
 ) -> RunOutput {
     let mut task = module.start(request, limits);
+    let mut streamed: Option<(frenezulo_core::Response, bytes::BytesMut)> = None;
     loop {
         match task.run_slice() {
-            Slice::Finished(output) => return output,
-            Slice::Yielded if Instant::now() >= deadline => {
-                return RunOutput {
-                    result: Err(GuestFailure::Timeout),
-                    stderr: Vec::new(),
-                };
+            Slice::Finished(mut output) => {
+                if let (Some((head, mut body)), Ok(last)) = (streamed, &mut output.result) {
+                    body.extend_from_slice(&last.body);
+                    *last = frenezulo_core::Response {
+                        body: body.freeze(),
+                        ..head
+                    };
+                }
+                return output;
             }
-            Slice::Yielded => {}
+            Slice::Streamed(Piece::Start(head)) => {
+                let body = bytes::BytesMut::from(&head.body[..]);
+                streamed = Some((head, body));
+            }
+            Slice::Streamed(Piece::More(more)) => {
+                if let Some((_, body)) = streamed.as_mut() {
+                    body.extend_from_slice(&more);
+                }
+            }
+            Slice::Streamed(_) | Slice::Yielded => {}
             // Tools and tests make no outbound calls: the guest is told the host could not.
             Slice::Waiting(_) => task.deliver(Err(outbound::OutboundError {
                 code: outbound::code::RUNTIME_ERROR,
                 reason: "run_to_completion makes no outbound calls".to_owned(),
             })),
+        }
+        if Instant::now() >= deadline {
+            return RunOutput {
+                result: Err(GuestFailure::Timeout),
+                stderr: Vec::new(),
+            };
         }
     }
 }

@@ -14,6 +14,7 @@ mod wasmtime {
 
     use crate::common::{guest, outbound_setup, request};
     use bytes::Bytes;
+    use frenezulo_core::response::stream::Piece;
     use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
     use frenezulo_engines::outbound::OutboundResponse;
     use frenezulo_engines::{
@@ -167,6 +168,50 @@ mod wasmtime {
     }
 
     #[test]
+    fn a_large_body_goes_out_in_pieces_as_it_is_written() {
+        // 1 MiB in 4 KiB writes: the host reads ahead at most 64 KiB (and a write) before
+        // the guest waits for the pieces to be taken.
+        const BIG: usize = 1 << 20;
+        const MOST: usize = 64 * 1024 + 4096;
+        let module = engine().compile(&guest(ECHO)).unwrap();
+        let req = request("GET", &format!("/svc?big={BIG}"), &[("Host", "h")], b"");
+        let mut task = module.start(
+            &req,
+            &RunLimits {
+                stdout_bytes: 2 << 20,
+                ..limits()
+            },
+        );
+        let patience = Instant::now() + Duration::from_secs(60);
+        let (mut head, mut body, mut pieces) = (None, Vec::new(), 0);
+        let last = loop {
+            match task.run_slice() {
+                Slice::Streamed(Piece::Start(r)) => {
+                    assert!(head.is_none(), "one head");
+                    assert!(r.body.len() <= MOST, "{} bytes read ahead", r.body.len());
+                    body.extend_from_slice(&r.body);
+                    head = Some(r.status);
+                }
+                Slice::Streamed(Piece::More(more)) => {
+                    assert!(head.is_some(), "the head comes first");
+                    assert!(more.len() <= MOST, "{} bytes read ahead", more.len());
+                    body.extend_from_slice(&more);
+                    pieces += 1;
+                }
+                Slice::Finished(out) => break out,
+                Slice::Yielded => {}
+                other => panic!("{other:?}"),
+            }
+            assert!(Instant::now() < patience, "never finished");
+        };
+        assert_eq!(head, Some(200));
+        assert!(pieces >= BIG / MOST - 1, "{pieces} pieces");
+        body.extend_from_slice(&ok(&last).body);
+        assert!(body.starts_with(b"method: GET\n"));
+        assert_eq!(body.iter().filter(|b| **b == b'.').count(), BIG);
+    }
+
+    #[test]
     fn the_status_the_guest_sets_is_kept() {
         let out = run(
             ECHO,
@@ -317,6 +362,7 @@ mod wasmtime {
             match task.run_slice() {
                 Slice::Waiting(call) => break call,
                 Slice::Yielded => assert!(Instant::now() < patience, "no call made"),
+                Slice::Streamed(piece) => panic!("streamed before calling: {piece:?}"),
                 Slice::Finished(out) => panic!("finished without calling: {:?}", out.result),
             }
         };
@@ -335,14 +381,19 @@ mod wasmtime {
             headers: vec![("x-a".to_owned(), Bytes::from_static(b"1"))],
             body: Bytes::from_static(b"upstream says hi"),
         }));
+        // What the guest wrote, whole or (on a slow machine) in pieces.
+        let mut written = Vec::new();
         let out = loop {
             match task.run_slice() {
                 Slice::Finished(out) => break out,
                 Slice::Yielded => assert!(Instant::now() < patience, "never finished"),
-                Slice::Waiting(call) => panic!("a second call: {}", call.url),
+                Slice::Streamed(Piece::Start(r)) => written.extend_from_slice(&r.body),
+                Slice::Streamed(Piece::More(more)) => written.extend_from_slice(&more),
+                other => panic!("{other:?}"),
             }
         };
-        assert_eq!(text(ok(&out)), "upstream 201\nupstream says hi");
+        written.extend_from_slice(&ok(&out).body);
+        assert_eq!(written, b"upstream 201\nupstream says hi");
     }
 
     #[test]

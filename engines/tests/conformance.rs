@@ -308,6 +308,7 @@ conformance! {
         let mut task = module.start(&req, &limits());
         let call = loop {
             match task.run_slice() {
+                Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
                 Slice::Waiting(call) => break call,
                 Slice::Yielded => continue,
                 Slice::Finished(out) => panic!("finished without waiting: {:?}", out.result),
@@ -325,6 +326,7 @@ conformance! {
         }));
         let body = loop {
             match task.run_slice() {
+                Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
                 Slice::Finished(out) => break ok(out.result).body,
                 Slice::Yielded => continue,
                 Slice::Waiting(_) => panic!("waited twice"),
@@ -345,6 +347,7 @@ conformance! {
             let mut result = result;
             loop {
                 match task.run_slice() {
+                    Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
                     Slice::Finished(out) => return ok(out.result).body[0],
                     Slice::Yielded => {}
                     Slice::Waiting(_) => task.deliver(result.take().expect("a call was expected")),
@@ -563,6 +566,7 @@ conformance! {
         let mut yields = 0;
         let output = loop {
             match task.run_slice() {
+                Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
                 Slice::Yielded => yields += 1,
                 Slice::Finished(output) => break output,
                 Slice::Waiting(_) => panic!("spin.wat makes no calls"),
@@ -610,6 +614,7 @@ conformance! {
             for (i, slot) in tasks.iter_mut().enumerate() {
                 let Some(task) = slot else { continue };
                 match task.run_slice() {
+                    Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
                     Slice::Yielded => yields += 1,
                     Slice::Finished(out) => {
                         interleaved[i] = Some(wire(out));

@@ -396,6 +396,7 @@ mod tests {
             status,
             bytes: 10,
             elapsed: Duration::from_millis(ms),
+            cut_short: false,
         };
         a.record(&response(200, 1), Duration::from_micros(300));
         a.record(&response(504, 20_000), Duration::ZERO);

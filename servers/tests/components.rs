@@ -6,7 +6,7 @@
 mod support;
 
 #[cfg_attr(not(feature = "wasmtime"), allow(unused_imports))]
-use support::{ConfigFile, Frenezulo, Reply, TempDir, Upstream, json, repo};
+use support::{ConfigFile, Frenezulo, Reply, TempDir, Upstream, json, repo, wait_for_counter};
 
 #[cfg(feature = "wasmtime")]
 #[test]
@@ -50,6 +50,75 @@ fn components_from_the_command_line_answer_under_their_prefix() {
 
     let view = json(&server.admin("GET", "/services/hello", b""));
     assert_eq!(view["kind"], "wasi-http");
+}
+
+#[cfg(feature = "wasmtime")]
+#[test]
+fn a_large_answer_is_streamed_in_chunks_and_the_connection_goes_on() {
+    let echo = format!("echo={}", repo("examples/components/rust-echo.wasm"));
+    let server = Frenezulo::start(&["--engine", "wasmtime", "--service", &echo]);
+    let mut client = server.connect();
+    // 3 MiB, more than the guest may write ahead of the socket: it goes out as written.
+    let big = 3 << 20;
+    client.send(format!("GET /echo?big={big} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let r = client.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Transfer-Encoding"), Some("chunked"));
+    assert_eq!(r.header("Content-Length"), None);
+    assert!(r.text().starts_with("method: GET\n"));
+    assert_eq!(r.body.iter().filter(|b| **b == b'.').count(), big);
+    // Kept alive after the last chunk; a HEAD gets the head alone.
+    client.send(format!("HEAD /echo?big={big} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    let r = client.head_response();
+    assert_eq!(r.status, 200);
+    client.send(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = client.response();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.header("Content-Length").is_some(),
+        "a short answer is sent whole"
+    );
+    // An HTTP/1.0 client reads the body to the close.
+    let mut client = server.connect();
+    client.send(format!("GET /echo?big={big} HTTP/1.0\r\n\r\n").as_bytes());
+    let mut raw = Vec::new();
+    std::io::Read::read_to_end(&mut client.stream, &mut raw).unwrap();
+    let raw = String::from_utf8_lossy(&raw);
+    assert!(raw.starts_with("HTTP/1.1 200 OK\r\n"), "{}", &raw[..80]);
+    assert!(raw.contains("Connection: close\r\n") && !raw.contains("chunked"));
+    let body = &raw[raw.find("\r\n\r\n").unwrap() + 4..];
+    assert!(body.starts_with("method: GET\n"));
+    assert_eq!(body.matches('.').count(), big);
+}
+
+/// A client that does not read holds up its own guest, not the server's memory: the
+/// guest waits once its connection has about a megabyte unwritten, and writes on as the
+/// client reads.
+#[cfg(feature = "wasmtime")]
+#[test]
+fn a_slow_reader_makes_the_guest_wait() {
+    let config = ConfigFile::new(
+        "slow-reader",
+        &format!(
+            "engine = \"wasmtime\"\n[services.echo]\nmodule = {:?}\nstdout = \"64MiB\"\ndeadline = \"120s\"\n",
+            repo("examples/components/rust-echo.wasm")
+        ),
+    );
+    let server = Frenezulo::start_with_env(
+        &["--config", config.path()],
+        &[("RUST_LOG", "info,frenezulo=debug")],
+    );
+    let mut client = server.connect();
+    // Far more than the kernel's socket buffers and the server's bound together.
+    let big = 24 << 20;
+    client.send(format!("GET /echo?big={big} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+    server.wait_for_log("connection held");
+    // Held, not finished: had the server taken the whole body, the guest would be done.
+    wait_for_counter(&server, "echo", "running", 1);
+    let r = client.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.iter().filter(|b| **b == b'.').count(), big);
+    wait_for_counter(&server, "echo", "running", 0);
 }
 
 #[cfg(feature = "wasmtime")]

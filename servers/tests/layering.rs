@@ -1,6 +1,6 @@
 //! Modules depend one way: in each crate of the workspace, the graph of which top-level
-//! module names which (`crate::x` anywhere in code outside test modules, `tests.rs` files
-//! and comments,
+//! module names which (`crate::x` anywhere in code outside test modules, `tests.rs` files,
+//! `tests/` directories and comments,
 //! `use crate::{x, y}` included) has no cycle. A new import that closes one fails here with the cycle named.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,7 +14,10 @@ fn graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
         for entry in std::fs::read_dir(&dir).unwrap() {
             let path = entry.unwrap().path();
             if path.is_dir() {
-                dirs.push(path);
+                // A `tests/` directory is a test module of its own, as a `tests.rs` is.
+                if path.file_name().is_some_and(|n| n != "tests") {
+                    dirs.push(path);
+                }
             } else if path.extension().is_some_and(|e| e == "rs")
                 // A `tests.rs` is a test module of its own: tests may import anything.
                 && path.file_name().is_some_and(|n| n != "tests.rs")

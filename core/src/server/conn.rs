@@ -9,6 +9,7 @@ use bytes::Bytes;
 
 use super::{ConnId, JobId, LazyTimer, MAX_UNSENT, Output, Responded, Server, Timer};
 use crate::http::{ParseEvent, RequestParser};
+use crate::response::stream::{Piece, Stream};
 use crate::response::{self, Response};
 use crate::route::ServiceName;
 
@@ -21,8 +22,15 @@ pub(super) struct Slot {
     /// When the request was parsed.
     arrived: Instant,
     head_only: bool,
+    /// The client takes chunked coding (HTTP/1.1).
+    chunked: bool,
     pub(super) close: bool,
+    /// The whole answer (or the end of one sent in pieces), to send once it is first.
     pub(super) ready: Option<(Bytes, Bytes)>,
+    /// The answer a guest is sending in pieces, once it began.
+    pub(super) stream: Option<Stream>,
+    /// Pieces of it not sent yet: an answer before it is still owed.
+    pub(super) pending: VecDeque<(Bytes, Bytes)>,
 }
 
 pub(super) struct Conn {
@@ -50,7 +58,13 @@ impl Conn {
     }
 
     /// Adds the slot for the next response; returns its sequence number.
-    pub(super) fn push_slot(&mut self, now: Instant, head_only: bool, close: bool) -> u64 {
+    pub(super) fn push_slot(
+        &mut self,
+        now: Instant,
+        head_only: bool,
+        chunked: bool,
+        close: bool,
+    ) -> u64 {
         let seq = self.next_seq;
         self.next_seq += 1;
         self.pipeline.push_back(Slot {
@@ -59,8 +73,11 @@ impl Conn {
             service: None,
             arrived: now,
             head_only,
+            chunked,
             close,
             ready: None,
+            stream: None,
+            pending: VecDeque::new(),
         });
         seq
     }
@@ -139,12 +156,13 @@ impl Server {
                     if close {
                         c.stop_parsing = true;
                     }
-                    let seq = c.push_slot(now, request.is_head(), close);
+                    let chunked = request.version != crate::http::Version::Http10;
+                    let seq = c.push_slot(now, request.is_head(), chunked, close);
                     self.admit(now, conn, seq, request);
                 }
                 Err(e) => {
                     c.stop_parsing = true;
-                    let seq = c.push_slot(now, false, true);
+                    let seq = c.push_slot(now, false, false, true);
                     self.respond(now, conn, seq, Response::text(e.status(), &e.to_string()));
                     break;
                 }
@@ -171,6 +189,10 @@ impl Server {
         if was_held && bytes <= MAX_UNSENT {
             // Held, it was not idle: its idle time starts now.
             c.since = now;
+            let jobs: Vec<JobId> = c.pipeline.iter().filter_map(|s| s.job).collect();
+            for job in jobs {
+                self.release(job);
+            }
             self.parse(now, conn);
         }
         self.arm_conn_timer(conn);
@@ -234,14 +256,34 @@ impl Server {
             status: response.status,
             bytes: head.len() + body.len(),
             elapsed: now.saturating_duration_since(slot.arrived),
+            cut_short: false,
         }));
         slot.ready = Some((head, body));
+        self.send_ready(now, conn);
+    }
+
+    /// Sends what is ready, in request order: the pieces of the first answer, and the
+    /// answers that are whole, up to the first one still owed. Closes the connection
+    /// after an answer that closes it, or once nothing more will come.
+    fn send_ready(&mut self, now: Instant, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
         let mut close = false;
-        while c.pipeline.front().is_some_and(|s| s.ready.is_some()) {
+        while let Some(front) = c.pipeline.front_mut() {
+            for (head, body) in front.pending.drain(..) {
+                self.outputs
+                    .push_back(Output::Transmit { conn, head, body });
+            }
+            if front.ready.is_none() {
+                break;
+            }
             let slot = c.pipeline.pop_front().expect("checked front");
             let (head, body) = slot.ready.expect("checked ready");
-            self.outputs
-                .push_back(Output::Transmit { conn, head, body });
+            if !head.is_empty() || !body.is_empty() {
+                self.outputs
+                    .push_back(Output::Transmit { conn, head, body });
+            }
             if slot.close {
                 close = true;
                 break;
@@ -255,6 +297,101 @@ impl Server {
         if close {
             self.close(now, conn);
         }
+    }
+
+    /// A piece of the answer in slot `seq`, which a guest sends as it runs: framed, and
+    /// sent now if the slot is first, else once the answers before it are out.
+    pub(super) fn stream_piece(&mut self, now: Instant, conn: ConnId, seq: u64, piece: Piece) {
+        let date = self.date.clone();
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        let Some(slot) = c.pipeline.iter_mut().find(|s| s.seq == seq) else {
+            return;
+        };
+        let framed = match (piece, slot.stream.as_mut()) {
+            (Piece::Start(response), None) => {
+                let started =
+                    Stream::start(&response, slot.head_only, slot.chunked, slot.close, &date);
+                slot.stream = Some(started.stream);
+                if started.close {
+                    // Its body runs to the close: nothing after it can be answered.
+                    slot.close = true;
+                    c.stop_parsing = true;
+                }
+                (started.head, started.body)
+            }
+            (Piece::More(bytes), Some(stream)) => stream.more(bytes),
+            // A head twice, or a body before one: the engine broke its contract; the
+            // answer cannot be framed, so it ends where it is.
+            (Piece::Start(_), Some(_)) | (Piece::More(_), None) => {
+                debug_assert!(false, "a streamed piece out of order");
+                return;
+            }
+        };
+        if !framed.0.is_empty() || !framed.1.is_empty() {
+            slot.pending.push_back(framed);
+        }
+        self.send_ready(now, conn);
+    }
+
+    /// A task's run ended: its answer in slot `seq`, whole, or the end of the one it sent
+    /// in pieces. A failure after the head went out cannot change the status any more:
+    /// the connection closes, so the client sees the body cut short.
+    pub(super) fn answer_task(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        seq: u64,
+        result: Result<Response, crate::GuestFailure>,
+    ) {
+        let streamed = self
+            .conns
+            .get(&conn)
+            .and_then(|c| c.pipeline.iter().find(|s| s.seq == seq))
+            .is_some_and(|slot| slot.stream.is_some());
+        if !streamed {
+            let response = result.unwrap_or_else(|failure| failure.to_response());
+            return self.answer(now, conn, seq, response);
+        }
+        let c = self.conns.get_mut(&conn).expect("checked above");
+        let slot = c
+            .pipeline
+            .iter_mut()
+            .find(|s| s.seq == seq)
+            .expect("checked above");
+        let stream = slot.stream.as_mut().expect("checked above");
+        let whole = match result {
+            Ok(response) => {
+                let (pieces, whole) = stream.end(response.body);
+                slot.pending.extend(
+                    pieces
+                        .into_iter()
+                        .filter(|(a, b)| !a.is_empty() || !b.is_empty()),
+                );
+                whole
+            }
+            Err(_) => false,
+        };
+        if !whole {
+            slot.close = true;
+            c.stop_parsing = true;
+        }
+        let class = usize::from(stream.status() / 100).clamp(1, 5) - 1;
+        self.stats.responses_by_class[class] += 1;
+        self.outputs.push_back(Output::Responded(Responded {
+            conn,
+            service: slot.service.take(),
+            job: slot.job,
+            status: stream.status(),
+            bytes: stream.bytes(),
+            elapsed: now.saturating_duration_since(slot.arrived),
+            cut_short: !whole,
+        }));
+        slot.ready = Some((Bytes::new(), Bytes::new()));
+        self.send_ready(now, conn);
+        self.parse(now, conn);
+        self.arm_conn_timer(conn);
     }
 
     /// Responds from outside the parse loop, then parses requests that were waiting for
@@ -313,7 +450,7 @@ impl Server {
         c.deadline = None;
         if c.parser.is_mid_request() {
             c.stop_parsing = true;
-            let seq = c.push_slot(now, false, true);
+            let seq = c.push_slot(now, false, false, true);
             self.respond(
                 now,
                 conn,

@@ -159,8 +159,8 @@ impl Server {
         );
     }
 
-    /// The slice out, the waiting set, the lanes and `ready` against the jobs: every
-    /// started task is in exactly one of the slice out, the waiting set and its lane.
+    /// The slice out, the waiting and held sets, the lanes and `ready` against the jobs:
+    /// every started task is in exactly one of the slice out, those sets and its lane.
     fn check_scheduler(&self) {
         let started = |id: &JobId, place: &str| {
             let job = self
@@ -190,6 +190,18 @@ impl Server {
         for id in &self.waiting {
             started(id, "the waiting set");
             assert!(placed.insert(*id), "{id:?} waits and is out at once");
+        }
+        for id in &self.held {
+            let job = started(id, "the held set");
+            assert!(placed.insert(*id), "{id:?} is held and elsewhere at once");
+            let slot = self
+                .conns
+                .get(&job.conn)
+                .and_then(|c| c.pipeline.iter().find(|s| s.seq == job.seq));
+            assert!(
+                slot.is_some_and(|s| s.stream.is_some()),
+                "{id:?} is held but sends no answer in pieces"
+            );
         }
         for (name, lane) in &self.lanes {
             for id in &lane.parked {
@@ -278,8 +290,10 @@ impl Server {
             }
             // Answers go out in order as soon as they can: the first slot still waits.
             assert!(
-                c.pipeline.front().is_none_or(|s| s.ready.is_none()),
-                "{id:?}: the first answer is ready but was not sent"
+                c.pipeline
+                    .front()
+                    .is_none_or(|s| s.ready.is_none() && s.pending.is_empty()),
+                "{id:?}: the first answer is ready, or has pieces, but was not sent"
             );
         }
     }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use crate::guest::{GuestFailure, GuestRequest, GuestSetup, ModuleKey, RunLimits};
 use crate::http::{FramingLimits, Request};
 use crate::response::Response;
+use crate::response::stream::Piece;
 use crate::route::ServiceName;
 use crate::router::Router;
 
@@ -272,6 +273,22 @@ pub enum Input<'a> {
         /// The guest's response, or why there is none.
         result: Result<Response, GuestFailure>,
     },
+    /// The slice asked for by [`Output::Execute`] or [`Output::Resume`] ended with a piece
+    /// of the guest's answer, sent before it finished (chunked, or by the length the
+    /// guest declared); the guest still runs. The first piece of a task is a
+    /// [`Piece::Start`], then [`Piece::More`]; [`Input::Executed`] then carries the last
+    /// body bytes (its status and headers are not looked at) or the failure that cuts the
+    /// answer short. The task runs again once its connection has written what it owes
+    /// down to [`MAX_UNSENT`] bytes.
+    Streamed {
+        /// The task.
+        job: JobId,
+        /// How long the slice took on the serving thread (an instance start included),
+        /// as the driver measured it: charged to the task's service.
+        ran: Duration,
+        /// The piece.
+        piece: Piece,
+    },
     /// The answer to an [`Output::Manage`] call.
     Managed {
         /// The call.
@@ -326,7 +343,7 @@ pub enum Output {
         wasm: Bytes,
     },
     /// Start a guest task and run its first time slice; answer with [`Input::Yielded`],
-    /// [`Input::Waiting`] or [`Input::Executed`].
+    /// [`Input::Waiting`], [`Input::Streamed`] or [`Input::Executed`].
     Execute(Box<Execution>),
     /// Run one more time slice of a task that yielded or was woken; answer as for
     /// [`Output::Execute`].
@@ -384,6 +401,10 @@ pub struct Responded {
     pub bytes: usize,
     /// From the request being parsed to its response being queued.
     pub elapsed: Duration,
+    /// The response was sent in pieces and ended before its end (the guest failed or ran
+    /// out of time after its head went out, or wrote other than the length it declared):
+    /// the connection closes after it, unanswered requests behind it with it.
+    pub cut_short: bool,
 }
 
 /// A guest task to start.
@@ -541,6 +562,9 @@ pub struct Server {
     /// Tasks waiting on an outbound call; each still holds its slot (bounded by
     /// `max_running`).
     waiting: BTreeSet<JobId>,
+    /// Tasks that sent part of their answer and wait for their connection to write it;
+    /// each still holds its slot.
+    held: BTreeSet<JobId>,
     timers: BTreeSet<(Instant, Timer)>,
     outputs: VecDeque<Output>,
     shutting_down: bool,
@@ -575,6 +599,7 @@ impl Server {
             next_turn: 0,
             slice_out: None,
             waiting: BTreeSet::new(),
+            held: BTreeSet::new(),
             timers: BTreeSet::new(),
             outputs: VecDeque::new(),
             shutting_down: false,
@@ -660,6 +685,7 @@ impl Server {
         // The slice ran whatever the timers due now do to its task: charge it first.
         if let Input::Yielded { job, ran }
         | Input::Waiting { job, ran }
+        | Input::Streamed { job, ran, .. }
         | Input::Executed { job, ran, .. } = &input
         {
             self.charge(*job, *ran);
@@ -680,6 +706,7 @@ impl Server {
             Input::Yielded { job, .. } => self.on_yielded(job),
             Input::Waiting { job, .. } => self.on_waiting(job),
             Input::Woken { job } => self.on_woken(job),
+            Input::Streamed { job, piece, .. } => self.on_streamed(now, job, piece),
             Input::Executed { job, result, .. } => self.on_executed(now, job, result),
             Input::Managed { call, response } => self.on_managed(now, call, response),
             Input::Unsent { conn, bytes } => self.on_unsent(now, conn, bytes),

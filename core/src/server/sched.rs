@@ -35,6 +35,7 @@ use super::{ConnId, Execution, JobId, Lifecycle, Output, Server, Timer};
 use crate::guest::{GuestFailure, GuestRequest, ModuleKey};
 use crate::http::Request;
 use crate::response::Response;
+use crate::response::stream::Piece;
 use crate::route::ServiceName;
 use crate::router::Destination;
 
@@ -433,6 +434,38 @@ impl Server {
         self.pump();
     }
 
+    /// The slice ended with a piece of the task's answer: it goes out, and the task runs
+    /// again, unless its connection has more than [`super::MAX_UNSENT`] bytes unwritten:
+    /// then it is held, keeping its slot, until they are written ([`Self::release`]), so
+    /// a client that reads slowly makes the guest wait rather than the server buffer.
+    pub(super) fn on_streamed(&mut self, now: Instant, job_id: JobId, piece: Piece) {
+        let Some(out) = self.slice_out.take_if(|s| s.job == job_id) else {
+            return;
+        };
+        self.stats.yields += 1;
+        let job = self.jobs.get(&job_id).expect("an out slice has a job");
+        let conn = job.conn;
+        self.stream_piece(now, conn, job.seq, piece);
+        if self
+            .conns
+            .get(&conn)
+            .is_some_and(|c| c.unsent > super::MAX_UNSENT)
+        {
+            self.held.insert(job_id);
+            self.mark_ready(&out.lane);
+            self.pump();
+        } else {
+            self.park(job_id);
+        }
+    }
+
+    /// A held task's connection wrote its backlog: the task may run again.
+    pub(super) fn release(&mut self, job: JobId) {
+        if self.held.remove(&job) {
+            self.park(job);
+        }
+    }
+
     pub(super) fn on_waiting(&mut self, job: JobId) {
         let Some(out) = self.slice_out.take_if(|s| s.job == job) else {
             return;
@@ -465,8 +498,7 @@ impl Server {
             unreachable!("an out slice belongs to a started job");
         };
         self.task_done(module);
-        let response = result.unwrap_or_else(|failure| failure.to_response());
-        self.answer(now, job.conn, job.seq, response);
+        self.answer_task(now, job.conn, job.seq, result);
         self.after_task(now, &job.service);
     }
 
@@ -494,6 +526,7 @@ impl Server {
         if self.out_job() == Some(job) {
             self.slice_out = None;
         } else if !self.waiting.remove(&job)
+            && !self.held.remove(&job)
             && let Some(lane) = self.lanes.get_mut(name)
         {
             lane.parked.retain(|j| *j != job);
@@ -532,7 +565,7 @@ impl Server {
             }
             JobState::Started(module) => {
                 self.cancel_task(job_id, module, &job.service);
-                self.answer(now, job.conn, job.seq, GuestFailure::Timeout.to_response());
+                self.answer_task(now, job.conn, job.seq, Err(GuestFailure::Timeout));
                 self.after_task(now, &job.service);
             }
         }

@@ -4,9 +4,10 @@
 //! Each request gets a fresh instance from a `ProxyPre`, in the same pooled slots, under
 //! the same memory limiter and epoch time slices as a WAGI module's; the host side of WASI
 //! and wasi:http is the reference one (`wasmtime-wasi`, `wasmtime-wasi-http`). The guest's
-//! response is collected while it runs (so a guest that writes more than one channel's
-//! worth never waits on a reader) and answered once its body is finished: the response is
-//! buffered, up to the service's output cap, as a WAGI response is. Outbound calls go
+//! response is collected while it runs and answered whole when the guest finishes within
+//! its first time slice; a guest that runs on past a slice with its response set, or
+//! writes more than [`response::HIGH_WATER`] bytes, has it sent in pieces as it writes
+//! (`response.rs`), the total still under the service's output cap. Outbound calls go
 //! through the service's grant and the driver, as WAGI's do (`outbound.rs`).
 //!
 //! The request reaches the guest with its full path; the prefix the service was matched on
@@ -15,24 +16,25 @@
 
 mod host;
 mod outbound;
+mod response;
+mod task;
 
 use std::future::Future;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::task::{Context, Poll};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
-use http_body::Body as _;
 use http_body_util::BodyExt as _;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine as Wasmtime, Store};
 use wasmtime_wasi_http::WasiHttpView as _;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
-use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
 pub(crate) use self::host::ComponentHost;
 pub use self::host::{MAX_FIELDS_BYTES, MAX_RESOURCES};
+use self::response::Collect;
 use crate::wagi::RunOutput;
 use crate::{CompileError, CompiledModule, GuestTask, ModuleKind};
 
@@ -100,10 +102,13 @@ impl CompiledModule for HttpComponent {
         crate::fiber::slice_by_epoch(&mut store);
         let http_request = to_http(request);
         let pre = self.pre.clone();
-        let cap = limits.stdout_bytes;
+        let (sender, response) = Collect::shared(limits.stdout_bytes);
+        let collected = response.clone();
         let mut run = Box::pin(async move {
             let result = match http_request {
-                Ok(http_request) => handle(&pre, &mut store, http_request, cap).await,
+                Ok(http_request) => {
+                    handle(&pre, &mut store, http_request, (sender, collected)).await
+                }
                 Err(why) => Err(GuestFailure::Instantiate(why)),
             };
             RunOutput {
@@ -116,9 +121,11 @@ impl CompiledModule for HttpComponent {
         let run = std::future::poll_fn(move |cx| {
             wasmtime_wasi::runtime::with_ambient_tokio_runtime(|| run.as_mut().poll(cx))
         });
-        Box::new(outbound::ComponentTask {
+        Box::new(task::ComponentTask {
             fiber: crate::fiber::task(Box::pin(run)),
             calls,
+            response,
+            unsent_since: None,
         })
     }
 
@@ -178,9 +185,8 @@ async fn handle(
     pre: &ProxyPre<ComponentHost>,
     store: &mut Store<ComponentHost>,
     request: http::Request<http_body_util::Full<Bytes>>,
-    cap: usize,
+    (sender, response): (response::Sender, response::Shared),
 ) -> Result<Response, GuestFailure> {
-    let (sender, receiver) = tokio::sync::oneshot::channel();
     let mut view = store.data_mut().http();
     let made = view
         .new_incoming_request(
@@ -193,7 +199,6 @@ async fn handle(
         Ok(proxy) => proxy,
         Err(e) => return Err(failure(e, store.data().limiter.refused)),
     };
-    let mut response = Collect::new(receiver, cap);
     let called = {
         let mut call = pin!(
             proxy
@@ -205,9 +210,9 @@ async fn handle(
             if let Poll::Ready(result) = call.as_mut().poll(cx) {
                 called = Some(result);
             }
-            // Drained on every turn: a guest that writes more than the body channel holds
-            // waits for it.
-            match (response.poll(cx), &called) {
+            // Drained on every turn up to the high-water mark: past it, a guest that
+            // writes more waits until the task hands the bytes out.
+            match (response.borrow_mut().poll(cx, true), &called) {
                 (Poll::Ready(()), _) | (Poll::Pending, Some(_)) => Poll::Ready(()),
                 (Poll::Pending, None) => Poll::Pending,
             }
@@ -219,14 +224,15 @@ async fn handle(
         let success = e
             .downcast_ref::<wasmtime_wasi::I32Exit>()
             .is_some_and(|exit| exit.0 == 0);
-        if !response.is_complete() && !success {
+        if !response.borrow().is_complete() && !success {
             return Err(failure(e, store.data().limiter.refused));
         }
     }
     // The guest returned: what it wrote is in the channel, and a body it never finished
     // ends when its resources go. Nothing here can wait any more.
     drop(std::mem::take(store.data_mut().http().table));
-    let _ = response.poll(&mut Context::from_waker(std::task::Waker::noop()));
+    let mut response = response.borrow_mut();
+    let _ = response.poll(&mut Context::from_waker(std::task::Waker::noop()), false);
     response.finish()
 }
 
@@ -242,129 +248,5 @@ fn failure(e: wasmtime::Error, memory_refused: bool) -> GuestFailure {
         crate::wagi::Ending::Interrupted => GuestFailure::Timeout,
         crate::wagi::Ending::Trapped(why) => GuestFailure::Trap(why),
         other => GuestFailure::Trap(format!("{other:?}")),
-    }
-}
-
-/// The response a guest sets through `response-outparam`, read as it is written.
-struct Collect {
-    receiver: Option<
-        tokio::sync::oneshot::Receiver<Result<http::Response<HyperOutgoingBody>, ErrorCode>>,
-    >,
-    status: u16,
-    headers: Vec<(String, Bytes)>,
-    body: Option<HyperOutgoingBody>,
-    bytes: BytesMut,
-    cap: usize,
-    ended: Option<Result<(), GuestFailure>>,
-}
-
-impl Collect {
-    fn new(
-        receiver: tokio::sync::oneshot::Receiver<
-            Result<http::Response<HyperOutgoingBody>, ErrorCode>,
-        >,
-        cap: usize,
-    ) -> Self {
-        Self {
-            receiver: Some(receiver),
-            status: 0,
-            headers: Vec::new(),
-            body: None,
-            bytes: BytesMut::new(),
-            cap,
-            ended: None,
-        }
-    }
-
-    fn is_complete(&self) -> bool {
-        matches!(self.ended, Some(Ok(())))
-    }
-
-    /// Takes what is there; ready once the response is whole or cannot be.
-    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
-        if self.ended.is_some() {
-            return Poll::Ready(());
-        }
-        if let Some(receiver) = self.receiver.as_mut() {
-            let set = match Pin::new(receiver).poll(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(set) => set,
-            };
-            self.receiver = None;
-            match set {
-                Ok(Ok(response)) => {
-                    let (parts, body) = response.into_parts();
-                    self.status = parts.status.as_u16();
-                    self.headers = parts
-                        .headers
-                        .iter()
-                        .map(|(name, value)| {
-                            (
-                                name.as_str().to_owned(),
-                                Bytes::copy_from_slice(value.as_bytes()),
-                            )
-                        })
-                        .collect();
-                    self.body = Some(body);
-                }
-                Ok(Err(code)) => {
-                    return self.end(Err(GuestFailure::BadResponse(format!(
-                        "the component answered with an error: {code:?}"
-                    ))));
-                }
-                Err(_) => {
-                    return self.end(Err(GuestFailure::BadResponse(
-                        "the component returned without setting a response".to_owned(),
-                    )));
-                }
-            }
-        }
-        let Some(body) = self.body.as_mut() else {
-            return Poll::Pending;
-        };
-        loop {
-            match Pin::new(&mut *body).poll_frame(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return self.end(Ok(())),
-                Poll::Ready(Some(Err(e))) => {
-                    return self.end(Err(GuestFailure::BadResponse(format!(
-                        "the response body failed: {e:?}"
-                    ))));
-                }
-                Poll::Ready(Some(Ok(frame))) => {
-                    // Trailers have nowhere to go in an HTTP/1.1 response without chunks.
-                    let Ok(data) = frame.into_data() else {
-                        continue;
-                    };
-                    if self.bytes.len() + data.len() > self.cap {
-                        return self.end(Err(GuestFailure::OutputTooLarge));
-                    }
-                    self.bytes.extend_from_slice(&data);
-                }
-            }
-        }
-    }
-
-    fn end(&mut self, result: Result<(), GuestFailure>) -> Poll<()> {
-        self.body = None;
-        self.ended = Some(result);
-        Poll::Ready(())
-    }
-
-    fn finish(self) -> Result<Response, GuestFailure> {
-        match self.ended {
-            Some(Ok(())) => Ok(Response {
-                status: self.status,
-                headers: self.headers,
-                body: self.bytes.freeze(),
-            }),
-            Some(Err(failure)) => Err(failure),
-            None if self.receiver.is_none() => Err(GuestFailure::BadResponse(
-                "the component returned without finishing its response body".to_owned(),
-            )),
-            None => Err(GuestFailure::BadResponse(
-                "the component returned without setting a response".to_owned(),
-            )),
-        }
     }
 }

@@ -17,7 +17,6 @@ use wasmtime_wasi_http::{Error, RequestOptions, WasiBody};
 
 use crate::http_calls::{MAX_REQUEST_BODY, admit};
 use crate::outbound::{OutboundRequest, OutboundResult, code};
-use crate::{GuestTask, Slice};
 
 /// Calls one instance may have queued behind the one being made; more are refused with
 /// `connection-limit-reached`.
@@ -26,8 +25,8 @@ const MAX_QUEUED: usize = 16;
 /// Calls checked and waiting for the driver, and the one it is making.
 #[derive(Default)]
 pub(super) struct Calls {
-    queued: VecDeque<(OutboundRequest, oneshot::Sender<OutboundResult>)>,
-    handed: Option<oneshot::Sender<OutboundResult>>,
+    pub(super) queued: VecDeque<(OutboundRequest, oneshot::Sender<OutboundResult>)>,
+    pub(super) handed: Option<oneshot::Sender<OutboundResult>>,
 }
 
 /// The calls of one request's instance, shared by its hooks and its task.
@@ -103,38 +102,5 @@ fn refused(why: i32) -> Error {
         code::TOO_MANY_SESSIONS => Error::ConnectionLimitReached,
         code::INVALID_URL => Error::HttpRequestUriInvalid,
         other => Error::InternalError(Some(format!("refused with code {other}"))),
-    }
-}
-
-/// A component's task: the fiber task, plus its outbound calls handed out one at a time.
-pub(super) struct ComponentTask {
-    pub(super) fiber: Box<dyn GuestTask>,
-    pub(super) calls: SharedCalls,
-}
-
-impl GuestTask for ComponentTask {
-    fn run_slice(&mut self) -> Slice {
-        let slice = self.fiber.run_slice();
-        let Slice::Yielded = slice else {
-            return slice;
-        };
-        // The hook may queue a call on its runtime's thread a moment after the guest began
-        // waiting for it: a later slice finds it then.
-        let Ok(mut calls) = self.calls.lock() else {
-            return slice;
-        };
-        if calls.handed.is_none()
-            && let Some((call, sender)) = calls.queued.pop_front()
-        {
-            calls.handed = Some(sender);
-            return Slice::Waiting(call);
-        }
-        slice
-    }
-
-    fn deliver(&mut self, result: OutboundResult) {
-        if let Some(sender) = self.calls.lock().ok().and_then(|mut c| c.handed.take()) {
-            let _ = sender.send(result);
-        }
     }
 }

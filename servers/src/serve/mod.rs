@@ -636,6 +636,12 @@ impl Loop {
                 }
                 false
             }
+            Slice::Streamed(piece) => {
+                // Its bytes go out before it runs again (see `SliceOut::Resume` above).
+                self.tasks.insert(job, task);
+                self.handle(Input::Streamed { job, ran, piece });
+                false
+            }
             Slice::Finished(output) => {
                 log_run(self.id, job, &task, &output);
                 self.last_ended = Some((job, task.busy));

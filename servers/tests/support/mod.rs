@@ -524,6 +524,17 @@ impl Client {
             })
             .collect();
         self.buf.drain(..end);
+        let chunked = headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        if chunked && !head {
+            let body = self.read_chunks();
+            return HttpResponse {
+                status,
+                headers,
+                body,
+            };
+        }
         let len: usize = if head || status == 100 {
             0
         } else {
@@ -541,6 +552,33 @@ impl Client {
             status,
             headers,
             body,
+        }
+    }
+
+    /// Reads a chunked body to its last chunk (no trailers), checking the framing.
+    fn read_chunks(&mut self) -> Vec<u8> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                self.fill_or_panic("before a chunk size");
+            };
+            let size = std::str::from_utf8(&self.buf[..line_end])
+                .ok()
+                .and_then(|hex| usize::from_str_radix(hex, 16).ok())
+                .unwrap_or_else(|| panic!("chunk size line {:?}", &self.buf[..line_end]));
+            self.buf.drain(..line_end + 2);
+            while self.buf.len() < size + 2 {
+                self.fill_or_panic("mid-chunk");
+            }
+            assert_eq!(&self.buf[size..size + 2], b"\r\n", "a chunk ends with CRLF");
+            body.extend(self.buf.drain(..size));
+            self.buf.drain(..2);
+            if size == 0 {
+                return body;
+            }
         }
     }
 

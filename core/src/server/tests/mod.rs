@@ -10,6 +10,8 @@ use proptest::prelude::*;
 use super::*;
 use crate::contract::Monitor;
 
+mod stream;
+
 const REMOTE: &str = "127.0.0.1:50000";
 const LOCAL: &str = "127.0.0.1:8080";
 

@@ -1,6 +1,9 @@
-//! Responses and their serialisation to HTTP/1.1 bytes.
+//! Responses and their serialisation to HTTP/1.1 bytes: whole ([`serialize`]), or in
+//! pieces as a guest writes them ([`stream`]).
 
 use bytes::{BufMut, Bytes, BytesMut};
+
+pub mod stream;
 
 /// A response to send: what a guest produced, or what the server says itself.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,17 +81,51 @@ pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8])
     } else {
         &response.body
     };
+    let length = if bodiless {
+        Length::None
+    } else {
+        Length::Bytes(if reset { 0 } else { response.body.len() as u64 })
+    };
+    let inline = if body.len() > INLINE_BODY {
+        0
+    } else {
+        body.len()
+    };
+    let mut head = put_head(response, length, close, date, inline);
+    if body.len() <= INLINE_BODY {
+        head.put_slice(body);
+        return (head.freeze(), Bytes::new());
+    }
+    (head.freeze(), response.body.clone())
+}
+
+/// What a head says of its body's length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Length {
+    /// Nothing: the status carries no body, or the body runs to the connection's close.
+    None,
+    /// `Content-Length`.
+    Bytes(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+}
+
+/// The status line and headers of `response` (the guest's framing headers dropped), with
+/// room for `extra` bytes more.
+pub(crate) fn put_head(
+    response: &Response,
+    length: Length,
+    close: bool,
+    date: &[u8],
+    extra: usize,
+) -> BytesMut {
     let mut head = BytesMut::with_capacity(
         128 + response
             .headers
             .iter()
             .map(|(n, v)| n.len() + v.len() + 4)
             .sum::<usize>()
-            + if body.len() > INLINE_BODY {
-                0
-            } else {
-                body.len()
-            },
+            + extra,
     );
     head.put_slice(b"HTTP/1.1 ");
     put_u64(&mut head, u64::from(response.status));
@@ -104,13 +141,14 @@ pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8])
         head.put_slice(value);
         head.put_slice(b"\r\n");
     }
-    if !bodiless {
-        head.put_slice(b"Content-Length: ");
-        put_u64(
-            &mut head,
-            if reset { 0 } else { response.body.len() as u64 },
-        );
-        head.put_slice(b"\r\n");
+    match length {
+        Length::None => {}
+        Length::Bytes(n) => {
+            head.put_slice(b"Content-Length: ");
+            put_u64(&mut head, n);
+            head.put_slice(b"\r\n");
+        }
+        Length::Chunked => head.put_slice(b"Transfer-Encoding: chunked\r\n"),
     }
     if !date.is_empty() {
         head.put_slice(b"Date: ");
@@ -122,11 +160,7 @@ pub fn serialize(response: &Response, head_only: bool, close: bool, date: &[u8])
         head.put_slice(b"Connection: close\r\n");
     }
     head.put_slice(b"\r\n");
-    if body.len() <= INLINE_BODY {
-        head.put_slice(body);
-        return (head.freeze(), Bytes::new());
-    }
-    (head.freeze(), response.body.clone())
+    head
 }
 
 fn put_u64(buf: &mut BytesMut, n: u64) {

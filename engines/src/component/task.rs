@@ -1,0 +1,70 @@
+//! A component's task: the fiber its run is polled on, the pieces of its response handed
+//! out between slices, and its outbound calls handed out one at a time.
+
+use std::time::Instant;
+
+use super::outbound::SharedCalls;
+use super::response::{HIGH_WATER, Shared};
+use crate::outbound::OutboundResult;
+use crate::{GuestTask, SLICE, Slice};
+
+pub(super) struct ComponentTask {
+    pub(super) fiber: Box<dyn GuestTask>,
+    pub(super) calls: SharedCalls,
+    pub(super) response: Shared,
+    /// When a slice first ended with something to send (the head, or body bytes) that
+    /// has not been handed out since.
+    pub(super) unsent_since: Option<Instant>,
+}
+
+impl ComponentTask {
+    /// Whether what the guest wrote goes out now rather than later: once it wrote
+    /// [`HIGH_WATER`] bytes (it waits for them to go), or once what it set or wrote has
+    /// waited a slice's time (a slow guest's client sees what is ready). A guest that
+    /// answers within a few slices is sent whole, with its length; one that writes a lot
+    /// goes out in pieces of about [`HIGH_WATER`], not one per write.
+    fn piece_due(&mut self) -> bool {
+        let response = self.response.borrow();
+        let something =
+            response.has_head() && (!response.is_streaming() || response.buffered() > 0);
+        if !something {
+            return false;
+        }
+        response.buffered() >= HIGH_WATER
+            || self.unsent_since.get_or_insert_with(Instant::now).elapsed() >= SLICE
+    }
+}
+
+impl GuestTask for ComponentTask {
+    fn run_slice(&mut self) -> Slice {
+        let slice = self.fiber.run_slice();
+        let Slice::Yielded = slice else {
+            return slice;
+        };
+        // A guest held at the high-water mark writes on once its bytes went out.
+        if self.piece_due()
+            && let Some(piece) = self.response.borrow_mut().piece()
+        {
+            self.unsent_since = None;
+            return Slice::Streamed(piece);
+        }
+        // The hook may queue a call on its runtime's thread a moment after the guest began
+        // waiting for it: a later slice finds it then.
+        let Ok(mut calls) = self.calls.lock() else {
+            return slice;
+        };
+        if calls.handed.is_none()
+            && let Some((call, sender)) = calls.queued.pop_front()
+        {
+            calls.handed = Some(sender);
+            return Slice::Waiting(call);
+        }
+        slice
+    }
+
+    fn deliver(&mut self, result: OutboundResult) {
+        if let Some(sender) = self.calls.lock().ok().and_then(|mut c| c.handed.take()) {
+            let _ = sender.send(result);
+        }
+    }
+}
