@@ -4,10 +4,10 @@
 //! Each request gets a fresh instance from a `ProxyPre`, in the same pooled slots, under
 //! the same memory limiter and epoch time slices as a WAGI module's; the host side of WASI
 //! and wasi:http is the reference one (`wasmtime-wasi`, `wasmtime-wasi-http`). The guest's
-//! response is collected while it runs and answered whole when the guest finishes within
-//! its first time slice; a guest that runs on past a slice with its response set, or
-//! writes more than [`response::HIGH_WATER`] bytes, has it sent in pieces as it writes
-//! (`response.rs`), the total still under the service's output cap. Outbound calls go
+//! response is collected while it runs (`response.rs`) and answered whole when the guest
+//! finishes soon enough; one that writes more than [`response::HIGH_WATER`] bytes, or
+//! runs on a slice's time with something set or written and not sent, has it sent in
+//! pieces as it writes (`task.rs`), the total still under the service's output cap. Outbound calls go
 //! through the service's grant and the driver, as WAGI's do (`outbound.rs`).
 //!
 //! The request reaches the guest with its full path; the prefix the service was matched on
