@@ -8,6 +8,8 @@ use std::task::{Context, Poll, Waker};
 
 use wasmtime::{Store, Trap};
 
+use frenezulo_core::response::stream::Piece;
+
 use crate::host::HostStop;
 use crate::outbound::{OutboundRequest, OutboundResult, not_delivered};
 use crate::wagi::{Ending, RunOutput};
@@ -25,11 +27,19 @@ pub(crate) fn slice_by_epoch<T>(store: &mut Store<T>) {
     store.epoch_deadline_async_yield_and_update(SLICE_TICKS);
 }
 
+/// Sets `piece` aside for the task whose slice is running, from inside its epoch yield:
+/// the slice ends [`Slice::Streamed`] with it.
+pub(crate) fn piece_made(piece: Piece) {
+    PIECE_MADE.with(|slot| *slot.borrow_mut() = Some(piece));
+}
+
 thread_local! {
     /// The call `req` set aside in the slice just polled, for the task to hand out.
     pub(crate) static CALL_MADE: RefCell<Option<OutboundRequest>> = const { RefCell::new(None) };
     /// The result the task was given, for the `req` it resumes.
     pub(crate) static CALL_RESULT: RefCell<Option<OutboundResult>> = const { RefCell::new(None) };
+    /// The piece of its response a WAGI guest's slice ended with, for the task to hand out.
+    static PIECE_MADE: RefCell<Option<Piece>> = const { RefCell::new(None) };
 }
 
 /// A task that runs `run`, a slice per poll.
@@ -64,12 +74,14 @@ impl GuestTask for WasmtimeTask {
         // Left by nobody's fault only if the guest trapped first; never for another task.
         CALL_RESULT.with(|slot| slot.borrow_mut().take());
         let call = CALL_MADE.with(|slot| slot.borrow_mut().take());
+        // Made only at an epoch yield, so never beside a call or an ending.
+        let piece = PIECE_MADE.with(|slot| slot.borrow_mut().take());
         match (polled, call) {
             (Poll::Pending, Some(call)) => {
                 self.waiting = true;
                 Slice::Waiting(call)
             }
-            (Poll::Pending, None) => Slice::Yielded,
+            (Poll::Pending, None) => piece.map_or(Slice::Yielded, Slice::Streamed),
             (Poll::Ready(output), _) => {
                 self.run = None;
                 Slice::Finished(output)

@@ -57,12 +57,26 @@ pub struct GuestIo {
     pub(crate) stderr: Vec<u8>,
     /// Whether stdout is returned as it is rather than parsed as CGI output.
     pub(crate) raw_output: bool,
+    /// How stdout goes out while the guest runs (`wagi::stdout_piece`).
+    pub(crate) pieces: Pieces,
     /// Volumes and the files opened beneath them.
     pub(crate) files: Files,
     /// The service's grants (for outbound calls), when run for a request.
     pub(crate) setup: Option<std::sync::Arc<frenezulo_core::GuestSetup>>,
     /// Outbound HTTP calls and the responses held open.
     pub(crate) http: Calls,
+}
+
+/// Where a WAGI guest's response is in being sent in pieces.
+#[derive(Debug, Default)]
+pub(crate) struct Pieces {
+    /// Its head went out: what stdout holds now is more of the body.
+    pub(crate) started: bool,
+    /// Its head is not one that can go out early (malformed, or not within the first
+    /// piece's bytes): the response goes out whole, or as an error, at the end.
+    pub(crate) refused: bool,
+    /// When a slice first ended with bytes in stdout not handed out since.
+    pub(crate) waiting_since: Option<std::time::Instant>,
 }
 
 impl GuestIo {

@@ -5,7 +5,8 @@
 //! thread. A compiled module starts a [`GuestTask`] per request: a fresh instance with
 //! limits (memory, stdout) that runs one time slice at a time on the thread that holds it,
 //! so a serving loop can run guests inline and still preempt one that loops. A task that
-//! finishes returns a [`wagi::RunOutput`]; dropping one that has not finished cancels it.
+//! finishes returns a [`wagi::RunOutput`]; one that runs on may hand out pieces of its
+//! response first ([`Slice::Streamed`]); dropping one that has not finished cancels it.
 //! [`run_to_completion`] drives a task to its end, for tests and tools. Which engine runs is chosen at run time with [`EngineKind`]; each
 //! is a cargo feature (`wasmtime`, `wasmi`), both on by default. A build with only `wasmi`
 //! holds no JIT.
@@ -278,6 +279,10 @@ pub trait GuestTask {
 /// Roughly how long one time slice lets a guest run before it yields: wasmtime counts it
 /// in epoch ticks, wasmi in fuel calibrated to about this on a release build.
 pub const SLICE: std::time::Duration = std::time::Duration::from_micros(500);
+
+/// Bytes of response a guest may write ahead of the server before they go out as a
+/// [`Slice::Streamed`] piece: a larger response goes out in pieces of about this size.
+pub const PIECE_BYTES: usize = 64 * 1024;
 
 /// How a time slice ended.
 #[derive(Debug)]

@@ -1,7 +1,10 @@
 //! The host side of WAGI, shared by every engine: the CGI environment and argv a guest
 //! gets, and the parsing of its stdout into a response.
 
+use std::time::Instant;
+
 use bytes::Bytes;
+use frenezulo_core::response::stream::Piece;
 use frenezulo_core::subroute::ROUTES_EXPORT;
 use frenezulo_core::{GuestFailure, GuestRequest, Response, RunLimits};
 
@@ -344,10 +347,63 @@ pub struct RunOutput {
     pub stderr: Vec<u8>,
 }
 
+/// The next piece of a WAGI guest's response to hand out at the end of a slice, while it
+/// runs on: the CGI head parsed, with the body so far, then more of the body. Due once
+/// [`PIECE_BYTES`](crate::PIECE_BYTES) are written, or once bytes have waited a slice's
+/// time; a guest that answers within a slice or two is sent whole. Stdout's cap keeps
+/// counting what was handed out.
+pub(crate) fn stdout_piece(io: &mut GuestIo) -> Option<Piece> {
+    if io.raw_output || io.pieces.refused || io.stdout.is_empty() {
+        return None;
+    }
+    let due = io.stdout.len() >= crate::PIECE_BYTES
+        || io
+            .pieces
+            .waiting_since
+            .get_or_insert_with(Instant::now)
+            .elapsed()
+            >= crate::SLICE;
+    if !due {
+        return None;
+    }
+    let taken = io.stdout.len();
+    let out = Bytes::from(io.take_stdout());
+    let piece = if io.pieces.started {
+        Piece::More(out)
+    } else {
+        let window = &out[..out.len().min(crate::PIECE_BYTES)];
+        let whole_head =
+            window.windows(2).any(|w| w == b"\n\n") || window.windows(3).any(|w| w == b"\n\r\n");
+        match whole_head.then(|| parse_cgi_output(out.clone())) {
+            Some(Ok(response)) => {
+                io.pieces.started = true;
+                Piece::Start(response)
+            }
+            // Not a head (yet): keep the bytes; past a piece's worth, stop looking.
+            outcome => {
+                io.pieces.refused = outcome.is_some() || out.len() >= crate::PIECE_BYTES;
+                io.stdout = Vec::from(out);
+                return None;
+            }
+        }
+    };
+    io.stdout_cap = io.stdout_cap.saturating_sub(taken);
+    io.pieces.waiting_since = None;
+    Some(piece)
+}
+
 /// Turns how a run ended, its captured I/O and whether a memory request was refused into
 /// the engine-independent result.
 pub fn finish(mut io: GuestIo, ending: Ending, memory_refused: bool) -> RunOutput {
     let result = match ending {
+        // Its head went out as a piece: only the rest of the body is left.
+        Ending::Returned | Ending::Stopped(HostStop::Exit(0)) if io.pieces.started => {
+            Ok(Response {
+                status: 200,
+                headers: Vec::new(),
+                body: Bytes::from(io.take_stdout()),
+            })
+        }
         Ending::Returned | Ending::Stopped(HostStop::Exit(0)) if io.raw_output => Ok(Response {
             status: 200,
             headers: Vec::new(),
@@ -424,6 +480,63 @@ const MEMORY32_BYTES: usize = 1 << 32;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn writing(stdout: &[u8]) -> GuestIo {
+        let mut io = GuestIo::new(Bytes::new(), 1 << 20, 0);
+        io.stdout.extend_from_slice(stdout);
+        io
+    }
+
+    #[test]
+    fn a_response_goes_out_in_pieces_once_a_piece_is_written() {
+        let mut head = b"Status: 201\r\nX-A: 1\r\n\r\n".to_vec();
+        let mut io = writing(&head);
+        assert!(
+            stdout_piece(&mut io).is_none(),
+            "little, and not waited for"
+        );
+        head.resize(head.len() + crate::PIECE_BYTES, b'a');
+        let mut io = writing(&head);
+        let Some(Piece::Start(r)) = stdout_piece(&mut io) else {
+            panic!("the head is due");
+        };
+        assert_eq!((r.status, r.body.len()), (201, crate::PIECE_BYTES));
+        assert!(io.stdout.is_empty());
+        assert_eq!(
+            io.stdout_cap,
+            (1 << 20) - head.len(),
+            "what went out still counts"
+        );
+        assert!(stdout_piece(&mut io).is_none(), "nothing new");
+        io.stdout.resize(crate::PIECE_BYTES, b'b');
+        assert!(
+            matches!(stdout_piece(&mut io), Some(Piece::More(m)) if m.len() == crate::PIECE_BYTES)
+        );
+        // The end carries the rest only.
+        io.stdout.extend_from_slice(b"end");
+        let out = finish(io, Ending::Returned, false);
+        assert_eq!(&out.result.unwrap().body[..], b"end");
+    }
+
+    #[test]
+    fn a_head_that_is_not_one_keeps_the_response_whole() {
+        for bad in [&b"no colon here\n\n"[..], b"Content-Type: text/plain"] {
+            let mut stdout = bad.to_vec();
+            stdout.resize(bad.len() + crate::PIECE_BYTES, b'a');
+            let mut io = writing(&stdout);
+            assert!(stdout_piece(&mut io).is_none());
+            assert_eq!(io.stdout, stdout, "kept as written");
+            assert!(io.pieces.refused, "not looked at again");
+            let out = finish(io, Ending::Returned, false);
+            assert!(matches!(out.result, Err(GuestFailure::BadOutput(_))));
+        }
+        // Routes are read whole.
+        let mut head = b"Content-Type: text/plain\n\n".to_vec();
+        head.resize(head.len() + crate::PIECE_BYTES, b'a');
+        let mut io = writing(&head);
+        io.raw_output = true;
+        assert!(stdout_piece(&mut io).is_none());
+    }
 
     fn parse(s: &str) -> Result<Response, String> {
         parse_cgi_output(Bytes::copy_from_slice(s.as_bytes()))

@@ -350,7 +350,10 @@ impl GuestTask for WasmiTask {
             Ok(TypedResumableCall::HostTrap(trap)) => classify(trap.host_error(), false),
             Ok(TypedResumableCall::OutOfFuel(out)) => {
                 self.phase = Phase::Suspended(out);
-                return Slice::Yielded;
+                return match wagi::stdout_piece(&mut store.data_mut().io) {
+                    Some(piece) => Slice::Streamed(piece),
+                    None => Slice::Yielded,
+                };
             }
             Err(e) => classify(&e, false),
         };

@@ -367,7 +367,15 @@ impl CompiledModule for WasmtimeModule {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        fiber::slice_by_epoch(&mut store);
+        // Time slices as `fiber::slice_by_epoch` cuts them, and at each slice's end a
+        // piece of the response when one is due.
+        store.set_epoch_deadline(fiber::SLICE_TICKS);
+        store.epoch_deadline_callback(|mut ctx| {
+            if let Some(piece) = wagi::stdout_piece(&mut ctx.data_mut().io) {
+                fiber::piece_made(piece);
+            }
+            Ok(wasmtime::UpdateDeadline::Yield(fiber::SLICE_TICKS))
+        });
         // `_start`'s export is looked up once per module; any other entrypoint by name.
         let entry = match &*request.entrypoint {
             frenezulo_core::DEFAULT_ENTRYPOINT => Entry::Start(self.start),

@@ -8,6 +8,7 @@ mod common;
 
 use bytes::Bytes;
 use common::{guest, outbound_setup, printer, repo, request};
+use frenezulo_core::response::stream::Piece;
 use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
 use frenezulo_engines::outbound::{OutboundError, OutboundResponse, OutboundResult};
 use frenezulo_engines::{
@@ -308,7 +309,7 @@ conformance! {
         let mut task = module.start(&req, &limits());
         let call = loop {
             match task.run_slice() {
-                Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
+                Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                 Slice::Waiting(call) => break call,
                 Slice::Yielded => continue,
                 Slice::Finished(out) => panic!("finished without waiting: {:?}", out.result),
@@ -326,7 +327,7 @@ conformance! {
         }));
         let body = loop {
             match task.run_slice() {
-                Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
+                Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                 Slice::Finished(out) => break ok(out.result).body,
                 Slice::Yielded => continue,
                 Slice::Waiting(_) => panic!("waited twice"),
@@ -347,7 +348,7 @@ conformance! {
             let mut result = result;
             loop {
                 match task.run_slice() {
-                    Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
+                    Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                     Slice::Finished(out) => return ok(out.result).body[0],
                     Slice::Yielded => {}
                     Slice::Waiting(_) => task.deliver(result.take().expect("a call was expected")),
@@ -566,7 +567,7 @@ conformance! {
         let mut yields = 0;
         let output = loop {
             match task.run_slice() {
-                Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
+                Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                 Slice::Yielded => yields += 1,
                 Slice::Finished(output) => break output,
                 Slice::Waiting(_) => panic!("spin.wat makes no calls"),
@@ -575,6 +576,40 @@ conformance! {
         assert_eq!(body(&ok(output.result)), "spun\n");
         assert!(yields >= 3, "yielded only {yields} times");
         assert!(matches!(task.run_slice(), Slice::Finished(RunOutput { result: Err(GuestFailure::Trap(_)), .. })));
+    }
+
+    fn a_long_response_goes_out_in_pieces_then_ends(e) {
+        // The head and 64 KiB are written, then the guest spins for several slices: what
+        // it wrote goes out as a piece at a slice's end, the rest with its end.
+        let count: u32 = if e.kind() == EngineKind::Wasmtime { 400_000_000 } else { 12_000_000 };
+        let module = e.compile(&guest("engines/tests/guests/drip.wat")).unwrap();
+        let req = request("POST", "/svc", &[], &count.to_le_bytes());
+        let mut task = module.start(&req, &limits());
+        let (mut status, mut body, mut pieces) = (None, Vec::new(), 0);
+        let output = loop {
+            match task.run_slice() {
+                Slice::Streamed(Piece::Start(head)) => {
+                    assert!(status.is_none(), "one head");
+                    status = Some(head.status);
+                    body.extend_from_slice(&head.body);
+                    pieces += 1;
+                }
+                Slice::Streamed(Piece::More(more)) => {
+                    assert!(status.is_some(), "the head first");
+                    body.extend_from_slice(&more);
+                    pieces += 1;
+                }
+                Slice::Streamed(other) => panic!("{other:?}"),
+                Slice::Yielded => {}
+                Slice::Finished(output) => break output,
+                Slice::Waiting(_) => panic!("drip.wat makes no calls"),
+            }
+        };
+        assert_eq!(status, Some(200), "the head went out before the end ({pieces} pieces)");
+        body.extend_from_slice(&ok(output.result).body);
+        assert_eq!(body.len(), 65536 + 4);
+        assert!(body[..65536].iter().all(|b| *b == b'a'));
+        assert_eq!(&body[65536..], b"end\n");
     }
 
     fn a_cancelled_task_frees_its_instance(e) {
@@ -614,7 +649,7 @@ conformance! {
             for (i, slot) in tasks.iter_mut().enumerate() {
                 let Some(task) = slot else { continue };
                 match task.run_slice() {
-                    Slice::Streamed(piece) => panic!("a WAGI guest answers whole: {piece:?}"),
+                    Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                     Slice::Yielded => yields += 1,
                     Slice::Finished(out) => {
                         interleaved[i] = Some(wire(out));

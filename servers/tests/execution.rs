@@ -15,6 +15,37 @@ per_engine! {
     many_connections_spread_over_threads_get_every_response_in_order => spread_in_order,
     many_hello_requests_complete_while_hogs_run_on_the_same_thread => hellos_beside_hogs,
     a_client_that_leaves_cancels_its_guest_and_shutdown_does_not_wait_for_it => client_leaves,
+    a_wagi_guest_that_writes_then_runs_on_is_answered_in_chunks => drip_in_chunks,
+}
+
+/// A WAGI guest that writes its head and 64 KiB, then spins for several slices, has
+/// what it wrote sent before it ends: the answer is chunked, whole, and the connection
+/// goes on.
+fn drip_in_chunks(engine: &str) {
+    let drip = format!("drip={}", repo("engines/tests/guests/drip.wat"));
+    let server = Frenezulo::start(&["--engine", engine, "--service", &drip]);
+    let count: u32 = if engine == "wasmtime" {
+        400_000_000
+    } else {
+        12_000_000
+    };
+    let mut c = server.connect();
+    let mut raw = b"POST /drip HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n".to_vec();
+    raw.extend_from_slice(&count.to_le_bytes());
+    c.send(&raw);
+    let r = c.response();
+    assert_eq!(r.status, 200, "{engine}");
+    assert_eq!(r.header("Transfer-Encoding"), Some("chunked"), "{engine}");
+    assert_eq!(r.header("Content-Type"), Some("text/plain"), "{engine}");
+    assert_eq!(r.body.len(), 65536 + 4, "{engine}");
+    assert!(r.body.ends_with(b"aaaaend\n"), "{engine}");
+    c.send(b"POST /drip HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n\0\0\0\0");
+    let r = c.response();
+    assert_eq!(
+        (r.status, r.body.len()),
+        (200, 65536 + 4),
+        "{engine}: kept alive"
+    );
 }
 
 /// `/hello` gets its 200 while guests that loop forever hold every serving thread, three

@@ -33,6 +33,30 @@ pub(super) struct Slot {
     pub(super) pending: VecDeque<(Bytes, Bytes)>,
 }
 
+impl Slot {
+    /// The report of this slot's answer, counted in `stats`.
+    fn responded(
+        &mut self,
+        conn: ConnId,
+        (status, bytes): (u16, usize),
+        now: Instant,
+        cut_short: bool,
+        stats: &mut super::Stats,
+    ) -> Output {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        stats.responses_by_class[class] += 1;
+        Output::Responded(Responded {
+            conn,
+            service: self.service.take(),
+            job: self.job,
+            status,
+            bytes,
+            elapsed: now.saturating_duration_since(self.arrived),
+            cut_short,
+        })
+    }
+}
+
 pub(super) struct Conn {
     parser: RequestParser,
     pub(super) remote: SocketAddr,
@@ -240,8 +264,6 @@ impl Server {
     /// Fills the response slot `seq` of `conn` and queues what is ready, in order. Does
     /// not parse further requests: see [`Self::answer`].
     pub(super) fn respond(&mut self, now: Instant, conn: ConnId, seq: u64, response: Response) {
-        let class = usize::from(response.status / 100).clamp(1, 5) - 1;
-        self.stats.responses_by_class[class] += 1;
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -249,15 +271,9 @@ impl Server {
             return;
         };
         let (head, body) = response::serialize(&response, slot.head_only, slot.close, &self.date);
-        self.outputs.push_back(Output::Responded(Responded {
-            conn,
-            service: slot.service.take(),
-            job: slot.job,
-            status: response.status,
-            bytes: head.len() + body.len(),
-            elapsed: now.saturating_duration_since(slot.arrived),
-            cut_short: false,
-        }));
+        let sizes = (response.status, head.len() + body.len());
+        let report = slot.responded(conn, sizes, now, false, &mut self.stats);
+        self.outputs.push_back(report);
         slot.ready = Some((head, body));
         self.send_ready(now, conn);
     }
@@ -377,17 +393,9 @@ impl Server {
             slot.close = true;
             c.stop_parsing = true;
         }
-        let class = usize::from(stream.status() / 100).clamp(1, 5) - 1;
-        self.stats.responses_by_class[class] += 1;
-        self.outputs.push_back(Output::Responded(Responded {
-            conn,
-            service: slot.service.take(),
-            job: slot.job,
-            status: stream.status(),
-            bytes: stream.bytes(),
-            elapsed: now.saturating_duration_since(slot.arrived),
-            cut_short: !whole,
-        }));
+        let sizes = (stream.status(), stream.bytes());
+        let report = slot.responded(conn, sizes, now, !whole, &mut self.stats);
+        self.outputs.push_back(report);
         slot.ready = Some((Bytes::new(), Bytes::new()));
         self.send_ready(now, conn);
         self.parse(now, conn);
@@ -414,6 +422,15 @@ impl Server {
             return;
         };
         c.timer.cancel(&mut self.timers, Timer::Conn(conn));
+        // An answer that was going out in pieces ends here, cut short: it is still
+        // reported, for the access log and the metrics.
+        for slot in &mut c.pipeline {
+            if let (None, Some(stream)) = (&slot.ready, &slot.stream) {
+                let sizes = (stream.status(), stream.bytes());
+                let report = slot.responded(conn, sizes, now, true, &mut self.stats);
+                self.outputs.push_back(report);
+            }
+        }
         for job in c.pipeline.into_iter().filter_map(|slot| slot.job) {
             self.drop_job(now, job);
         }

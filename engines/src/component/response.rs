@@ -16,7 +16,7 @@ use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 /// Body bytes read ahead of the server while the guest runs: past this, the guest's
 /// writes wait until the task hands the bytes out as a piece (so a slow client makes the
 /// guest wait, not the server buffer).
-pub(crate) const HIGH_WATER: usize = 64 * 1024;
+pub(crate) const HIGH_WATER: usize = crate::PIECE_BYTES;
 
 /// Where the guest's `response-outparam` sends its response.
 pub(super) type Sender =

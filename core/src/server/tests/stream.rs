@@ -142,6 +142,13 @@ fn a_held_task_still_has_its_deadline_and_its_client() {
     h.input(Input::Disconnected { conn: c });
     assert_eq!(h.cancelled.last(), Some(&job));
     assert_eq!(h.server.running(), 0);
+    // Both answers are reported, cut short, for the access log and the metrics.
+    let reports: Vec<_> = h
+        .responded
+        .iter()
+        .map(|r| (r.status, r.cut_short))
+        .collect();
+    assert_eq!(reports, [(200, true), (200, true)]);
 }
 
 #[test]
