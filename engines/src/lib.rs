@@ -284,6 +284,15 @@ pub const SLICE: std::time::Duration = std::time::Duration::from_micros(500);
 /// [`Slice::Streamed`] piece: a larger response goes out in pieces of about this size.
 pub const PIECE_BYTES: usize = 64 * 1024;
 
+/// Whether what a guest wrote and the server has not taken (`waiting` bytes, or a head
+/// alone) goes out now as a piece, for both kinds of guest: once [`PIECE_BYTES`] wait, or
+/// once something has waited [`SLICE`] since `since` (set at the first look). A guest
+/// that answers within a slice or two is sent whole, with its length; one that writes a
+/// lot goes out in pieces of about [`PIECE_BYTES`], not one per write.
+pub(crate) fn piece_due(waiting: usize, since: &mut Option<Instant>) -> bool {
+    waiting >= PIECE_BYTES || since.get_or_insert_with(Instant::now).elapsed() >= SLICE
+}
+
 /// How a time slice ended.
 #[derive(Debug)]
 pub enum Slice {

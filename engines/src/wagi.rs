@@ -1,8 +1,6 @@
 //! The host side of WAGI, shared by every engine: the CGI environment and argv a guest
 //! gets, and the parsing of its stdout into a response.
 
-use std::time::Instant;
-
 use bytes::Bytes;
 use frenezulo_core::response::stream::Piece;
 use frenezulo_core::subroute::ROUTES_EXPORT;
@@ -348,22 +346,13 @@ pub struct RunOutput {
 }
 
 /// The next piece of a WAGI guest's response to hand out at the end of a slice, while it
-/// runs on: the CGI head parsed, with the body so far, then more of the body. Due once
-/// [`PIECE_BYTES`](crate::PIECE_BYTES) are written, or once bytes have waited a slice's
-/// time; a guest that answers within a slice or two is sent whole. Stdout's cap keeps
-/// counting what was handed out.
+/// runs on: the CGI head parsed, with the body so far, then more of the body, when
+/// [`crate::piece_due`] says so. Stdout's cap keeps counting what was handed out.
 pub(crate) fn stdout_piece(io: &mut GuestIo) -> Option<Piece> {
     if io.raw_output || io.pieces.refused || io.stdout.is_empty() {
         return None;
     }
-    let due = io.stdout.len() >= crate::PIECE_BYTES
-        || io
-            .pieces
-            .waiting_since
-            .get_or_insert_with(Instant::now)
-            .elapsed()
-            >= crate::SLICE;
-    if !due {
+    if !crate::piece_due(io.stdout.len(), &mut io.pieces.waiting_since) {
         return None;
     }
     let taken = io.stdout.len();

@@ -318,7 +318,6 @@ impl Server {
     /// A piece of the answer in slot `seq`, which a guest sends as it runs: framed, and
     /// sent now if the slot is first, else once the answers before it are out.
     pub(super) fn stream_piece(&mut self, now: Instant, conn: ConnId, seq: u64, piece: Piece) {
-        let date = self.date.clone();
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
@@ -327,8 +326,13 @@ impl Server {
         };
         let framed = match (piece, slot.stream.as_mut()) {
             (Piece::Start(response), None) => {
-                let started =
-                    Stream::start(&response, slot.head_only, slot.chunked, slot.close, &date);
+                let started = Stream::start(
+                    &response,
+                    slot.head_only,
+                    slot.chunked,
+                    slot.close,
+                    &self.date,
+                );
                 slot.stream = Some(started.stream);
                 if started.close {
                     // Its body runs to the close: nothing after it can be answered.

@@ -5,7 +5,7 @@
 //! the same memory limiter and epoch time slices as a WAGI module's; the host side of WASI
 //! and wasi:http is the reference one (`wasmtime-wasi`, `wasmtime-wasi-http`). The guest's
 //! response is collected while it runs (`response.rs`) and answered whole when the guest
-//! finishes soon enough; one that writes more than [`response::HIGH_WATER`] bytes, or
+//! finishes soon enough; one that writes more than [`crate::PIECE_BYTES`] bytes, or
 //! runs on a slice's time with something set or written and not sent, has it sent in
 //! pieces as it writes (`task.rs`), the total still under the service's output cap. Outbound calls go
 //! through the service's grant and the driver, as WAGI's do (`outbound.rs`).

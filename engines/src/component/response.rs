@@ -13,11 +13,6 @@ use http_body::Body as _;
 use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-/// Body bytes read ahead of the server while the guest runs: past this, the guest's
-/// writes wait until the task hands the bytes out as a piece (so a slow client makes the
-/// guest wait, not the server buffer).
-pub(crate) const HIGH_WATER: usize = crate::PIECE_BYTES;
-
 /// Where the guest's `response-outparam` sends its response.
 pub(super) type Sender =
     tokio::sync::oneshot::Sender<Result<http::Response<HyperOutgoingBody>, ErrorCode>>;
@@ -69,7 +64,9 @@ impl Collect {
     }
 
     /// Takes what is there; ready once the response is whole or cannot be. With
-    /// `hold`, reads no further than [`HIGH_WATER`] bytes ahead of what was handed out.
+    /// `hold`, reads no further than [`crate::PIECE_BYTES`] ahead of what was handed out: past
+    /// that the guest's writes wait until the task hands the bytes out as a piece (so a
+    /// slow client makes the guest wait, not the server buffer).
     pub(super) fn poll(&mut self, cx: &mut Context<'_>, hold: bool) -> Poll<()> {
         if self.ended.is_some() {
             return Poll::Ready(());
@@ -112,7 +109,7 @@ impl Collect {
             return Poll::Pending;
         };
         loop {
-            if hold && self.bytes.len() >= HIGH_WATER {
+            if hold && self.bytes.len() >= crate::PIECE_BYTES {
                 return Poll::Pending;
             }
             match Pin::new(&mut *body).poll_frame(cx) {

@@ -4,9 +4,9 @@
 use std::time::Instant;
 
 use super::outbound::SharedCalls;
-use super::response::{HIGH_WATER, Shared};
+use super::response::Shared;
 use crate::outbound::OutboundResult;
-use crate::{GuestTask, SLICE, Slice};
+use crate::{GuestTask, Slice};
 
 pub(super) struct ComponentTask {
     pub(super) fiber: Box<dyn GuestTask>,
@@ -18,20 +18,13 @@ pub(super) struct ComponentTask {
 }
 
 impl ComponentTask {
-    /// Whether what the guest wrote goes out now rather than later: once it wrote
-    /// [`HIGH_WATER`] bytes (it waits for them to go), or once what it set or wrote has
-    /// waited a slice's time (a slow guest's client sees what is ready). A guest that
-    /// answers within a few slices is sent whole, with its length; one that writes a lot
-    /// goes out in pieces of about [`HIGH_WATER`], not one per write.
+    /// Whether what the guest set or wrote goes out now ([`crate::piece_due`]); past
+    /// [`crate::PIECE_BYTES`] read ahead, the guest waits in its write until it has.
     fn piece_due(&mut self) -> bool {
         let response = self.response.borrow();
         let something =
             response.has_head() && (!response.is_streaming() || response.buffered() > 0);
-        if !something {
-            return false;
-        }
-        response.buffered() >= HIGH_WATER
-            || self.unsent_since.get_or_insert_with(Instant::now).elapsed() >= SLICE
+        something && crate::piece_due(response.buffered(), &mut self.unsent_since)
     }
 }
 

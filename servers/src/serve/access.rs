@@ -75,18 +75,8 @@ impl AccessLog {
 }
 
 /// Appends `n` in decimal.
-fn decimal(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(frenezulo_core::response::decimal(n, &mut [0; 20]));
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for microseconds since the Unix epoch, in UTC.
