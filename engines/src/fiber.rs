@@ -1,7 +1,7 @@
 //! A wasmtime guest's run as a future on a fiber, polled one time slice at a time: the
 //! task both kinds of guest (WAGI modules, wasi:http components) run as.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
@@ -24,7 +24,15 @@ pub(crate) const SLICE_TICKS: u64 = 1;
 /// Makes `store`'s guest yield at the end of each time slice.
 pub(crate) fn slice_by_epoch<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(SLICE_TICKS);
-    store.epoch_deadline_async_yield_and_update(SLICE_TICKS);
+    store.epoch_deadline_callback(|_| Ok(slice_ends()));
+}
+
+/// What an epoch-deadline callback returns to end the running slice: a yield, noted so
+/// that the task tells a slice that ran out ([`Slice::Yielded`]) from a guest that waits
+/// ([`Slice::Parked`]).
+pub(crate) fn slice_ends() -> wasmtime::UpdateDeadline {
+    SLICE_ENDED.with(|ended| ended.set(true));
+    wasmtime::UpdateDeadline::Yield(SLICE_TICKS)
 }
 
 /// Sets `piece` aside for the task whose slice is running, from inside its epoch yield:
@@ -40,6 +48,8 @@ thread_local! {
     pub(crate) static CALL_RESULT: RefCell<Option<OutboundResult>> = const { RefCell::new(None) };
     /// The piece of its response a WAGI guest's slice ended with, for the task to hand out.
     static PIECE_MADE: RefCell<Option<Piece>> = const { RefCell::new(None) };
+    /// Whether the slice being polled ended at its epoch deadline.
+    static SLICE_ENDED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// A task that runs `run`, a slice per poll.
@@ -61,7 +71,7 @@ struct WasmtimeTask {
 }
 
 impl GuestTask for WasmtimeTask {
-    fn run_slice(&mut self) -> Slice {
+    fn run_slice(&mut self, waker: &Waker) -> Slice {
         let Some(run) = self.run.as_mut() else {
             return crate::finished_twice();
         };
@@ -69,8 +79,9 @@ impl GuestTask for WasmtimeTask {
             let result = self.result.take().unwrap_or(Err(not_delivered()));
             CALL_RESULT.with(|slot| *slot.borrow_mut() = Some(result));
         }
-        // Nothing wakes a task: the serving loop resumes it on its next turn.
-        let polled = run.as_mut().poll(&mut Context::from_waker(Waker::noop()));
+        SLICE_ENDED.with(|ended| ended.set(false));
+        let polled = run.as_mut().poll(&mut Context::from_waker(waker));
+        let ran_out = SLICE_ENDED.with(|ended| ended.replace(false));
         // Left by nobody's fault only if the guest trapped first; never for another task.
         CALL_RESULT.with(|slot| slot.borrow_mut().take());
         let call = CALL_MADE.with(|slot| slot.borrow_mut().take());
@@ -81,7 +92,13 @@ impl GuestTask for WasmtimeTask {
                 self.waiting = true;
                 Slice::Waiting(call)
             }
-            (Poll::Pending, None) => piece.map_or(Slice::Yielded, Slice::Streamed),
+            (Poll::Pending, None) => match piece {
+                Some(piece) => Slice::Streamed(piece),
+                None if ran_out => Slice::Yielded,
+                // Pending before its time was up: the guest awaits a timer, a stream or a
+                // call's response, which wakes `waker` when it is ready.
+                None => Slice::Parked,
+            },
             (Poll::Ready(output), _) => {
                 self.run = None;
                 Slice::Finished(output)

@@ -6,10 +6,12 @@
 //! limits (memory, stdout) that runs one time slice at a time on the thread that holds it,
 //! so a serving loop can run guests inline and still preempt one that loops. A task that
 //! finishes returns a [`wagi::RunOutput`]; one that runs on may hand out pieces of its
-//! response first ([`Slice::Streamed`]); dropping one that has not finished cancels it.
-//! [`run_to_completion`] drives a task to its end, for tests and tools. Which engine runs is chosen at run time with [`EngineKind`]; each
-//! is a cargo feature (`wasmtime`, `wasmi`), both on by default. A build with only `wasmi`
-//! holds no JIT.
+//! response first ([`Slice::Streamed`]), and one that waits on a timer, a stream or a
+//! call's response parks ([`Slice::Parked`]) until the waker its slices run with fires;
+//! dropping one that has not finished cancels it. [`run_to_completion`] drives a task to
+//! its end, for tests and tools. Which engine runs is chosen at run time with
+//! [`EngineKind`]; each is a cargo feature (`wasmtime`, `wasmi`), both on by default. A
+//! build with only `wasmi` holds no JIT.
 //!
 //! The host side is shared: [`wasi`] is the small WASI preview-1 subset a WAGI guest needs
 //! (stdin, stdout, stderr, argv, environment, clocks, random; no files, no sockets), and
@@ -23,6 +25,8 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Wake, Waker};
 use std::time::Instant;
 
 use frenezulo_core::response::stream::Piece;
@@ -267,9 +271,10 @@ pub fn discover_routes(
 /// has not finished cancels it and frees its instance.
 pub trait GuestTask {
     /// Runs the guest until it finishes, its time slice (about [`SLICE`]) runs out, or it
-    /// waits on an outbound call. Once it returned [`Slice::Finished`], further calls
-    /// return a trap.
-    fn run_slice(&mut self) -> Slice;
+    /// waits on something outside it. `waker` is woken when a task that ended the slice
+    /// [`Slice::Parked`] may go on; it may be woken from another thread, and already
+    /// during the slice. Once it returned [`Slice::Finished`], further calls return a trap.
+    fn run_slice(&mut self, waker: &Waker) -> Slice;
 
     /// Gives a task that returned [`Slice::Waiting`] the result of its call; the guest sees
     /// it when the next slice runs. A slice run without it gives the guest a runtime error.
@@ -301,6 +306,10 @@ pub enum Slice {
     /// The guest waits on this outbound call: make it, [`GuestTask::deliver`] the result,
     /// then run another slice.
     Waiting(outbound::OutboundRequest),
+    /// The guest waits on something that wakes the slice's waker (a timer, a stream, a
+    /// call's response on its way): run another slice once it was woken (it may have been
+    /// already), not before; a task that is run anyway only parks again.
+    Parked,
     /// The guest, still running, handed over a piece of its response to send now: the
     /// head and first bytes ([`Piece::Start`]), then more of the body. Run another slice
     /// to continue; the [`RunOutput`] it finishes with then carries the last body bytes.
@@ -311,7 +320,8 @@ pub enum Slice {
 
 /// Runs a task slice after slice until it finishes or `deadline` passes (then
 /// [`GuestFailure::Timeout`]), and gives its whole response, pieces it streamed joined
-/// up. For tests, benchmarks and tools; the server schedules slices itself.
+/// up; a parked task is waited for on this thread. For tests, benchmarks and tools; the
+/// server schedules slices itself.
 pub fn run_to_completion(
     module: &dyn CompiledModule,
     request: &GuestRequest,
@@ -319,9 +329,15 @@ pub fn run_to_completion(
     deadline: Instant,
 ) -> RunOutput {
     let mut task = module.start(request, limits);
+    let wakeup = ThreadWaker::new();
+    let waker = wakeup.waker();
     let mut streamed: Option<(frenezulo_core::Response, bytes::BytesMut)> = None;
+    let timeout = || RunOutput {
+        result: Err(GuestFailure::Timeout),
+        stderr: Vec::new(),
+    };
     loop {
-        match task.run_slice() {
+        match task.run_slice(&waker) {
             Slice::Finished(mut output) => {
                 if let (Some((head, mut body)), Ok(last)) = (streamed, &mut output.result) {
                     body.extend_from_slice(&last.body);
@@ -342,6 +358,11 @@ pub fn run_to_completion(
                 }
             }
             Slice::Streamed(_) | Slice::Yielded => {}
+            Slice::Parked => {
+                if !wakeup.wait(deadline) {
+                    return timeout();
+                }
+            }
             // Tools and tests make no outbound calls: the guest is told the host could not.
             Slice::Waiting(_) => task.deliver(Err(outbound::OutboundError {
                 code: outbound::code::RUNTIME_ERROR,
@@ -349,11 +370,64 @@ pub fn run_to_completion(
             })),
         }
         if Instant::now() >= deadline {
-            return RunOutput {
-                result: Err(GuestFailure::Timeout),
-                stderr: Vec::new(),
-            };
+            return timeout();
         }
+    }
+}
+
+/// A waker for a task run on the calling thread (tests, benchmarks, tools): a wake
+/// unparks the thread that made it.
+pub struct ThreadWaker(Arc<ThreadWake>);
+
+struct ThreadWake {
+    woken: AtomicBool,
+    thread: std::thread::Thread,
+}
+
+impl Wake for ThreadWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.woken.store(true, Ordering::Release);
+        self.thread.unpark();
+    }
+}
+
+impl ThreadWaker {
+    /// A waker for the calling thread.
+    pub fn new() -> Self {
+        Self(Arc::new(ThreadWake {
+            woken: AtomicBool::new(false),
+            thread: std::thread::current(),
+        }))
+    }
+
+    /// The waker to give [`GuestTask::run_slice`].
+    pub fn waker(&self) -> Waker {
+        Waker::from(self.0.clone())
+    }
+
+    /// Waits on the calling thread (the one that made this) until the waker was woken
+    /// since the last wait, or `deadline` passes; says whether it was woken.
+    pub fn wait(&self, deadline: Instant) -> bool {
+        loop {
+            if self.0.woken.swap(false, Ordering::Acquire) {
+                return true;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            std::thread::park_timeout(left);
+        }
+    }
+}
+
+impl Default for ThreadWaker {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -301,7 +301,8 @@ impl GuestTask for WasmiTask {
         self.deliver_to_store(result);
     }
 
-    fn run_slice(&mut self) -> Slice {
+    /// Never parks: a WAGI guest waits on nothing but its outbound calls.
+    fn run_slice(&mut self, _waker: &std::task::Waker) -> Slice {
         let Some(store) = self.store.as_mut() else {
             return crate::finished_twice();
         };

@@ -374,7 +374,7 @@ impl CompiledModule for WasmtimeModule {
             if let Some(piece) = wagi::stdout_piece(&mut ctx.data_mut().io) {
                 fiber::piece_made(piece);
             }
-            Ok(wasmtime::UpdateDeadline::Yield(fiber::SLICE_TICKS))
+            Ok(fiber::slice_ends())
         });
         // `_start`'s export is looked up once per module; any other entrypoint by name.
         let entry = match &*request.entrypoint {

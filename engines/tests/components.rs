@@ -18,7 +18,7 @@ mod wasmtime {
     use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
     use frenezulo_engines::outbound::OutboundResponse;
     use frenezulo_engines::{
-        CompileError, Engine, EngineConfig, EngineKind, Grants, ModuleKind, Slice,
+        CompileError, Engine, EngineConfig, EngineKind, Grants, ModuleKind, Slice, ThreadWaker,
         check_entrypoints, is_component, run_to_completion,
     };
 
@@ -184,8 +184,9 @@ mod wasmtime {
         );
         let patience = Instant::now() + Duration::from_secs(60);
         let (mut head, mut body, mut pieces) = (None, Vec::new(), 0);
+        let wakeup = ThreadWaker::new();
         let last = loop {
-            match task.run_slice() {
+            match task.run_slice(&wakeup.waker()) {
                 Slice::Streamed(Piece::Start(r)) => {
                     assert!(head.is_none(), "one head");
                     assert!(r.body.len() <= MOST, "{} bytes read ahead", r.body.len());
@@ -200,6 +201,7 @@ mod wasmtime {
                 }
                 Slice::Finished(out) => break out,
                 Slice::Yielded => {}
+                Slice::Parked => assert!(wakeup.wait(patience), "never woken"),
                 other => panic!("{other:?}"),
             }
             assert!(Instant::now() < patience, "never finished");
@@ -345,6 +347,67 @@ mod wasmtime {
             .load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// A guest that sleeps parks: its task is not run again until the timer wakes it (a
+    /// slice per poll of a spinning loop would be thousands over 300 ms), and a line it
+    /// wrote before it slept is handed out before it sleeps on.
+    #[test]
+    fn a_sleeping_guest_parks_until_its_timer_wakes_it() {
+        let module = engine().compile(&guest(ECHO)).unwrap();
+        let patience = Instant::now() + Duration::from_secs(60);
+        let wakeup = ThreadWaker::new();
+        let began = Instant::now();
+        let mut task = module.start(
+            &request("GET", "/svc?sleep=300", &[("Host", "h")], b""),
+            &limits(),
+        );
+        let (mut slices, mut parked) = (0, 0);
+        let out = loop {
+            slices += 1;
+            match task.run_slice(&wakeup.waker()) {
+                Slice::Finished(out) => break out,
+                Slice::Parked => {
+                    parked += 1;
+                    assert!(wakeup.wait(patience), "never woken");
+                }
+                Slice::Yielded => assert!(Instant::now() < patience, "never finished"),
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        assert!(
+            ok(&out)
+                .body
+                .starts_with(b"method: GET\npath: /svc?sleep=300\n")
+        );
+        assert!(parked >= 1, "it never parked");
+        assert!(slices < 50, "{slices} slices for one sleep");
+
+        let mut task = module.start(
+            &request("GET", "/svc?tick=3", &[("Host", "h")], b""),
+            &limits(),
+        );
+        let mut pieces = Vec::new();
+        let last = loop {
+            match task.run_slice(&wakeup.waker()) {
+                Slice::Finished(out) => break out,
+                Slice::Streamed(Piece::Start(r)) => pieces.push(r.body),
+                Slice::Streamed(Piece::More(more)) => pieces.push(more),
+                Slice::Parked => assert!(wakeup.wait(patience), "never woken"),
+                Slice::Yielded => assert!(Instant::now() < patience, "never finished"),
+                other => panic!("{other:?}"),
+            }
+        };
+        // Each line went out before the guest slept on (the last one may come at its end).
+        pieces.retain(|p| !p.is_empty());
+        assert_eq!(pieces[..2], ["tick 0\n", "tick 1\n"]);
+        let all: Vec<u8> = pieces
+            .concat()
+            .into_iter()
+            .chain(ok(&last).body.to_vec())
+            .collect();
+        assert_eq!(all, b"tick 0\ntick 1\ntick 2\n");
+    }
+
     #[test]
     fn an_outbound_call_is_handed_out_and_its_result_comes_back() {
         let module = engine().compile(&guest(ECHO)).unwrap();
@@ -357,11 +420,14 @@ mod wasmtime {
         req.setup = outbound_setup(Some(&["http://upstream.example:8080"]), 4);
         let mut task = module.start(&req, &limits());
         let patience = Instant::now() + Duration::from_secs(60);
+        let wakeup = ThreadWaker::new();
         // The call is handed out as a slice that waits: the serving thread makes it.
         let call = loop {
-            match task.run_slice() {
+            match task.run_slice(&wakeup.waker()) {
                 Slice::Waiting(call) => break call,
                 Slice::Yielded => assert!(Instant::now() < patience, "no call made"),
+                // The hook queues the call on its runtime's thread, then wakes the task.
+                Slice::Parked => assert!(wakeup.wait(patience), "no call made"),
                 Slice::Streamed(piece) => panic!("streamed before calling: {piece:?}"),
                 Slice::Finished(out) => panic!("finished without calling: {:?}", out.result),
             }
@@ -384,9 +450,10 @@ mod wasmtime {
         // What the guest wrote, whole or (on a slow machine) in pieces.
         let mut written = Vec::new();
         let out = loop {
-            match task.run_slice() {
+            match task.run_slice(&wakeup.waker()) {
                 Slice::Finished(out) => break out,
                 Slice::Yielded => assert!(Instant::now() < patience, "never finished"),
+                Slice::Parked => assert!(wakeup.wait(patience), "never woken"),
                 Slice::Streamed(Piece::Start(r)) => written.extend_from_slice(&r.body),
                 Slice::Streamed(Piece::More(more)) => written.extend_from_slice(&more),
                 other => panic!("{other:?}"),

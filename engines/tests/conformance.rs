@@ -308,11 +308,12 @@ conformance! {
         req.setup = setup.clone();
         let mut task = module.start(&req, &limits());
         let call = loop {
-            match task.run_slice() {
+            match task.run_slice(std::task::Waker::noop()) {
                 Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                 Slice::Waiting(call) => break call,
                 Slice::Yielded => continue,
                 Slice::Finished(out) => panic!("finished without waiting: {:?}", out.result),
+                Slice::Parked => panic!("a WAGI guest never parks"),
             }
         };
         assert_eq!((call.method.as_str(), call.url.as_str()), ("GET", "http://127.0.0.1:9/path?q=1"));
@@ -326,11 +327,12 @@ conformance! {
             body: Bytes::from_static(b"upstream says hi"),
         }));
         let body = loop {
-            match task.run_slice() {
+            match task.run_slice(std::task::Waker::noop()) {
                 Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                 Slice::Finished(out) => break ok(out.result).body,
                 Slice::Yielded => continue,
                 Slice::Waiting(_) => panic!("waited twice"),
+                Slice::Parked => panic!("a WAGI guest never parks"),
             }
         };
         assert_eq!(body[0], 0);
@@ -347,11 +349,12 @@ conformance! {
             let mut task = module.start(&req, &limits());
             let mut result = result;
             loop {
-                match task.run_slice() {
+                match task.run_slice(std::task::Waker::noop()) {
                     Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                     Slice::Finished(out) => return ok(out.result).body[0],
                     Slice::Yielded => {}
                     Slice::Waiting(_) => task.deliver(result.take().expect("a call was expected")),
+                    Slice::Parked => panic!("a WAGI guest never parks"),
                 }
             }
         };
@@ -566,16 +569,17 @@ conformance! {
         let mut task = module.start(&req, &limits());
         let mut yields = 0;
         let output = loop {
-            match task.run_slice() {
+            match task.run_slice(std::task::Waker::noop()) {
                 Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                 Slice::Yielded => yields += 1,
                 Slice::Finished(output) => break output,
                 Slice::Waiting(_) => panic!("spin.wat makes no calls"),
+                Slice::Parked => panic!("a WAGI guest never parks"),
             }
         };
         assert_eq!(body(&ok(output.result)), "spun\n");
         assert!(yields >= 3, "yielded only {yields} times");
-        assert!(matches!(task.run_slice(), Slice::Finished(RunOutput { result: Err(GuestFailure::Trap(_)), .. })));
+        assert!(matches!(task.run_slice(std::task::Waker::noop()), Slice::Finished(RunOutput { result: Err(GuestFailure::Trap(_)), .. })));
     }
 
     fn a_long_response_goes_out_in_pieces_then_ends(e) {
@@ -587,7 +591,7 @@ conformance! {
         let mut task = module.start(&req, &limits());
         let (mut status, mut body, mut pieces) = (None, Vec::new(), 0);
         let output = loop {
-            match task.run_slice() {
+            match task.run_slice(std::task::Waker::noop()) {
                 Slice::Streamed(Piece::Start(head)) => {
                     assert!(status.is_none(), "one head");
                     status = Some(head.status);
@@ -603,6 +607,7 @@ conformance! {
                 Slice::Yielded => {}
                 Slice::Finished(output) => break output,
                 Slice::Waiting(_) => panic!("drip.wat makes no calls"),
+                Slice::Parked => panic!("a WAGI guest never parks"),
             }
         };
         assert_eq!(status, Some(200), "the head went out before the end ({pieces} pieces)");
@@ -620,7 +625,7 @@ conformance! {
         for _ in 0..3 {
             let mut tasks: Vec<_> = (0..10).map(|_| module.start(&request("GET", "/svc", &[], b""), &limits())).collect();
             for task in &mut tasks {
-                assert!(matches!(task.run_slice(), Slice::Yielded));
+                assert!(matches!(task.run_slice(std::task::Waker::noop()), Slice::Yielded));
             }
         }
         let r = ok(run(e, &guest("examples/hello.wat")));
@@ -648,7 +653,7 @@ conformance! {
         while tasks.iter().any(Option::is_some) {
             for (i, slot) in tasks.iter_mut().enumerate() {
                 let Some(task) = slot else { continue };
-                match task.run_slice() {
+                match task.run_slice(std::task::Waker::noop()) {
                     Slice::Streamed(piece) => panic!("this guest writes only at its end: {piece:?}"),
                     Slice::Yielded => yields += 1,
                     Slice::Finished(out) => {
@@ -656,6 +661,7 @@ conformance! {
                         *slot = None;
                     }
                     Slice::Waiting(_) => panic!("these guests make no calls"),
+                    Slice::Parked => panic!("a WAGI guest never parks"),
                 }
             }
         }

@@ -118,6 +118,61 @@ fn a_slow_reader_makes_the_guest_wait() {
     wait_for_counter(&server, "echo", "running", 0);
 }
 
+/// A component that sleeps waits without its thread: the serving thread runs no slice of
+/// it meanwhile (it used to poll it on every turn, a core's worth of time) and answers
+/// others; the sleeper answers once its timer fires, and lines it writes between sleeps
+/// go out as it writes them.
+#[cfg(feature = "wasmtime")]
+#[test]
+fn a_sleeping_component_leaves_its_thread_idle() {
+    let echo = format!("echo={}", repo("examples/components/rust-echo.wasm"));
+    let server = Frenezulo::start(&["--engine", "wasmtime", "--workers", "1", "--service", &echo]);
+    let before = server.thread_cpu("serve-0");
+    let mut sleeper = server.connect();
+    sleeper.send(b"GET /echo?sleep=1500 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_for_counter(&server, "echo", "running", 1);
+    let r = server.get("/echo/beside");
+    assert_eq!(r.status, 200);
+    assert!(r.text().contains("path: /echo/beside\n"));
+    let r = sleeper.response();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text()
+            .starts_with("method: GET\npath: /echo?sleep=1500\n")
+    );
+    let used = server.thread_cpu("serve-0") - before;
+    assert!(
+        used < std::time::Duration::from_millis(750),
+        "the serving thread used {used:?} while its guest slept 1.5 s"
+    );
+
+    let mut client = server.connect();
+    client.send(b"GET /echo?tick=3 HTTP/1.1\r\nHost: t\r\n\r\n");
+    let r = client.response();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("Transfer-Encoding"), Some("chunked"));
+    assert_eq!(r.text(), "tick 0\ntick 1\ntick 2\n");
+}
+
+/// A sleeper's deadline still holds while it is parked: 504, and its instance dropped.
+#[cfg(feature = "wasmtime")]
+#[test]
+fn a_component_asleep_past_its_deadline_is_answered_504() {
+    let config = ConfigFile::new(
+        "sleep-deadline",
+        &format!(
+            "engine = \"wasmtime\"\n[services.echo]\nmodule = {:?}\ndeadline = \"300ms\"\n",
+            repo("examples/components/rust-echo.wasm")
+        ),
+    );
+    let server = Frenezulo::start(&["--config", config.path(), "--workers", "1"]);
+    let r = server.get("/echo?sleep=1000");
+    assert_eq!(r.status, 504);
+    wait_for_counter(&server, "echo", "running", 0);
+    let r = server.get("/echo?sleep=1");
+    assert_eq!(r.status, 200);
+}
+
 #[cfg(feature = "wasmtime")]
 #[test]
 fn a_component_is_added_through_the_api_and_shown_as_one() {

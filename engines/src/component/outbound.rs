@@ -3,9 +3,9 @@
 //! with the same timeouts and size caps, as WAGI's `wasi_experimental_http`.
 //!
 //! wasmtime-wasi-http runs the hook's future on its own tokio runtime. The future checks
-//! the call and queues it here; the request's task hands it to the driver as
-//! [`Slice::Waiting`] and passes the result back through a oneshot channel. The serving
-//! thread never waits on the network.
+//! the call and queues it here (waking the task if it parked meanwhile); the task hands it
+//! to the driver as [`Slice::Waiting`] and passes the result back through a oneshot
+//! channel. The serving thread never waits on the network.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -27,6 +27,8 @@ const MAX_QUEUED: usize = 16;
 pub(super) struct Calls {
     pub(super) queued: VecDeque<(OutboundRequest, oneshot::Sender<OutboundResult>)>,
     pub(super) handed: Option<oneshot::Sender<OutboundResult>>,
+    /// The waker of the task's last slice, if it parked: a call queued wakes it.
+    pub(super) waker: Option<std::task::Waker>,
 }
 
 /// The calls of one request's instance, shared by its hooks and its task.
@@ -67,12 +69,16 @@ impl wasmtime_wasi_http::WasiHttpHooks for Outbound {
             let call = admit(&setup, parts.method.as_str(), &url, headers, body.to_vec())
                 .map_err(refused)?;
             let (sender, receiver) = oneshot::channel();
-            {
+            let waker = {
                 let mut calls = calls.lock().map_err(|_| Error::InternalError(None))?;
                 if calls.queued.len() >= MAX_QUEUED {
                     return Err(Error::ConnectionLimitReached);
                 }
                 calls.queued.push_back((call, sender));
+                calls.waker.take()
+            };
+            if let Some(waker) = waker {
+                waker.wake();
             }
             let response = receiver
                 .await

@@ -1,6 +1,7 @@
 //! A component's task: the fiber its run is polled on, the pieces of its response handed
 //! out between slices, and its outbound calls handed out one at a time.
 
+use std::task::Waker;
 use std::time::Instant;
 
 use super::outbound::SharedCalls;
@@ -18,31 +19,36 @@ pub(super) struct ComponentTask {
 }
 
 impl ComponentTask {
+    /// Whether the guest set a head, or wrote bytes, that have not been handed out.
+    fn has_unsent(&self) -> bool {
+        let response = self.response.borrow();
+        response.has_head() && (!response.is_streaming() || response.buffered() > 0)
+    }
+
     /// Whether what the guest set or wrote goes out now ([`crate::piece_due`]); past
     /// [`crate::PIECE_BYTES`] read ahead, the guest waits in its write until it has.
     fn piece_due(&mut self) -> bool {
-        let response = self.response.borrow();
-        let something =
-            response.has_head() && (!response.is_streaming() || response.buffered() > 0);
-        something && crate::piece_due(response.buffered(), &mut self.unsent_since)
+        let waiting = self.response.borrow().buffered();
+        self.has_unsent() && crate::piece_due(waiting, &mut self.unsent_since)
     }
 }
 
 impl GuestTask for ComponentTask {
-    fn run_slice(&mut self) -> Slice {
-        let slice = self.fiber.run_slice();
-        let Slice::Yielded = slice else {
-            return slice;
+    fn run_slice(&mut self, waker: &Waker) -> Slice {
+        let slice = self.fiber.run_slice(waker);
+        let parked = match slice {
+            Slice::Yielded => false,
+            Slice::Parked => true,
+            other => return other,
         };
-        // A guest held at the high-water mark writes on once its bytes went out.
-        if self.piece_due()
+        // A guest held at the high-water mark writes on once its bytes went out. One that
+        // waits on something else has what it wrote sent now: nothing runs it meanwhile.
+        if ((parked && self.has_unsent()) || self.piece_due())
             && let Some(piece) = self.response.borrow_mut().piece()
         {
             self.unsent_since = None;
             return Slice::Streamed(piece);
         }
-        // The hook may queue a call on its runtime's thread a moment after the guest began
-        // waiting for it: a later slice finds it then.
         let Ok(mut calls) = self.calls.lock() else {
             return slice;
         };
@@ -51,6 +57,11 @@ impl GuestTask for ComponentTask {
         {
             calls.handed = Some(sender);
             return Slice::Waiting(call);
+        }
+        // The hook queues a call on its runtime's thread, perhaps a moment after the guest
+        // began waiting for it: it wakes the task then.
+        if parked {
+            calls.waker = Some(waker.clone());
         }
         slice
     }

@@ -39,9 +39,11 @@ use crate::metrics::{ThreadMetrics, ThreadSnapshot};
 use crate::outbound::{OutboundDone, OutboundPool};
 use crate::registry::Publication;
 use access::AccessLog;
+use wake::TaskWake;
 
 mod access;
 mod net;
+mod wake;
 
 pub use net::bind;
 use net::{Connection, Flushed, Phase};
@@ -70,6 +72,11 @@ pub enum Message {
         job: JobId,
         /// What the call came to.
         result: OutboundResult,
+    },
+    /// A parked task of this thread was woken: it may run again.
+    Wake {
+        /// The task.
+        job: JobId,
     },
     /// Send a snapshot of this thread's state and counters.
     Snapshot(Sender<ThreadSnapshot>),
@@ -212,6 +219,9 @@ struct Task {
     /// Its outbound call while one is out: dropped with the task, the call is skipped if
     /// no worker has started it.
     call: Option<crate::outbound::Pending>,
+    /// Whether it is parked, and the waker its slices run with.
+    wake: Arc<TaskWake>,
+    waker: std::task::Waker,
 }
 
 struct Loop {
@@ -230,6 +240,8 @@ struct Loop {
     compiled_to: Mailbox<CompileDone>,
     /// Where the outbound pool answers this thread.
     outbound_to: Mailbox<OutboundDone>,
+    /// Where parked tasks' wakers send their wakes.
+    wake_to: Mailbox<JobId>,
     compile: CompilePool,
     outbound: OutboundPool,
     /// Connections by slot; a slot's generation makes reused slots new `ConnId`s.
@@ -291,6 +303,7 @@ impl Loop {
                 job: d.job,
                 result: d.result,
             }),
+            wake_to: own.mailbox(|job| Message::Wake { job }),
             compile: setup.compile,
             outbound: setup.outbound,
             conns: Vec::new(),
@@ -583,12 +596,15 @@ impl Loop {
                     self.handle(Input::Executed { job, result, ran });
                     return false;
                 };
+                let (wake, waker) = TaskWake::new(job, self.wake_to.clone());
                 let task = Task {
                     task: compiled.start(&request, &limits),
                     module,
                     started: Instant::now(),
                     busy: Duration::ZERO,
                     call: None,
+                    wake,
+                    waker,
                 };
                 (job, task)
             }
@@ -603,8 +619,9 @@ impl Loop {
             },
         };
         let began = Instant::now();
+        task.wake.running();
         // An engine bug on one guest must not take the serving thread down with it.
-        let slice = std::panic::catch_unwind(AssertUnwindSafe(|| task.task.run_slice()))
+        let slice = std::panic::catch_unwind(AssertUnwindSafe(|| task.task.run_slice(&task.waker)))
             .unwrap_or_else(|_| {
                 Slice::Finished(RunOutput {
                     result: Err(GuestFailure::Trap("the engine panicked".to_owned())),
@@ -614,7 +631,14 @@ impl Loop {
         task.busy += began.elapsed();
         let ran = slice_began.elapsed();
         match slice {
-            Slice::Yielded => {
+            Slice::Parked if task.wake.park() => {
+                // Its waker sends `Message::Wake` when it may go on.
+                self.tasks.insert(job, task);
+                self.handle(Input::Waiting { job, ran });
+                false
+            }
+            // Parked but woken already: as good as yielded.
+            Slice::Yielded | Slice::Parked => {
                 self.tasks.insert(job, task);
                 self.yielded = Some((job, ran));
                 true
@@ -686,6 +710,12 @@ impl Loop {
                 if let Some(task) = self.tasks.get_mut(&job) {
                     task.call = None;
                     task.task.deliver(result);
+                    self.handle(Input::Woken { job });
+                }
+            }
+            Message::Wake { job } => {
+                // A task cancelled while it was parked is gone; its wake is dropped.
+                if self.tasks.contains_key(&job) {
                     self.handle(Input::Woken { job });
                 }
             }

@@ -385,6 +385,25 @@ impl Frenezulo {
         assert!(status.success());
     }
 
+    /// CPU time the server's thread named `name` has used, from `/proc` (in 10 ms units:
+    /// Linux reports it in USER_HZ ticks, 100 a second).
+    pub fn thread_cpu(&self, name: &str) -> Duration {
+        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
+        for task in tasks.flatten() {
+            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+            // The fields after the command name (which may hold spaces) end with `)`.
+            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+            let ticks: u64 =
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+            return Duration::from_millis(ticks * 10);
+        }
+        panic!("no thread named {name}");
+    }
+
     /// Resident memory of the server, in KiB.
     pub fn rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();

@@ -7,7 +7,9 @@
 //! `?exit=N` exits with status N, `?unset` returns without setting a response, and
 //! `?hold=N` holds N header maps (host resources) while it answers, and
 //! `?fetch=http://HOST:PORT/PATH` makes that outbound GET and answers with its status and
-//! body (502 and the error if it fails).
+//! body (502 and the error if it fails). `?sleep=MS` sleeps MS milliseconds (on a
+//! `wasi:clocks` pollable) before it answers; `?tick=N` answers N lines, `tick 0` to
+//! `tick N-1`, each written and flushed 50 ms after the one before.
 
 use wasip2::http::types::{
     Fields, IncomingRequest, Method, OutgoingBody, OutgoingResponse, ResponseOutparam,
@@ -55,6 +57,29 @@ fn fetch(url: &str) -> Result<(u16, Vec<u8>), String> {
         bytes.extend_from_slice(&chunk);
     }
     Ok((status, bytes))
+}
+
+/// Sleeps on a monotonic-clock pollable, as `std::thread::sleep` does on this target.
+fn sleep_ms(ms: u64) {
+    wasip2::clocks::monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+}
+
+/// Answers `n` lines, one every 50 ms, each flushed as it is written.
+fn tick(out: ResponseOutparam, n: u64) {
+    let response = OutgoingResponse::new(Fields::new());
+    let body = response.body().expect("the body, once");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = body.write().expect("the stream, once");
+    for i in 0..n {
+        if i > 0 {
+            sleep_ms(50);
+        }
+        stream
+            .blocking_write_and_flush(format!("tick {i}\n").as_bytes())
+            .expect("written");
+    }
+    drop(stream);
+    OutgoingBody::finish(body, None).expect("finished");
 }
 
 fn answer(out: ResponseOutparam, status: u16, text: &[u8]) {
@@ -111,6 +136,12 @@ impl wasip2::exports::http::incoming_handler::Guest for Echo {
         }
         if query.split('&').any(|p| p == "unset") {
             return;
+        }
+        if let Some(n) = knob("tick") {
+            return tick(out, n);
+        }
+        if let Some(ms) = knob("sleep") {
+            sleep_ms(ms);
         }
         if let Some(url) = query.split('&').find_map(|p| p.strip_prefix("fetch=")) {
             return match fetch(url) {
