@@ -140,13 +140,14 @@ impl CompiledModule for HttpComponent {
 
 /// The request as `http` types: the full URI (authority from `Host`, else the local
 /// address), headers but `Transfer-Encoding` (the body arrives whole), and the prefix
-/// headers.
+/// headers. Built in place rather than through `http`'s builders: header values and the
+/// body are shared, not copied, and the map is sized once.
 fn to_http(request: &GuestRequest) -> Result<http::Request<http_body_util::Full<Bytes>>, String> {
+    use http::header::{HeaderName, HeaderValue};
     let req = &request.request;
-    let host = req
+    let authority = req
         .header("host")
-        .and_then(|v| std::str::from_utf8(v).ok())
-        .and_then(|v| v.parse::<http::uri::Authority>().ok())
+        .and_then(|v| http::uri::Authority::from_maybe_shared(v.clone()).ok())
         .unwrap_or_else(|| {
             request
                 .local
@@ -154,30 +155,43 @@ fn to_http(request: &GuestRequest) -> Result<http::Request<http_body_util::Full<
                 .parse()
                 .expect("a socket address is an authority")
         });
-    let uri = http::Uri::builder()
-        .scheme("http")
-        .authority(host)
-        .path_and_query(req.target.as_str())
-        .build()
-        .map_err(|e| format!("request target `{}`: {e}", req.target))?;
-    let mut builder = http::Request::builder()
-        .method(req.method.as_str())
-        .uri(uri);
-    for http_header in &req.headers {
-        let (name, value) = (&http_header.name, &http_header.value);
+    let mut uri = http::uri::Parts::default();
+    uri.scheme = Some(http::uri::Scheme::HTTP);
+    uri.authority = Some(authority);
+    uri.path_and_query = Some(
+        req.target
+            .parse()
+            .map_err(|e| format!("request target `{}`: {e}", req.target))?,
+    );
+    let mut http_request = http::Request::new(http_body_util::Full::new(req.body.clone()));
+    *http_request.method_mut() = http::Method::from_bytes(req.method.as_bytes())
+        .map_err(|e| format!("method `{}`: {e}", req.method))?;
+    *http_request.uri_mut() =
+        http::Uri::from_parts(uri).map_err(|e| format!("request target `{}`: {e}", req.target))?;
+    let headers = http_request.headers_mut();
+    headers.reserve(req.headers.len() + 2);
+    let unrepresentable = |e: &dyn std::fmt::Display| format!("request not representable: {e}");
+    for field in &req.headers {
+        let name = &field.name;
         if name.eq_ignore_ascii_case("transfer-encoding")
             || name.eq_ignore_ascii_case(SCRIPT_NAME_HEADER)
             || name.eq_ignore_ascii_case(PATH_INFO_HEADER)
         {
             continue;
         }
-        builder = builder.header(name.as_str(), value.as_ref());
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| unrepresentable(&e))?;
+        let value =
+            HeaderValue::from_maybe_shared(field.value.clone()).map_err(|e| unrepresentable(&e))?;
+        headers.append(name, value);
     }
-    builder
-        .header(SCRIPT_NAME_HEADER, request.script_name.as_str())
-        .header(PATH_INFO_HEADER, request.path_info.as_str())
-        .body(http_body_util::Full::new(req.body.clone()))
-        .map_err(|e| format!("request not representable: {e}"))
+    for (name, value) in [
+        (SCRIPT_NAME_HEADER, &request.script_name),
+        (PATH_INFO_HEADER, &request.path_info),
+    ] {
+        let value = HeaderValue::from_str(value).map_err(|e| unrepresentable(&e))?;
+        headers.insert(HeaderName::from_static(name), value);
+    }
+    Ok(http_request)
 }
 
 /// Instantiates, calls `handle`, and collects the response it sets.
@@ -250,3 +264,4 @@ fn failure(e: wasmtime::Error, memory_refused: bool) -> GuestFailure {
         other => GuestFailure::Trap(format!("{other:?}")),
     }
 }
+
