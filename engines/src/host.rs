@@ -65,6 +65,10 @@ pub struct GuestIo {
     pub(crate) setup: Option<std::sync::Arc<frenezulo_core::GuestSetup>>,
     /// Outbound HTTP calls and the responses held open.
     pub(crate) http: Calls,
+    /// Bytes copied between guest memory and the host since the engine last took the
+    /// count: wasmi charges them as fuel, so that time spent in host calls counts
+    /// against the guest's slice as its own instructions do.
+    pub(crate) moved: usize,
 }
 
 /// Where a WAGI guest's response is in being sent in pieces.
@@ -90,6 +94,11 @@ impl GuestIo {
             env: Vec::with_capacity(env_capacity),
             ..GuestIo::default()
         }
+    }
+
+    /// Takes the count of bytes moved since it was last taken ([`GuestIo::moved`]).
+    pub fn take_moved(&mut self) -> usize {
+        std::mem::take(&mut self.moved)
     }
 
     /// Adds an argv item (NUL bytes, which C strings cannot hold, are dropped).

@@ -264,4 +264,3 @@ fn failure(e: wasmtime::Error, memory_refused: bool) -> GuestFailure {
         other => GuestFailure::Trap(format!("{other:?}")),
     }
 }
-

@@ -229,6 +229,7 @@ impl GuestIo {
                 break;
             }
         }
+        self.moved += used;
         Ok(errno_of(write_u32(mem, out, used as u32)))
     }
 
@@ -276,6 +277,7 @@ impl GuestIo {
                 Err(e) => return Ok(errno_of_io(&e)),
             };
             total += n;
+            self.moved += n;
             at = at.saturating_add(n as u64);
             if n < len as usize || total == MAX_READ {
                 break;

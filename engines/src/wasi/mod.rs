@@ -255,7 +255,10 @@ impl GuestIo {
     ) -> Result<i32, HostStop> {
         if fd > 2 {
             return Ok(match self.files.read(mem, fd, iovs, iovs_len) {
-                Ok(n) => errno_of(write_u32(mem, nread, n)),
+                Ok(n) => {
+                    self.moved += n as usize;
+                    errno_of(write_u32(mem, nread, n))
+                }
                 Err(e) => e,
             });
         }
@@ -279,6 +282,7 @@ impl GuestIo {
             self.stdin_pos += n;
             total += n;
         }
+        self.moved += total;
         Ok(errno_of(write_u32(mem, nread, total as u32)))
     }
 
@@ -313,6 +317,7 @@ impl GuestIo {
                 self.stderr.extend_from_slice(&src[..src.len().min(room)]);
             }
             total += src.len();
+            self.moved += src.len();
         }
         Ok(errno_of(write_u32(mem, nwritten, total as u32)))
     }
@@ -327,6 +332,7 @@ impl GuestIo {
         let Some(dst) = slice_mut(mem, buf, len as u32) else {
             return Ok(errno::FAULT);
         };
+        self.moved += dst.len();
         Ok(match getrandom::fill(dst) {
             Ok(()) => errno::SUCCESS,
             Err(_) => errno::IO,
