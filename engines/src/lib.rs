@@ -246,6 +246,20 @@ pub fn discover_routes(
     if !module.entrypoints().iter().any(|e| e == ROUTES_EXPORT) {
         return Ok(SubRoutes::default());
     }
+    let request = GuestRequest {
+        entrypoint: ROUTES_EXPORT.into(),
+        wildcard: false,
+        ..loopback_get()
+    };
+    let deadline = Instant::now() + ROUTES_DEADLINE;
+    let output = run_to_completion(module, &request, limits, deadline)
+        .result
+        .map_err(DiscoverRoutesError::Failed)?;
+    Ok(SubRoutes::parse(&output.body)?)
+}
+
+/// A bare `GET /` from loopback, for runs that answer no client.
+pub(crate) fn loopback_get() -> GuestRequest {
     let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
     let get = frenezulo_core::Request {
         method: "GET".to_owned(),
@@ -255,16 +269,7 @@ pub fn discover_routes(
         body: bytes::Bytes::new(),
         keep_alive: false,
     };
-    let request = GuestRequest {
-        entrypoint: ROUTES_EXPORT.into(),
-        wildcard: false,
-        ..GuestRequest::new(get, "", loopback, loopback)
-    };
-    let deadline = Instant::now() + ROUTES_DEADLINE;
-    let output = run_to_completion(module, &request, limits, deadline)
-        .result
-        .map_err(DiscoverRoutesError::Failed)?;
-    Ok(SubRoutes::parse(&output.body)?)
+    GuestRequest::new(get, "", loopback, loopback)
 }
 
 /// One request's run in its own instance, a time slice at a time. Dropping a task that

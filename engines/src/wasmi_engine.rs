@@ -448,16 +448,7 @@ mod tests {
         let module = engine
             .compile_module(&wat::parse_file(path).unwrap())
             .unwrap();
-        let loopback = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
-        let get = frenezulo_core::Request {
-            method: "GET".to_owned(),
-            target: "/".to_owned(),
-            version: frenezulo_core::Version::Http11,
-            headers: Vec::new(),
-            body: bytes::Bytes::new(),
-            keep_alive: false,
-        };
-        let request = GuestRequest::new(get, "", loopback, loopback);
+        let request = crate::loopback_get();
         let limits = RunLimits {
             memory_bytes: 1 << 20,
             stdout_bytes: 16 << 20,

@@ -219,8 +219,9 @@ struct Task {
     /// Its outbound call while one is out: dropped with the task, the call is skipped if
     /// no worker has started it.
     call: Option<crate::outbound::Pending>,
-    /// Whether it is parked, and the waker its slices run with.
+    /// Whether it is parked (what its waker fires on).
     wake: Arc<TaskWake>,
+    /// The waker its slices run with, made once.
     waker: std::task::Waker,
 }
 
