@@ -386,22 +386,21 @@ impl Frenezulo {
     }
 
     /// CPU time the server's thread named `name` has used, from `/proc` (in 10 ms units:
-    /// Linux reports it in USER_HZ ticks, 100 a second).
+    /// Linux reports it in USER_HZ ticks, 100 a second). A thread names itself once it
+    /// runs, so this waits for the name to appear.
     pub fn thread_cpu(&self, name: &str) -> Duration {
-        let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).unwrap();
-        for task in tasks.flatten() {
-            let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
-            if comm.trim_end() != name {
-                continue;
-            }
-            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        self.eventually(&format!("a thread named {name}"), || {
+            let tasks = std::fs::read_dir(format!("/proc/{}/task", self.pid())).ok()?;
+            let task = tasks.flatten().find(|task| {
+                std::fs::read_to_string(task.path().join("comm"))
+                    .is_ok_and(|comm| comm.trim_end() == name)
+            })?;
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
             // The fields after the command name (which may hold spaces) end with `)`.
-            let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-            let ticks: u64 =
-                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-            return Duration::from_millis(ticks * 10);
-        }
-        panic!("no thread named {name}");
+            let fields: Vec<&str> = stat[stat.rfind(')')? + 2..].split(' ').collect();
+            let ticks = fields[11].parse::<u64>().ok()? + fields[12].parse::<u64>().ok()?;
+            Some(Duration::from_millis(ticks * 10))
+        })
     }
 
     /// Resident memory of the server, in KiB.
