@@ -365,22 +365,15 @@ impl Server {
         seq: u64,
         result: Result<Response, crate::GuestFailure>,
     ) {
-        let streamed = self
-            .conns
-            .get(&conn)
-            .and_then(|c| c.pipeline.iter().find(|s| s.seq == seq))
-            .is_some_and(|slot| slot.stream.is_some());
-        if !streamed {
+        let streaming = self.conns.get_mut(&conn).and_then(|c| {
+            let slot = c.pipeline.iter_mut().find(|s| s.seq == seq)?;
+            slot.stream.is_some().then_some((&mut c.stop_parsing, slot))
+        });
+        let Some((stop_parsing, slot)) = streaming else {
             let response = result.unwrap_or_else(|failure| failure.to_response());
             return self.answer(now, conn, seq, response);
-        }
-        let c = self.conns.get_mut(&conn).expect("checked above");
-        let slot = c
-            .pipeline
-            .iter_mut()
-            .find(|s| s.seq == seq)
-            .expect("checked above");
-        let stream = slot.stream.as_mut().expect("checked above");
+        };
+        let stream = slot.stream.as_mut().expect("a streaming slot");
         let whole = match result {
             Ok(response) => {
                 let (pieces, whole) = stream.end(response.body);
@@ -395,7 +388,7 @@ impl Server {
         };
         if !whole {
             slot.close = true;
-            c.stop_parsing = true;
+            *stop_parsing = true;
         }
         let sizes = (stream.status(), stream.bytes());
         let report = slot.responded(conn, sizes, now, !whole, &mut self.stats);

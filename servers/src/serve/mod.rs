@@ -454,7 +454,11 @@ impl Loop {
 
     /// Feeds the core one input and carries out what it asks.
     fn handle(&mut self, input: Input<'_>) {
-        let now = Instant::now();
+        self.handle_at(Instant::now(), input);
+    }
+
+    /// [`Loop::handle`] with the time the input happened, when the caller just read it.
+    fn handle_at(&mut self, now: Instant, input: Input<'_>) {
         #[cfg(debug_assertions)]
         self.monitor.input(&input);
         self.core.handle(now, input);
@@ -569,18 +573,22 @@ impl Loop {
     /// Runs the slices the core hands out, until none is left, or this turn had a slice
     /// that yielded or spent its budget; then the loop polls its sockets.
     fn run_slices(&mut self) {
-        while let Some(slice) = self.slices.next(Instant::now()) {
-            if self.run_slice(slice) {
+        loop {
+            let now = Instant::now();
+            let Some(slice) = self.slices.next(now) else {
+                return;
+            };
+            if self.run_slice(now, slice) {
                 self.slices.yielded();
             }
         }
     }
 
-    /// Runs one slice and reports it with the time it took; returns whether the guest
-    /// yielded.
-    fn run_slice(&mut self, slice: SliceOut) -> bool {
-        // What the core charges the service: the instance start is its cost too.
-        let slice_began = Instant::now();
+    /// Runs one slice handed out at `slice_began` and reports it with the time it took
+    /// from then (what the core charges the service: the instance start is its cost too);
+    /// returns whether the guest yielded. The clock is read as few times as it can be:
+    /// this runs once per request.
+    fn run_slice(&mut self, slice_began: Instant, slice: SliceOut) -> bool {
         // A task is kept in `tasks` only between slices: nearly all finish in their first.
         let (job, mut task) = match slice {
             SliceOut::Start(execution) => {
@@ -601,7 +609,7 @@ impl Loop {
                 let task = Task {
                     task: compiled.start(&request, &limits),
                     module,
-                    started: Instant::now(),
+                    started: slice_began,
                     busy: Duration::ZERO,
                     call: None,
                     wake,
@@ -629,13 +637,14 @@ impl Loop {
                     stderr: Vec::new(),
                 })
             });
-        task.busy += began.elapsed();
-        let ran = slice_began.elapsed();
+        let ended = Instant::now();
+        task.busy += ended.saturating_duration_since(began);
+        let ran = ended.saturating_duration_since(slice_began);
         match slice {
             Slice::Parked if task.wake.park() => {
                 // Its waker sends `Message::Wake` when it may go on.
                 self.tasks.insert(job, task);
-                self.handle(Input::Waiting { job, ran });
+                self.handle_at(ended, Input::Waiting { job, ran });
                 false
             }
             // Parked but woken already: as good as yielded.
@@ -664,18 +673,19 @@ impl Loop {
             Slice::Streamed(piece) => {
                 // Its bytes go out before it runs again (see `SliceOut::Resume` above).
                 self.tasks.insert(job, task);
-                self.handle(Input::Streamed { job, ran, piece });
+                self.handle_at(ended, Input::Streamed { job, ran, piece });
                 false
             }
             Slice::Finished(output) => {
-                log_run(self.id, job, &task, &output);
+                log_run(self.id, job, &task, &output, ended);
                 self.last_ended = Some((job, task.busy));
                 drop(task);
-                self.handle(Input::Executed {
+                let input = Input::Executed {
                     job,
                     result: output.result,
                     ran,
-                });
+                };
+                self.handle_at(ended, input);
                 false
             }
         }
@@ -1031,14 +1041,14 @@ impl Loop {
     }
 }
 
-fn log_run(thread: usize, job: JobId, task: &Task, output: &RunOutput) {
+fn log_run(thread: usize, job: JobId, task: &Task, output: &RunOutput, ended: Instant) {
     let service = &task.module.service;
     if !output.stderr.is_empty() {
         for line in String::from_utf8_lossy(&output.stderr).lines() {
             info!(target: "guest", service = %service, "{line}");
         }
     }
-    let us = task.started.elapsed().as_micros() as u64;
+    let us = ended.saturating_duration_since(task.started).as_micros() as u64;
     let busy_us = task.busy.as_micros() as u64;
     match &output.result {
         Ok(r) => {
