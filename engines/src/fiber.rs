@@ -19,26 +19,24 @@ use crate::{GuestTask, Slice};
 /// (at most 1 ms, about 0.5 ms on average: a short slice is what lets a request of
 /// microseconds go between two slices of a guest that runs on, so that services share a
 /// thread by time; see `bench/load`'s fair-share section).
-pub(crate) const SLICE_TICKS: u64 = 1;
+const SLICE_TICKS: u64 = 1;
 
-/// Makes `store`'s guest yield at the end of each time slice.
-pub(crate) fn slice_by_epoch<T>(store: &mut Store<T>) {
+/// Makes `store`'s guest yield at the end of each time slice, and hands out the piece of
+/// its response `piece_at_end` makes of its data there, if any: the slice then ends
+/// [`Slice::Streamed`] with it. A yield is noted, so that the task tells a slice that ran
+/// out ([`Slice::Yielded`]) from a guest that waits ([`Slice::Parked`]).
+pub(crate) fn slice_by_epoch<T: 'static>(
+    store: &mut Store<T>,
+    mut piece_at_end: impl FnMut(&mut T) -> Option<Piece> + Send + Sync + 'static,
+) {
     store.set_epoch_deadline(SLICE_TICKS);
-    store.epoch_deadline_callback(|_| Ok(slice_ends()));
-}
-
-/// What an epoch-deadline callback returns to end the running slice: a yield, noted so
-/// that the task tells a slice that ran out ([`Slice::Yielded`]) from a guest that waits
-/// ([`Slice::Parked`]).
-pub(crate) fn slice_ends() -> wasmtime::UpdateDeadline {
-    SLICE_ENDED.with(|ended| ended.set(true));
-    wasmtime::UpdateDeadline::Yield(SLICE_TICKS)
-}
-
-/// Sets `piece` aside for the task whose slice is running, from inside its epoch yield:
-/// the slice ends [`Slice::Streamed`] with it.
-pub(crate) fn piece_made(piece: Piece) {
-    PIECE_MADE.with(|slot| *slot.borrow_mut() = Some(piece));
+    store.epoch_deadline_callback(move |mut ctx| {
+        if let Some(piece) = piece_at_end(ctx.data_mut()) {
+            PIECE_MADE.with(|slot| *slot.borrow_mut() = Some(piece));
+        }
+        SLICE_ENDED.with(|ended| ended.set(true));
+        Ok(wasmtime::UpdateDeadline::Yield(SLICE_TICKS))
+    });
 }
 
 thread_local! {
@@ -46,7 +44,7 @@ thread_local! {
     pub(crate) static CALL_MADE: RefCell<Option<OutboundRequest>> = const { RefCell::new(None) };
     /// The result the task was given, for the `req` it resumes.
     pub(crate) static CALL_RESULT: RefCell<Option<OutboundResult>> = const { RefCell::new(None) };
-    /// The piece of its response a WAGI guest's slice ended with, for the task to hand out.
+    /// The piece of its response a guest's slice ended with, for the task to hand out.
     static PIECE_MADE: RefCell<Option<Piece>> = const { RefCell::new(None) };
     /// Whether the slice being polled ended at its epoch deadline.
     static SLICE_ENDED: Cell<bool> = const { Cell::new(false) };

@@ -367,15 +367,8 @@ impl CompiledModule for WasmtimeModule {
         };
         let mut store = Store::new(&self.engine, host);
         store.limiter(|h| &mut h.limiter);
-        // Time slices as `fiber::slice_by_epoch` cuts them, and at each slice's end a
-        // piece of the response when one is due.
-        store.set_epoch_deadline(fiber::SLICE_TICKS);
-        store.epoch_deadline_callback(|mut ctx| {
-            if let Some(piece) = wagi::stdout_piece(&mut ctx.data_mut().io) {
-                fiber::piece_made(piece);
-            }
-            Ok(fiber::slice_ends())
-        });
+        // At each slice's end, a piece of the response when one is due.
+        fiber::slice_by_epoch(&mut store, |host| wagi::stdout_piece(&mut host.io));
         // `_start`'s export is looked up once per module; any other entrypoint by name.
         let entry = match &*request.entrypoint {
             frenezulo_core::DEFAULT_ENTRYPOINT => Entry::Start(self.start),

@@ -99,7 +99,8 @@ impl CompiledModule for HttpComponent {
             ComponentHost::new(request, limits.memory_bytes, calls.clone()),
         );
         store.limiter(|h| &mut h.limiter);
-        crate::fiber::slice_by_epoch(&mut store);
+        // Its pieces are made by its task from what the collector read (`task.rs`).
+        crate::fiber::slice_by_epoch(&mut store, |_| None);
         let http_request = to_http(request);
         let pre = self.pre.clone();
         let (sender, response) = Collect::shared(limits.stdout_bytes);
