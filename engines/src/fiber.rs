@@ -32,11 +32,17 @@ pub(crate) fn slice_by_epoch<T: 'static>(
     store.set_epoch_deadline(SLICE_TICKS);
     store.epoch_deadline_callback(move |mut ctx| {
         if let Some(piece) = piece_at_end(ctx.data_mut()) {
-            PIECE_MADE.with(|slot| *slot.borrow_mut() = Some(piece));
+            hand_out(piece);
         }
         SLICE_ENDED.with(|ended| ended.set(true));
         Ok(wasmtime::UpdateDeadline::Yield(SLICE_TICKS))
     });
+}
+
+/// Hands out `piece` at the end of the slice being polled, which must not end otherwise
+/// than pending (a host call about to suspend the guest, as a sleep).
+pub(crate) fn hand_out(piece: Piece) {
+    PIECE_MADE.with(|slot| *slot.borrow_mut() = Some(piece));
 }
 
 thread_local! {
@@ -83,7 +89,8 @@ impl GuestTask for WasmtimeTask {
         // Left by nobody's fault only if the guest trapped first; never for another task.
         CALL_RESULT.with(|slot| slot.borrow_mut().take());
         let call = CALL_MADE.with(|slot| slot.borrow_mut().take());
-        // Made only at an epoch yield, so never beside a call or an ending.
+        // Made only at an epoch yield or as the guest sleeps: never beside a call or an
+        // ending.
         let piece = PIECE_MADE.with(|slot| slot.borrow_mut().take());
         match (polled, call) {
             (Poll::Pending, Some(call)) => {

@@ -23,6 +23,9 @@ pub enum HostStop {
     /// The guest waits on an outbound call: the engine suspends it (never an ending,
     /// except where it cannot suspend).
     Waiting,
+    /// The guest sleeps in `poll_oneoff` until `GuestIo::wake_at`: the engine parks it
+    /// (never an ending, except where it cannot suspend).
+    Sleeping,
 }
 
 impl std::fmt::Display for HostStop {
@@ -32,6 +35,7 @@ impl std::fmt::Display for HostStop {
             HostStop::StdoutFull => f.write_str("guest output exceeded its limit"),
             HostStop::NoMemory => f.write_str("WASI call before memory was available"),
             HostStop::Waiting => f.write_str("outbound call where the guest cannot wait"),
+            HostStop::Sleeping => f.write_str("sleep where the guest cannot wait"),
         }
     }
 }
@@ -69,6 +73,22 @@ pub struct GuestIo {
     /// count: wasmi charges them as fuel, so that time spent in host calls counts
     /// against the guest's slice as its own instructions do.
     pub(crate) moved: usize,
+    /// The `poll_oneoff` call the guest sleeps in ([`crate::wasi::poll`]).
+    pub(crate) asleep: Option<Asleep>,
+}
+
+/// A guest asleep in `poll_oneoff`: where the call's subscriptions and answer are, to
+/// answer it when it wakes.
+#[derive(Debug)]
+pub(crate) struct Asleep {
+    pub(crate) subs: i32,
+    pub(crate) count: u32,
+    pub(crate) events: i32,
+    pub(crate) nevents: i32,
+    /// When the call was made, by both clocks: relative timeouts count from here.
+    pub(crate) called: (std::time::Instant, std::time::SystemTime),
+    /// When its first clock is due.
+    pub(crate) until: std::time::Instant,
 }
 
 /// Where a WAGI guest's response is in being sent in pieces.

@@ -45,6 +45,7 @@ mod host;
 mod http_calls;
 pub mod outbound;
 pub mod shape;
+mod timer;
 pub mod wagi;
 pub mod wasi;
 

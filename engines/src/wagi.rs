@@ -349,10 +349,16 @@ pub struct RunOutput {
 /// runs on: the CGI head parsed, with the body so far, then more of the body, when
 /// [`crate::piece_due`] says so. Stdout's cap keeps counting what was handed out.
 pub(crate) fn stdout_piece(io: &mut GuestIo) -> Option<Piece> {
-    if io.raw_output || io.pieces.refused || io.stdout.is_empty() {
+    if io.stdout.is_empty() || !crate::piece_due(io.stdout.len(), &mut io.pieces.waiting_since) {
         return None;
     }
-    if !crate::piece_due(io.stdout.len(), &mut io.pieces.waiting_since) {
+    stdout_piece_now(io)
+}
+
+/// The piece of a WAGI guest's response to hand out as it goes to sleep: all it wrote,
+/// whatever its size, since nothing else would send it before it wakes.
+pub(crate) fn stdout_piece_now(io: &mut GuestIo) -> Option<Piece> {
+    if io.raw_output || io.pieces.refused || io.stdout.is_empty() {
         return None;
     }
     let taken = io.stdout.len();
@@ -403,7 +409,7 @@ pub fn finish(mut io: GuestIo, ending: Ending, memory_refused: bool) -> RunOutpu
         }
         Ending::Stopped(HostStop::Exit(code)) => Err(GuestFailure::Exit(code)),
         Ending::Stopped(HostStop::StdoutFull) => Err(GuestFailure::OutputTooLarge),
-        Ending::Stopped(stop @ (HostStop::NoMemory | HostStop::Waiting)) => {
+        Ending::Stopped(stop @ (HostStop::NoMemory | HostStop::Waiting | HostStop::Sleeping)) => {
             Err(GuestFailure::Trap(stop.to_string()))
         }
         Ending::Interrupted => Err(GuestFailure::Timeout),

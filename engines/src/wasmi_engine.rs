@@ -2,7 +2,10 @@
 //! slice is an amount of fuel: a resumable call runs until the guest finishes or its fuel
 //! runs out, and the next slice resumes it with more.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 
 use frenezulo_core::{GuestRequest, RunLimits};
 use wasmi::errors::HostError;
@@ -13,6 +16,7 @@ use wasmi::{
 
 use crate::host::{GuestIo, HostStop};
 use crate::outbound::{self, OutboundResult, not_delivered};
+use crate::timer::Sleep;
 use crate::wagi::{self, Ending, MemoryLimiter};
 use crate::wasi::{self, Provided};
 use crate::{CompileError, CompiledModule, Engine, EngineConfig, EngineKind, GuestTask, Slice};
@@ -194,6 +198,8 @@ fn wasi_linker(engine: &Wasmi) -> Result<Linker<Host>, wasmi::errors::LinkerErro
         };
     }
     wasi::for_each_function!(define);
+    // Its `HostStop::Sleeping` traps resumably: the task parks and resumes it.
+    define!(poll_oneoff(subs: i32, events: i32, count: i32, nevents: i32));
     outbound::for_each_function!(define_http);
     linker.func_wrap(
         wasi::MODULE,
@@ -311,6 +317,8 @@ enum Phase {
     Suspended(TypedResumableCallOutOfFuel<()>),
     /// Stopped in `req`, waiting for its result.
     Waiting(TypedResumableCallHostTrap<()>),
+    /// Stopped in `poll_oneoff`, asleep until the sleep is over.
+    Sleeping(TypedResumableCallHostTrap<()>, Sleep),
     /// Ended before the entrypoint could run.
     Ended(Ending),
     /// Finished and reported.
@@ -322,8 +330,8 @@ impl GuestTask for WasmiTask {
         self.deliver_to_store(result);
     }
 
-    /// Never parks: a WAGI guest waits on nothing but its outbound calls.
-    fn run_slice(&mut self, _waker: &std::task::Waker) -> Slice {
+    /// Parks while the guest sleeps in `poll_oneoff`; `waker` is woken when it is due.
+    fn run_slice(&mut self, waker: &Waker) -> Slice {
         let Some(store) = self.store.as_mut() else {
             return crate::finished_twice();
         };
@@ -353,6 +361,21 @@ impl GuestTask for WasmiTask {
                     Err(e) => return self.finish(Ending::Trapped(e.to_string())),
                 }
             }
+            Phase::Sleeping(trap, mut sleep) => {
+                if !sleep_over(&mut sleep, waker) {
+                    self.phase = Phase::Sleeping(trap, sleep);
+                    return Slice::Parked;
+                }
+                let Some(memory) = store.data().memory else {
+                    return self.finish(Ending::Stopped(HostStop::NoMemory));
+                };
+                let (mem, host) = memory.data_and_store_mut(&mut *store);
+                let code = host.io.wake(mem);
+                match store.set_fuel(FUEL_SLICE) {
+                    Ok(()) => trap.resume(&mut *store, &[Val::I32(code)]),
+                    Err(e) => return self.finish(Ending::Trapped(e.to_string())),
+                }
+            }
             Phase::Ended(ending) => return self.finish(ending),
             Phase::Done => return crate::finished_twice(),
         };
@@ -367,6 +390,25 @@ impl GuestTask for WasmiTask {
                         return Slice::Waiting(request);
                     }
                     None => Ending::Stopped(HostStop::Waiting),
+                }
+            }
+            Ok(TypedResumableCall::HostTrap(trap))
+                if trap.host_error().downcast_ref::<HostStop>() == Some(&HostStop::Sleeping) =>
+            {
+                let io = &mut store.data_mut().io;
+                match io.wake_at() {
+                    Some(until) => {
+                        let mut sleep = Sleep::until(until);
+                        // What it wrote goes out before it sleeps; the next slice parks.
+                        let slice = match wagi::stdout_piece_now(io) {
+                            Some(piece) => Slice::Streamed(piece),
+                            None if sleep_over(&mut sleep, waker) => Slice::Yielded,
+                            None => Slice::Parked,
+                        };
+                        self.phase = Phase::Sleeping(trap, sleep);
+                        return slice;
+                    }
+                    None => Ending::Stopped(HostStop::Sleeping),
                 }
             }
             Ok(TypedResumableCall::HostTrap(trap)) => classify(trap.host_error(), false),
@@ -397,6 +439,13 @@ impl WasmiTask {
         let host = store.into_data();
         Slice::Finished(wagi::finish(host.io, ending, host.limiter.refused))
     }
+}
+
+/// Whether `sleep` is over; if not, `waker` is woken when it is.
+fn sleep_over(sleep: &mut Sleep, waker: &Waker) -> bool {
+    Pin::new(sleep)
+        .poll(&mut Context::from_waker(waker))
+        .is_ready()
 }
 
 fn classify(e: &wasmi::Error, instantiating: bool) -> Ending {

@@ -20,6 +20,7 @@ use wasmtime::{
 use crate::fiber;
 use crate::host::{GuestIo, HostStop};
 use crate::outbound;
+use crate::timer::Sleep;
 use crate::wagi::{self, Ending, MemoryLimiter};
 use crate::wasi::{self, Provided};
 use crate::{
@@ -174,6 +175,30 @@ fn wasi_linker(engine: &Wasmtime) -> wasmtime::Result<Linker<Host>> {
         "proc_exit",
         |mut caller: Caller<'_, Host>, code: i32| -> wasmtime::Result<()> {
             Err(wasmtime::Error::new(caller.data_mut().io.proc_exit(code)))
+        },
+    )?;
+    linker.func_wrap_async(
+        wasi::MODULE,
+        "poll_oneoff",
+        |mut caller: Caller<'_, Host>, (subs, events, count, nevents): (i32, i32, i32, i32)| {
+            Box::new(async move {
+                let memory = caller.data().memory.ok_or(HostStop::NoMemory)?;
+                let (mem, host) = memory.data_and_store_mut(&mut caller);
+                let until = match host.io.poll_oneoff(mem, subs, events, count, nevents) {
+                    Err(HostStop::Sleeping) => host.io.wake_at(),
+                    answered => return answered.map_err(wasmtime::Error::new),
+                };
+                // What it wrote goes out before it sleeps, not when it wakes.
+                if let Some(piece) = wagi::stdout_piece_now(&mut host.io) {
+                    fiber::hand_out(piece);
+                }
+                if let Some(until) = until {
+                    // Pending before the slice ran out: the task parks until it is due.
+                    Sleep::until(until).await;
+                }
+                let (mem, host) = memory.data_and_store_mut(&mut caller);
+                Ok(host.io.wake(mem))
+            })
         },
     )?;
     http_functions(&mut linker)?;

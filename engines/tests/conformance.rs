@@ -13,7 +13,7 @@ use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits
 use frenezulo_engines::outbound::{OutboundError, OutboundResponse, OutboundResult};
 use frenezulo_engines::{
     CompileError, DiscoverRoutesError, Engine, EngineConfig, EngineKind, Grants, OutboundGrant,
-    RunOutput, Slice, Volume, check_entrypoints, discover_routes, run_to_completion,
+    RunOutput, Slice, ThreadWaker, Volume, check_entrypoints, discover_routes, run_to_completion,
 };
 
 /// The engine most cases share (tests run in parallel, so its instance pool is shared too).
@@ -313,7 +313,7 @@ conformance! {
                 Slice::Waiting(call) => break call,
                 Slice::Yielded => continue,
                 Slice::Finished(out) => panic!("finished without waiting: {:?}", out.result),
-                Slice::Parked => panic!("a WAGI guest never parks"),
+                Slice::Parked => panic!("drip.wat never sleeps"),
             }
         };
         assert_eq!((call.method.as_str(), call.url.as_str()), ("GET", "http://127.0.0.1:9/path?q=1"));
@@ -332,7 +332,7 @@ conformance! {
                 Slice::Finished(out) => break ok(out.result).body,
                 Slice::Yielded => continue,
                 Slice::Waiting(_) => panic!("waited twice"),
-                Slice::Parked => panic!("a WAGI guest never parks"),
+                Slice::Parked => panic!("drip.wat never sleeps"),
             }
         };
         assert_eq!(body[0], 0);
@@ -354,7 +354,7 @@ conformance! {
                     Slice::Finished(out) => return ok(out.result).body[0],
                     Slice::Yielded => {}
                     Slice::Waiting(_) => task.deliver(result.take().expect("a call was expected")),
-                    Slice::Parked => panic!("a WAGI guest never parks"),
+                    Slice::Parked => panic!("drip.wat never sleeps"),
                 }
             }
         };
@@ -494,8 +494,8 @@ conformance! {
     fn no_files_no_sockets_no_preopens(e) {
         let r = ok(run(e, &guest("engines/tests/guests/capabilities.wat")));
         // path_open on fd 3 is EBADF: with no volume granted there is no directory to
-        // resolve a path beneath.
-        assert_eq!(&r.body[..], &[8, 8, 76, 8, 58]);
+        // resolve a path beneath; nor can fd 3 be waited on.
+        assert_eq!(&r.body[..], &[8, 8, 76, 8, 8]);
     }
 
     fn every_request_gets_a_fresh_instance(e) {
@@ -574,7 +574,7 @@ conformance! {
                 Slice::Yielded => yields += 1,
                 Slice::Finished(output) => break output,
                 Slice::Waiting(_) => panic!("spin.wat makes no calls"),
-                Slice::Parked => panic!("a WAGI guest never parks"),
+                Slice::Parked => panic!("drip.wat never sleeps"),
             }
         };
         assert_eq!(body(&ok(output.result)), "spun\n");
@@ -607,7 +607,7 @@ conformance! {
                 Slice::Yielded => {}
                 Slice::Finished(output) => break output,
                 Slice::Waiting(_) => panic!("drip.wat makes no calls"),
-                Slice::Parked => panic!("a WAGI guest never parks"),
+                Slice::Parked => panic!("drip.wat never sleeps"),
             }
         };
         assert_eq!(status, Some(200), "the head went out before the end ({pieces} pieces)");
@@ -615,6 +615,72 @@ conformance! {
         assert_eq!(body.len(), 65536 + 4);
         assert!(body[..65536].iter().all(|b| *b == b'a'));
         assert_eq!(&body[65536..], b"end\n");
+    }
+
+    fn a_guest_that_sleeps_parks_and_sends_what_it_wrote_first(e) {
+        // `poll_oneoff` on a clock: the task parks (a slice per loop turn would be
+        // thousands over 300 ms), what the guest wrote goes out before it sleeps, and the
+        // call is answered with its clock's event once the time came.
+        let module = e.compile(&guest("engines/tests/guests/sleep.wat")).unwrap();
+        let req = request("POST", "/svc", &[], &300u32.to_le_bytes());
+        let patience = Instant::now() + Duration::from_secs(60);
+        let wakeup = ThreadWaker::new();
+        let began = Instant::now();
+        let mut task = module.start(&req, &limits());
+        let (mut slices, mut parked, mut first) = (0, 0, None);
+        let output = loop {
+            slices += 1;
+            match task.run_slice(&wakeup.waker()) {
+                Slice::Streamed(Piece::Start(head)) if parked == 0 => first = Some(head.body),
+                Slice::Parked => {
+                    parked += 1;
+                    assert!(wakeup.wait(patience), "never woken");
+                }
+                Slice::Yielded => assert!(Instant::now() < patience, "never finished"),
+                Slice::Finished(output) => break output,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert!(began.elapsed() >= Duration::from_millis(300));
+        assert_eq!(first.as_deref(), Some(&b"before\n"[..]), "sent before it slept");
+        assert_eq!(body(&ok(output.result)), "slept\n");
+        assert!(parked >= 1, "it never parked");
+        assert!(slices < 50, "{slices} slices for one sleep");
+        // Run to its end on its own, with a sleep of nothing, it answers whole.
+        let req = request("POST", "/svc", &[], &0u32.to_le_bytes());
+        assert_eq!(body(&ok(run_with(e, &guest("engines/tests/guests/sleep.wat"), &req, limits()).result)), "before\nslept\n");
+    }
+
+    fn rust_std_sleep_works(e) {
+        // `std::thread::sleep` as the Rust toolchain builds it: std checks the answer to
+        // its `poll_oneoff` and panics (a trap here) unless it is the one clock event.
+        let req = request("GET", "/svc?200", &[("Host", "h")], b"");
+        let began = Instant::now();
+        let r = ok(run_with(e, &guest("engines/tests/guests/rust-sleep.wasm"), &req, limits()).result);
+        assert!(began.elapsed() >= Duration::from_millis(200));
+        assert_eq!(body(&r), "before\nslept at least 200 ms: true\n");
+    }
+
+    fn a_guest_asleep_is_dropped_when_cancelled(e) {
+        // A task cancelled mid-sleep (the request's deadline passed) frees its instance and
+        // its timer: more than the pool holds, one after another.
+        let e = own_engine(e.kind());
+        let e = e.as_ref();
+        let module = e.compile(&guest("engines/tests/guests/sleep.wat")).unwrap();
+        let hour = (3_600_000u32).to_le_bytes();
+        for _ in 0..20 {
+            let mut task = module.start(&request("POST", "/svc", &[], &hour), &limits());
+            let wakeup = ThreadWaker::new();
+            loop {
+                match task.run_slice(&wakeup.waker()) {
+                    Slice::Parked => break,
+                    Slice::Streamed(_) | Slice::Yielded => {}
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
+        let r = ok(run(e, &guest("examples/hello.wat")));
+        assert_eq!(r.status, 200);
     }
 
     fn a_cancelled_task_frees_its_instance(e) {
@@ -661,7 +727,7 @@ conformance! {
                         *slot = None;
                     }
                     Slice::Waiting(_) => panic!("these guests make no calls"),
-                    Slice::Parked => panic!("a WAGI guest never parks"),
+                    Slice::Parked => panic!("drip.wat never sleeps"),
                 }
             }
         }

@@ -5,6 +5,7 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::io::{Read, Write};
 use std::thread;
 
 use support::{ConfigFile, Frenezulo, repo, wait_for_counter};
@@ -16,6 +17,73 @@ per_engine! {
     many_hello_requests_complete_while_hogs_run_on_the_same_thread => hellos_beside_hogs,
     a_client_that_leaves_cancels_its_guest_and_shutdown_does_not_wait_for_it => client_leaves,
     a_wagi_guest_that_writes_then_runs_on_is_answered_in_chunks => drip_in_chunks,
+    a_wagi_guest_that_sleeps_leaves_its_thread_idle => wagi_sleeper,
+}
+
+/// A WAGI guest asleep in `poll_oneoff` (as `std::thread::sleep` on wasm32-wasip1 is)
+/// waits without its serving thread: the thread answers others and spends next to no
+/// time meanwhile (a sleep that spun would cost it the whole 1.5 s); what the guest wrote
+/// before it slept is sent first, chunked. Past its deadline a sleeper is a 504.
+fn wagi_sleeper(engine: &str) {
+    let file = ConfigFile::new(
+        &format!("sleeper-{engine}"),
+        &format!(
+            "engine = {engine:?}
+workers = 1
+[services]
+hello = {:?}
+[services.sleep]
+module = {:?}
+deadline = \"30s\"
+[services.nap]
+module = {:?}
+deadline = \"300ms\"
+",
+            repo("examples/hello.wat"),
+            repo("engines/tests/guests/sleep.wat"),
+            repo("engines/tests/guests/sleep.wat"),
+        ),
+    );
+    let server = Frenezulo::start(&["--config", file.path()]);
+    let post = |path: &str, ms: u32| {
+        let mut raw =
+            format!("POST {path} HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\n").into_bytes();
+        raw.extend_from_slice(&ms.to_le_bytes());
+        raw
+    };
+    let before = server.thread_cpu("serve-0");
+    let mut sleeper = server.connect();
+    sleeper.send(&post("/sleep", 1500));
+    wait_for_counter(&server, "sleep", "running", 1);
+    assert_eq!(server.get("/hello").status, 200, "{engine}");
+    let r = sleeper.response();
+    assert_eq!(r.status, 200, "{engine}");
+    assert_eq!(r.header("Transfer-Encoding"), Some("chunked"), "{engine}");
+    assert_eq!(r.text(), "before\nslept\n", "{engine}");
+    let used = server.thread_cpu("serve-0") - before;
+    assert!(
+        used < std::time::Duration::from_millis(750),
+        "{engine}: the serving thread used {used:?} while its guest slept 1.5 s"
+    );
+
+    // Its head went out before it slept, so its deadline cuts the answer short: what
+    // was sent, then the connection's end.
+    let mut napper = std::net::TcpStream::connect(server.addr).unwrap();
+    napper.set_read_timeout(Some(support::PATIENCE)).unwrap();
+    napper.write_all(&post("/nap", 60_000)).unwrap();
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n @ 1..) = napper.read(&mut chunk) {
+        got.extend_from_slice(&chunk[..n]);
+    }
+    let got = String::from_utf8_lossy(&got);
+    assert!(got.starts_with("HTTP/1.1 200"), "{engine}: {got:?}");
+    assert!(
+        got.contains("before\n") && !got.contains("slept"),
+        "{engine}: {got:?}"
+    );
+    wait_for_counter(&server, "nap", "running", 0);
+    assert_eq!(server.get("/hello").status, 200, "{engine}");
 }
 
 /// A WAGI guest that writes its head and 64 KiB, then spins for several slices, has

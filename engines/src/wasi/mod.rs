@@ -4,8 +4,8 @@
 //! Each function works on the guest's linear memory as a byte slice and on [`GuestIo`];
 //! the engines only adapt calling conventions. A guest gets stdin (the request body),
 //! stdout (captured, capped), stderr (captured for the log, truncated), its argv and
-//! environment, clocks and random bytes, and read-only access to the volumes its service
-//! was granted ([`files`]); with none, no file can be named. Sockets and every other call
+//! environment, clocks, sleeps ([`poll`]) and random bytes, and read-only access to the
+//! volumes its service was granted ([`files`]); with none, no file can be named. Sockets and every other call
 //! answer `EBADF`, `ENOTCAPABLE` or `ENOSYS`.
 
 use std::sync::OnceLock;
@@ -16,6 +16,7 @@ use crate::abi::{iovecs, slice, slice_mut, write_bytes, write_u32, write_u64};
 pub use crate::host::{GuestIo, HostStop, STDERR_CAP};
 
 pub mod files;
+pub mod poll;
 
 /// The import module name of WASI preview 1.
 pub const MODULE: &str = "wasi_snapshot_preview1";
@@ -30,8 +31,9 @@ pub enum Provided {
 }
 
 /// Calls `$m!(name(arg: type, ...))` for each implemented WASI function that returns an
-/// errno; `proc_exit` is the one implemented function outside this list. Each engine
-/// registers these with one macro, so the list of host functions exists once.
+/// errno and never suspends the guest; `proc_exit`, and `poll_oneoff`, which may put the
+/// guest to sleep, are registered by each engine on its own. Each engine registers these
+/// with one macro, so the list of host functions exists once.
 macro_rules! for_each_function {
     ($m:ident) => {
         $m!(args_get(argv: i32, buf: i32));
@@ -81,8 +83,10 @@ macro_rules! kind {
 
 /// The `(params, results)` of an implemented WASI function.
 pub fn signature(name: &str) -> Option<(&'static [ValKind], &'static [ValKind])> {
-    if name == "proc_exit" {
-        return Some((&[ValKind::I32], &[]));
+    match name {
+        "proc_exit" => return Some((&[ValKind::I32], &[])),
+        "poll_oneoff" => return Some((&[ValKind::I32; 4], &[ValKind::I32])),
+        _ => {}
     }
     macro_rules! check {
         ($f:ident($($a:ident: $t:ident),*)) => {
@@ -103,8 +107,6 @@ pub fn provided(name: &str) -> Provided {
         Provided::Stub(errno::BADF)
     } else if name.starts_with("path_") || name.starts_with("sock_") {
         Provided::Stub(errno::NOTCAPABLE)
-    } else if name == "poll_oneoff" {
-        Provided::Stub(errno::NOTSUP)
     } else {
         Provided::Stub(errno::NOSYS)
     }

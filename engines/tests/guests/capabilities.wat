@@ -1,7 +1,7 @@
 ;; Tries what a guest must not be able to do and reports each errno as one byte of the
 ;; body: fd_prestat_get(3), path_open("/etc/passwd") on fd 3, sock_accept(3),
-;; fd_read(3), poll_oneoff. Expected with no volume: 8 (BADF), 8, 76 (NOTCAPABLE), 8,
-;; 58 (NOTSUP).
+;; fd_read(3), and the error of poll_oneoff's event for reading fd 3. Expected with no
+;; volume: 8 (BADF), 8, 76 (NOTCAPABLE), 8, 8.
 (module
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_prestat_get" (func $fd_prestat_get (param i32 i32) (result i32)))
@@ -20,7 +20,11 @@
         (i64.const -1) (i64.const -1) (i32.const 0) (i32.const 512)))
     (i32.store8 (i32.const 106) (call $sock_accept (i32.const 3) (i32.const 0) (i32.const 512)))
     (i32.store8 (i32.const 107) (call $fd_read (i32.const 3) (i32.const 0) (i32.const 0) (i32.const 512)))
-    (i32.store8 (i32.const 108) (call $poll_oneoff (i32.const 0) (i32.const 512) (i32.const 1) (i32.const 520)))
+    ;; one subscription at 384: fd_read (1) of fd 3; its event at 512
+    (i32.store8 (i32.const 392) (i32.const 1))
+    (i32.store (i32.const 400) (i32.const 3))
+    (drop (call $poll_oneoff (i32.const 384) (i32.const 512) (i32.const 1) (i32.const 560)))
+    (i32.store8 (i32.const 108) (i32.load16_u (i32.const 520)))
     (i32.store (i32.const 0) (i32.const 64))
     (i32.store (i32.const 4) (i32.const 45))
     (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))))
