@@ -63,10 +63,10 @@ enum Scenario {
         #[arg(long, value_enum, default_value_t = TrafficArg::Mixed)]
         traffic: TrafficArg,
     },
-    /// Three fast services beside a slow, hanging or flooded one.
+    /// Three fast services beside a slow, hanging, flooded or sleeping one.
     NoisyNeighbour {
         /// Neighbours to try.
-        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [NeighbourArg::None, NeighbourArg::Slow, NeighbourArg::Hang, NeighbourArg::Flood])]
+        #[arg(long, value_enum, value_delimiter = ',', default_values_t = [NeighbourArg::None, NeighbourArg::Slow, NeighbourArg::Hang, NeighbourArg::Flood, NeighbourArg::Sleepy])]
         kinds: Vec<NeighbourArg>,
     },
     /// A share of every service's guests trap or hang: goodput and latency of the rest.
@@ -116,6 +116,7 @@ enum NeighbourArg {
     Slow,
     Hang,
     Flood,
+    Sleepy,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -182,6 +183,7 @@ fn main() -> ExitCode {
                     NeighbourArg::Slow => Neighbour::Slow,
                     NeighbourArg::Hang => Neighbour::Hang,
                     NeighbourArg::Flood => Neighbour::Flood,
+                    NeighbourArg::Sleepy => Neighbour::Sleepy,
                 })
                 .collect();
             scenarios::noisy_neighbour(&common, &kinds)

@@ -14,6 +14,9 @@
 //!   modelled time (its instance start included) is what the model reports to the core
 //!   as `ran`, as the server reports the time it measured: the core's policy, sharing a
 //!   thread between services by time, runs here unchanged.
+//! - A guest may wait first (a timer, an upstream): its first slice starts the instance
+//!   and parks, reported as `Input::Waiting` at once, as the serving loop reports a parked
+//!   task; when the wait is over it is `Input::Woken` and runs like any other.
 //! - With admission control off (the seed's behaviour) a thread accepts a connection only
 //!   when it has a free slot: everything else waits in the kernel's backlog.
 //! - Compiles run on a shared pool of compile threads; a module compiled once loads from
@@ -94,6 +97,9 @@ pub struct ServiceSpec {
     pub trap_share: f64,
     /// Share of its guests that never finish (cancelled at the deadline).
     pub hang_share: f64,
+    /// How long each guest waits first (a timer, an upstream), parked off its thread:
+    /// its first slice starts the instance and parks; woken, it runs its `exec`.
+    pub sleep: Option<Exec>,
     /// Its limits, server-wide (divided between threads as the server does).
     pub limits: ServiceLimits,
     /// Its traffic.
@@ -167,6 +173,8 @@ enum Event {
     Timer { thread: usize },
     /// A compile finished.
     Compiled { module: ModuleKey },
+    /// A parked task's wait is over (nothing, if it was cancelled meanwhile).
+    TaskWoken { thread: usize, job: JobId },
 }
 
 struct Waiting {
@@ -185,6 +193,8 @@ struct Conn {
 struct Task {
     remaining: Option<f64>,
     trap: bool,
+    /// The wait it parks for at its first slice, in microseconds.
+    sleep: Option<Time>,
 }
 
 /// The step a thread is busy with until its `Wake`.
@@ -195,6 +205,8 @@ enum Step {
         /// What it cost the thread, an instance start included: reported to the core.
         ran: Duration,
         finished: Option<Result<(), GuestFailure>>,
+        /// It parked to wait this long, in microseconds.
+        parked: Option<Time>,
     },
 }
 
@@ -232,6 +244,7 @@ struct Sim<'a> {
     phases: Vec<f64>,
     exec: Vec<Rng>,
     faults: Vec<Rng>,
+    sleeps: Vec<Rng>,
     spread: Rng,
     /// Connection attempts scheduled and not yet made.
     attempts_pending: usize,
@@ -318,6 +331,11 @@ pub fn run(cfg: &SimConfig, epoch: Instant) -> Result<Outcome, Violation> {
             .services
             .iter()
             .map(|s| root.fork(&format!("faults/{}", s.name)))
+            .collect(),
+        sleeps: cfg
+            .services
+            .iter()
+            .map(|s| root.fork(&format!("sleeps/{}", s.name)))
             .collect(),
         spread: root.fork("spread"),
         attempts_pending: 0,
@@ -437,6 +455,15 @@ impl Sim<'_> {
                     }
                     if self.threads[thread].step.is_none() {
                         self.step(thread)?;
+                    }
+                }
+                Event::TaskWoken { thread, job } => {
+                    // Cancelled meanwhile (its deadline, its client): nothing to wake.
+                    if self.threads[thread].tasks.contains_key(&job) {
+                        self.input(thread, Input::Woken { job })?;
+                        if self.threads[thread].step.is_none() {
+                            self.step(thread)?;
+                        }
                     }
                 }
                 Event::Compiled { module } => {
@@ -586,11 +613,16 @@ impl Sim<'_> {
                 let hang = faults.chance(spec.hang_share);
                 let trap = !hang && faults.chance(spec.trap_share);
                 let run = spec.exec.sample(&mut self.exec[service]);
+                let sleep = spec.sleep.as_ref().map(|s| {
+                    let us = s.sample(&mut self.sleeps[service]);
+                    (us.max(1.0)) as Time
+                });
                 th.tasks.insert(
                     e.job,
                     Task {
                         remaining: (!hang).then_some(run),
                         trap,
+                        sleep,
                     },
                 );
                 (e.job, profile.instance_us)
@@ -600,6 +632,18 @@ impl Sim<'_> {
         let task = th.tasks.get_mut(&job);
         check!(task.is_some(), "thread {i}: slice of unknown task {job:?}");
         let task = task.expect("checked");
+        if let Some(sleep) = task.sleep.take() {
+            // Parks as soon as its instance started: the slice costs only that.
+            let cost = overhead.max(1.0) as Time;
+            th.step = Some(Step::Slice {
+                job,
+                ran: Duration::from_micros(cost),
+                finished: None,
+                parked: Some(sleep),
+            });
+            self.push(self.now + cost, Event::Wake { thread: i });
+            return Ok(());
+        }
         let (ran, finished) = match task.remaining {
             Some(left) if left <= profile.slice_us => {
                 let result = if task.trap {
@@ -620,6 +664,7 @@ impl Sim<'_> {
             job,
             ran: Duration::from_micros(cost),
             finished,
+            parked: None,
         });
         let done = self.now + cost;
         self.push(done, Event::Wake { thread: i });
@@ -662,7 +707,18 @@ impl Sim<'_> {
                 let bytes = request(&self.cfg.services[waiting.service].name);
                 self.input(i, Input::Received { conn, data: &bytes })?;
             }
-            Some(Step::Slice { job, ran, finished }) => match finished {
+            Some(Step::Slice {
+                job,
+                ran,
+                finished,
+                parked,
+            }) => match finished {
+                // Reported at once, as the serving loop does: nothing else to poll for.
+                None if parked.is_some() => {
+                    self.input(i, Input::Waiting { job, ran })?;
+                    let wait = parked.expect("checked");
+                    self.push(now + wait, Event::TaskWoken { thread: i, job });
+                }
                 None => {
                     self.threads[i].slices.yielded();
                     self.input(i, Input::Yielded { job, ran })?;

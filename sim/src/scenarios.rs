@@ -151,6 +151,7 @@ pub fn accept_queue(common: &Common, o: &AcceptQueue) -> Result<Report, Failure>
                 exec: Exec::Fixed(exec_us),
                 trap_share: 0.0,
                 hang_share: 0.0,
+                sleep: None,
                 limits: ServiceLimits::default(),
                 arrivals: Arrivals::Poisson(load * o.capacity),
             }];
@@ -288,6 +289,7 @@ pub fn scale_to_zero(common: &Common, o: &ScaleToZero) -> Result<Report, Failure
                 exec: Exec::Exponential(100.0),
                 trap_share: 0.0,
                 hang_share: 0.0,
+                sleep: None,
                 limits: ServiceLimits::default(),
                 arrivals,
             }
@@ -386,6 +388,9 @@ pub enum Neighbour {
     Hang,
     /// Short guests at three times the server's capacity.
     Flood,
+    /// Guests that wait 1 s (a timer, an upstream) parked, then run 200 us, 40 a second:
+    /// 40 tasks held at a time and next to no work.
+    Sleepy,
 }
 
 /// Three fast services beside one neighbour of each kind.
@@ -396,6 +401,7 @@ pub fn noisy_neighbour(common: &Common, kinds: &[Neighbour]) -> Result<Report, F
         exec: Exec::Fixed(200.0),
         trap_share: 0.0,
         hang_share: 0.0,
+        sleep: None,
         limits: ServiceLimits::default(),
         arrivals: Arrivals::Poisson(500.0),
     };
@@ -413,6 +419,7 @@ pub fn noisy_neighbour(common: &Common, kinds: &[Neighbour]) -> Result<Report, F
                 exec,
                 trap_share: 0.0,
                 hang_share,
+                sleep: None,
                 limits: ServiceLimits::default(),
                 arrivals: Arrivals::Poisson(rate),
             };
@@ -426,6 +433,10 @@ pub fn noisy_neighbour(common: &Common, kinds: &[Neighbour]) -> Result<Report, F
                     cfg.services
                         .push(neighbour(Exec::Fixed(200.0), 0.0, 3.0 * capacity))
                 }
+                Neighbour::Sleepy => cfg.services.push(ServiceSpec {
+                    sleep: Some(Exec::Fixed(1e6)),
+                    ..neighbour(Exec::Fixed(200.0), 0.0, 40.0)
+                }),
             }
             (format!("{kind:?}"), cfg)
         })
@@ -444,6 +455,7 @@ pub fn noisy_neighbour(common: &Common, kinds: &[Neighbour]) -> Result<Report, F
             json!(f.p999_ms),
             json!(f.shed_share),
             n.as_ref().map_or(Value::Null, |n| json!(n.goodput_per_s)),
+            n.as_ref().map_or(Value::Null, |n| json!(n.p50_ms)),
             n.as_ref().map_or(Value::Null, |n| json!(n.shed_503)),
             n.as_ref().map_or(Value::Null, |n| json!(n.timeout_504)),
         ]);
@@ -453,7 +465,7 @@ pub fn noisy_neighbour(common: &Common, kinds: &[Neighbour]) -> Result<Report, F
         seed: common.seed,
         columns: [
             "neighbour", "fast goodput/s", "fast p50 ms", "fast p99 ms", "fast p99.9 ms",
-            "fast shed", "noisy 2xx/s", "noisy 503", "noisy 504",
+            "fast shed", "noisy 2xx/s", "noisy p50 ms", "noisy 503", "noisy 504",
         ]
         .map(str::to_owned)
         .to_vec(),
@@ -463,7 +475,7 @@ pub fn noisy_neighbour(common: &Common, kinds: &[Neighbour]) -> Result<Report, F
                 "three services of 200 us guests at 500 req/s each, on {} serving threads ({capacity:.0} req/s capacity for such requests), for {} s",
                 template.threads, template.duration_s
             ),
-            "slow: 50 ms guests at 20/s; hang: guests that never finish at 10/s, cancelled at the 10 s deadline; flood: 200 us guests at three times capacity".to_owned(),
+            "slow: 50 ms guests at 20/s; hang: guests that never finish at 10/s, cancelled at the 10 s deadline; flood: 200 us guests at three times capacity; sleepy: guests that wait 1 s parked, then run 200 us, at 40/s".to_owned(),
         ],
         plot: None,
     })
@@ -523,6 +535,7 @@ pub fn faults(common: &Common, o: &Faults) -> Result<Report, Failure> {
                     } else {
                         0.0
                     },
+                    sleep: None,
                     limits: ServiceLimits {
                         deadline: Duration::from_secs_f64(o.deadline_s),
                         ..ServiceLimits::default()

@@ -72,7 +72,7 @@ fn invariants_hold_over_many_seeds() {
             };
             scenarios::faults(&c, &o).unwrap_or_else(|f| fail(f));
         }
-        let kinds = [Neighbour::Slow, Neighbour::Hang];
+        let kinds = [Neighbour::Slow, Neighbour::Hang, Neighbour::Sleepy];
         scenarios::noisy_neighbour(&c, &kinds).unwrap_or_else(|f| fail(f));
         let o = scenarios::ScaleToZero {
             services: 8,
@@ -161,6 +161,7 @@ fn one_thread_without_admission_is_an_md1_queue() {
                 exec: Exec::Fixed(exec_us),
                 trap_share: 0.0,
                 hang_share: 0.0,
+                sleep: None,
                 limits: ServiceLimits::default(),
                 arrivals: Arrivals::Poisson(rho * 1e6 / d_us),
             }],
@@ -236,6 +237,27 @@ fn a_hanging_neighbour_slows_others_by_slices_and_stalls_no_one() {
         "{beside}"
     );
     assert!(beside["noisy 504"].as_u64().unwrap() > 0, "{beside}");
+}
+
+/// Guests that wait parked hold task slots but not the thread: the fast services beside
+/// forty of them are answered as fast as alone, and each sleeper when its wait is over.
+#[test]
+fn a_sleeping_neighbour_takes_no_time_from_others() {
+    let kinds = [Neighbour::None, Neighbour::Sleepy];
+    let report = scenarios::noisy_neighbour(&common(2, 10.0), &kinds)
+        .unwrap()
+        .json();
+    let rows = report["rows"].as_array().unwrap();
+    let (alone, beside) = (&rows[0], &rows[1]);
+    let p99 = |row: &serde_json::Value| row["fast p99 ms"].as_f64().unwrap();
+    assert!(p99(beside) < p99(alone) + 1.0, "{alone} against {beside}");
+    assert_eq!(beside["fast shed"], 0.0, "{beside}");
+    // About 40 a second answered, each a little over its 1 s wait.
+    let served = beside["noisy 2xx/s"].as_f64().unwrap();
+    assert!((30.0..=50.0).contains(&served), "{beside}");
+    let p50 = beside["noisy p50 ms"].as_f64().unwrap();
+    assert!((1000.0..1010.0).contains(&p50), "{beside}");
+    assert_eq!(beside["noisy 503"], 0, "{beside}");
 }
 
 /// The model keeps virtual time: no clock and no sleep in the core or the simulator's model
