@@ -41,6 +41,10 @@ pub struct Monitor {
     waiting: BTreeSet<JobId>,
     /// Compiles asked for and not answered, by module (a module may be asked for again).
     compiles: BTreeMap<ModuleKey, usize>,
+    /// Live tasks that reported a slice, and so may be given request body.
+    reported: BTreeSet<JobId>,
+    /// Live tasks whose request body was given its end.
+    body_ended: BTreeSet<JobId>,
 }
 
 impl Monitor {
@@ -138,6 +142,19 @@ impl Monitor {
             Output::Compile { module, .. } => {
                 *self.compiles.entry(module.clone()).or_default() += 1;
             }
+            Output::RequestBody { job, piece } => {
+                assert!(
+                    self.reported.contains(job),
+                    "core: gave {job:?} request body before it reported a slice (or after it ended)"
+                );
+                assert!(
+                    !self.body_ended.contains(job),
+                    "core: gave {job:?} request body after its end"
+                );
+                if !matches!(piece, crate::BodyPiece::Data(_)) {
+                    self.body_ended.insert(*job);
+                }
+            }
             _ => {}
         }
     }
@@ -173,11 +190,14 @@ impl Monitor {
             self.out
         );
         self.out = None;
+        self.reported.insert(job);
         true
     }
 
     fn end(&mut self, job: JobId) {
         self.live.remove(&job);
+        self.reported.remove(&job);
+        self.body_ended.remove(&job);
         self.ended.push_back(job);
         self.ended_set.insert(job);
         if self.ended.len() > REMEMBERED
@@ -208,6 +228,8 @@ mod tests {
         let job = JobId(1);
         let resume = |m: &mut Monitor, j| m.output(&Output::Resume { job: j });
         assert!(breach(|m| resume(m, job)).contains("not a task"));
+        let body = |m: &mut Monitor, piece| m.output(&Output::RequestBody { job, piece });
+        assert!(breach(|m| body(m, crate::BodyPiece::End)).contains("before it reported"));
         let conn = ConnId(7);
         let close = |m: &mut Monitor| m.output(&Output::Close { conn });
         assert!(

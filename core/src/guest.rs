@@ -6,6 +6,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use bytes::Bytes;
 use thiserror::Error;
 
 use crate::http::Request;
@@ -42,6 +43,22 @@ pub struct GuestRequest {
     pub wildcard: bool,
     /// How the operator set the service's guests up.
     pub setup: Arc<GuestSetup>,
+    /// The body is not all in `request.body`: the rest comes as [`BodyPiece`]s
+    /// ([`crate::Output::RequestBody`]), for a service whose body streams.
+    pub body_follows: bool,
+}
+
+/// More of a request body that streams to its guest ([`GuestRequest::body_follows`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum BodyPiece {
+    /// The next bytes.
+    Data(Bytes),
+    /// The body is complete.
+    End,
+    /// The body broke off: over its size limit, or badly framed. The guest's next read
+    /// fails; the connection closes after its answer.
+    Broken,
 }
 
 impl GuestRequest {
@@ -64,6 +81,7 @@ impl GuestRequest {
             entrypoint: crate::DEFAULT_ENTRYPOINT.into(),
             wildcard: true,
             setup: Default::default(),
+            body_follows: false,
         }
     }
 }
@@ -93,6 +111,10 @@ pub struct GuestSetup {
     /// What the operator grants beyond the request (directories, outbound calls), for
     /// the engine: host resources the core passes along and never looks at.
     pub host: Option<HostGrants>,
+    /// Its guests read the request body as it arrives (components do): a request whose
+    /// body is still on its way starts at its head ([`GuestRequest::body_follows`]).
+    /// Otherwise (WAGI, which takes the body whole on stdin) it starts once the body is in.
+    pub body_streams: bool,
 }
 
 /// Host resources granted to a service's guests, opaque to the core: the engines define
@@ -116,6 +138,7 @@ impl Default for GuestSetup {
             argv: DEFAULT_ARGV.to_owned(),
             routes: SubRoutes::default(),
             host: None,
+            body_streams: false,
         }
     }
 }

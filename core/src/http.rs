@@ -103,6 +103,15 @@ impl Request {
 pub enum ParseEvent {
     /// The client sent `Expect: 100-continue` and waits before sending its body.
     ContinueExpected,
+    /// A request's head (its `body` empty), when its body has not all arrived with it.
+    /// Parsing on gives the whole [`ParseEvent::Request`] once the body is in; after
+    /// [`RequestParser::stream_body`] the body comes as [`ParseEvent::Body`] pieces and a
+    /// [`ParseEvent::BodyEnd`] instead.
+    Head(Request),
+    /// A piece of the body of a request whose body streams.
+    Body(Bytes),
+    /// The end of the body of a request whose body streams.
+    BodyEnd,
     /// A complete request.
     Request(Request),
 }
@@ -154,15 +163,32 @@ enum State {
     Fixed {
         request: Request,
         remaining: usize,
+        flow: Flow,
     },
     /// Collecting a chunked body.
     Chunked {
         request: Request,
         body: BytesMut,
         chunk: ChunkState,
+        flow: Flow,
+        /// Body bytes handed out as pieces so far (they count toward the limit).
+        taken: usize,
     },
+    /// A streamed body is complete: [`ParseEvent::BodyEnd`] is next.
+    BodyDone,
     /// A framing error was returned; nothing more is parsed.
     Failed,
+}
+
+/// Where a body being collected stands with its request's head.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    /// The head was not handed out: the whole request will be.
+    Whole,
+    /// The head was handed out ([`ParseEvent::Head`]); the whole request follows.
+    HeadOut,
+    /// The body goes out in pieces ([`RequestParser::stream_body`]).
+    Streaming,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -198,6 +224,15 @@ impl RequestParser {
     pub fn push(&mut self, data: &[u8]) {
         if !matches!(self.state, State::Failed) {
             self.buf.extend_from_slice(data);
+        }
+    }
+
+    /// After [`ParseEvent::Head`]: the body comes as [`ParseEvent::Body`] pieces (what
+    /// arrived so far first) and a [`ParseEvent::BodyEnd`], not as part of a whole
+    /// [`ParseEvent::Request`]. The body's size limit still holds. Does nothing otherwise.
+    pub fn stream_body(&mut self) {
+        if let State::Fixed { flow, .. } | State::Chunked { flow, .. } = &mut self.state {
+            *flow = Flow::Streaming;
         }
     }
 
@@ -242,6 +277,7 @@ impl RequestParser {
                             self.state = State::Fixed {
                                 request,
                                 remaining: len,
+                                flow: Flow::Whole,
                             };
                         }
                         BodyKind::Chunked => {
@@ -249,6 +285,8 @@ impl RequestParser {
                                 request,
                                 body: BytesMut::new(),
                                 chunk: ChunkState::Size,
+                                flow: Flow::Whole,
+                                taken: 0,
                             };
                         }
                     }
@@ -257,13 +295,38 @@ impl RequestParser {
                         return Ok(Some(ParseEvent::ContinueExpected));
                     }
                 }
+                State::BodyDone => {
+                    self.state = State::Head;
+                    return Ok(Some(ParseEvent::BodyEnd));
+                }
                 State::Fixed {
                     mut request,
                     remaining,
+                    flow,
                 } => {
+                    if flow == Flow::Streaming {
+                        let n = remaining.min(self.buf.len());
+                        self.state = match remaining - n {
+                            0 => State::BodyDone,
+                            left => State::Fixed {
+                                request,
+                                remaining: left,
+                                flow,
+                            },
+                        };
+                        if n == 0 {
+                            return Ok(None);
+                        }
+                        return Ok(Some(ParseEvent::Body(self.buf.split_to(n).freeze())));
+                    }
                     if self.buf.len() < remaining {
-                        self.state = State::Fixed { request, remaining };
-                        return Ok(None);
+                        let head = (flow == Flow::Whole).then(|| request.clone());
+                        self.state = State::Fixed {
+                            request,
+                            remaining,
+                            flow: Flow::HeadOut,
+                        };
+                        return Ok(head.map(ParseEvent::Head));
                     }
                     request.body = self.buf.split_to(remaining).freeze();
                     self.state = State::Head;
@@ -273,21 +336,49 @@ impl RequestParser {
                     mut request,
                     mut body,
                     chunk,
-                } => match self.parse_chunked(&mut body, chunk)? {
-                    Some(next) => {
-                        self.state = State::Chunked {
-                            request,
-                            body,
-                            chunk: next,
+                    flow,
+                    taken,
+                } => {
+                    let next = self.parse_chunked(&mut body, chunk, taken)?;
+                    if flow == Flow::Streaming {
+                        let piece = body.split().freeze();
+                        self.state = match next {
+                            Some(chunk) => State::Chunked {
+                                request,
+                                body,
+                                chunk,
+                                flow,
+                                taken: taken + piece.len(),
+                            },
+                            None => State::BodyDone,
                         };
-                        return Ok(None);
+                        if !piece.is_empty() {
+                            return Ok(Some(ParseEvent::Body(piece)));
+                        }
+                        if next.is_some() {
+                            return Ok(None);
+                        }
+                        continue;
                     }
-                    None => {
-                        request.body = body.freeze();
-                        self.state = State::Head;
-                        return Ok(Some(ParseEvent::Request(request)));
+                    match next {
+                        Some(chunk) => {
+                            let head = (flow == Flow::Whole).then(|| request.clone());
+                            self.state = State::Chunked {
+                                request,
+                                body,
+                                chunk,
+                                flow: Flow::HeadOut,
+                                taken,
+                            };
+                            return Ok(head.map(ParseEvent::Head));
+                        }
+                        None => {
+                            request.body = body.freeze();
+                            self.state = State::Head;
+                            return Ok(Some(ParseEvent::Request(request)));
+                        }
                     }
-                },
+                }
             }
         }
     }
@@ -412,6 +503,7 @@ impl RequestParser {
         &mut self,
         body: &mut BytesMut,
         mut chunk: ChunkState,
+        taken: usize,
     ) -> Result<Option<ChunkState>, FramingError> {
         loop {
             match chunk {
@@ -427,7 +519,8 @@ impl RequestParser {
                             let size = usize::try_from(size)
                                 .ok()
                                 .filter(|s| {
-                                    body.len().saturating_add(*s) <= self.limits.max_body_bytes
+                                    (taken + body.len()).saturating_add(*s)
+                                        <= self.limits.max_body_bytes
                                 })
                                 .ok_or(FramingError::BodyTooLarge)?;
                             chunk = ChunkState::Data(size);
@@ -700,7 +793,8 @@ mod tests {
             .into_iter()
             .filter_map(|e| match e {
                 ParseEvent::Request(r) => Some(r),
-                ParseEvent::ContinueExpected => None,
+                ParseEvent::ContinueExpected | ParseEvent::Head(_) => None,
+                ParseEvent::Body(_) | ParseEvent::BodyEnd => panic!("not streaming: {e:?}"),
             })
             .collect()
     }
@@ -711,11 +805,12 @@ mod tests {
 
     /// Feeds `input` split at every pair of points and checks the result equals a whole feed.
     fn assert_split_invariant(input: &[u8]) {
-        let whole = feed(&[input]);
+        let whole = feed(&[input], false);
         for i in 0..=input.len() {
             for j in i..=input.len() {
                 let parts = [&input[..i], &input[i..j], &input[j..]];
-                assert_eq!(feed(&parts), whole, "split at {i},{j}");
+                assert_eq!(feed(&parts, false), whole, "split at {i},{j}");
+                assert_eq!(feed(&parts, true), whole, "split at {i},{j}, streamed");
             }
         }
     }
@@ -773,6 +868,7 @@ mod tests {
         let mut p = RequestParser::new(FramingLimits::default());
         p.push(b"PUT /x HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 2\r\n\r\n");
         assert_eq!(p.next_event(), Ok(Some(ParseEvent::ContinueExpected)));
+        assert!(matches!(p.next_event(), Ok(Some(ParseEvent::Head(h))) if h.target == "/x"));
         assert_eq!(p.next_event(), Ok(None));
         p.push(b"ok");
         let Ok(Some(ParseEvent::Request(r))) = p.next_event() else {
@@ -929,15 +1025,34 @@ mod tests {
         assert_eq!(p.next_event(), Ok(None));
     }
 
-    fn feed(parts: &[&[u8]]) -> (Vec<Request>, Option<FramingError>) {
+    /// The requests `parts` frame, fed one after another. With `stream`, each body that
+    /// is not in with its head is taken as pieces ([`RequestParser::stream_body`]) and put
+    /// back together: the same requests must come out.
+    fn feed(parts: &[&[u8]], stream: bool) -> (Vec<Request>, Option<FramingError>) {
         let mut p = RequestParser::new(FramingLimits::default());
         let mut out = Vec::new();
+        let mut streaming: Option<(Request, Vec<u8>)> = None;
         for part in parts {
             p.push(part);
             loop {
                 match p.next_event() {
                     Ok(Some(ParseEvent::Request(r))) => out.push(r),
                     Ok(Some(ParseEvent::ContinueExpected)) => {}
+                    Ok(Some(ParseEvent::Head(head))) => {
+                        if stream {
+                            p.stream_body();
+                            streaming = Some((head, Vec::new()));
+                        }
+                    }
+                    Ok(Some(ParseEvent::Body(piece))) => {
+                        assert!(!piece.is_empty(), "an empty piece");
+                        streaming.as_mut().expect("a head first").1.extend_from_slice(&piece);
+                    }
+                    Ok(Some(ParseEvent::BodyEnd)) => {
+                        let (mut head, body) = streaming.take().expect("a head first");
+                        head.body = body.into();
+                        out.push(head);
+                    }
                     Ok(None) => break,
                     Err(e) => return (out, Some(e)),
                 }
@@ -984,7 +1099,9 @@ mod tests {
                 last = p;
             }
             parts.push(&data[last..]);
-            prop_assert_eq!(feed(&parts), feed(&[&data]));
+            let whole = feed(&[&data], false);
+            prop_assert_eq!(&feed(&parts, false), &whole);
+            prop_assert_eq!(&feed(&parts, true), &whole);
         }
     }
 }

@@ -92,8 +92,8 @@ pub mod subroute;
 pub mod testing;
 
 pub use guest::{
-    DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup, HostGrants,
-    ModuleKey, RunLimits,
+    BodyPiece, DEFAULT_ARGV, DEFAULT_ENTRYPOINT, GuestFailure, GuestRequest, GuestSetup,
+    HostGrants, ModuleKey, RunLimits,
 };
 pub use http::{FramingError, FramingLimits, Request, Version};
 pub use response::Response;

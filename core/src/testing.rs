@@ -106,6 +106,21 @@ pub enum Op {
         /// Which of `a` and `b`.
         service: u8,
     },
+    /// A POST of a 16-byte body to `a` (which takes bodies whole) or `b` (whose body
+    /// streams), with only its first bytes sent; [`Op::Rest`] sends the rest.
+    Post {
+        /// Which open connection.
+        conn: u8,
+        /// Which of `a` and `b`.
+        service: u8,
+        /// How many body bytes come with the head (at most 16).
+        sent: u8,
+    },
+    /// The rest of a connection's POST body arrives.
+    Rest {
+        /// Which open connection.
+        conn: u8,
+    },
     /// The server shuts down.
     Shutdown,
     /// The oldest management call out is answered.
@@ -131,6 +146,9 @@ pub fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(|service| Op::Replace { service }),
         1 => any::<u8>().prop_map(|service| Op::Remove { service }),
         1 => Just(Op::Answer),
+        2 => (any::<u8>(), any::<u8>(), any::<u8>())
+            .prop_map(|(conn, service, sent)| Op::Post { conn, service, sent }),
+        2 => any::<u8>().prop_map(|conn| Op::Rest { conn }),
     ]
 }
 
@@ -175,6 +193,8 @@ pub struct Summary {
 const SERVICES: [&str; 3] = ["a", "b", "zz"];
 /// Connections kept open: one that closes is replaced.
 const CONNECTIONS: usize = 4;
+/// The body length of [`Op::Post`].
+const POST_BODY: usize = 16;
 
 /// Why a run broke a rule: the step and what went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -221,6 +241,8 @@ pub struct Harness {
     /// Connections whose requests cannot be counted: raw bytes were sent on them, or the
     /// client left.
     uncounted: BTreeSet<ConnId>,
+    /// POST body bytes not sent yet, per connection.
+    body_owed: BTreeMap<ConnId, usize>,
     shut_down: bool,
     summary: Summary,
 }
@@ -262,6 +284,7 @@ impl Harness {
             asked: BTreeMap::new(),
             answered: BTreeMap::new(),
             uncounted: BTreeSet::new(),
+            body_owed: BTreeMap::new(),
             shut_down: false,
             summary: Summary::default(),
         };
@@ -297,6 +320,7 @@ impl Harness {
             }
             Op::Get { conn, service } => {
                 if let Some(conn) = self.readable(*conn) {
+                    self.send_rest(conn);
                     let path = ["a", "b", "zz", "services"][usize::from(*service) % 4];
                     let request = format!("GET /{path} HTTP/1.1\r\nHost: f\r\n\r\n");
                     *self.asked.entry(conn).or_default() += 1;
@@ -376,6 +400,33 @@ impl Harness {
                 let service =
                     ServiceName::new(SERVICES[usize::from(*service) % 2]).expect("a valid name");
                 self.input(Input::Registry(RegistryChange::Remove { service }));
+            }
+            Op::Post {
+                conn,
+                service,
+                sent,
+            } => {
+                if let Some(conn) = self.readable(*conn) {
+                    self.send_rest(conn);
+                    let path = SERVICES[usize::from(*service) % 2];
+                    let sent = usize::from(*sent) % (POST_BODY + 1);
+                    let request = format!(
+                        "POST /{path} HTTP/1.1\r\nHost: f\r\nContent-Length: {POST_BODY}\r\n\r\n{}",
+                        "x".repeat(sent)
+                    );
+                    *self.asked.entry(conn).or_default() += 1;
+                    self.summary.requests += 1;
+                    self.body_owed.insert(conn, POST_BODY - sent);
+                    self.input(Input::Received {
+                        conn,
+                        data: request.as_bytes(),
+                    });
+                }
+            }
+            Op::Rest { conn } => {
+                if let Some(conn) = self.readable(*conn) {
+                    self.send_rest(conn);
+                }
             }
             Op::Shutdown => {
                 self.shut_down = true;
@@ -562,6 +613,17 @@ impl Harness {
         }
     }
 
+    /// Sends what is owed of `conn`'s POST body, so that what follows is a new request.
+    fn send_rest(&mut self, conn: ConnId) {
+        if let Some(owed) = self.body_owed.remove(&conn).filter(|n| *n > 0) {
+            let rest = "x".repeat(owed);
+            self.input(Input::Received {
+                conn,
+                data: rest.as_bytes(),
+            });
+        }
+    }
+
     fn put(&mut self, name: &str) {
         let module = ModuleKey {
             service: ServiceName::new(name).expect("a valid name"),
@@ -572,7 +634,11 @@ impl Harness {
             module,
             wasm: Bytes::new(),
             limits: self.limits,
-            setup: Default::default(),
+            // `b`'s guests read their body as it arrives.
+            setup: std::sync::Arc::new(crate::GuestSetup {
+                body_streams: name == SERVICES[1],
+                ..Default::default()
+            }),
         }));
     }
 
@@ -621,6 +687,89 @@ mod tests {
             (summary.requests, summary.responses, summary.started),
             (1, 1, 1)
         );
+    }
+
+    #[test]
+    fn a_streamed_post_is_answered_and_the_connection_goes_on() {
+        let ops = [
+            Op::Post {
+                conn: 0,
+                service: 1,
+                sent: 4,
+            },
+            Op::Compile { ok: true },
+            Op::Yield { micros: 5 },
+            Op::Rest { conn: 0 },
+            Op::Finish {
+                outcome: 0,
+                micros: 5,
+            },
+            Op::Get {
+                conn: 0,
+                service: 1,
+            },
+            Op::Finish {
+                outcome: 0,
+                micros: 5,
+            },
+        ];
+        let mut h = Harness::new(Instant::now());
+        for op in &ops {
+            h.apply(op).unwrap();
+        }
+        assert_eq!(h.answered.values().sum::<usize>(), 2);
+        let summary = h.finish().unwrap();
+        assert_eq!((summary.requests, summary.started), (2, 2));
+    }
+
+    /// Found by the property test: a service's load failed while a connection held two of
+    /// its queued requests, one with body bytes, and had stopped sending. Answering the
+    /// first closed the connection, which forgot the second before it was counted out of
+    /// the queue, and its body bytes stayed counted as queued.
+    #[test]
+    fn a_failed_load_that_closes_a_connection_counts_its_queue_out_once() {
+        let ops = [
+            Op::Post {
+                conn: 192,
+                service: 14,
+                sent: 0,
+            },
+            Op::Get {
+                conn: 88,
+                service: 22,
+            },
+            Op::Compile { ok: true },
+            Op::Get {
+                conn: 0,
+                service: 1,
+            },
+            Op::Get {
+                conn: 19,
+                service: 145,
+            },
+            Op::ReadClosed { conn: 112 },
+            Op::Get {
+                conn: 0,
+                service: 1,
+            },
+            Op::Get {
+                conn: 214,
+                service: 84,
+            },
+            Op::Post {
+                conn: 162,
+                service: 85,
+                sent: 1,
+            },
+            Op::Stream { micros: 0 },
+            Op::Advance { millis: 0 },
+            Op::Finish {
+                outcome: 13,
+                micros: 0,
+            },
+            Op::Compile { ok: false },
+        ];
+        Harness::run(Instant::now(), &ops).unwrap();
     }
 
     #[test]

@@ -285,6 +285,13 @@ pub trait GuestTask {
     /// Gives a task that returned [`Slice::Waiting`] the result of its call; the guest sees
     /// it when the next slice runs. A slice run without it gives the guest a runtime error.
     fn deliver(&mut self, result: outbound::OutboundResult);
+
+    /// Gives a task more of its request body, when its request started before the body
+    /// was in ([`GuestRequest::body_follows`]), waking it if it waits for it. A task
+    /// whose request came whole, as every WAGI guest's does, never gets any.
+    fn push_body(&mut self, piece: frenezulo_core::BodyPiece) {
+        let _ = piece;
+    }
 }
 
 /// Roughly how long one time slice lets a guest run before it yields: wasmtime counts it

@@ -15,7 +15,7 @@ mod wasmtime {
     use crate::common::{guest, outbound_setup, request};
     use bytes::Bytes;
     use frenezulo_core::response::stream::Piece;
-    use frenezulo_core::{GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
+    use frenezulo_core::{BodyPiece, GuestFailure, GuestRequest, GuestSetup, Response, RunLimits};
     use frenezulo_engines::outbound::OutboundResponse;
     use frenezulo_engines::{
         CompileError, Engine, EngineConfig, EngineKind, Grants, ModuleKind, Slice, ThreadWaker,
@@ -406,6 +406,61 @@ mod wasmtime {
             .chain(ok(&last).body.to_vec())
             .collect();
         assert_eq!(all, b"tick 0\ntick 1\ntick 2\n");
+    }
+
+    /// A request whose body is still on its way starts at once: the guest reads what
+    /// came with the head, parks until more is pushed, and answers once the body ended.
+    #[test]
+    fn a_body_that_streams_is_read_as_it_is_pushed() {
+        let module = engine().compile(&guest(ECHO)).unwrap();
+        let patience = Instant::now() + Duration::from_secs(60);
+        let wakeup = ThreadWaker::new();
+        let mut req = request("POST", "/svc", &[("Host", "h")], b"first ");
+        req.body_follows = true;
+        let mut task = module.start(&req, &limits());
+        // Runs until it waits for more body: parked, not finished.
+        let run_until_parked = |task: &mut Box<dyn frenezulo_engines::GuestTask>| loop {
+            match task.run_slice(&wakeup.waker()) {
+                Slice::Parked => return,
+                Slice::Yielded => assert!(Instant::now() < patience, "never parked"),
+                other => panic!("{other:?}"),
+            }
+        };
+        run_until_parked(&mut task);
+        task.push_body(BodyPiece::Data(Bytes::from_static(b"second ")));
+        assert!(wakeup.wait(patience), "not woken by its body");
+        run_until_parked(&mut task);
+        task.push_body(BodyPiece::Data(Bytes::from_static(b"third")));
+        task.push_body(BodyPiece::End);
+        assert!(wakeup.wait(patience), "not woken by its body");
+        let out = run_to_end(task.as_mut(), &wakeup, patience);
+        let body = ok(&out).body.clone();
+        assert!(
+            body.ends_with(b"GREETING: \nfirst second third"),
+            "{body:?}"
+        );
+
+        // A body that breaks off ends the guest's read: it answers with what came.
+        let mut task = module.start(&req, &limits());
+        run_until_parked(&mut task);
+        task.push_body(BodyPiece::Broken);
+        let out = run_to_end(task.as_mut(), &wakeup, patience);
+        assert!(ok(&out).body.ends_with(b"first "));
+    }
+
+    fn run_to_end(
+        task: &mut dyn frenezulo_engines::GuestTask,
+        wakeup: &ThreadWaker,
+        patience: Instant,
+    ) -> frenezulo_engines::RunOutput {
+        loop {
+            match task.run_slice(&wakeup.waker()) {
+                Slice::Finished(out) => return out,
+                Slice::Parked => assert!(wakeup.wait(patience), "never woken"),
+                Slice::Yielded => assert!(Instant::now() < patience, "never finished"),
+                other => panic!("{other:?}"),
+            }
+        }
     }
 
     #[test]

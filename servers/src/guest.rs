@@ -169,6 +169,8 @@ impl GuestConfig {
                 .map_or(defaults.entrypoint, Into::into),
             argv: self.argv.clone().unwrap_or(defaults.argv),
             routes,
+            // The registry sets it from the module's kind.
+            body_streams: false,
         }
     }
 }

@@ -154,6 +154,35 @@ fn a_sleeping_component_leaves_its_thread_idle() {
     assert_eq!(r.text(), "tick 0\ntick 1\ntick 2\n");
 }
 
+/// A component's request starts before its body is all in: the guest runs (counted
+/// running) while the client still holds half the body back, reads the rest as it comes,
+/// chunked or with a length, and the connection goes on after it.
+#[cfg(feature = "wasmtime")]
+#[test]
+fn a_component_reads_its_request_body_as_it_arrives() {
+    let echo = format!("echo={}", repo("examples/components/rust-echo.wasm"));
+    let server = Frenezulo::start(&["--engine", "wasmtime", "--workers", "1", "--service", &echo]);
+    let mut client = server.connect();
+    client.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\nhello ");
+    wait_for_counter(&server, "echo", "running", 1);
+    client.send(b"world");
+    let r = client.response();
+    assert_eq!(r.status, 200);
+    assert!(
+        r.text().ends_with("GREETING: \nhello world"),
+        "{}",
+        r.text()
+    );
+    client
+        .send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    wait_for_counter(&server, "echo", "running", 1);
+    client.send(b"4\r\ndefg\r\n0\r\n\r\n");
+    let r = client.response();
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("GREETING: \nabcdefg"), "{}", r.text());
+    wait_for_counter(&server, "echo", "running", 0);
+}
+
 /// A sleeper's deadline still holds while it is parked: 504, and its instance dropped.
 #[cfg(feature = "wasmtime")]
 #[test]

@@ -74,6 +74,18 @@ pub(super) struct Conn {
     pub(super) timer: LazyTimer,
     /// Bytes the driver has yet to write, as last reported ([`super::Input::Unsent`]).
     pub(super) unsent: usize,
+    /// The request whose body is being parsed streams it ([`ParseEvent::Head`]).
+    pub(super) body_to: Option<BodyTo>,
+}
+
+/// Where the pieces of a streaming request body go.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct BodyTo {
+    /// The job, or `None` when the request was answered without one (refused): its body
+    /// is read and dropped.
+    job: Option<JobId>,
+    /// Bytes its service's limit still allows.
+    room: usize,
 }
 
 impl Conn {
@@ -133,6 +145,7 @@ impl Server {
                 deadline: None,
                 timer: LazyTimer::default(),
                 unsent: 0,
+                body_to: None,
             },
         );
         self.arm_conn_timer(conn);
@@ -142,7 +155,7 @@ impl Server {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
-        if c.stop_parsing {
+        if c.stop_parsing && c.body_to.is_none() {
             return;
         }
         c.parser.push(data);
@@ -156,9 +169,12 @@ impl Server {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            if c.stop_parsing
-                || c.pipeline.len() >= self.config.max_pipelined
-                || c.unsent > MAX_UNSENT
+            // A body that streams is read on whatever else holds the connection: its
+            // task waits for it, and its service's limit bounds it.
+            if c.body_to.is_none()
+                && (c.stop_parsing
+                    || c.pipeline.len() >= self.config.max_pipelined
+                    || c.unsent > MAX_UNSENT)
             {
                 break;
             }
@@ -175,14 +191,46 @@ impl Server {
                     }
                 }
                 Ok(Some(ParseEvent::Request(request))) => {
-                    self.stats.requests += 1;
-                    let close = !request.keep_alive || self.shutting_down;
-                    if close {
-                        c.stop_parsing = true;
+                    let seq = self.new_slot(now, conn, &request);
+                    self.admit(now, conn, seq, request, false);
+                }
+                // Parsed on whole unless its service reads its body as it arrives.
+                Ok(Some(ParseEvent::Head(head))) => {
+                    let Some(room) = self.streams_body(&head) else {
+                        continue;
+                    };
+                    let seq = self.new_slot(now, conn, &head);
+                    let job = self.admit(now, conn, seq, head, true);
+                    if let Some(c) = self.conns.get_mut(&conn) {
+                        c.parser.stream_body();
+                        c.body_to = Some(BodyTo { job, room });
                     }
-                    let chunked = request.version != crate::http::Version::Http10;
-                    let seq = c.push_slot(now, request.is_head(), chunked, close);
-                    self.admit(now, conn, seq, request);
+                }
+                Ok(Some(ParseEvent::Body(data))) => {
+                    let Some(to) = c.body_to.as_mut() else {
+                        continue;
+                    };
+                    match to.room.checked_sub(data.len()) {
+                        Some(room) => {
+                            to.room = room;
+                            if let Some(job) = to.job {
+                                self.relay_body(job, crate::guest::BodyPiece::Data(data));
+                            }
+                        }
+                        None => {
+                            self.body_broke(conn);
+                            break;
+                        }
+                    }
+                }
+                Ok(Some(ParseEvent::BodyEnd)) => {
+                    if let Some(job) = c.body_to.take().and_then(|to| to.job) {
+                        self.relay_body(job, crate::guest::BodyPiece::End);
+                    }
+                }
+                Err(_) if c.body_to.is_some() => {
+                    self.body_broke(conn);
+                    break;
                 }
                 Err(e) => {
                     c.stop_parsing = true;
@@ -198,6 +246,37 @@ impl Server {
                 c.since = now;
             }
             c.was_mid_request = mid;
+        }
+    }
+
+    /// The slot for a request parsed on `conn` (whole, or its head when its body streams).
+    fn new_slot(&mut self, now: Instant, conn: ConnId, request: &crate::http::Request) -> u64 {
+        self.stats.requests += 1;
+        let close = !request.keep_alive || self.shutting_down;
+        let c = self
+            .conns
+            .get_mut(&conn)
+            .expect("parsing a known connection");
+        if close {
+            c.stop_parsing = true;
+        }
+        let chunked = request.version != crate::http::Version::Http10;
+        c.push_slot(now, request.is_head(), chunked, close)
+    }
+
+    /// A streaming body broke off (over its service's limit, or badly framed): its task's
+    /// next read fails, and the connection closes once the task answered, since where
+    /// the next request would begin is unknown.
+    fn body_broke(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        c.stop_parsing = true;
+        if let Some(last) = c.pipeline.back_mut() {
+            last.close = true;
+        }
+        if let Some(job) = c.body_to.take().and_then(|to| to.job) {
+            self.relay_body(job, crate::guest::BodyPiece::Broken);
         }
     }
 
@@ -462,7 +541,9 @@ impl Server {
             return;
         }
         c.deadline = None;
-        if c.parser.is_mid_request() {
+        // A body still streaming in after its request was answered is not a request owed
+        // a 408: the connection just ends.
+        if c.parser.is_mid_request() && c.body_to.is_none() {
             c.stop_parsing = true;
             let seq = c.push_slot(now, false, false, true);
             self.respond(

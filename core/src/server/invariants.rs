@@ -60,9 +60,9 @@ impl Server {
                 "{id:?} is both a job and a management call"
             );
             match &job.state {
-                JobState::Queued(r) => {
+                JobState::Queued(_) => {
                     queued += 1;
-                    queued_bytes += r.request.body.len();
+                    queued_bytes += super::sched::queued_body(job);
                     // Its place in its service's queue is checked from the queues below.
                 }
                 JobState::Started(module) => {

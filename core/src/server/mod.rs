@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::guest::{GuestFailure, GuestRequest, GuestSetup, ModuleKey, RunLimits};
+use crate::guest::{BodyPiece, GuestFailure, GuestRequest, GuestSetup, ModuleKey, RunLimits};
 use crate::http::{FramingLimits, Request};
 use crate::response::Response;
 use crate::response::stream::Piece;
@@ -357,6 +357,15 @@ pub enum Output {
         /// The task.
         job: JobId,
     },
+    /// Give a task more of its request body ([`GuestRequest::body_follows`]). Comes only
+    /// for a task that reported a slice since it was started, so the driver holds it;
+    /// none after [`BodyPiece::End`] or [`BodyPiece::Broken`].
+    RequestBody {
+        /// The task.
+        job: JobId,
+        /// The bytes, or the body's end.
+        piece: BodyPiece,
+    },
     /// Drop the compiled module; no task will use it again.
     Evict {
         /// The module to drop.
@@ -656,12 +665,14 @@ impl Server {
 
     /// Whether the driver should read more from `conn`. False while the pipeline is full,
     /// while more than [`MAX_UNSENT`] bytes wait to be written ([`Input::Unsent`]), or
-    /// when the connection will take no more requests; the driver then waits for output.
+    /// when the connection will take no more requests (the driver then waits for output),
+    /// unless a request body that streams to its task is still on its way.
     pub fn wants_read(&self, conn: ConnId) -> bool {
         self.conns.get(&conn).is_some_and(|c| {
-            !c.stop_parsing
-                && c.pipeline.len() < self.config.max_pipelined
-                && c.unsent <= MAX_UNSENT
+            c.body_to.is_some()
+                || (!c.stop_parsing
+                    && c.pipeline.len() < self.config.max_pipelined
+                    && c.unsent <= MAX_UNSENT)
         })
     }
 

@@ -113,8 +113,12 @@ impl Server {
             return;
         };
         self.router.remove(name);
-        for job in service.queue {
+        // All counted out first: an answer may close a connection, which forgets the jobs
+        // still on it.
+        for &job in &service.queue {
             self.left_queue(job);
+        }
+        for job in service.queue {
             self.fail_job(now, job, Response::text(503, "service was removed"));
         }
         self.retire(service.key, service.state, service.running);
@@ -192,8 +196,12 @@ impl Server {
             (Some(Lifecycle::Loading), Err(_)) => {
                 let service = self.services.get_mut(&module.service).expect("found above");
                 service.state = Lifecycle::Cold;
-                for job in std::mem::take(&mut service.queue) {
+                let queue = std::mem::take(&mut service.queue);
+                // All counted out first, as in `remove_service`.
+                for &job in &queue {
                     self.left_queue(job);
+                }
+                for job in queue {
                     self.fail_job(now, job, Response::text(500, "service failed to load"));
                 }
             }

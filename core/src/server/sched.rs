@@ -31,8 +31,10 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
+
 use super::{ConnId, Execution, JobId, Lifecycle, Output, Server, Timer};
-use crate::guest::{GuestFailure, GuestRequest, ModuleKey};
+use crate::guest::{BodyPiece, GuestFailure, GuestRequest, ModuleKey};
 use crate::http::Request;
 use crate::response::Response;
 use crate::response::stream::Piece;
@@ -45,6 +47,25 @@ pub(super) struct Job {
     pub(super) service: ServiceName,
     pub(super) deadline: Instant,
     pub(super) state: JobState,
+    /// The rest of a body that streams to the task, on its way; `None` once all of it
+    /// went out (or for a request that came whole).
+    pub(super) body: Option<Box<BodyRelay>>,
+}
+
+/// Where the rest of a streaming request body goes: into the request while the job is
+/// queued, then held until the task reported a slice (so the driver holds the task),
+/// then out as [`Output::RequestBody`] as it arrives.
+#[derive(Default)]
+pub(super) struct BodyRelay {
+    /// What the body may grow to (its declared length, else the service's limit): counted
+    /// in `queued_bytes` while the job is queued, in place of bytes not yet arrived.
+    reserved: usize,
+    /// Bytes that arrived while the job was queued, for its request when it starts.
+    early: BytesMut,
+    /// Pieces that arrived after the start, before the task's first report.
+    held: VecDeque<BodyPiece>,
+    /// The task reported a slice: pieces go straight out.
+    flowing: bool,
 }
 
 // Boxing the request would cost an allocation per request; jobs are few (bounded by the
@@ -155,26 +176,47 @@ impl Lane {
 
 impl Server {
     /// Routes a parsed request, then answers it at once or admits it as a job.
-    pub(super) fn admit(&mut self, now: Instant, conn: ConnId, seq: u64, request: Request) {
+    /// `body_follows`: only the head is in (see [`Self::streams_body`]); the rest comes
+    /// through [`Self::relay_body`]. Returns the job admitted, if it was.
+    pub(super) fn admit(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        seq: u64,
+        request: Request,
+        body_follows: bool,
+    ) -> Option<JobId> {
         let routed = match self.router.route(request.path()) {
             Destination::Service(routed) => routed,
             Destination::Management { path_info } => {
                 let path_info = path_info.to_owned();
-                return self.manage(now, conn, seq, path_info, request);
+                self.manage(now, conn, seq, path_info, request);
+                return None;
             }
-            Destination::NotFound => return self.respond(now, conn, seq, not_found()),
+            Destination::NotFound => {
+                self.respond(now, conn, seq, not_found());
+                return None;
+            }
         };
         let Some(service) = self.services.get(routed.service) else {
-            return self.respond(now, conn, seq, not_found());
+            self.respond(now, conn, seq, not_found());
+            return None;
         };
         // Counted under its service whatever the answer, a refusal (413, 503) included.
         if let Some(slot) = self.conns.get_mut(&conn).and_then(|c| c.slot_mut(seq)) {
             slot.service = Some(service.key.service.clone());
         }
         let limits = service.limits;
+        // A body still on its way is counted at what it may grow to.
+        let reserved = if body_follows {
+            declared_length(&request).unwrap_or(limits.body_bytes)
+        } else {
+            0
+        };
         if request.body.len() > limits.body_bytes {
             let r = Response::text(413, "request body too large");
-            return self.respond(now, conn, seq, r);
+            self.respond(now, conn, seq, r);
+            return None;
         }
         let has_slot = service.state == Lifecycle::Warm
             && service.running < limits.max_concurrency
@@ -182,12 +224,13 @@ impl Server {
             && service.queue.is_empty();
         let queue_full = service.queue.len() >= limits.max_queued
             || self.queued >= self.config.max_queued
-            || self.queued_bytes + request.body.len() > self.config.max_queued_bytes;
+            || self.queued_bytes + request.body.len() + reserved > self.config.max_queued_bytes;
         if !has_slot && queue_full {
             self.stats.shed += 1;
             let r = Response::text(503, "service is at capacity, retry shortly")
                 .with_header("Retry-After", "1");
-            return self.respond(now, conn, seq, r);
+            self.respond(now, conn, seq, r);
+            return None;
         }
         let service_name = service.key.service.clone();
         let setup = service.setup.clone();
@@ -211,6 +254,7 @@ impl Server {
             entrypoint,
             wildcard,
             setup,
+            body_follows,
         };
         let job = JobId(self.next_job);
         self.next_job += 1;
@@ -219,7 +263,7 @@ impl Server {
         }
         let deadline = super::later(now, limits.deadline);
         self.queued += 1;
-        self.queued_bytes += guest.request.body.len();
+        self.queued_bytes += guest.request.body.len() + reserved;
         self.jobs.insert(
             job,
             Job {
@@ -228,6 +272,12 @@ impl Server {
                 service: service_name.clone(),
                 deadline,
                 state: JobState::Queued(guest),
+                body: body_follows.then(|| {
+                    Box::new(BodyRelay {
+                        reserved,
+                        ..BodyRelay::default()
+                    })
+                }),
             },
         );
         self.timers.insert((deadline, Timer::Job(job)));
@@ -244,6 +294,58 @@ impl Server {
                 self.mark_ready(&service_name);
                 self.pump();
             }
+        }
+        Some(job)
+    }
+
+    /// Whether `head`, whose body is still on its way, starts now, and the body bytes its
+    /// service allows if so: it goes to a service whose guests read their body as it
+    /// arrives, and the length it declares (if any) is within that service's limit (else
+    /// it is refused whole, with 413, as any other).
+    pub(super) fn streams_body(&self, head: &Request) -> Option<usize> {
+        let Destination::Service(routed) = self.router.route(head.path()) else {
+            return None;
+        };
+        let s = self.services.get(routed.service)?;
+        (s.setup.body_streams && declared_length(head).is_none_or(|n| n <= s.limits.body_bytes))
+            .then_some(s.limits.body_bytes)
+    }
+
+    /// More of the body of the streaming `job` (gone already: dropped).
+    pub(super) fn relay_body(&mut self, job_id: JobId, piece: BodyPiece) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let Some(relay) = job.body.as_mut() else {
+            return;
+        };
+        match (&mut job.state, piece) {
+            // Within what it reserved: the connection stops it at the service's limit, the
+            // parser at its declared length.
+            (JobState::Queued(_), BodyPiece::Data(data)) => relay.early.extend_from_slice(&data),
+            (JobState::Queued(guest), BodyPiece::End) => {
+                guest.body_follows = false;
+            }
+            (_, piece) if relay.flowing => {
+                self.outputs
+                    .push_back(Output::RequestBody { job: job_id, piece });
+            }
+            (_, piece) => relay.held.push_back(piece),
+        }
+    }
+
+    /// The task reported a slice: the driver holds it, so its body may flow from now on.
+    fn body_flows(&mut self, job_id: JobId) {
+        let Some(relay) = self.jobs.get_mut(&job_id).and_then(|j| j.body.as_mut()) else {
+            return;
+        };
+        if relay.flowing {
+            return;
+        }
+        relay.flowing = true;
+        for piece in relay.held.drain(..) {
+            self.outputs
+                .push_back(Output::RequestBody { job: job_id, piece });
         }
     }
 
@@ -394,9 +496,16 @@ impl Server {
             .get_mut(&job.service)
             .expect("job of a live service");
         let state = std::mem::replace(&mut job.state, JobState::Started(service.key.clone()));
-        let JobState::Queued(request) = state else {
+        let JobState::Queued(mut request) = state else {
             unreachable!("a job is started once");
         };
+        if let Some(relay) = job.body.as_mut() {
+            // Counted out of `queued_bytes` with the request (`left_queue`).
+            request.request.body = relay.early.split().freeze();
+        }
+        if !request.body_follows {
+            job.body = None;
+        }
         service.running += 1;
         self.running += 1;
         self.outputs.push_back(Output::Execute(Box::new(Execution {
@@ -413,6 +522,7 @@ impl Server {
             return;
         }
         self.slice_out = None;
+        self.body_flows(job);
         self.stats.yields += 1;
         self.park(job);
     }
@@ -443,6 +553,7 @@ impl Server {
             return;
         };
         self.stats.yields += 1;
+        self.body_flows(job_id);
         let job = self.jobs.get(&job_id).expect("an out slice has a job");
         let conn = job.conn;
         self.stream_piece(now, conn, job.seq, piece);
@@ -470,6 +581,7 @@ impl Server {
         let Some(out) = self.slice_out.take_if(|s| s.job == job) else {
             return;
         };
+        self.body_flows(job);
         self.waiting.insert(job);
         // Its service may have requests that can start meanwhile.
         self.mark_ready(&out.lane);
@@ -545,7 +657,7 @@ impl Server {
             return;
         };
         match &job.state {
-            JobState::Queued(_) => self.unqueue(&job.service, job_id, &job.state),
+            JobState::Queued(_) => self.unqueue(&job.service, job_id, &job),
             JobState::Started(module) => {
                 self.cancel_task(job_id, module, &job.service);
                 self.after_task(now, &job.service);
@@ -559,7 +671,7 @@ impl Server {
         };
         match &job.state {
             JobState::Queued(_) => {
-                self.unqueue(&job.service, job_id, &job.state);
+                self.unqueue(&job.service, job_id, &job);
                 let r = Response::text(504, "service did not start in time");
                 self.answer(now, job.conn, job.seq, r);
             }
@@ -586,31 +698,41 @@ impl Server {
     }
 
     /// Takes a forgotten job that never started out of its service's queue.
-    fn unqueue(&mut self, service: &ServiceName, job: JobId, state: &JobState) {
+    fn unqueue(&mut self, service: &ServiceName, id: JobId, job: &Job) {
         if let Some(s) = self.services.get_mut(service)
-            && let Some(pos) = s.queue.iter().position(|j| *j == job)
+            && let Some(pos) = s.queue.iter().position(|j| *j == id)
         {
             s.queue.remove(pos);
             super::decrement(&mut self.queued, 1, "queued");
-            super::decrement(&mut self.queued_bytes, queued_body(state), "queued_bytes");
+            super::decrement(&mut self.queued_bytes, queued_body(job), "queued_bytes");
         }
     }
 
     /// Counts a job that is still known out of the queues, before it starts or is failed.
     pub(super) fn left_queue(&mut self, job: JobId) {
-        let bytes = self.jobs.get(&job).map_or(0, |j| queued_body(&j.state));
+        let bytes = self.jobs.get(&job).map_or(0, queued_body);
         super::decrement(&mut self.queued, 1, "queued");
         super::decrement(&mut self.queued_bytes, bytes, "queued_bytes");
     }
 }
 
-fn queued_body(state: &JobState) -> usize {
-    match state {
-        JobState::Queued(r) => r.request.body.len(),
+/// The body bytes a queued job counts: its whole body, or what a body still on its way
+/// reserved.
+pub(super) fn queued_body(job: &Job) -> usize {
+    match &job.state {
+        JobState::Queued(r) => r.request.body.len() + job.body.as_ref().map_or(0, |b| b.reserved),
         JobState::Started(_) => 0,
     }
 }
 
 fn not_found() -> Response {
     Response::text(404, "no service at this path")
+}
+
+/// The `Content-Length` a request head declares, if it declares a valid one.
+fn declared_length(head: &Request) -> Option<usize> {
+    std::str::from_utf8(head.header("content-length")?)
+        .ok()?
+        .parse()
+        .ok()
 }

@@ -16,6 +16,7 @@
 
 mod host;
 mod outbound;
+mod request_body;
 mod response;
 mod task;
 
@@ -34,6 +35,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::{ErrorCode, Scheme};
 
 pub(crate) use self::host::ComponentHost;
 pub use self::host::{MAX_FIELDS_BYTES, MAX_RESOURCES};
+use self::request_body::BodyFeed;
 use self::response::Collect;
 use crate::wagi::RunOutput;
 use crate::{CompileError, CompiledModule, GuestTask, ModuleKind};
@@ -105,12 +107,21 @@ impl CompiledModule for HttpComponent {
         let pre = self.pre.clone();
         let (sender, response) = Collect::shared(limits.stdout_bytes);
         let collected = response.clone();
+        let body = request.body_follows.then(BodyFeed::default);
+        let feed = body.clone();
         let mut run = Box::pin(async move {
-            let result = match http_request {
-                Ok(http_request) => {
-                    handle(&pre, &mut store, http_request, (sender, collected)).await
+            let out = (sender, collected);
+            let result = match (http_request, feed) {
+                (Ok(whole), None) => {
+                    let whole = whole.map(|b| b.map_err(|never| -> ErrorCode { match never {} }));
+                    handle(&pre, &mut store, whole, out).await
                 }
-                Err(why) => Err(GuestFailure::Instantiate(why)),
+                (Ok(head), Some(feed)) => {
+                    let streamed =
+                        head.map(|first| feed.body(first.into_inner().unwrap_or_default()));
+                    handle(&pre, &mut store, streamed, out).await
+                }
+                (Err(why), _) => Err(GuestFailure::Instantiate(why)),
             };
             RunOutput {
                 result,
@@ -126,6 +137,7 @@ impl CompiledModule for HttpComponent {
             fiber: crate::fiber::task(Box::pin(run)),
             calls,
             response,
+            body,
             unsent_since: None,
         })
     }
@@ -140,7 +152,7 @@ impl CompiledModule for HttpComponent {
 }
 
 /// The request as `http` types: the full URI (authority from `Host`, else the local
-/// address), headers but `Transfer-Encoding` (the body arrives whole), and the prefix
+/// address), headers but `Transfer-Encoding` (the body comes unframed), and the prefix
 /// headers. Built in place rather than through `http`'s builders: header values and the
 /// body are shared, not copied, and the map is sized once.
 fn to_http(request: &GuestRequest) -> Result<http::Request<http_body_util::Full<Bytes>>, String> {
@@ -196,18 +208,18 @@ fn to_http(request: &GuestRequest) -> Result<http::Request<http_body_util::Full<
 }
 
 /// Instantiates, calls `handle`, and collects the response it sets.
-async fn handle(
+async fn handle<B>(
     pre: &ProxyPre<ComponentHost>,
     store: &mut Store<ComponentHost>,
-    request: http::Request<http_body_util::Full<Bytes>>,
+    request: http::Request<B>,
     (sender, response): (response::Sender, response::Shared),
-) -> Result<Response, GuestFailure> {
+) -> Result<Response, GuestFailure>
+where
+    B: http_body::Body<Data = Bytes, Error = ErrorCode> + Send + 'static,
+{
     let mut view = store.data_mut().http();
     let made = view
-        .new_incoming_request(
-            Scheme::Http,
-            request.map(|b| b.map_err(|never| -> ErrorCode { match never {} })),
-        )
+        .new_incoming_request(Scheme::Http, request)
         .and_then(|req| Ok((req, view.new_response_outparam(sender)?)));
     let (req, out) = made.map_err(|e| GuestFailure::Instantiate(format!("{e:#}")))?;
     let proxy = match pre.instantiate_async(&mut *store).await {

@@ -4,7 +4,10 @@
 use std::task::Waker;
 use std::time::Instant;
 
+use frenezulo_core::BodyPiece;
+
 use super::outbound::SharedCalls;
+use super::request_body::BodyFeed;
 use super::response::Shared;
 use crate::outbound::OutboundResult;
 use crate::{GuestTask, Slice};
@@ -13,6 +16,8 @@ pub(super) struct ComponentTask {
     pub(super) fiber: Box<dyn GuestTask>,
     pub(super) calls: SharedCalls,
     pub(super) response: Shared,
+    /// Where the rest of a body that streams goes.
+    pub(super) body: Option<BodyFeed>,
     /// When a slice first ended with something to send (the head, or body bytes) that
     /// has not been handed out since.
     pub(super) unsent_since: Option<Instant>,
@@ -69,6 +74,12 @@ impl GuestTask for ComponentTask {
     fn deliver(&mut self, result: OutboundResult) {
         if let Some(sender) = self.calls.lock().ok().and_then(|mut c| c.handed.take()) {
             let _ = sender.send(result);
+        }
+    }
+
+    fn push_body(&mut self, piece: BodyPiece) {
+        if let Some(feed) = &self.body {
+            feed.push(piece);
         }
     }
 }

@@ -736,6 +736,8 @@ impl Registry {
             .guest
             .setup(merged.into_iter().collect(), s.routes.clone(), grants);
         setup.name = s.name.to_string();
+        // Components read their body as it arrives; WAGI guests take it whole on stdin.
+        setup.body_streams = frenezulo_engines::is_component(&s.wasm);
         RegistryChange::Put {
             module: ModuleKey {
                 service: s.name.clone(),

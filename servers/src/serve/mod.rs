@@ -543,6 +543,11 @@ impl Loop {
                     }
                 }
                 Output::Responded(r) => self.responded(&r),
+                Output::RequestBody { job, piece } => {
+                    if let Some(task) = self.tasks.get_mut(&job) {
+                        task.task.push_body(piece);
+                    }
+                }
                 other => warn!(?other, "output not understood by this driver"),
             }
         }

@@ -10,6 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::contract::Monitor;
 
+mod body;
 mod stream;
 
 const REMOTE: &str = "127.0.0.1:50000";
@@ -41,6 +42,8 @@ struct Harness {
     calls: Vec<ManagementCall>,
     /// Every `Responded` report, in order.
     responded: Vec<Responded>,
+    /// Every piece of a streaming request body handed to a task, in order.
+    bodies: Vec<(JobId, BodyPiece)>,
     /// What `yield_out` and `finish` report the slice ran.
     yield_ran: Duration,
     finish_ran: Duration,
@@ -67,6 +70,7 @@ impl Harness {
             ended: BTreeSet::new(),
             calls: Vec::new(),
             responded: Vec::new(),
+            bodies: Vec::new(),
             yield_ran: SLICE,
             finish_ran: Duration::from_micros(50),
         }
@@ -131,6 +135,10 @@ impl Harness {
                 Output::Evict { module } => self.evicted.push(module),
                 Output::Manage(call) => self.calls.push(*call),
                 Output::Responded(r) => self.responded.push(r),
+                Output::RequestBody { job, piece } => {
+                    assert!(self.tasks.contains_key(&job), "body for no task {job:?}");
+                    self.bodies.push((job, piece));
+                }
             }
         }
     }
