@@ -1046,7 +1046,11 @@ mod tests {
                     }
                     Ok(Some(ParseEvent::Body(piece))) => {
                         assert!(!piece.is_empty(), "an empty piece");
-                        streaming.as_mut().expect("a head first").1.extend_from_slice(&piece);
+                        streaming
+                            .as_mut()
+                            .expect("a head first")
+                            .1
+                            .extend_from_slice(&piece);
                     }
                     Ok(Some(ParseEvent::BodyEnd)) => {
                         let (mut head, body) = streaming.take().expect("a head first");

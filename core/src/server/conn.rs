@@ -218,7 +218,7 @@ impl Server {
                             }
                         }
                         None => {
-                            self.body_broke(conn);
+                            self.body_broke(now, conn);
                             break;
                         }
                     }
@@ -229,7 +229,7 @@ impl Server {
                     }
                 }
                 Err(_) if c.body_to.is_some() => {
-                    self.body_broke(conn);
+                    self.body_broke(now, conn);
                     break;
                 }
                 Err(e) => {
@@ -265,17 +265,21 @@ impl Server {
     }
 
     /// A streaming body broke off (over its service's limit, or badly framed): its task's
-    /// next read fails, and the connection closes once the task answered, since where
-    /// the next request would begin is unknown.
-    fn body_broke(&mut self, conn: ConnId) {
+    /// next read fails, and the connection closes once the task answered (at once if it
+    /// has), since where the next request would begin is unknown.
+    fn body_broke(&mut self, now: Instant, conn: ConnId) {
         let Some(c) = self.conns.get_mut(&conn) else {
             return;
         };
         c.stop_parsing = true;
-        if let Some(last) = c.pipeline.back_mut() {
-            last.close = true;
+        let job = c.body_to.take().and_then(|to| to.job);
+        // No request is parsed after a streaming one until its body ended: the last slot,
+        // if any, is its.
+        match c.pipeline.back_mut() {
+            Some(last) => last.close = true,
+            None => return self.close(now, conn),
         }
-        if let Some(job) = c.body_to.take().and_then(|to| to.job) {
+        if let Some(job) = job {
             self.relay_body(job, crate::guest::BodyPiece::Broken);
         }
     }

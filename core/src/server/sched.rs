@@ -47,8 +47,8 @@ pub(super) struct Job {
     pub(super) service: ServiceName,
     pub(super) deadline: Instant,
     pub(super) state: JobState,
-    /// The rest of a body that streams to the task, on its way; `None` once all of it
-    /// went out (or for a request that came whole).
+    /// Where the rest of a body that streams to the task goes; `None` for a request that
+    /// came whole, or whose body was all in by the time it started.
     pub(super) body: Option<Box<BodyRelay>>,
 }
 

@@ -242,3 +242,28 @@ fn a_queued_streaming_request_counts_what_its_body_may_grow_to() {
     h.finish();
     assert_eq!(h.out_task().request.request.target, "/up");
 }
+
+#[test]
+fn a_body_that_breaks_off_after_its_answer_closes_the_connection_and_nothing_more() {
+    let limits = ServiceLimits {
+        body_bytes: 8,
+        ..ServiceLimits::default()
+    };
+    let (mut h, c) = streaming(limits);
+    h.send(
+        c,
+        "POST /up HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n",
+    );
+    h.compile_all();
+    h.finish();
+    assert_eq!(h.statuses(c), vec![200]);
+    assert!(!h.closed.contains(&c));
+    h.send(c, "9\r\nefghijklm\r\n");
+    assert!(h.closed.contains(&c), "closed once its body broke off");
+    h.advance(Duration::from_secs(3600));
+    assert_eq!(
+        h.statuses(c),
+        vec![200],
+        "no 408 for a request already answered"
+    );
+}
