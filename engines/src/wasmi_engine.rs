@@ -348,17 +348,15 @@ impl GuestTask for WasmiTask {
                 }
             }
             Phase::Waiting(trap) => {
-                let Some(memory) = store.data().memory else {
-                    return self.finish(Ending::Stopped(HostStop::NoMemory));
-                };
-                let (mem, host) = memory.data_and_store_mut(&mut *store);
-                if host.io.http.is_waiting() {
-                    host.io.http.deliver(Err(not_delivered()));
-                }
-                let code = host.io.http.finish(mem);
-                match store.set_fuel(FUEL_SLICE) {
-                    Ok(()) => trap.resume(&mut *store, &[Val::I32(code)]),
-                    Err(e) => return self.finish(Ending::Trapped(e.to_string())),
+                let answered = resume_host_call(store, trap, |io, mem| {
+                    if io.http.is_waiting() {
+                        io.http.deliver(Err(not_delivered()));
+                    }
+                    io.http.finish(mem)
+                });
+                match answered {
+                    Ok(call) => call,
+                    Err(ending) => return self.finish(ending),
                 }
             }
             Phase::Sleeping(trap, mut sleep) => {
@@ -366,14 +364,9 @@ impl GuestTask for WasmiTask {
                     self.phase = Phase::Sleeping(trap, sleep);
                     return Slice::Parked;
                 }
-                let Some(memory) = store.data().memory else {
-                    return self.finish(Ending::Stopped(HostStop::NoMemory));
-                };
-                let (mem, host) = memory.data_and_store_mut(&mut *store);
-                let code = host.io.wake(mem);
-                match store.set_fuel(FUEL_SLICE) {
-                    Ok(()) => trap.resume(&mut *store, &[Val::I32(code)]),
-                    Err(e) => return self.finish(Ending::Trapped(e.to_string())),
+                match resume_host_call(store, trap, GuestIo::wake) {
+                    Ok(call) => call,
+                    Err(ending) => return self.finish(ending),
                 }
             }
             Phase::Ended(ending) => return self.finish(ending),
@@ -439,6 +432,25 @@ impl WasmiTask {
         let host = store.into_data();
         Slice::Finished(wagi::finish(host.io, ending, host.limiter.refused))
     }
+}
+
+/// Resumes a call stopped in a host function (a new slice's fuel) with the errno
+/// `answer` gives, after it wrote the call's results into guest memory.
+fn resume_host_call(
+    store: &mut Store<Host>,
+    trap: TypedResumableCallHostTrap<()>,
+    answer: impl FnOnce(&mut GuestIo, &mut [u8]) -> i32,
+) -> Result<Result<TypedResumableCall<()>, wasmi::Error>, Ending> {
+    let memory = store
+        .data()
+        .memory
+        .ok_or(Ending::Stopped(HostStop::NoMemory))?;
+    let (mem, host) = memory.data_and_store_mut(&mut *store);
+    let code = answer(&mut host.io, mem);
+    store
+        .set_fuel(FUEL_SLICE)
+        .map_err(|e| Ending::Trapped(e.to_string()))?;
+    Ok(trap.resume(&mut *store, &[Val::I32(code)]))
 }
 
 /// Whether `sleep` is over; if not, `waker` is woken when it is.

@@ -183,6 +183,29 @@ fn a_component_reads_its_request_body_as_it_arrives() {
     wait_for_counter(&server, "echo", "running", 0);
 }
 
+/// A client that stops sending its body holds its component's task no longer than the
+/// service's deadline: 504, the slot freed for the next request. With one slot and no
+/// queue, the next request is served only if the slot came back.
+#[cfg(feature = "wasmtime")]
+#[test]
+fn a_stalled_upload_to_a_component_ends_at_its_deadline() {
+    let config = ConfigFile::new(
+        "stalled-upload",
+        &format!(
+            "engine = \"wasmtime\"\nworkers = 1\n[services.echo]\nmodule = {:?}\ndeadline = \"300ms\"\nconcurrency = 1\nqueue = 0\n",
+            repo("examples/components/rust-echo.wasm")
+        ),
+    );
+    let server = Frenezulo::start(&["--config", config.path()]);
+    let mut stalled = server.connect();
+    stalled.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\npart");
+    let r = stalled.response();
+    assert_eq!(r.status, 504);
+    wait_for_counter(&server, "echo", "running", 0);
+    let r = server.get("/echo/next");
+    assert_eq!(r.status, 200);
+}
+
 /// A sleeper's deadline still holds while it is parked: 504, and its instance dropped.
 #[cfg(feature = "wasmtime")]
 #[test]
