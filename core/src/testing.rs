@@ -664,6 +664,15 @@ mod tests {
         }
     }
 
+    /// A new harness with `ops` applied, each within the bounds.
+    fn applied(ops: &[Op]) -> Harness {
+        let mut h = Harness::new(Instant::now());
+        for op in ops {
+            h.apply(op).unwrap();
+        }
+        h
+    }
+
     #[test]
     fn a_plain_request_is_answered() {
         let ops = [
@@ -677,10 +686,7 @@ mod tests {
                 micros: 5,
             },
         ];
-        let mut h = Harness::new(Instant::now());
-        for op in &ops {
-            h.apply(op).unwrap();
-        }
+        let h = applied(&ops);
         assert_eq!(h.answered.values().sum::<usize>(), 1);
         let summary = h.finish().unwrap();
         assert_eq!(
@@ -713,10 +719,7 @@ mod tests {
                 micros: 5,
             },
         ];
-        let mut h = Harness::new(Instant::now());
-        for op in &ops {
-            h.apply(op).unwrap();
-        }
+        let h = applied(&ops);
         assert_eq!(h.answered.values().sum::<usize>(), 2);
         let summary = h.finish().unwrap();
         assert_eq!((summary.requests, summary.started), (2, 2));

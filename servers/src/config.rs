@@ -64,6 +64,9 @@ pub struct Settings {
     pub fetch_allowed_hosts: HostCeiling,
     /// One log line per request, at `info` under the `access` target.
     pub access_log: bool,
+    /// Components read a request body as it arrives (their request starts at its head);
+    /// off, every request starts once its whole body is in, as WAGI's do.
+    pub stream_request_bodies: bool,
     /// Environment values for every service's guests, under each service's own.
     pub env: EnvValues,
     /// How guests' outbound HTTP calls are made.
@@ -118,6 +121,7 @@ pub struct FileConfig {
     outbound_allowed_hosts: Option<Vec<String>>,
     fetch_allowed_hosts: Option<Vec<String>>,
     access_log: Option<bool>,
+    stream_request_bodies: Option<bool>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     env_file: Option<PathBuf>,
@@ -353,6 +357,7 @@ impl Settings {
             outbound_allowed_hosts,
             fetch_allowed_hosts,
             access_log: !overrides.no_access_log && file.access_log.unwrap_or(true),
+            stream_request_bodies: file.stream_request_bodies.unwrap_or(true),
             env,
             cluster,
             outbound,

@@ -265,6 +265,7 @@ fn run(cli: ServeArgs) -> anyhow::Result<()> {
     )
     .context("loading the registry")?;
     registry.apply_outbound_ceiling(&settings.outbound_allowed_hosts);
+    registry.stream_request_bodies(settings.stream_request_bodies);
     artifacts.retain(&registry.digests());
     let listeners = serve::bind(settings.listen, settings.backlog, settings.workers)
         .with_context(|| format!("listening on {}", settings.listen))?;

@@ -206,6 +206,31 @@ fn a_stalled_upload_to_a_component_ends_at_its_deadline() {
     assert_eq!(r.status, 200);
 }
 
+/// With `stream_request_bodies = false` a component's request waits for its whole body,
+/// as a WAGI guest's does: a stalled upload is a 408 at `request_timeout`, never started
+/// (with its body streaming it would have run to its 60 s deadline instead).
+#[cfg(feature = "wasmtime")]
+#[test]
+fn bodies_can_be_received_whole_first() {
+    let config = ConfigFile::new(
+        "whole-bodies",
+        &format!(
+            "engine = \"wasmtime\"\nstream_request_bodies = false\nrequest_timeout = \"300ms\"\n[services.echo]\nmodule = {:?}\ndeadline = \"60s\"\n",
+            repo("examples/components/rust-echo.wasm")
+        ),
+    );
+    let server = Frenezulo::start(&["--config", config.path()]);
+    let mut stalled = server.connect();
+    stalled.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\npart");
+    assert_eq!(stalled.response().status, 408);
+    let mut whole = server.connect();
+    whole.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nab");
+    whole.send(b"cd");
+    let r = whole.response();
+    assert_eq!(r.status, 200);
+    assert!(r.text().ends_with("GREETING: \nabcd"), "{}", r.text());
+}
+
 /// A sleeper's deadline still holds while it is parked: 504, and its instance dropped.
 #[cfg(feature = "wasmtime")]
 #[test]

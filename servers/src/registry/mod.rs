@@ -170,6 +170,8 @@ pub struct Registry {
     /// Whether the API's grants may reach public addresses only (the operator set no
     /// `outbound_allowed_hosts`).
     outbound_public_only: bool,
+    /// Whether components' request bodies stream to them (`stream_request_bodies`).
+    stream_bodies: bool,
     /// Who owns which name and route, and which stored services are served.
     catalog: Catalog,
 }
@@ -215,6 +217,7 @@ impl Registry {
             workers,
             threads: Vec::new(),
             outbound_public_only: true,
+            stream_bodies: true,
             catalog,
         };
         for mut s in statics {
@@ -327,6 +330,12 @@ impl Registry {
                 Some((key, s.compiled.clone()?))
             })
             .collect()
+    }
+
+    /// Whether components' request bodies stream to them, for every service published from
+    /// now on (set before the serving threads attach).
+    pub fn stream_request_bodies(&mut self, on: bool) {
+        self.stream_bodies = on;
     }
 
     /// Holds the API's services to the operator's outbound `ceiling`: their calls reach
@@ -737,7 +746,7 @@ impl Registry {
             .setup(merged.into_iter().collect(), s.routes.clone(), grants);
         setup.name = s.name.to_string();
         // Components read their body as it arrives; WAGI guests take it whole on stdin.
-        setup.body_streams = frenezulo_engines::is_component(&s.wasm);
+        setup.body_streams = self.stream_bodies && frenezulo_engines::is_component(&s.wasm);
         RegistryChange::Put {
             module: ModuleKey {
                 service: s.name.clone(),
