@@ -234,12 +234,45 @@ fn hex(b: u8) -> Option<u8> {
     }
 }
 
+/// Why a guest's stdout is not a CGI response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CgiOutputError {
+    /// The guest wrote nothing.
+    #[error("no output")]
+    Empty,
+    /// No blank line ends the header lines: of a guest still running, more may come.
+    #[error("header section is not ended by a blank line")]
+    Unended,
+    /// A header line has no colon.
+    #[error("header line without a colon")]
+    NoColon,
+    /// A header name is not an HTTP token.
+    #[error("invalid header name")]
+    BadName,
+    /// A header value holds a control character.
+    #[error("control character in header value")]
+    ControlCharacter,
+    /// `Status` is given twice.
+    #[error("more than one Status header")]
+    StatusTwice,
+    /// `Status` is not a code from 200 to 599.
+    #[error("Status is not a code from 200 to 599")]
+    BadStatus,
+    /// More than [`MAX_CGI_HEADERS`] header lines.
+    #[error("more than {MAX_CGI_HEADERS} header lines")]
+    TooManyHeaders,
+    /// None of `Content-Type`, `Location` or `Status`.
+    #[error("no Content-Type, Location or Status header")]
+    NotAResponse,
+}
+
 /// Parses a guest's stdout as a CGI response: header lines (LF or CRLF), a blank line,
 /// then the body. `Status:` sets the status; `Location:` without it gives 302; output with
 /// none of `Content-Type`, `Location`, `Status` is not a response.
-pub fn parse_cgi_output(stdout: Bytes) -> Result<Response, String> {
+pub fn parse_cgi_output(stdout: Bytes) -> Result<Response, CgiOutputError> {
     if stdout.is_empty() {
-        return Err("no output".to_owned());
+        return Err(CgiOutputError::Empty);
     }
     let mut headers = Vec::new();
     let mut status: Option<u16> = None;
@@ -248,7 +281,7 @@ pub fn parse_cgi_output(stdout: Bytes) -> Result<Response, String> {
     let mut pos = 0;
     let body_start = loop {
         let Some(nl) = stdout[pos..].iter().position(|&b| b == b'\n') else {
-            return Err("header section is not ended by a blank line".to_owned());
+            return Err(CgiOutputError::Unended);
         };
         let mut line = &stdout[pos..pos + nl];
         pos += nl + 1;
@@ -259,20 +292,20 @@ pub fn parse_cgi_output(stdout: Bytes) -> Result<Response, String> {
             break pos;
         }
         let Some(colon) = line.iter().position(|&b| b == b':') else {
-            return Err("header line without a colon".to_owned());
+            return Err(CgiOutputError::NoColon);
         };
         let name = &line[..colon];
         if name.is_empty() || !name.iter().all(|&b| is_token(b)) {
-            return Err("invalid header name".to_owned());
+            return Err(CgiOutputError::BadName);
         }
         let value = trim(&line[colon + 1..]);
         if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
-            return Err("control character in header value".to_owned());
+            return Err(CgiOutputError::ControlCharacter);
         }
         let name = std::str::from_utf8(name).expect("token bytes are ASCII");
         if name.eq_ignore_ascii_case("status") {
             if status.is_some() {
-                return Err("more than one Status header".to_owned());
+                return Err(CgiOutputError::StatusTwice);
             }
             status = Some(parse_status(value)?);
             continue;
@@ -280,7 +313,7 @@ pub fn parse_cgi_output(stdout: Bytes) -> Result<Response, String> {
         has_content_type |= name.eq_ignore_ascii_case("content-type");
         has_location |= name.eq_ignore_ascii_case("location");
         if headers.len() == MAX_CGI_HEADERS {
-            return Err(format!("more than {MAX_CGI_HEADERS} header lines"));
+            return Err(CgiOutputError::TooManyHeaders);
         }
         headers.push((name.to_owned(), stdout.slice_ref(value)));
     };
@@ -288,7 +321,7 @@ pub fn parse_cgi_output(stdout: Bytes) -> Result<Response, String> {
         Some(s) => s,
         None if has_location => 302,
         None if has_content_type => 200,
-        None => return Err("no Content-Type, Location or Status header".to_owned()),
+        None => return Err(CgiOutputError::NotAResponse),
     };
     Ok(Response {
         status,
@@ -297,14 +330,14 @@ pub fn parse_cgi_output(stdout: Bytes) -> Result<Response, String> {
     })
 }
 
-fn parse_status(value: &[u8]) -> Result<u16, String> {
+fn parse_status(value: &[u8]) -> Result<u16, CgiOutputError> {
     let code = value.split(|&b| b == b' ').next().unwrap_or_default();
     let status = std::str::from_utf8(code)
         .ok()
         .filter(|s| s.len() == 3)
         .and_then(|s| s.parse::<u16>().ok())
         .filter(|s| (200..=599).contains(s));
-    status.ok_or_else(|| "Status is not a code from 200 to 599".to_owned())
+    status.ok_or(CgiOutputError::BadStatus)
 }
 
 fn is_token(b: u8) -> bool {
@@ -366,17 +399,17 @@ pub(crate) fn stdout_piece_now(io: &mut GuestIo) -> Option<Piece> {
     let piece = if io.pieces.started {
         Piece::More(out)
     } else {
-        let window = &out[..out.len().min(crate::PIECE_BYTES)];
-        let whole_head =
-            window.windows(2).any(|w| w == b"\n\n") || window.windows(3).any(|w| w == b"\n\r\n");
-        match whole_head.then(|| parse_cgi_output(out.clone())) {
-            Some(Ok(response)) => {
+        match parse_cgi_output(out.clone()) {
+            // A head that ends past the first piece's worth goes out whole at the end, as
+            // one that is not a head goes out as an error.
+            Ok(response) if response.body.len() + crate::PIECE_BYTES >= out.len() => {
                 io.pieces.started = true;
                 Piece::Start(response)
             }
-            // Not a head (yet): keep the bytes; past a piece's worth, stop looking.
+            // Not a head yet: keep the bytes; past a piece's worth, stop looking.
             outcome => {
-                io.pieces.refused = outcome.is_some() || out.len() >= crate::PIECE_BYTES;
+                io.pieces.refused = !matches!(outcome, Err(CgiOutputError::Unended))
+                    || out.len() >= crate::PIECE_BYTES;
                 io.stdout = Vec::from(out);
                 return None;
             }
@@ -405,7 +438,8 @@ pub fn finish(mut io: GuestIo, ending: Ending, memory_refused: bool) -> RunOutpu
             body: Bytes::from(io.take_stdout()),
         }),
         Ending::Returned | Ending::Stopped(HostStop::Exit(0)) => {
-            parse_cgi_output(Bytes::from(io.take_stdout())).map_err(GuestFailure::BadOutput)
+            parse_cgi_output(Bytes::from(io.take_stdout()))
+                .map_err(|e| GuestFailure::BadOutput(e.to_string()))
         }
         Ending::Stopped(HostStop::Exit(code)) => Err(GuestFailure::Exit(code)),
         Ending::Stopped(HostStop::StdoutFull) => Err(GuestFailure::OutputTooLarge),
@@ -528,7 +562,7 @@ mod tests {
         assert!(stdout_piece(&mut io).is_none());
     }
 
-    fn parse(s: &str) -> Result<Response, String> {
+    fn parse(s: &str) -> Result<Response, CgiOutputError> {
         parse_cgi_output(Bytes::copy_from_slice(s.as_bytes()))
     }
 
@@ -562,26 +596,25 @@ mod tests {
 
     #[test]
     fn bad_outputs_are_rejected_with_a_reason() {
-        assert!(parse("").unwrap_err().contains("no output"));
-        assert!(parse("hello world").unwrap_err().contains("blank line"));
-        assert!(
-            parse("X-Thing: 1\n\nbody")
-                .unwrap_err()
-                .contains("no Content-Type")
-        );
-        assert!(
-            parse("Content-Type text\n\n")
-                .unwrap_err()
-                .contains("colon")
-        );
-        assert!(parse("Bad Name: x\n\n").unwrap_err().contains("name"));
-        assert!(parse("Status: 99\n\n").is_err());
-        assert!(parse("Status: 600\n\n").is_err());
-        assert!(parse("Status: abc\n\n").is_err());
-        assert!(parse("Status: 200\nStatus: 201\n\n").is_err());
-        assert!(parse("Content-Type: a\u{1}b\n\n").is_err());
+        use CgiOutputError::*;
         let many = "X: 1\n".repeat(MAX_CGI_HEADERS + 1) + "Content-Type: t\n\n";
-        assert!(parse(&many).is_err());
+        for (output, why) in [
+            ("", Empty),
+            ("hello world", Unended),
+            ("Content-Type: text/plain\nX-A", Unended),
+            ("X-Thing: 1\n\nbody", NotAResponse),
+            ("Content-Type text\n\n", NoColon),
+            ("Bad Name: x\n\n", BadName),
+            ("Status: 99\n\n", BadStatus),
+            ("Status: 600\n\n", BadStatus),
+            ("Status: abc\n\n", BadStatus),
+            ("Status: 200\nStatus: 201\n\n", StatusTwice),
+            ("Content-Type: a\u{1}b\n\n", ControlCharacter),
+            (&many, TooManyHeaders),
+        ] {
+            assert_eq!(parse(output).unwrap_err(), why, "{output:?}");
+        }
+        assert_eq!(NoColon.to_string(), "header line without a colon");
     }
 
     #[test]
