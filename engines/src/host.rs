@@ -6,6 +6,7 @@
 //! depend on this one and never on each other.
 
 use bytes::Bytes;
+use frenezulo_core::response::push_decimal;
 
 use crate::file_table::Files;
 use crate::grants::Grants;
@@ -215,10 +216,6 @@ impl GuestIo {
         }
         self.setup = Some(setup.clone());
     }
-}
-
-fn push_decimal(buf: &mut Vec<u8>, n: u64) {
-    buf.extend_from_slice(frenezulo_core::response::decimal(n, &mut [0; 20]));
 }
 
 fn push_c_string(buf: &mut Vec<u8>, s: &[u8]) {

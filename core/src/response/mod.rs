@@ -182,6 +182,11 @@ pub fn decimal(mut n: u64, digits: &mut [u8; 20]) -> &[u8] {
     &digits[i..]
 }
 
+/// Appends `n` in decimal ASCII to `out`, without the formatter.
+pub fn push_decimal(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(decimal(n, &mut [0; 20]));
+}
+
 /// The reason phrase for a status code; "Unknown" for codes without a registered one.
 pub fn reason_phrase(status: u16) -> &'static str {
     match status {
@@ -226,6 +231,15 @@ pub fn reason_phrase(status: u16) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 404, 1_000_000, u64::MAX] {
+            let mut out = b"x=".to_vec();
+            push_decimal(&mut out, n);
+            assert_eq!(out, format!("x={n}").into_bytes());
+        }
+    }
 
     fn whole(r: &Response, head_only: bool, close: bool) -> String {
         let (head, body) = serialize(r, head_only, close, b"Sat, 28 Nov 2026 12:00:00 GMT");

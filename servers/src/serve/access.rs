@@ -12,6 +12,7 @@
 use std::time::Duration;
 
 use frenezulo_core::Responded;
+use frenezulo_core::response::push_decimal;
 
 /// One serving thread's access log.
 pub struct AccessLog {
@@ -57,26 +58,21 @@ impl AccessLog {
             // Names are checked to be plain ASCII without quotes: nothing to escape.
             out.extend_from_slice(service.as_bytes());
             out.extend_from_slice(b"\" status=");
-            decimal(out, u64::from(r.status));
+            push_decimal(out, u64::from(r.status));
             out.extend_from_slice(b" bytes=");
-            decimal(out, r.bytes as u64);
+            push_decimal(out, r.bytes as u64);
             out.extend_from_slice(b" us=");
-            decimal(out, r.elapsed.as_micros() as u64);
+            push_decimal(out, r.elapsed.as_micros() as u64);
             out.extend_from_slice(b" guest_us=");
-            decimal(out, guest.as_micros() as u64);
+            push_decimal(out, guest.as_micros() as u64);
             out.extend_from_slice(b" thread=");
-            decimal(out, thread as u64);
+            push_decimal(out, thread as u64);
             if r.cut_short {
                 out.extend_from_slice(b" cut_short=true");
             }
             out.push(b'\n');
         });
     }
-}
-
-/// Appends `n` in decimal.
-fn decimal(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(frenezulo_core::response::decimal(n, &mut [0; 20]));
 }
 
 /// `YYYY-MM-DDTHH:MM:SS.ffffffZ` for microseconds since the Unix epoch, in UTC.
@@ -122,15 +118,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn numbers_are_written_in_decimal() {
-        for n in [0, 7, 10, 404, 1_000_000, u64::MAX] {
-            let mut out = b"x=".to_vec();
-            decimal(&mut out, n);
-            assert_eq!(out, format!("x={n}").into_bytes());
-        }
-    }
 
     #[test]
     fn timestamps_are_rfc3339_in_utc_with_microseconds() {
