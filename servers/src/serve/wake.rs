@@ -1,7 +1,8 @@
 //! Waking a parked guest task: the waker each task's slices run with. A task that ends a
-//! slice [`frenezulo_engines::Slice::Parked`] (a component awaiting a timer, a stream or a
-//! call's response) is not run again until its waker fires, possibly on another thread
-//! (wasmtime-wasi's runtime), which then sends the serving thread a message: a guest that
+//! slice [`frenezulo_engines::Slice::Parked`] (a component awaiting a timer, a stream, its
+//! request body or a call's response; a WAGI guest asleep in `poll_oneoff`) is not run
+//! again until its waker fires, possibly on another thread (wasmtime-wasi's runtime, the
+//! engines' timer thread), which then sends the serving thread a message: a guest that
 //! sleeps costs its thread nothing while it does.
 
 use std::sync::Arc;
