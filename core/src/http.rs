@@ -1,8 +1,10 @@
-//! HTTP/1.1 request framing: bytes in, complete requests out.
+//! HTTP/1.1 request framing: bytes in, requests out.
 //!
 //! [`RequestParser`] is fed whatever the socket produced, split anywhere, and yields
-//! [`ParseEvent`]s. It never does I/O and never blocks. Bodies are collected whole because
-//! WAGI hands the guest its whole body on stdin.
+//! [`ParseEvent`]s. It never does I/O and never blocks. Bodies are collected whole (WAGI
+//! hands the guest its whole body on stdin), unless the caller, told of a head whose body
+//! is still on its way, asks for the body in pieces ([`RequestParser::stream_body`]): the
+//! same requests come out either way, however the bytes were split.
 
 use bytes::{Bytes, BytesMut};
 use thiserror::Error;
