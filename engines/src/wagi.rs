@@ -382,7 +382,12 @@ pub struct RunOutput {
 /// runs on: the CGI head parsed, with the body so far, then more of the body, when
 /// [`crate::piece_due`] says so. Stdout's cap keeps counting what was handed out.
 pub(crate) fn stdout_piece(io: &mut GuestIo) -> Option<Piece> {
-    if io.stdout.is_empty() || !crate::piece_due(io.stdout.len(), &mut io.pieces.waiting_since) {
+    // Output that goes out whole never reads the clock.
+    if io.raw_output
+        || io.pieces.refused
+        || io.stdout.is_empty()
+        || !crate::piece_due(io.stdout.len(), &mut io.pieces.waiting_since)
+    {
         return None;
     }
     stdout_piece_now(io)

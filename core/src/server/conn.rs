@@ -89,6 +89,17 @@ pub(super) struct BodyTo {
 }
 
 impl Conn {
+    /// Whether more is parsed (and so read): not while the pipeline is full, while more
+    /// than [`MAX_UNSENT`] bytes wait to be written, or once the connection takes no more
+    /// requests; but a body that streams is read whatever else holds the connection (its
+    /// task waits for it, and its service's limit bounds it).
+    pub(super) fn takes_more(&self, max_pipelined: usize) -> bool {
+        self.body_to.is_some()
+            || (!self.stop_parsing
+                && self.pipeline.len() < max_pipelined
+                && self.unsent <= MAX_UNSENT)
+    }
+
     pub(super) fn slot_mut(&mut self, seq: u64) -> Option<&mut Slot> {
         self.pipeline.iter_mut().find(|s| s.seq == seq)
     }
@@ -169,13 +180,7 @@ impl Server {
             let Some(c) = self.conns.get_mut(&conn) else {
                 return;
             };
-            // A body that streams is read on whatever else holds the connection: its
-            // task waits for it, and its service's limit bounds it.
-            if c.body_to.is_none()
-                && (c.stop_parsing
-                    || c.pipeline.len() >= self.config.max_pipelined
-                    || c.unsent > MAX_UNSENT)
-            {
+            if !c.takes_more(self.config.max_pipelined) {
                 break;
             }
             match c.parser.next_event() {

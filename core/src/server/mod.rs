@@ -668,12 +668,9 @@ impl Server {
     /// when the connection will take no more requests (the driver then waits for output),
     /// unless a request body that streams to its task is still on its way.
     pub fn wants_read(&self, conn: ConnId) -> bool {
-        self.conns.get(&conn).is_some_and(|c| {
-            c.body_to.is_some()
-                || (!c.stop_parsing
-                    && c.pipeline.len() < self.config.max_pipelined
-                    && c.unsent <= MAX_UNSENT)
-        })
+        self.conns
+            .get(&conn)
+            .is_some_and(|c| c.takes_more(self.config.max_pipelined))
     }
 
     /// Whether shutdown was asked for and every connection is closed.

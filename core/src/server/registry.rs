@@ -9,7 +9,6 @@ use bytes::Bytes;
 
 use super::{JobId, LazyTimer, Lifecycle, Output, RegistryChange, Server, ServiceLimits, Timer};
 use crate::guest::{GuestSetup, ModuleKey};
-use crate::response::Response;
 use crate::route::{ServiceName, ServiceRoute};
 
 pub(super) struct Service {
@@ -113,14 +112,7 @@ impl Server {
             return;
         };
         self.router.remove(name);
-        // All counted out first: an answer may close a connection, which forgets the jobs
-        // still on it.
-        for &job in &service.queue {
-            self.left_queue(job);
-        }
-        for job in service.queue {
-            self.fail_job(now, job, Response::text(503, "service was removed"));
-        }
+        self.fail_queue(now, service.queue, 503, "service was removed");
         self.retire(service.key, service.state, service.running);
         self.pump();
     }
@@ -197,13 +189,7 @@ impl Server {
                 let service = self.services.get_mut(&module.service).expect("found above");
                 service.state = Lifecycle::Cold;
                 let queue = std::mem::take(&mut service.queue);
-                // All counted out first, as in `remove_service`.
-                for &job in &queue {
-                    self.left_queue(job);
-                }
-                for job in queue {
-                    self.fail_job(now, job, Response::text(500, "service failed to load"));
-                }
+                self.fail_queue(now, queue, 500, "service failed to load");
             }
             // Replaced, removed or already warm: the driver may drop what it compiled.
             (_, Ok(())) if state != Some(Lifecycle::Warm) => {

@@ -684,6 +684,24 @@ impl Server {
     }
 
     /// Answers a queued job that will never run.
+    /// Answers every job of a service's `queue`, taken out of it, with `status` and `why`.
+    /// All are counted out of the queue first: an answer may close a connection, which
+    /// forgets the jobs still on it.
+    pub(super) fn fail_queue(
+        &mut self,
+        now: Instant,
+        queue: VecDeque<JobId>,
+        status: u16,
+        why: &str,
+    ) {
+        for &job in &queue {
+            self.left_queue(job);
+        }
+        for job in queue {
+            self.fail_job(now, job, Response::text(status, why));
+        }
+    }
+
     pub(super) fn fail_job(&mut self, now: Instant, job: JobId, response: Response) {
         if let Some(job) = self.forget_job(job) {
             self.answer(now, job.conn, job.seq, response);

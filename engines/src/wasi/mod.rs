@@ -5,8 +5,8 @@
 //! the engines only adapt calling conventions. A guest gets stdin (the request body),
 //! stdout (captured, capped), stderr (captured for the log, truncated), its argv and
 //! environment, clocks, sleeps ([`poll`]) and random bytes, and read-only access to the
-//! volumes its service was granted ([`files`]); with none, no file can be named. Sockets and every other call
-//! answer `EBADF`, `ENOTCAPABLE` or `ENOSYS`.
+//! volumes its service was granted ([`files`]); with none, no file can be named. Sockets
+//! and every other call answer `EBADF`, `ENOTCAPABLE` or `ENOSYS`.
 
 use std::sync::OnceLock;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
